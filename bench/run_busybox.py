@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Benchmark: `docker run --rm busybox true` end to end, atoll against Docker itself.
+
+Starts a temporary `atoll up` and a temporary dockerd (Debian's docker.io, on its own
+socket and data root), loads the same locally built busybox image into both, then
+times N runs of each, interleaved so that machine noise hits both alike. Prints
+medians, the ratio, atoll's idle memory (RSS of the `atoll up` process: head and agent
+run in it) and the RSS of one shim. Everything it starts is stopped and removed.
+
+Usage: bench/run_busybox.py [--runs N]   (needs root; run scripts/install-deps.sh first)
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCKER = "/usr/local/bin/docker"
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_socket(sock, proc, what, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited early with {proc.returncode}")
+        r = subprocess.run([DOCKER, "-H", f"unix://{sock}", "version"], capture_output=True)
+        if r.returncode == 0:
+            return
+        time.sleep(0.1)
+    sys.exit(f"{what} did not come up on {sock}")
+
+
+def docker(sock, *args, check=True):
+    return subprocess.run([DOCKER, "-H", f"unix://{sock}", *args], capture_output=True, check=check)
+
+
+def timed_run(sock):
+    t = time.perf_counter()
+    r = docker(sock, "run", "--rm", "busybox", "true", check=False)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        sys.exit(f"run failed on {sock}: {r.stderr.decode()}")
+    return dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    args = ap.parse_args()
+
+    atoll = os.environ.get("ATOLL_BIN", os.path.join(ROOT, "target/release/atoll"))
+    images = subprocess.run(
+        [os.path.join(ROOT, "target/release/make-test-images")], capture_output=True, check=True, text=True
+    ).stdout.strip().splitlines()[-1]
+    busybox_tar = os.path.join(images, "busybox.tar")
+
+    tmp = tempfile.mkdtemp(prefix="atoll-bench-")
+    a_data, a_sock = os.path.join(tmp, "atoll"), os.path.join(tmp, "atoll.sock")
+    d_root, d_exec, d_sock = os.path.join(tmp, "docker"), os.path.join(tmp, "dexec"), os.path.join(tmp, "docker.sock")
+    had_docker0 = os.path.exists("/sys/class/net/docker0")
+    procs = []
+    try:
+        a = subprocess.Popen([atoll, "up", "--data-dir", a_data, "--docker-socket", a_sock],
+                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "atoll.log"), "w"))
+        procs.append(a)
+        d = subprocess.Popen(["dockerd", "--host", f"unix://{d_sock}", "--data-root", d_root,
+                              "--exec-root", d_exec, "--pidfile", os.path.join(tmp, "docker.pid")],
+                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "dockerd.log"), "w"))
+        procs.append(d)
+        wait_socket(a_sock, a, "atoll")
+        wait_socket(d_sock, d, "dockerd")
+        for s in (a_sock, d_sock):
+            docker(s, "load", "-i", busybox_tar)
+            docker(s, "run", "--rm", "busybox", "true")  # warm up: layer unpack, caches
+
+        time.sleep(1)
+        idle_kb = rss_kb(a.pid)
+
+        # One long-running container for the shim's RSS.
+        cid = docker(a_sock, "run", "-d", "busybox", "sleep", "300").stdout.decode().strip()
+        shim_kb = 0
+        out = subprocess.run(["pgrep", "-f", f"atoll shim.*{cid}"], capture_output=True, text=True).stdout.split()
+        if out:
+            shim_kb = rss_kb(int(out[0]))
+        docker(a_sock, "rm", "-f", cid)
+
+        ta, td = [], []
+        for _ in range(args.runs):
+            ta.append(timed_run(a_sock))
+            td.append(timed_run(d_sock))
+        ma, md = statistics.median(ta), statistics.median(td)
+        print()
+        print("| docker run --rm busybox true | median (ms) | min (ms) | max (ms) | runs |")
+        print("|---|---:|---:|---:|---:|")
+        print(f"| atoll  | {ma*1000:.1f} | {min(ta)*1000:.1f} | {max(ta)*1000:.1f} | {len(ta)} |")
+        print(f"| docker | {md*1000:.1f} | {min(td)*1000:.1f} | {max(td)*1000:.1f} | {len(td)} |")
+        print(f"| ratio atoll/docker | {ma/md:.3f} | | | |")
+        print()
+        print(f"atoll idle RSS (head + agent, one process): {idle_kb/1024:.1f} MB (target < 60 MB)")
+        print(f"one shim RSS: {shim_kb/1024:.2f} MB (target < 2 MB)")
+        ok = ma <= md / 4 and idle_kb < 60 * 1024 and 0 < shim_kb < 2 * 1024
+        print("targets met" if ok else "TARGETS NOT MET")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run([atoll, "reset", "--data-dir", a_data], capture_output=True)
+        if not had_docker0 and os.path.exists("/sys/class/net/docker0"):
+            subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
+        subprocess.run(["umount", "-R", "-l", d_root], capture_output=True)
+        subprocess.run(["umount", "-R", "-l", d_exec], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

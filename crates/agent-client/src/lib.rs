@@ -1,0 +1,5 @@
+//! The agent's wire protocol: request/response types and the HTTP client the head uses.
+pub mod client;
+pub mod types;
+pub use client::{AgentAddr, AgentClient, Body, ClientError};
+pub use types::*;

@@ -1,0 +1,162 @@
+//! Wire types of the agent API (head → agent). Both sides depend on this crate,
+//! so the head never links agent code: the split is a real network boundary.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// One image layer as the agent needs it: the uncompressed digest names the
+/// unpacked directory in the layer cache; the blob digest is what the head serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    /// `sha256:<hex>` of the uncompressed tar (the image config's diff_id).
+    pub diff_id: String,
+    /// `sha256:<hex>` of the blob as stored by the head (maybe gzip/zstd compressed).
+    pub blob: String,
+}
+
+/// The process to run, resolved from image config + create options by the head.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// argv; never empty (the head refuses a container without a command).
+    pub args: Vec<String>,
+    /// `KEY=value` entries, image env first, then the container's.
+    pub env: Vec<String>,
+    /// Working directory inside the container; absolute. Empty means "/".
+    pub cwd: String,
+    /// Docker's `-u`: `user`, `uid`, `user:group`, `uid:gid`; empty means root.
+    /// Names are resolved against the container's /etc/passwd and /etc/group.
+    pub user: String,
+    pub tty: bool,
+    pub open_stdin: bool,
+}
+
+/// A published port, Docker's `-p [host_ip:]host_port:container_port[/proto]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// "tcp" or "udp".
+    pub proto: String,
+    pub container_port: u16,
+    /// Empty means all addresses.
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+/// Address of the container on the server's bridge network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    /// `02:42:..` style MAC, lower-case, colon separated.
+    pub mac: String,
+    pub ports: Vec<PortMapping>,
+}
+
+/// Resource limits from `-m`, `--cpus`, etc. Zero means unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory: i64,
+    pub memory_swap: i64,
+    pub nano_cpus: i64,
+    pub cpu_shares: i64,
+    pub cpu_quota: i64,
+    pub cpu_period: i64,
+    pub pids_limit: i64,
+}
+
+/// Everything the agent needs to run a container. Sent in full on every start, so
+/// that the agent holds no state the head cannot re-send (idempotent instructions).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// 64 hex chars.
+    pub id: String,
+    /// Bumped by the head on every instruction; the agent ignores stale ones.
+    pub generation: u64,
+    /// Bottom layer first.
+    pub layers: Vec<LayerRef>,
+    pub process: ProcessSpec,
+    pub hostname: String,
+    pub domainname: String,
+    pub read_only: bool,
+    /// mount point → mount options (Docker's `--tmpfs /run:rw,size=64m`).
+    pub tmpfs: BTreeMap<String, String>,
+    /// Run an init process (tini) as PID 1.
+    pub init: bool,
+    pub resources: Resources,
+    /// None means `--network none`.
+    pub network: Option<NetworkSpec>,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_options: Vec<String>,
+    /// `host:ip` entries for /etc/hosts.
+    pub extra_hosts: Vec<String>,
+    /// Signal name or number used by `stop`, e.g. "SIGTERM".
+    pub stop_signal: String,
+    /// Docker json-file rotation: max bytes per file (0 = unlimited) and file count.
+    pub log_max_size: u64,
+    pub log_max_files: u32,
+}
+
+/// Actual state of a container as the agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Known to the agent but not running (never started, or exited).
+    Stopped,
+    Running,
+}
+
+/// Reported by the agent on its event stream and in listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub generation: u64,
+    pub state: RunState,
+    pub pid: u32,
+    /// RFC 3339 with nanoseconds.
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i32>,
+    /// True if the process was killed by the kernel OOM killer.
+    pub oom_killed: bool,
+    /// Set when starting failed (e.g. executable not found); shown by inspect.
+    pub error: Option<String>,
+}
+
+/// Server facts reported to the head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub hostname: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub kernel_version: String,
+    pub operating_system: String,
+    pub cgroup_version: String,
+    pub runtime: String,
+    pub bridge: String,
+    /// CIDR of the local bridge network, e.g. "10.213.7.0/24".
+    pub subnet: String,
+    pub gateway: String,
+}
+
+/// Body of `POST /v1/containers/{id}/stop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRequest {
+    /// Seconds to wait after the stop signal before SIGKILL; negative waits forever.
+    pub timeout: i64,
+    pub signal: String,
+}
+
+/// Body of `POST /v1/containers/{id}/kill`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillRequest {
+    pub signal: String,
+}
+
+/// Error body the agent answers with on any non-2xx status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentErrorBody {
+    pub message: String,
+}

@@ -1,0 +1,60 @@
+//! The server's layer cache: each layer unpacked once, as an overlayfs lower dir
+//! named by its diff_id. Concurrent puts of one layer are serialised.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+
+use images::Digest;
+use tokio::sync::Mutex;
+
+use crate::error::AgentError;
+
+pub struct LayerCache {
+    dir: PathBuf,
+    locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl LayerCache {
+    pub fn open(dir: &Path) -> Result<LayerCache, AgentError> {
+        std::fs::create_dir_all(dir)?;
+        Ok(LayerCache {
+            dir: dir.to_path_buf(),
+            locks: StdMutex::new(HashMap::new()),
+        })
+    }
+
+    /// The unpacked directory of a layer (whether or not it exists yet).
+    pub fn path(&self, diff_id: &Digest) -> PathBuf {
+        self.dir.join(diff_id.hex())
+    }
+
+    pub fn has(&self, diff_id: &Digest) -> bool {
+        self.path(diff_id).is_dir()
+    }
+
+    /// Unpacks `blob` (compressed or not) as layer `diff_id`, verifying the digest.
+    /// Idempotent: a layer already present is not unpacked again.
+    pub async fn put<R: Read + Send + 'static>(
+        &self,
+        diff_id: Digest,
+        blob: R,
+    ) -> Result<(), AgentError> {
+        let lock = {
+            let mut l = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            l.entry(diff_id.to_string()).or_default().clone()
+        };
+        let _g = lock.lock().await;
+        let dest = self.path(&diff_id);
+        if dest.is_dir() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || {
+            images::layer::unpack_layer(blob, &dest, Some(&diff_id)).map(|_| ())
+        })
+        .await
+        .map_err(|e| AgentError::Internal(e.to_string()))??;
+        Ok(())
+    }
+}

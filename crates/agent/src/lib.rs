@@ -1,0 +1,20 @@
+//! The node side of atoll: one agent per server. Runs containers with runc through
+//! per-container shims, keeps the layer cache, wires the container network (via the
+//! `net` crate), and serves the agent API to the head.
+
+pub mod bundle;
+pub mod error;
+pub mod layers;
+pub mod logs;
+pub mod manager;
+pub mod reset;
+pub mod rootfs;
+pub mod runc;
+pub mod server;
+pub mod shim;
+pub mod user;
+
+pub use error::AgentError;
+pub use manager::{Agent, AgentConfig};
+pub use reset::reset;
+pub use server::serve_unix;

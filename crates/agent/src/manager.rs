@@ -1,0 +1,594 @@
+//! The agent's container manager: turns head instructions into runc containers
+//! through shims, tracks their state, and reports changes on an event stream.
+//! Instructions are idempotent and carry a generation; state survives an agent
+//! restart because shims outlive the agent and are re-adopted on start.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use agent_client::{AgentInfo, ContainerSpec, ContainerStatus, RunState};
+use chrono::{SecondsFormat, Utc};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::{Mutex, broadcast, watch};
+
+use crate::bundle::{ContainerPaths, write_bundle};
+use crate::error::AgentError;
+use crate::layers::LayerCache;
+use crate::rootfs::{Mounter, RealMounter};
+use crate::runc::{Runc, Runtime};
+use crate::shim::{ShimArgs, spawn_shim};
+
+pub struct AgentConfig {
+    /// The agent's own directory (layers, containers, runc state, netns files).
+    pub dir: PathBuf,
+    /// Short instance id: prefix of every host-wide name.
+    pub instance: String,
+    /// The atoll binary, re-executed as `atoll shim`.
+    pub exe: PathBuf,
+}
+
+/// Where an attach client waits for the container's next start.
+pub struct PendingAttach {
+    pub stream: hyper::upgrade::Upgraded,
+    pub header: String,
+}
+
+/// One container as the agent knows it.
+struct Ctr {
+    /// Serialises start/stop/remove.
+    op: Mutex<()>,
+    spec: StdMutex<ContainerSpec>,
+    status: StdMutex<ContainerStatus>,
+    /// Bumped on every exit, so stop can wait for "the" exit.
+    exits: watch::Sender<u64>,
+    pending: StdMutex<Vec<PendingAttach>>,
+}
+
+pub struct Agent {
+    pub(crate) cfg: AgentConfig,
+    pub(crate) layers: LayerCache,
+    net: net::NodeNet,
+    runc: Runc,
+    mounter: RealMounter,
+    containers_dir: PathBuf,
+    ctrs: StdMutex<HashMap<String, Arc<Ctr>>>,
+    events: broadcast::Sender<ContainerStatus>,
+    cgroup_parent: String,
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+fn stopped(id: &str, generation: u64) -> ContainerStatus {
+    ContainerStatus {
+        id: id.to_string(),
+        generation,
+        state: RunState::Stopped,
+        pid: 0,
+        started_at: None,
+        finished_at: None,
+        exit_code: None,
+        oom_killed: false,
+        error: None,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ExitInfo {
+    exit_code: i32,
+    #[serde(default)]
+    oom_killed: bool,
+    #[serde(default)]
+    finished_at: Option<String>,
+}
+
+impl Agent {
+    pub async fn start(cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let containers_dir = cfg.dir.join("containers");
+        std::fs::create_dir_all(&containers_dir)?;
+        let layers = LayerCache::open(&cfg.dir.join("layers"))?;
+        let net = net::NodeNet::setup(net::NodeNetConfig {
+            instance: cfg.instance.clone(),
+            netns_dir: cfg.dir.join("netns"),
+            subnet: None,
+        })
+        .await?;
+        let runc = Runc::new(PathBuf::from("runc"), cfg.dir.join("runc"));
+        let (events, _) = broadcast::channel(1024);
+        let agent = Arc::new(Agent {
+            cgroup_parent: format!("atoll-{}", cfg.instance),
+            cfg,
+            layers,
+            net,
+            runc,
+            mounter: RealMounter,
+            containers_dir,
+            ctrs: StdMutex::new(HashMap::new()),
+            events,
+        });
+        agent.adopt().await;
+        Ok(agent)
+    }
+
+    pub fn info(&self) -> AgentInfo {
+        let uts = nix::sys::utsname::uname().ok();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kb: u64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        AgentInfo {
+            hostname: uts
+                .as_ref()
+                .map(|u| u.nodename().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            memory_bytes: mem_kb * 1024,
+            kernel_version: uts
+                .as_ref()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            operating_system: "linux".into(),
+            cgroup_version: if Path::new("/sys/fs/cgroup/memory").is_dir() {
+                "1".into()
+            } else {
+                "2".into()
+            },
+            runtime: "runc".into(),
+            bridge: self.net.bridge().to_string(),
+            subnet: self.net.subnet().to_string(),
+            gateway: self.net.gateway().to_string(),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<ContainerStatus> {
+        self.events.subscribe()
+    }
+
+    fn ctr(&self, id: &str) -> Option<Arc<Ctr>> {
+        self.ctrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn ctr_or_insert(&self, spec: &ContainerSpec) -> Arc<Ctr> {
+        let mut m = self.ctrs.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(spec.id.clone())
+            .or_insert_with(|| {
+                Arc::new(Ctr {
+                    op: Mutex::new(()),
+                    spec: StdMutex::new(spec.clone()),
+                    status: StdMutex::new(stopped(&spec.id, spec.generation)),
+                    exits: watch::channel(0).0,
+                    pending: StdMutex::new(Vec::new()),
+                })
+            })
+            .clone()
+    }
+
+    fn paths(&self, id: &str) -> ContainerPaths {
+        ContainerPaths::new(&self.containers_dir, id)
+    }
+
+    pub fn list(&self) -> Vec<ContainerStatus> {
+        self.ctrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|c| c.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+
+    fn set_status(&self, ctr: &Ctr, st: ContainerStatus) {
+        *ctr.status.lock().unwrap_or_else(|p| p.into_inner()) = st.clone();
+        let _ = self.events.send(st);
+    }
+
+    /// Re-adopts containers whose shims survived an agent restart; records the
+    /// exits of those that ended meanwhile.
+    async fn adopt(self: &Arc<Self>) {
+        let Ok(entries) = std::fs::read_dir(&self.containers_dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let paths = self.paths(&id);
+            let Ok(bytes) = std::fs::read(paths.root.join("spec.json")) else {
+                continue;
+            };
+            let Ok(spec) = serde_json::from_slice::<ContainerSpec>(&bytes) else {
+                continue;
+            };
+            let ctr = self.ctr_or_insert(&spec);
+            match shim_pid(&paths).await {
+                Some(pid) => {
+                    let started = std::fs::read_to_string(paths.root.join("started_at")).ok();
+                    let mut st = stopped(&id, spec.generation);
+                    st.state = RunState::Running;
+                    st.pid = pid;
+                    st.started_at = started;
+                    self.set_status(&ctr, st);
+                    self.spawn_waiter(ctr.clone(), spec.clone());
+                    tracing::info!("re-adopted running container {id}");
+                }
+                None => {
+                    let mut st = stopped(&id, spec.generation);
+                    if let Some(exit) = read_exit(&paths) {
+                        st.exit_code = Some(exit.exit_code);
+                        st.oom_killed = exit.oom_killed;
+                        st.finished_at = exit.finished_at;
+                    }
+                    self.cleanup_run(&spec).await;
+                    self.set_status(&ctr, st);
+                }
+            }
+        }
+    }
+
+    /// Starts the container described by `spec` (idempotent for a running one).
+    pub async fn start_container(
+        self: &Arc<Self>,
+        spec: ContainerSpec,
+    ) -> Result<ContainerStatus, AgentError> {
+        let ctr = self.ctr_or_insert(&spec);
+        let _op = ctr.op.lock().await;
+        {
+            let st = ctr.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if st.state == RunState::Running {
+                return Ok(st);
+            }
+        }
+        *ctr.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec.clone();
+        let paths = self.paths(&spec.id);
+        std::fs::create_dir_all(&paths.root)?;
+        std::fs::write(
+            paths.root.join("spec.json"),
+            serde_json::to_vec(&spec).map_err(|e| AgentError::Internal(e.to_string()))?,
+        )?;
+        let _ = std::fs::remove_file(&paths.exit_file);
+
+        let mut lowers = Vec::new();
+        for l in spec.layers.iter().rev() {
+            let d = images::Digest::parse(&l.diff_id)?;
+            if !self.layers.has(&d) {
+                return Err(AgentError::Conflict(format!("layer {} is missing", l.diff_id)));
+            }
+            lowers.push(self.layers.path(&d));
+        }
+        if let Err(e) = self.prepare_and_run(&ctr, &spec, &paths, &lowers).await {
+            self.cleanup_run(&spec).await;
+            // Waiting attach clients are told (by closing) that this start failed,
+            // as Docker closes the streams of a container that fails to start.
+            ctr.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            return Err(e);
+        }
+        let started_at = now();
+        let _ = std::fs::write(paths.root.join("started_at"), &started_at);
+        let pid = shim_pid(&paths).await.unwrap_or(0);
+        let mut st = stopped(&spec.id, spec.generation);
+        st.state = RunState::Running;
+        st.pid = pid;
+        st.started_at = Some(started_at);
+        self.set_status(&ctr, st.clone());
+        self.spawn_waiter(ctr.clone(), spec);
+        Ok(st)
+    }
+
+    async fn prepare_and_run(
+        &self,
+        ctr: &Ctr,
+        spec: &ContainerSpec,
+        paths: &ContainerPaths,
+        lowers: &[PathBuf],
+    ) -> Result<(), AgentError> {
+        std::fs::create_dir_all(&paths.upper)?;
+        std::fs::create_dir_all(&paths.work)?;
+        std::fs::create_dir_all(&paths.rootfs)?;
+        if !self.mounter.is_mounted(&paths.rootfs) {
+            self.mounter
+                .mount_overlay(lowers, &paths.upper, &paths.work, &paths.rootfs)
+                .map_err(|e| AgentError::Internal(e.to_string()))?;
+        }
+        let netns = match &spec.network {
+            Some(n) => {
+                let ports: Vec<net::PortMapping> = n
+                    .ports
+                    .iter()
+                    .map(|p| net::PortMapping {
+                        proto: p.proto.clone(),
+                        container_port: p.container_port,
+                        host_ip: p.host_ip.clone(),
+                        host_port: p.host_port,
+                    })
+                    .collect();
+                Some(
+                    self.net
+                        .attach(&spec.id, n.ip, n.prefix_len, &n.mac, &ports)
+                        .await?,
+                )
+            }
+            None => None,
+        };
+        write_bundle(spec, paths, netns.as_deref(), &self.cgroup_parent)
+            .map_err(|e| AgentError::Runtime(e.to_string()))?;
+        let args = ShimArgs {
+            id: spec.id.clone(),
+            bundle: paths.bundle.clone(),
+            state_dir: paths.root.clone(),
+            runc_root: self.runc.root().to_path_buf(),
+            runc_binary: PathBuf::from("runc"),
+            tty: spec.process.tty,
+            open_stdin: spec.process.open_stdin,
+            log_max_size: spec.log_max_size,
+            log_max_files: spec.log_max_files,
+        };
+        let exe = self.cfg.exe.clone();
+        tokio::task::spawn_blocking(move || spawn_shim(&exe, &args))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?
+            .map_err(|e| {
+                AgentError::Runtime(format!(
+                    "failed to create task for container: OCI runtime create failed: {e}"
+                ))
+            })?;
+        // Attach clients that were waiting for this start see all output.
+        let pending: Vec<PendingAttach> =
+            std::mem::take(&mut *ctr.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for p in pending {
+            if let Err(e) = connect_attach(paths, p).await {
+                tracing::warn!("attaching waiting client to {}: {e}", spec.id);
+            }
+        }
+        self.runc
+            .start(&spec.id)
+            .map_err(|e| AgentError::Runtime(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Undoes what a run set up on the host: network and rootfs mount. The
+    /// container's directory (upper layer, logs) stays until removal.
+    async fn cleanup_run(&self, spec: &ContainerSpec) {
+        let paths = self.paths(&spec.id);
+        if spec.network.is_some()
+            && let Err(e) = self.net.detach(&spec.id).await
+        {
+            tracing::warn!("detaching network of {}: {e}", spec.id);
+        }
+        if self.mounter.is_mounted(&paths.rootfs)
+            && let Err(e) = self.mounter.unmount(&paths.rootfs)
+        {
+            tracing::warn!("unmounting rootfs of {}: {e}", spec.id);
+        }
+    }
+
+    /// Waits (through the shim's control socket) for the container to exit, then
+    /// cleans up and reports.
+    fn spawn_waiter(self: &Arc<Self>, ctr: Arc<Ctr>, spec: ContainerSpec) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let paths = me.paths(&spec.id);
+            let exit = wait_exit(&paths).await;
+            me.cleanup_run(&spec).await;
+            let mut st = stopped(&spec.id, spec.generation);
+            st.started_at = ctr
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .started_at
+                .clone();
+            match exit {
+                Some(e) => {
+                    st.exit_code = Some(e.exit_code);
+                    st.oom_killed = e.oom_killed;
+                    st.finished_at = e.finished_at.or_else(|| Some(now()));
+                }
+                None => {
+                    st.exit_code = Some(255);
+                    st.finished_at = Some(now());
+                    st.error = Some("the container's shim disappeared".into());
+                }
+            }
+            me.set_status(&ctr, st);
+            ctr.exits.send_modify(|n| *n += 1);
+        });
+    }
+
+    pub async fn kill(&self, id: &str, signal: &str) -> Result<(), AgentError> {
+        let ctr = self
+            .ctr(id)
+            .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
+        if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state != RunState::Running {
+            return Err(AgentError::Conflict(format!("container {id} is not running")));
+        }
+        self.runc
+            .kill(id, signal, true)
+            .map_err(|e| AgentError::Internal(e.to_string()))
+    }
+
+    /// Sends the stop signal, waits up to `timeout` seconds, then SIGKILL.
+    pub async fn stop(
+        &self,
+        id: &str,
+        timeout: i64,
+        signal: &str,
+    ) -> Result<ContainerStatus, AgentError> {
+        let ctr = self
+            .ctr(id)
+            .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
+        let _op = ctr.op.lock().await;
+        let mut exits = ctr.exits.subscribe();
+        exits.borrow_and_update();
+        let running = ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running;
+        if running {
+            let _ = self.runc.kill(id, signal, false);
+            let waited = if timeout < 0 {
+                exits.changed().await.ok()
+            } else {
+                tokio::time::timeout(Duration::from_secs(timeout as u64), exits.changed())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+            };
+            if waited.is_none() {
+                let _ = self.runc.kill(id, "SIGKILL", true);
+                let _ = tokio::time::timeout(Duration::from_secs(30), exits.changed()).await;
+            }
+        }
+        Ok(ctr.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// Kills if running and removes every trace of the container on this server.
+    pub async fn remove(&self, id: &str) -> Result<(), AgentError> {
+        let Some(ctr) = self.ctr(id) else {
+            // Never started here: only a directory may exist.
+            let _ = std::fs::remove_dir_all(self.paths(id).root);
+            return Ok(());
+        };
+        let _op = ctr.op.lock().await;
+        let mut exits = ctr.exits.subscribe();
+        exits.borrow_and_update();
+        if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running {
+            let _ = self.runc.kill(id, "SIGKILL", true);
+            let _ = tokio::time::timeout(Duration::from_secs(30), exits.changed()).await;
+        }
+        let spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.cleanup_run(&spec).await;
+        let _ = self.runc.delete(id, true);
+        let paths = self.paths(id);
+        if paths.root.exists() {
+            std::fs::remove_dir_all(&paths.root)?;
+        }
+        self.ctrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    /// Attach: connects now if running, else when the container next starts.
+    pub async fn attach(&self, id: &str, p: PendingAttach) -> Result<(), AgentError> {
+        let ctr = match self.ctr(id) {
+            Some(c) => c,
+            None => {
+                // Created on the head but never started here: wait for the start.
+                let spec = ContainerSpec {
+                    id: id.to_string(),
+                    ..Default::default()
+                };
+                self.ctr_or_insert(&spec)
+            }
+        };
+        let running = ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running;
+        if running {
+            connect_attach(&self.paths(id), p).await?;
+        } else {
+            ctr.pending.lock().unwrap_or_else(|p| p.into_inner()).push(p);
+        }
+        Ok(())
+    }
+
+    pub fn is_tty(&self, id: &str) -> bool {
+        self.ctr(id)
+            .map(|c| c.spec.lock().unwrap_or_else(|p| p.into_inner()).process.tty)
+            .unwrap_or(false)
+    }
+
+    pub fn log_path(&self, id: &str) -> Option<PathBuf> {
+        self.ctr(id)?;
+        Some(self.paths(id).log)
+    }
+
+    /// Resolves when the current run of the container has exited.
+    pub fn exited(&self, id: &str) -> impl Future<Output = ()> + Send + 'static {
+        let ctr = self.ctr(id);
+        async move {
+            let Some(ctr) = ctr else { return };
+            let mut rx = ctr.exits.subscribe();
+            if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state != RunState::Running {
+                return;
+            }
+            let _ = rx.changed().await;
+        }
+    }
+}
+
+fn read_exit(paths: &ContainerPaths) -> Option<ExitInfo> {
+    let b = std::fs::read(&paths.exit_file).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// Asks a shim for the container's pid; None if no shim answers.
+async fn shim_pid(paths: &ContainerPaths) -> Option<u32> {
+    let mut s = connect_sock(&paths.control_sock).await.ok()?;
+    s.write_all(b"pid\n").await.ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).await.ok()?;
+    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    v["pid"].as_u64().map(|p| p as u32)
+}
+
+/// Blocks until the shim reports the exit; falls back to the exit file if the
+/// shim is gone.
+async fn wait_exit(paths: &ContainerPaths) -> Option<ExitInfo> {
+    if let Ok(mut s) = connect_sock(&paths.control_sock).await
+        && s.write_all(b"wait\n").await.is_ok()
+    {
+        let mut line = String::new();
+        let mut r = BufReader::new(s);
+        if r.read_line(&mut line).await.is_ok()
+            && let Ok(e) = serde_json::from_str::<ExitInfo>(&line)
+        {
+            return Some(e);
+        }
+    }
+    // The shim may have exited between our connect attempts: give it a moment to
+    // have written the exit file.
+    for _ in 0..50 {
+        if let Some(e) = read_exit(paths) {
+            return Some(e);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Splices an attach client to the shim's attach socket.
+async fn connect_attach(paths: &ContainerPaths, p: PendingAttach) -> Result<(), AgentError> {
+    let mut shim = connect_sock(&paths.attach_sock).await?;
+    shim.write_all(p.header.as_bytes()).await?;
+    shim.write_all(b"\n").await?;
+    tokio::spawn(async move {
+        let mut client = hyper_util::rt::TokioIo::new(p.stream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut shim).await;
+    });
+    Ok(())
+}
+
+/// Connects to a shim socket. Unix socket paths are limited to 108 bytes and a
+/// container's directory can be deeper than that, so connect through a short
+/// `/proc/self/fd/N/` path to the open directory instead.
+pub(crate) async fn connect_sock(path: &Path) -> std::io::Result<UnixStream> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return UnixStream::connect(path).await;
+    };
+    let dir_fd = std::fs::File::open(dir)?;
+    let short = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir_fd)
+    ))
+    .join(name);
+    let r = UnixStream::connect(&short).await;
+    drop(dir_fd);
+    r
+}

@@ -1,0 +1,114 @@
+//! `atoll reset`: removes everything one instance created on this server —
+//! containers (and their shims), mounts, network devices, cgroups.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::AgentError;
+use crate::runc::{Runc, Runtime};
+
+/// Mount points at or below `dir`, deepest first (from /proc/self/mountinfo).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v.dedup();
+    v
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Some(n) = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|t| u8::from_str_radix(t, 8).ok())
+            {
+                out.push(n);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub async fn reset(agent_dir: &Path, instance: &str) -> Result<(), AgentError> {
+    let runc = Runc::new(PathBuf::from("runc"), agent_dir.join("runc"));
+    let containers = agent_dir.join("containers");
+    if let Ok(entries) = std::fs::read_dir(&containers) {
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let _ = runc.kill(&id, "SIGKILL", true);
+            let _ = runc.delete(&id, true);
+        }
+    }
+    // Shims exit once their container is gone; give them a moment, then make sure.
+    for _ in 0..50 {
+        if !any_shim_alive(&containers) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for m in mounts_under(agent_dir) {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    net::NodeNet::teardown(instance, &agent_dir.join("netns")).await?;
+    let parent = format!("atoll-{instance}");
+    if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
+        for c in ctrls.flatten() {
+            let dir = c.path().join(&parent);
+            if dir.is_dir() {
+                if let Ok(kids) = std::fs::read_dir(&dir) {
+                    for k in kids.flatten() {
+                        if k.path().is_dir() {
+                            let _ = std::fs::remove_dir(k.path());
+                        }
+                    }
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn any_shim_alive(containers: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(containers) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .any(|e| {
+            let Ok(dir) = std::fs::File::open(e.path()) else {
+                return false;
+            };
+            let short = format!(
+                "/proc/self/fd/{}/control.sock",
+                std::os::fd::AsRawFd::as_raw_fd(&dir)
+            );
+            std::os::unix::net::UnixStream::connect(short).is_ok()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert!(mounts_under(Path::new("/proc")).iter().any(|p| p == Path::new("/proc")));
+    }
+}

@@ -1,0 +1,233 @@
+//! The agent's HTTP API (see agent-client for the client side and wire types).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agent_client::{AgentErrorBody, ContainerSpec, KillRequest, StopRequest};
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use futures::{StreamExt, TryStreamExt};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::error::AgentError;
+use crate::logs::{LogOptions, log_stream};
+use crate::manager::{Agent, PendingAttach};
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(AgentErrorBody { message: self.to_string() })).into_response()
+    }
+}
+
+type R<T> = Result<T, AgentError>;
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/events", get(events))
+        .route("/v1/layers/{diff_id}", get(has_layer).put(put_layer))
+        .route("/v1/containers", get(list))
+        .route("/v1/containers/{id}", delete(remove))
+        .route("/v1/containers/{id}/start", post(start))
+        .route("/v1/containers/{id}/stop", post(stop))
+        .route("/v1/containers/{id}/kill", post(kill))
+        .route("/v1/containers/{id}/logs", get(logs))
+        .route("/v1/containers/{id}/attach", post(attach))
+        .with_state(agent)
+}
+
+/// Serves the agent API on a unix socket until `shutdown` resolves.
+pub async fn serve_unix(
+    path: PathBuf,
+    agent: Arc<Agent>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    axum::serve(listener, router(agent))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn info(State(a): State<Arc<Agent>>) -> Json<agent_client::AgentInfo> {
+    Json(a.info())
+}
+
+async fn list(State(a): State<Arc<Agent>>) -> Json<Vec<agent_client::ContainerStatus>> {
+    Json(a.list())
+}
+
+/// Every state change as one JSON line, for as long as the head listens.
+async fn events(State(a): State<Arc<Agent>>) -> Response {
+    let rx = a.subscribe();
+    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| async move {
+        let st = r.ok()?;
+        let mut b = serde_json::to_vec(&st).ok()?;
+        b.push(b'\n');
+        Some(Ok::<_, std::io::Error>(Bytes::from(b)))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_default()
+}
+
+async fn has_layer(State(a): State<Arc<Agent>>, Path(diff_id): Path<String>) -> R<StatusCode> {
+    let d = images::Digest::parse(&diff_id)?;
+    if a.layers.has(&d) {
+        Ok(StatusCode::OK)
+    } else {
+        Err(AgentError::NotFound(format!("layer {diff_id} not present")))
+    }
+}
+
+async fn put_layer(
+    State(a): State<Arc<Agent>>,
+    Path(diff_id): Path<String>,
+    req: Request,
+) -> R<StatusCode> {
+    let d = images::Digest::parse(&diff_id)?;
+    let stream = req.into_body().into_data_stream().map_err(std::io::Error::other);
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    a.layers.put(d, reader).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn start(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> R<Json<agent_client::ContainerStatus>> {
+    let spec: ContainerSpec = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("bad container spec: {e}")))?;
+    if spec.id != id {
+        return Err(AgentError::BadRequest("container id mismatch".into()));
+    }
+    Ok(Json(a.start_container(spec).await?))
+}
+
+async fn stop(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> R<Json<agent_client::ContainerStatus>> {
+    let req: StopRequest = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("bad stop request: {e}")))?;
+    Ok(Json(a.stop(&id, req.timeout, &req.signal).await?))
+}
+
+async fn kill(State(a): State<Arc<Agent>>, Path(id): Path<String>, body: Bytes) -> R<StatusCode> {
+    let req: KillRequest = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("bad kill request: {e}")))?;
+    a.kill(&id, &req.signal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<StatusCode> {
+    a.remove(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn logs(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> R<Response> {
+    let opts = log_options(q.as_deref().unwrap_or("")).map_err(AgentError::BadRequest)?;
+    let Some(path) = a.log_path(&id) else {
+        // Never started here: there is no output yet.
+        return Ok(Response::new(Body::empty()));
+    };
+    let tty = a.is_tty(&id);
+    let stream = log_stream(path, opts, tty, a.exited(&id));
+    Ok(Response::new(Body::from_stream(stream)))
+}
+
+async fn attach(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> R<Response> {
+    let p = agent_client_params(q.as_deref().unwrap_or(""));
+    let header = serde_json::json!({
+        "stdin": p("stdin"), "stdout": p("stdout"), "stderr": p("stderr"),
+    })
+    .to_string();
+    let on_upgrade = hyper::upgrade::on(req);
+    let agent = a.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(stream) => {
+                if let Err(e) = agent.attach(&id, PendingAttach { stream, header }).await {
+                    tracing::warn!("attach to {id}: {e}");
+                }
+            }
+            Err(e) => tracing::debug!("attach upgrade failed: {e}"),
+        }
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    resp.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("tcp"));
+    Ok(resp)
+}
+
+/// Docker's lenient booleans over a raw query string.
+fn agent_client_params(q: &str) -> impl Fn(&str) -> bool + '_ {
+    move |key: &str| {
+        q.split('&').any(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+            k == key && !matches!(v.to_ascii_lowercase().as_str(), "" | "0" | "false")
+        })
+    }
+}
+
+/// Docker's `logs` query: stdout, stderr, follow, tail (`all` or N), since/until
+/// (unix seconds with optional fraction), timestamps.
+fn log_options(q: &str) -> Result<LogOptions, String> {
+    let on = agent_client_params(q);
+    let get = |key: &str| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+            .next_back()
+    };
+    let time = |key: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+        match get(key).filter(|v| !v.is_empty() && v != "0") {
+            None => Ok(None),
+            Some(v) => {
+                let secs: f64 = v.parse().map_err(|_| format!("invalid value for {key}: {v}"))?;
+                let whole = secs.trunc() as i64;
+                let nanos = ((secs - secs.trunc()) * 1e9) as u32;
+                Ok(chrono::DateTime::from_timestamp(whole, nanos))
+            }
+        }
+    };
+    let tail = match get("tail").as_deref() {
+        None | Some("") | Some("all") => None,
+        Some(n) => match n.parse::<i64>() {
+            Ok(n) if n < 0 => None,
+            Ok(n) => Some(n as usize),
+            Err(_) => return Err(format!("invalid value for tail: {n}")),
+        },
+    };
+    Ok(LogOptions {
+        stdout: on("stdout"),
+        stderr: on("stderr"),
+        follow: on("follow"),
+        tail,
+        since: time("since")?,
+        until: time("until")?,
+        timestamps: on("timestamps"),
+    })
+}

@@ -1,0 +1,299 @@
+//! Docker's `-u` resolved against the container's own /etc/passwd and
+//! /etc/group (like runc's libcontainer/user), read through a path resolver
+//! that keeps every symlink inside the rootfs.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::runc::RuntimeError;
+
+/// Docker refuses ids outside this range.
+const MAX_ID: u64 = i32::MAX as u64;
+/// Like the kernel's limit on symlinks followed while resolving one path.
+const MAX_LINKS: usize = 40;
+
+/// The ids the container's process runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Groups from /etc/group that list the user as a member (only when the
+    /// group was not given explicitly, as in Docker).
+    pub additional_gids: Vec<u32>,
+    /// Home from /etc/passwd, "/" if unknown.
+    pub home: String,
+}
+
+struct PasswdEntry {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+struct GroupEntry {
+    name: String,
+    gid: u32,
+    members: Vec<String>,
+}
+
+/// Resolves `path` (absolute, as seen inside the container) to a host path
+/// under `root`, following symlinks as if `root` were `/`: `..` and absolute
+/// link targets never leave `root`. The result may not exist.
+pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, RuntimeError> {
+    // Components still to walk, in reverse order (a stack).
+    let mut todo: Vec<std::ffi::OsString> = Vec::new();
+    push_components(&mut todo, path);
+    let mut done: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            done.pop();
+            continue;
+        }
+        if c == "." || c.is_empty() {
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(done.iter());
+        candidate.push(&c);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(RuntimeError::Invalid(format!(
+                        "too many levels of symbolic links in {}",
+                        path.display()
+                    )));
+                }
+                let target = std::fs::read_link(&candidate)
+                    .map_err(|e| RuntimeError::io("reading a symlink in the rootfs", e))?;
+                if target.is_absolute() {
+                    done.clear();
+                }
+                push_components(&mut todo, &target);
+            }
+            _ => done.push(c),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(done.iter());
+    Ok(out)
+}
+
+fn push_components(todo: &mut Vec<std::ffi::OsString>, p: &Path) {
+    let comps: Vec<std::ffi::OsString> = p
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    todo.extend(comps.into_iter().rev());
+}
+
+/// Reads a file of the container; a missing file reads as empty (as runc does).
+fn read_in_root(root: &Path, path: &str) -> Result<String, RuntimeError> {
+    let p = resolve_in_root(root, Path::new(path))?;
+    match std::fs::read(&p) {
+        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(String::new()),
+        Err(e) => Err(RuntimeError::io(format!("reading {path}"), e)),
+    }
+}
+
+fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some(PasswdEntry {
+                name: f.first()?.to_string(),
+                uid: f.get(2)?.trim().parse().ok()?,
+                gid: f.get(3)?.trim().parse().ok()?,
+                home: f.get(5).map(|s| s.to_string()).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn parse_group(text: &str) -> Vec<GroupEntry> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some(GroupEntry {
+                name: f.first()?.to_string(),
+                gid: f.get(2)?.trim().parse().ok()?,
+                members: f
+                    .get(3)
+                    .map(|m| {
+                        m.split(',')
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// A numeric id in Docker's range, None if `s` is not a number at all.
+fn parse_id(s: &str) -> Result<Option<u32>, RuntimeError> {
+    if s.is_empty() || !s.chars().all(|c| c.is_ascii_digit()) {
+        return Ok(None);
+    }
+    match s.parse::<u64>() {
+        Ok(n) if n <= MAX_ID => Ok(Some(n as u32)),
+        _ => Err(RuntimeError::Invalid(
+            "uids and gids must be in range 0-2147483647".into(),
+        )),
+    }
+}
+
+/// Resolves Docker's `-u` value (`name`, `uid`, `name:group`, `uid:gid`, empty
+/// for root) against `<rootfs>/etc/passwd` and `<rootfs>/etc/group`.
+pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ExecUser, RuntimeError> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let user = if user.is_empty() { "0" } else { user };
+    let passwd = parse_passwd(&read_in_root(rootfs, "/etc/passwd")?);
+    let uid_num = parse_id(user)?;
+    let entry = passwd.iter().find(|e| match uid_num {
+        Some(n) => e.uid == n,
+        None => e.name == user,
+    });
+    let (uid, mut gid, name, home) = match (entry, uid_num) {
+        (Some(e), _) => (e.uid, e.gid, Some(e.name.clone()), e.home.clone()),
+        // A numeric uid need not be in passwd: it runs with gid 0.
+        (None, Some(n)) => (n, 0, None, "/".to_string()),
+        (None, None) => {
+            return Err(RuntimeError::Invalid(format!(
+                "unable to find user {user}: no matching entries in passwd file"
+            )));
+        }
+    };
+    let groups = parse_group(&read_in_root(rootfs, "/etc/group")?);
+    let mut additional_gids = Vec::new();
+    match group {
+        Some(g) if !g.is_empty() => {
+            gid = match parse_id(g)? {
+                Some(n) => n,
+                None => groups
+                    .iter()
+                    .find(|e| e.name == g)
+                    .map(|e| e.gid)
+                    .ok_or_else(|| {
+                        RuntimeError::Invalid(format!(
+                            "unable to find group {g}: no matching entries in group file"
+                        ))
+                    })?,
+            };
+        }
+        _ => {
+            if let Some(n) = &name {
+                for e in groups.iter().filter(|e| e.members.iter().any(|m| m == n)) {
+                    if !additional_gids.contains(&e.gid) {
+                        additional_gids.push(e.gid);
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExecUser {
+        uid,
+        gid,
+        additional_gids,
+        home: if home.is_empty() { "/".into() } else { home },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs() -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join("etc")).expect("etc");
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\n# comment\nbroken line\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\nweb:x:1000:1000::/home/web:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nwheel:x:10:root,web\nstaff:x:50:web\nnogroup:x:65534:\nweb:x:1000:\n",
+        )
+        .expect("group");
+        d
+    }
+
+    #[test]
+    fn names_and_ids() {
+        let d = rootfs();
+        let r = resolve_user(d.path(), "").expect("root");
+        assert_eq!((r.uid, r.gid, r.additional_gids.clone()), (0, 0, vec![10]));
+        assert_eq!(r.home, "/root");
+        let w = resolve_user(d.path(), "web").expect("web");
+        assert_eq!(
+            (w.uid, w.gid, w.additional_gids),
+            (1000, 1000, vec![10, 50])
+        );
+        let n = resolve_user(d.path(), "nobody:staff").expect("nobody:staff");
+        assert_eq!((n.uid, n.gid, n.additional_gids), (65534, 50, vec![]));
+        let u = resolve_user(d.path(), "1000:5").expect("1000:5");
+        assert_eq!((u.uid, u.gid), (1000, 5));
+        let unknown = resolve_user(d.path(), "4242").expect("numeric not in passwd");
+        assert_eq!(
+            (unknown.uid, unknown.gid, unknown.home.as_str()),
+            (4242, 0, "/")
+        );
+    }
+
+    #[test]
+    fn docker_errors() {
+        let d = rootfs();
+        assert_eq!(
+            resolve_user(d.path(), "xyz")
+                .expect_err("no user")
+                .to_string(),
+            "unable to find user xyz: no matching entries in passwd file"
+        );
+        assert_eq!(
+            resolve_user(d.path(), "web:nope")
+                .expect_err("no group")
+                .to_string(),
+            "unable to find group nope: no matching entries in group file"
+        );
+        assert!(resolve_user(d.path(), "99999999999").is_err());
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert_eq!(resolve_user(empty.path(), "").expect("root").uid, 0);
+        assert!(resolve_user(empty.path(), "web").is_err());
+    }
+
+    #[test]
+    fn symlinks_stay_inside_the_rootfs() {
+        let host = tempfile::tempdir().expect("tempdir");
+        // A passwd file outside the rootfs that must never be read.
+        std::fs::write(host.path().join("evil"), "evil:x:0:0::/:/bin/sh\n").expect("evil");
+        let root = host.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).expect("etc");
+        std::fs::create_dir_all(root.join("real")).expect("real");
+        std::fs::write(root.join("real/passwd"), "inside:x:7:7::/:/bin/sh\n").expect("passwd");
+        std::os::unix::fs::symlink("../../../evil", root.join("etc/passwd")).expect("link");
+        assert!(resolve_user(&root, "evil").is_err());
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/etc/passwd")).expect("resolve"),
+            root.join("evil")
+        );
+        std::fs::remove_file(root.join("etc/passwd")).expect("rm");
+        std::os::unix::fs::symlink("/real/passwd", root.join("etc/passwd")).expect("link");
+        assert_eq!(resolve_user(&root, "inside").expect("inside").uid, 7);
+        std::os::unix::fs::symlink("loop", root.join("loop")).expect("loop");
+        assert!(resolve_in_root(&root, Path::new("/loop/x")).is_err());
+    }
+}

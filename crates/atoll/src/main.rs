@@ -1,0 +1,103 @@
+//! The single `atoll` binary: `up` (head + local agent), `head`, `agent`, `shim`,
+//! `reset`. Wiring only; the logic lives in the crates.
+
+mod instance;
+mod up;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "atoll", version, about = "A whole datacenter as one Docker host")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a head and one local agent in the foreground (the embedded default).
+    Up {
+        #[arg(long, default_value = "/var/lib/atoll")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "/run/atoll/docker.sock")]
+        docker_socket: PathBuf,
+    },
+    /// Stop everything an instance created (containers, mounts, network devices)
+    /// and remove its state.
+    Reset {
+        #[arg(long, default_value = "/var/lib/atoll")]
+        data_dir: PathBuf,
+    },
+    /// Internal: the per-container shim, started by the agent.
+    #[command(hide = true)]
+    Shim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The shim must not start a tokio runtime: it is single-threaded and tiny.
+    if let Cmd::Shim { args } = &cli.cmd {
+        let code = match agent::shim::ShimArgs::parse(args) {
+            Ok(a) => agent::shim::shim_main(a),
+            Err(e) => {
+                eprintln!("atoll shim: {e}");
+                2
+            }
+        };
+        return std::process::ExitCode::from(code as u8);
+    }
+    raise_nofile();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("atoll: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let res: Result<()> = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Up {
+                data_dir,
+                docker_socket,
+            } => up::run(&data_dir, &docker_socket).await,
+            Cmd::Reset { data_dir } => up::reset(&data_dir).await,
+            Cmd::Shim { .. } => Ok(()),
+        }
+    });
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("atoll: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises our open-file limit as far as the host lets us: the agent holds many
+/// connections, and containers inherit what runc can grant from it.
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const WANT: u64 = 1 << 20;
+    if setrlimit(Resource::RLIMIT_NOFILE, WANT, WANT).is_err()
+        && let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

@@ -1,0 +1,260 @@
+//! The head's service object: owns the store, the blob store and the agents, and
+//! executes typed commands. It never sees HTTP.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use agent_client::{AgentAddr, AgentClient, ContainerStatus, RunState};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use images::BlobStore;
+use tokio::sync::{Mutex, broadcast};
+
+use crate::error::{Error, Result};
+use crate::model::{ContainerRecord, NodeRecord, Status};
+use crate::store::Store;
+
+/// A change to a container (state, name, removal), for waiters and later for events.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub account: String,
+    pub id: String,
+    pub removed: bool,
+    pub status: Status,
+    pub exit_code: i32,
+}
+
+pub struct Cluster {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) blobs: BlobStore,
+    pub(crate) registry: images::registry::RegistryClient,
+    agents: StdMutex<HashMap<String, AgentClient>>,
+    locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+    pub(crate) changes: broadcast::Sender<Change>,
+    pub name: String,
+}
+
+impl Cluster {
+    /// `data_dir` is the head's own directory (blobs, temp files).
+    pub fn new(store: Arc<dyn Store>, data_dir: &Path, name: &str) -> Result<Arc<Cluster>> {
+        let blobs = BlobStore::open(&data_dir.join("blobs"))
+            .map_err(|e| Error::internal("opening the blob store", e))?;
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Arc::new(Cluster {
+            store,
+            blobs,
+            registry: images::registry::RegistryClient::new(Vec::new()),
+            agents: StdMutex::new(HashMap::new()),
+            locks: StdMutex::new(HashMap::new()),
+            changes,
+            name: name.to_string(),
+        }))
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    pub(crate) fn notify(&self, c: &ContainerRecord, removed: bool) {
+        let _ = self.changes.send(Change {
+            account: c.account.clone(),
+            id: c.id.clone(),
+            removed,
+            status: c.state.status,
+            exit_code: c.state.exit_code,
+        });
+    }
+
+    /// Serialises operations on one container (start/stop/rm/state updates).
+    pub(crate) async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(id.to_string()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    pub(crate) fn forget_lock(&self, id: &str) {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    pub(crate) fn agent(&self, node: &str) -> Result<AgentClient> {
+        self.agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .cloned()
+            .ok_or_else(|| Error::Upstream("the server of this container is not available".into()))
+    }
+
+    /// Registers an agent and starts following its state changes.
+    pub async fn add_node(self: &Arc<Self>, id: &str, address: &str) -> Result<()> {
+        let addr = AgentAddr::parse(address).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let client = AgentClient::new(addr);
+        let info = client
+            .info()
+            .await
+            .map_err(|e| Error::Upstream(format!("agent {address}: {e}")))?;
+        self.store
+            .upsert_node(&NodeRecord {
+                id: id.to_string(),
+                address: address.to_string(),
+                info,
+                last_seen: Utc::now(),
+            })
+            .await?;
+        self.agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), client.clone());
+        let me = self.clone();
+        let node = id.to_string();
+        tokio::spawn(async move { me.follow_node(node, client).await });
+        Ok(())
+    }
+
+    /// Picks the server for a new container. One server for now; the scheduler
+    /// (filters + scores) replaces this when there are many.
+    pub(crate) async fn place(&self) -> Result<NodeRecord> {
+        let nodes = self.store.list_nodes().await?;
+        let agents: Vec<String> = self
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        nodes
+            .into_iter()
+            .find(|n| agents.contains(&n.id))
+            .ok_or_else(|| Error::Upstream("no server is available to run containers".into()))
+    }
+
+    /// Follows an agent's event stream forever, reconciling after every (re)connect.
+    async fn follow_node(self: Arc<Self>, node: String, client: AgentClient) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match client.events().await {
+                Ok(mut events) => {
+                    backoff = Duration::from_millis(100);
+                    // The stream is open: whatever changes from now on arrives on it,
+                    // so a listing taken now cannot miss anything.
+                    if let Err(e) = self.reconcile(&node, &client).await {
+                        tracing::warn!("reconciling node {node}: {e}");
+                    }
+                    while let Some(ev) = events.next().await {
+                        match ev {
+                            Ok(status) => {
+                                if let Err(e) = self.apply_status(&status).await {
+                                    tracing::warn!("applying status of {}: {e}", status.id);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!("event stream of node {node}: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!("node {node} unreachable: {e}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Brings the store in line with what the agent actually runs.
+    async fn reconcile(self: &Arc<Self>, node: &str, client: &AgentClient) -> Result<()> {
+        let actual = client
+            .list()
+            .await
+            .map_err(|e| Error::Upstream(e.to_string()))?;
+        for st in &actual {
+            self.apply_status(st).await?;
+        }
+        for c in self.store.containers_on_node(node).await? {
+            if c.state.status.is_running() && !actual.iter().any(|s| s.id == c.id) {
+                // The agent has no trace of it (e.g. the server was wiped): it is gone.
+                let status = ContainerStatus {
+                    id: c.id.clone(),
+                    generation: c.generation,
+                    state: RunState::Stopped,
+                    pid: 0,
+                    started_at: None,
+                    finished_at: Some(Utc::now().to_rfc3339()),
+                    exit_code: Some(255),
+                    oom_killed: false,
+                    error: Some("container lost by its server".into()),
+                };
+                self.apply_status(&status).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies an agent report to the stored record; idempotent. Runs exit
+    /// handling (auto-remove, restart policy) on a running → stopped transition.
+    pub async fn apply_status(self: &Arc<Self>, st: &ContainerStatus) -> Result<()> {
+        let _g = self.lock(&st.id).await;
+        let Some(mut c) = self.store.get_container_by_id(&st.id).await? else {
+            return Ok(());
+        };
+        if st.generation < c.generation {
+            return Ok(()); // a report about an earlier run
+        }
+        let exited = self.record_status(&mut c, st);
+        if !exited {
+            return Ok(());
+        }
+        self.store.update_container(&c).await?;
+        self.notify(&c, false);
+        drop(_g);
+        self.after_exit(c).await;
+        Ok(())
+    }
+
+    /// Updates `c` from a report. Returns true when this report is the exit of the
+    /// current run (the caller saves and handles it); saves running reports itself.
+    pub(crate) fn record_status(&self, c: &mut ContainerRecord, st: &ContainerStatus) -> bool {
+        match st.state {
+            RunState::Running => {
+                if c.state.status != Status::Running && c.state.status != Status::Paused {
+                    c.state.status = Status::Running;
+                    c.state.pid = st.pid;
+                    if let Some(t) = parse_time(st.started_at.as_deref()) {
+                        c.state.started_at = Some(t);
+                    }
+                }
+                false
+            }
+            RunState::Stopped => {
+                if !c.state.status.is_running() {
+                    return false;
+                }
+                c.state.status = Status::Exited;
+                c.state.pid = 0;
+                c.state.exit_code = st.exit_code.unwrap_or(255);
+                c.state.oom_killed = st.oom_killed;
+                c.state.finished_at = parse_time(st.finished_at.as_deref()).or(Some(Utc::now()));
+                if let Some(e) = &st.error {
+                    c.state.error = e.clone();
+                }
+                true
+            }
+        }
+    }
+}
+
+pub(crate) fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}

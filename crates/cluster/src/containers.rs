@@ -1,0 +1,737 @@
+//! Container commands: create, start, stop, kill, restart, rm, rename, wait, logs,
+//! attach, prune, and what happens after an exit (auto-remove, restart policies).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_client::{ClientError, NetworkSpec, StopRequest};
+use bollard_stubs::models::ContainerCreateBody;
+use chrono::Utc;
+use futures::TryStreamExt;
+use tokio_util::io::ReaderStream;
+
+use crate::cluster::Cluster;
+use crate::create::{ImageDefaults, RestartPolicy, parse_signal, plan};
+use crate::error::{Error, Result, StoreError};
+use crate::model::{ContainerRecord, ContainerState, Status};
+use crate::names;
+
+/// Docker's `wait` conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitCondition {
+    NotRunning,
+    NextExit,
+    Removed,
+}
+
+impl WaitCondition {
+    pub fn parse(s: &str) -> Result<WaitCondition> {
+        match s {
+            "" | "not-running" => Ok(WaitCondition::NotRunning),
+            "next-exit" => Ok(WaitCondition::NextExit),
+            "removed" => Ok(WaitCondition::Removed),
+            other => Err(Error::InvalidArgument(format!(
+                "invalid condition: \"{other}\""
+            ))),
+        }
+    }
+}
+
+fn upstream(e: ClientError) -> Error {
+    match e {
+        ClientError::Status { status, message } if (400..500).contains(&status) => {
+            if status == 404 {
+                Error::NotFound(message)
+            } else if status == 409 {
+                Error::Conflict(message)
+            } else {
+                Error::InvalidArgument(message)
+            }
+        }
+        ClientError::Status { message, .. } => Error::Upstream(message),
+        other => Error::Upstream(other.to_string()),
+    }
+}
+
+/// MAC derived from the IP, as Docker does on its bridge.
+fn mac_for(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+impl Cluster {
+    /// Docker's lookup order: full id, exact name, then unique id prefix.
+    pub async fn find_container(&self, account: &str, key: &str) -> Result<ContainerRecord> {
+        let key_name = key.strip_prefix('/').unwrap_or(key);
+        if key.len() == 64
+            && let Some(c) = self.store.get_container(account, key).await?
+        {
+            return Ok(c);
+        }
+        let all = self.store.list_containers(account).await?;
+        if let Some(c) = all.iter().find(|c| c.name == key_name) {
+            return Ok(c.clone());
+        }
+        if !key.is_empty() && names::is_hex(key) {
+            let matches: Vec<&ContainerRecord> =
+                all.iter().filter(|c| c.id.starts_with(key)).collect();
+            match matches.len() {
+                1 => return Ok(matches[0].clone()),
+                0 => {}
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "multiple IDs found with provided prefix: {key}"
+                    )));
+                }
+            }
+        }
+        Err(Error::no_such_container(key))
+    }
+
+    pub async fn list_containers(&self, account: &str) -> Result<Vec<ContainerRecord>> {
+        let mut v = self.store.list_containers(account).await?;
+        v.sort_by(|a, b| b.created.cmp(&a.created));
+        Ok(v)
+    }
+
+    pub async fn create_container(
+        self: &Arc<Self>,
+        account: &str,
+        name: Option<&str>,
+        body: ContainerCreateBody,
+    ) -> Result<(String, Vec<String>)> {
+        let image_ref = body.image.clone().unwrap_or_default();
+        if image_ref.is_empty() {
+            return Err(Error::InvalidArgument(
+                "config cannot be empty in order to create a container".into(),
+            ));
+        }
+        let name = name
+            .filter(|n| !n.is_empty())
+            .map(names::validate_container_name)
+            .transpose()?;
+        let image = self.find_image(account, &image_ref).await?;
+        let image_config = self.image_config(&image.id)?;
+        let id = names::new_id();
+        let mut planned = plan(&id, &body, &ImageDefaults::from_config(&image_config))?;
+        planned.spec.layers = image.layers.iter().map(|l| l.layer_ref()).collect();
+        let node = self.place().await?;
+
+        let mut config = serde_json::to_value(&body)
+            .map_err(|e| Error::internal("encoding container config", e))?;
+        config["Image"] = serde_json::Value::String(image_ref.clone());
+        config["Cmd"] = serde_json::json!(planned.cmd);
+        config["Entrypoint"] = if planned.entrypoint.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!(planned.entrypoint)
+        };
+        config["WorkingDir"] = serde_json::json!(planned.spec.process.cwd);
+        let mut rec = ContainerRecord {
+            account: account.to_string(),
+            id: id.clone(),
+            name: String::new(),
+            image_ref,
+            image_id: image.id.clone(),
+            created: Utc::now(),
+            node: node.id.clone(),
+            config,
+            spec: planned.spec,
+            state: ContainerState::default(),
+            labels: planned.labels,
+            generation: 0,
+        };
+
+        // Name and address are both unique: retry on clashes with other creates.
+        let subnet: Vec<&str> = node.info.subnet.split('/').collect();
+        let base: Ipv4Addr = subnet
+            .first()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::internal("node subnet", &node.info.subnet))?;
+        let prefix: u8 = subnet.get(1).and_then(|p| p.parse().ok()).unwrap_or(24);
+        let gateway: Ipv4Addr = node
+            .info
+            .gateway
+            .parse()
+            .map_err(|e| Error::internal("node gateway", e))?;
+        for attempt in 0..64u32 {
+            rec.name = match &name {
+                Some(n) => n.clone(),
+                None => names::random_name(attempt),
+            };
+            if !planned.network_none {
+                let used = self.store.used_ips(&node.id).await?;
+                let ip = free_ip(base, prefix, gateway, &used)?;
+                let mut ports = planned.ports.clone();
+                self.assign_host_ports(&node.id, &mut ports).await?;
+                rec.spec.network = Some(NetworkSpec {
+                    ip,
+                    prefix_len: prefix,
+                    gateway,
+                    mac: mac_for(ip),
+                    ports,
+                });
+            }
+            match self.store.insert_container(&rec).await {
+                Ok(()) => {
+                    self.notify(&rec, false);
+                    return Ok((id, Vec::new()));
+                }
+                Err(StoreError::Conflict(what)) if what == "name" => {
+                    if let Some(n) = &name {
+                        let other = self.find_container(account, n).await.ok();
+                        return Err(Error::Conflict(format!(
+                            "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                            other.map(|o| o.id).unwrap_or_default()
+                        )));
+                    }
+                }
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict("could not allocate a name and address, try again".into()))
+    }
+
+    /// Gives every `host_port: 0` a free port in Docker's ephemeral range and checks
+    /// explicit ones against the other containers of the server.
+    async fn assign_host_ports(
+        &self,
+        node: &str,
+        ports: &mut [agent_client::PortMapping],
+    ) -> Result<()> {
+        let others = self.store.containers_on_node(node).await?;
+        let taken: Vec<(String, u16)> = others
+            .iter()
+            .filter_map(|c| c.spec.network.as_ref())
+            .flat_map(|n| n.ports.iter().map(|p| (p.proto.clone(), p.host_port)))
+            .collect();
+        let mut mine: Vec<(String, u16)> = Vec::new();
+        for p in ports.iter_mut() {
+            if p.host_port == 0 {
+                let start = 32768 + (rand::random::<u16>() % 28000);
+                let mut port = start;
+                loop {
+                    let key = (p.proto.clone(), port);
+                    if !taken.contains(&key) && !mine.contains(&key) && port_is_free(&p.proto, port)
+                    {
+                        break;
+                    }
+                    port = if port >= 60999 { 32768 } else { port + 1 };
+                    if port == start {
+                        return Err(Error::Conflict("no free host port left".into()));
+                    }
+                }
+                p.host_port = port;
+            } else if taken.contains(&(p.proto.clone(), p.host_port)) {
+                return Err(Error::Conflict(format!(
+                    "Bind for {}:{} failed: port is already allocated",
+                    if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip },
+                    p.host_port
+                )));
+            }
+            mine.push((p.proto.clone(), p.host_port));
+        }
+        Ok(())
+    }
+
+    /// Streams every missing layer of the container's image to its server.
+    async fn ensure_layers(&self, c: &ContainerRecord) -> Result<()> {
+        let agent = self.agent(&c.node)?;
+        for l in &c.spec.layers {
+            if agent.has_layer(&l.diff_id).await.map_err(upstream)? {
+                continue;
+            }
+            let digest = images::Digest::parse(&l.blob)?;
+            let file = tokio::fs::File::open(self.blobs.path(&digest))
+                .await
+                .map_err(|e| Error::internal("opening layer blob", e))?;
+            let stream = ReaderStream::new(file).map_err(std::io::Error::other);
+            agent.put_layer(&l.diff_id, stream).await.map_err(upstream)?;
+        }
+        Ok(())
+    }
+
+    pub async fn start_container(self: &Arc<Self>, account: &str, key: &str) -> Result<()> {
+        let c = self.find_container(account, key).await?;
+        let _g = self.lock(&c.id).await;
+        let Some(c) = self.store.get_container(account, &c.id).await? else {
+            return Err(Error::no_such_container(key));
+        };
+        match c.state.status {
+            Status::Running | Status::Paused => {
+                return Err(Error::NotModified("container already started".into()));
+            }
+            Status::Removing => {
+                return Err(Error::Conflict(format!(
+                    "container {} is marked for removal and cannot be started",
+                    c.id
+                )));
+            }
+            _ => {}
+        }
+        let auto_remove = c.config["HostConfig"]["AutoRemove"].as_bool().unwrap_or(false);
+        let id = c.id.clone();
+        let r = self.start_locked(c).await;
+        if r.is_err() && auto_remove {
+            // Docker removes an auto-remove container whose start failed.
+            drop(_g);
+            let _ = self.remove_container(account, &id, true).await;
+        }
+        r
+    }
+
+    /// Starts a container; the caller holds its lock.
+    async fn start_locked(&self, mut c: ContainerRecord) -> Result<()> {
+        self.ensure_layers(&c).await?;
+        if let Some(net) = &c.spec.network {
+            let others = self.store.containers_on_node(&c.node).await?;
+            for p in &net.ports {
+                let clash = others.iter().find(|o| {
+                    o.id != c.id
+                        && o.state.status.is_running()
+                        && o.spec.network.as_ref().is_some_and(|n| {
+                            n.ports
+                                .iter()
+                                .any(|q| q.proto == p.proto && q.host_port == p.host_port)
+                        })
+                });
+                if clash.is_some() {
+                    return Err(Error::Conflict(format!(
+                        "Bind for 0.0.0.0:{} failed: port is already allocated",
+                        p.host_port
+                    )));
+                }
+            }
+        }
+        c.generation += 1;
+        c.spec.generation = c.generation;
+        self.store.update_container(&c).await?;
+        let agent = self.agent(&c.node)?;
+        match agent.start(&c.spec).await {
+            Ok(st) => {
+                c.state.status = Status::Running;
+                c.state.pid = st.pid;
+                c.state.started_at =
+                    crate::cluster::parse_time(st.started_at.as_deref()).or(Some(Utc::now()));
+                c.state.exit_code = 0;
+                c.state.error.clear();
+                c.state.oom_killed = false;
+                c.state.stopped_by_user = false;
+                self.store.update_container(&c).await?;
+                self.notify(&c, false);
+                Ok(())
+            }
+            Err(e) => {
+                let err = upstream(e);
+                if let Error::InvalidArgument(m) = &err {
+                    c.state.error = m.clone();
+                    c.state.exit_code = if m.contains("permission denied") { 126 } else { 127 };
+                    if c.state.status == Status::Restarting {
+                        c.state.status = Status::Exited;
+                    }
+                    self.store.update_container(&c).await?;
+                    self.notify(&c, false);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    pub async fn stop_container(
+        self: &Arc<Self>,
+        account: &str,
+        key: &str,
+        timeout: Option<i64>,
+        signal: Option<&str>,
+    ) -> Result<()> {
+        let c = self.find_container(account, key).await?;
+        let _g = self.lock(&c.id).await;
+        let Some(mut c) = self.store.get_container(account, &c.id).await? else {
+            return Err(Error::no_such_container(key));
+        };
+        if c.state.status == Status::Restarting {
+            // Between restarts: cancel the pending restart.
+            c.state.status = Status::Exited;
+            c.state.stopped_by_user = true;
+            self.store.update_container(&c).await?;
+            self.notify(&c, false);
+            return Ok(());
+        }
+        if !c.state.status.is_running() {
+            return Err(Error::NotModified("container already stopped".into()));
+        }
+        let signal = match signal.filter(|s| !s.is_empty()) {
+            Some(s) => {
+                parse_signal(s)?;
+                s.to_string()
+            }
+            None => c.spec.stop_signal.clone(),
+        };
+        let timeout = timeout
+            .or_else(|| c.config["StopTimeout"].as_i64())
+            .unwrap_or(10);
+        c.state.stopped_by_user = true;
+        self.store.update_container(&c).await?;
+        let st = self
+            .agent(&c.node)?
+            .stop(&c.id, &StopRequest { timeout, signal })
+            .await
+            .map_err(upstream)?;
+        if self.record_status(&mut c, &st) {
+            self.store.update_container(&c).await?;
+            self.notify(&c, false);
+            drop(_g);
+            self.after_exit(c).await;
+        }
+        Ok(())
+    }
+
+    pub async fn kill_container(
+        self: &Arc<Self>,
+        account: &str,
+        key: &str,
+        signal: Option<&str>,
+    ) -> Result<()> {
+        let signal = signal.filter(|s| !s.is_empty()).unwrap_or("SIGKILL");
+        let num = parse_signal(signal)?;
+        let c = self.find_container(account, key).await?;
+        let _g = self.lock(&c.id).await;
+        let Some(mut c) = self.store.get_container(account, &c.id).await? else {
+            return Err(Error::no_such_container(key));
+        };
+        if !c.state.status.is_running() || c.state.status == Status::Restarting {
+            return Err(Error::Conflict(format!(
+                "cannot kill container: {key}: container {} is not running",
+                c.id
+            )));
+        }
+        if num == 9 || num == 15 || num == 2 {
+            c.state.stopped_by_user = true;
+            self.store.update_container(&c).await?;
+        }
+        self.agent(&c.node)?
+            .kill(&c.id, signal)
+            .await
+            .map_err(upstream)
+    }
+
+    pub async fn restart_container(
+        self: &Arc<Self>,
+        account: &str,
+        key: &str,
+        timeout: Option<i64>,
+        signal: Option<&str>,
+    ) -> Result<()> {
+        match self.stop_container(account, key, timeout, signal).await {
+            Ok(()) | Err(Error::NotModified(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let c = self.find_container(account, key).await?;
+        let _g = self.lock(&c.id).await;
+        let Some(mut c) = self.store.get_container(account, &c.id).await? else {
+            return Err(Error::no_such_container(key));
+        };
+        if c.state.status.is_running() && c.state.status != Status::Restarting {
+            return Ok(());
+        }
+        c.state.status = Status::Exited;
+        self.start_locked(c).await
+    }
+
+    pub async fn remove_container(
+        self: &Arc<Self>,
+        account: &str,
+        key: &str,
+        force: bool,
+    ) -> Result<()> {
+        let c = self.find_container(account, key).await?;
+        let _g = self.lock(&c.id).await;
+        let Some(mut c) = self.store.get_container(account, &c.id).await? else {
+            return Err(Error::no_such_container(key));
+        };
+        if c.state.status.is_running() && c.state.status != Status::Restarting && !force {
+            return Err(Error::Conflict(format!(
+                "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+                c.name
+            )));
+        }
+        if c.state.status == Status::Removing {
+            return Err(Error::Conflict(format!(
+                "removal of container {} is already in progress",
+                c.id
+            )));
+        }
+        let was_running = c.state.status.is_running();
+        c.state.status = Status::Removing;
+        c.state.stopped_by_user = true;
+        self.store.update_container(&c).await?;
+        self.notify(&c, false);
+        if let Err(e) = self.agent(&c.node)?.remove(&c.id).await {
+            // Leave it visible as dead rather than half-removed; `rm -f` again retries.
+            c.state.status = Status::Dead;
+            self.store.update_container(&c).await?;
+            return Err(upstream(e));
+        }
+        if was_running {
+            c.state.exit_code = 137;
+        }
+        self.store.delete_container(account, &c.id).await?;
+        self.notify(&c, true);
+        drop(_g);
+        self.forget_lock(&c.id);
+        Ok(())
+    }
+
+    pub async fn rename_container(&self, account: &str, key: &str, new_name: &str) -> Result<()> {
+        if new_name.is_empty() {
+            return Err(Error::InvalidArgument("Neither old nor new names may be empty".into()));
+        }
+        let new_name = names::validate_container_name(new_name)?;
+        let c = self.find_container(account, key).await?;
+        let _g = self.lock(&c.id).await;
+        let Some(mut c) = self.store.get_container(account, &c.id).await? else {
+            return Err(Error::no_such_container(key));
+        };
+        if c.name == new_name {
+            return Err(Error::InvalidArgument(format!(
+                "Renaming a container with the same name as its current name"
+            )));
+        }
+        c.name = new_name.clone();
+        match self.store.update_container(&c).await {
+            Ok(()) => {
+                self.notify(&c, false);
+                Ok(())
+            }
+            Err(StoreError::Conflict(_)) => {
+                let other = self.find_container(account, &new_name).await.ok();
+                Err(Error::Conflict(format!(
+                    "Conflict. The container name \"/{new_name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                    other.map(|o| o.id).unwrap_or_default()
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Resolves the container now (so a bad name fails before any response is
+    /// sent) and returns a future that completes with the exit code.
+    pub async fn wait_container(
+        self: &Arc<Self>,
+        account: &str,
+        key: &str,
+        condition: WaitCondition,
+    ) -> Result<impl Future<Output = Result<i32>> + Send + 'static> {
+        let mut rx = self.subscribe();
+        let c = self.find_container(account, key).await?;
+        let me = self.clone();
+        let account = account.to_string();
+        Ok(async move {
+            let id = c.id.clone();
+            if condition == WaitCondition::NotRunning && !c.state.status.is_running() {
+                return Ok(c.state.exit_code);
+            }
+            loop {
+                let change = match rx.recv().await {
+                    Ok(ch) => ch,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed changes: look at the record itself.
+                        match me.store.get_container(&account, &id).await? {
+                            None => {
+                                return Ok(0);
+                            }
+                            Some(c)
+                                if condition == WaitCondition::NotRunning
+                                    && !c.state.status.is_running() =>
+                            {
+                                return Ok(c.state.exit_code);
+                            }
+                            _ => continue,
+                        }
+                    }
+                    Err(_) => return Err(Error::Internal("shutting down".into())),
+                };
+                if change.id != id {
+                    continue;
+                }
+                match condition {
+                    WaitCondition::Removed if change.removed => return Ok(change.exit_code),
+                    WaitCondition::Removed => {}
+                    _ if change.removed => return Ok(change.exit_code),
+                    _ if change.status == Status::Exited || change.status == Status::Dead => {
+                        return Ok(change.exit_code);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    }
+
+    /// Exit handling: auto-remove, or restart by policy with Docker's backoff.
+    pub(crate) async fn after_exit(self: &Arc<Self>, c: ContainerRecord) {
+        let body: ContainerCreateBody =
+            serde_json::from_value(c.config.clone()).unwrap_or_default();
+        if body
+            .host_config
+            .as_ref()
+            .and_then(|h| h.auto_remove)
+            .unwrap_or(false)
+        {
+            if let Err(e) = self.remove_container(&c.account, &c.id, true).await {
+                tracing::warn!("auto-removing {}: {e}", c.id);
+            }
+            return;
+        }
+        let policy = RestartPolicy::of(&body).unwrap_or(RestartPolicy::No);
+        if !policy.should_restart(c.state.exit_code, c.state.stopped_by_user, c.state.restart_count)
+        {
+            return;
+        }
+        let ran_long = match (c.state.started_at, c.state.finished_at) {
+            (Some(s), Some(f)) => (f - s).num_seconds() >= 10,
+            _ => false,
+        };
+        let delay = if ran_long {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_millis(100u64 << c.state.restart_count.min(10)).min(Duration::from_secs(60))
+        };
+        {
+            let _g = self.lock(&c.id).await;
+            let Ok(Some(mut cur)) = self.store.get_container(&c.account, &c.id).await else {
+                return;
+            };
+            if cur.state.status != Status::Exited || cur.generation != c.generation {
+                return;
+            }
+            cur.state.status = Status::Restarting;
+            cur.state.restart_count += 1;
+            if self.store.update_container(&cur).await.is_err() {
+                return;
+            }
+            self.notify(&cur, false);
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _g = me.lock(&c.id).await;
+            let Ok(Some(cur)) = me.store.get_container(&c.account, &c.id).await else {
+                return;
+            };
+            if cur.state.status != Status::Restarting {
+                return;
+            }
+            if let Err(e) = me.start_locked(cur).await {
+                tracing::warn!("restarting {}: {e}", c.id);
+            }
+        });
+    }
+
+    pub async fn container_logs(
+        &self,
+        account: &str,
+        key: &str,
+        query: &str,
+    ) -> Result<(bool, hyper::body::Incoming)> {
+        let c = self.find_container(account, key).await?;
+        let body = self
+            .agent(&c.node)?
+            .logs(&c.id, query)
+            .await
+            .map_err(upstream)?;
+        Ok((c.spec.process.tty, body))
+    }
+
+    /// Opens the container's attach stream on its server. Returns (tty, stream).
+    pub async fn attach_container(
+        &self,
+        account: &str,
+        key: &str,
+        query: &str,
+    ) -> Result<(bool, hyper::upgrade::Upgraded)> {
+        let c = self.find_container(account, key).await?;
+        if c.state.status == Status::Removing || c.state.status == Status::Dead {
+            return Err(Error::Conflict(
+                "You cannot attach to a container that is being removed".into(),
+            ));
+        }
+        let up = self
+            .agent(&c.node)?
+            .attach(&c.id, query)
+            .await
+            .map_err(upstream)?;
+        Ok((c.spec.process.tty, up))
+    }
+
+    /// Removes stopped containers matching `keep`; returns their ids.
+    pub async fn prune_containers(
+        self: &Arc<Self>,
+        account: &str,
+        keep: impl Fn(&ContainerRecord) -> bool,
+    ) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for c in self.store.list_containers(account).await? {
+            if c.state.status.is_running() || c.state.status == Status::Removing || keep(&c) {
+                continue;
+            }
+            match self.remove_container(account, &c.id, false).await {
+                Ok(()) => removed.push(c.id),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Labels as a map for filters and summaries.
+    pub fn labels_of(c: &ContainerRecord) -> &BTreeMap<String, String> {
+        &c.labels
+    }
+}
+
+fn free_ip(base: Ipv4Addr, prefix: u8, gateway: Ipv4Addr, used: &[String]) -> Result<Ipv4Addr> {
+    let size = 1u32 << (32 - prefix as u32);
+    let base = u32::from(base) & !(size - 1);
+    for off in 2..size - 1 {
+        let ip = Ipv4Addr::from(base + off);
+        if ip != gateway && !used.iter().any(|u| u == &ip.to_string()) {
+            return Ok(ip);
+        }
+    }
+    Err(Error::Conflict("no free IP address left on the server's network".into()))
+}
+
+fn port_is_free(proto: &str, port: u16) -> bool {
+    if proto == "udp" {
+        std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok()
+    } else {
+        std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_allocation_skips_used_and_gateway() {
+        let base: Ipv4Addr = "10.1.2.0".parse().unwrap();
+        let gw: Ipv4Addr = "10.1.2.1".parse().unwrap();
+        assert_eq!(free_ip(base, 24, gw, &[]).unwrap().to_string(), "10.1.2.2");
+        let used = vec!["10.1.2.2".to_string(), "10.1.2.3".to_string()];
+        assert_eq!(free_ip(base, 24, gw, &used).unwrap().to_string(), "10.1.2.4");
+        let all: Vec<String> = (2..255).map(|i| format!("10.1.2.{i}")).collect();
+        assert!(free_ip(base, 24, gw, &all).is_err());
+        assert_eq!(mac_for("10.1.2.3".parse().unwrap()), "02:42:0a:01:02:03");
+    }
+
+    #[test]
+    fn wait_conditions() {
+        assert_eq!(WaitCondition::parse("").unwrap(), WaitCondition::NotRunning);
+        assert_eq!(WaitCondition::parse("removed").unwrap(), WaitCondition::Removed);
+        assert!(WaitCondition::parse("soon").is_err());
+    }
+}

@@ -1,0 +1,594 @@
+//! Turning a Docker create request plus the image config into what the agent runs.
+//! Pure logic: validated here, unit-tested without any server.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agent_client::{ContainerSpec, PortMapping, ProcessSpec, Resources};
+use bollard_stubs::models::{ContainerCreateBody, RestartPolicyNameEnum};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Docker's minimum memory limit.
+const MIN_MEMORY: i64 = 6 * 1024 * 1024;
+
+/// The parts of an image config (`config` object) that create needs.
+#[derive(Debug, Default, Clone)]
+pub struct ImageDefaults {
+    pub env: Vec<String>,
+    pub cmd: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub labels: BTreeMap<String, String>,
+    pub exposed_ports: BTreeSet<String>,
+    pub stop_signal: String,
+}
+
+impl ImageDefaults {
+    /// Reads the `config` object of an image config JSON.
+    pub fn from_config(image_config: &Value) -> ImageDefaults {
+        let c = &image_config["config"];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        ImageDefaults {
+            env: strings(&c["Env"]),
+            cmd: strings(&c["Cmd"]),
+            entrypoint: strings(&c["Entrypoint"]),
+            working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_string(),
+            user: c["User"].as_str().unwrap_or_default().to_string(),
+            labels: c["Labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            exposed_ports: c["ExposedPorts"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default(),
+            stop_signal: c["StopSignal"].as_str().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// Merges `KEY=value` lists; later entries replace earlier ones with the same key.
+pub fn merge_env(base: &[String], over: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in base.iter().chain(over) {
+        let key = e.split('=').next().unwrap_or(e);
+        if let Some(pos) = out
+            .iter()
+            .position(|x| x.split('=').next().unwrap_or(x) == key)
+        {
+            out[pos] = e.clone();
+        } else {
+            out.push(e.clone());
+        }
+    }
+    out
+}
+
+/// The restart policy of a container, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestartPolicy {
+    No,
+    Always,
+    UnlessStopped,
+    OnFailure(u32),
+}
+
+impl RestartPolicy {
+    pub fn of(body: &ContainerCreateBody) -> Result<RestartPolicy> {
+        let Some(rp) = body.host_config.as_ref().and_then(|h| h.restart_policy.as_ref()) else {
+            return Ok(RestartPolicy::No);
+        };
+        let max = rp.maximum_retry_count.unwrap_or(0);
+        let p = match rp.name {
+            None | Some(RestartPolicyNameEnum::EMPTY) | Some(RestartPolicyNameEnum::NO) => {
+                RestartPolicy::No
+            }
+            Some(RestartPolicyNameEnum::ALWAYS) => RestartPolicy::Always,
+            Some(RestartPolicyNameEnum::UNLESS_STOPPED) => RestartPolicy::UnlessStopped,
+            Some(RestartPolicyNameEnum::ON_FAILURE) => {
+                if max < 0 {
+                    return Err(Error::InvalidArgument(
+                        "invalid restart policy: maximum retry count cannot be negative".into(),
+                    ));
+                }
+                RestartPolicy::OnFailure(max as u32)
+            }
+        };
+        if max != 0 && !matches!(p, RestartPolicy::OnFailure(_)) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid restart policy: maximum retry count can only be used with 'on-failure'"
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Whether a container that exited with `code` should be started again.
+    pub fn should_restart(&self, code: i32, stopped_by_user: bool, restarts: u32) -> bool {
+        match self {
+            RestartPolicy::No => false,
+            RestartPolicy::Always => !stopped_by_user,
+            RestartPolicy::UnlessStopped => !stopped_by_user,
+            RestartPolicy::OnFailure(max) => {
+                !stopped_by_user && code != 0 && (*max == 0 || restarts < *max)
+            }
+        }
+    }
+}
+
+/// Parses Docker's byte sizes (`64m`, `1g`, `100k`, `512`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (num, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        't' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: f64 = num.parse().ok()?;
+    if n < 0.0 {
+        return None;
+    }
+    Some((n * mult as f64) as u64)
+}
+
+/// Everything create decided, ready to store.
+#[derive(Debug)]
+pub struct Planned {
+    pub spec: ContainerSpec,
+    /// Resolved entrypoint and cmd (for inspect's Config).
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub restart: RestartPolicy,
+    pub auto_remove: bool,
+    /// Ports to publish; host port 0 means "pick one".
+    pub ports: Vec<PortMapping>,
+    pub network_none: bool,
+}
+
+/// Validates the request and resolves it against the image.
+pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Result<Planned> {
+    let hc = body.host_config.clone().unwrap_or_default();
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+
+    // Options this server does not offer yet: refuse clearly rather than ignore.
+    if hc.privileged == Some(true) {
+        return bad("--privileged is not supported".into());
+    }
+    if hc.binds.as_ref().is_some_and(|b| !b.is_empty())
+        || hc.mounts.as_ref().is_some_and(|m| !m.is_empty())
+        || hc.volumes_from.as_ref().is_some_and(|m| !m.is_empty())
+    {
+        return bad("volumes and bind mounts are not supported yet".into());
+    }
+    for (what, mode) in [
+        ("pid", &hc.pid_mode),
+        ("ipc", &hc.ipc_mode),
+        ("uts", &hc.uts_mode),
+    ] {
+        if let Some(m) = mode.as_deref().filter(|m| !m.is_empty() && *m != "private")
+            && !(what == "ipc" && m == "shareable")
+        {
+            return bad(format!("--{what}={m} is not supported"));
+        }
+    }
+    let network_mode = hc.network_mode.clone().unwrap_or_default();
+    let network_none = match network_mode.as_str() {
+        "" | "default" | "bridge" => false,
+        "none" => true,
+        other => return bad(format!("network {other} not found")),
+    };
+
+    let restart = RestartPolicy::of(body)?;
+    let auto_remove = hc.auto_remove.unwrap_or(false);
+    if auto_remove && restart != RestartPolicy::No {
+        return bad("can't create 'AutoRemove' container with restart policy".into());
+    }
+
+    // Command: an explicit entrypoint drops the image's cmd, as Docker does.
+    let user_entrypoint = body.entrypoint.clone();
+    let entrypoint = match &user_entrypoint {
+        Some(e) => e.clone(),
+        None => image.entrypoint.clone(),
+    };
+    let cmd = match (&body.cmd, &user_entrypoint) {
+        (Some(c), _) if !c.is_empty() => c.clone(),
+        (_, Some(_)) => Vec::new(),
+        _ => image.cmd.clone(),
+    };
+    let args: Vec<String> = entrypoint.iter().chain(&cmd).cloned().collect();
+    if args.is_empty() || args[0].is_empty() {
+        return bad("no command specified".into());
+    }
+
+    let env = merge_env(&image.env, body.env.as_deref().unwrap_or_default());
+    for e in &env {
+        if e.is_empty() || e.starts_with('=') {
+            return bad(format!("invalid environment variable: {e}"));
+        }
+    }
+    let cwd = body
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| image.working_dir.clone());
+    if !cwd.is_empty() && !cwd.starts_with('/') {
+        return bad(format!(
+            "the working directory '{cwd}' is invalid, it needs to be an absolute path"
+        ));
+    }
+    let user = body
+        .user
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| image.user.clone());
+
+    let memory = hc.memory.unwrap_or(0);
+    if memory != 0 && memory < MIN_MEMORY {
+        return bad("Minimum memory limit allowed is 6MB".into());
+    }
+    let memory_swap = hc.memory_swap.unwrap_or(0);
+    if memory_swap > 0 && memory > 0 && memory_swap < memory {
+        return bad(
+            "Minimum memoryswap limit should be larger than memory limit, see usage".into(),
+        );
+    }
+    let nano_cpus = hc.nano_cpus.unwrap_or(0);
+    if nano_cpus < 0 {
+        return bad("invalid CPU value".into());
+    }
+    if nano_cpus > 0 && (hc.cpu_quota.unwrap_or(0) > 0 || hc.cpu_period.unwrap_or(0) > 0) {
+        return bad("Conflicting options: Nano CPUs and CPU Period cannot both be set".into());
+    }
+
+    let mut tmpfs = BTreeMap::new();
+    for (path, opts) in hc.tmpfs.clone().unwrap_or_default() {
+        if !path.starts_with('/') || path == "/" {
+            return bad(format!("invalid mount path for tmpfs: {path}"));
+        }
+        tmpfs.insert(path, opts);
+    }
+
+    let mut labels = image.labels.clone();
+    for (k, v) in body.labels.clone().unwrap_or_default() {
+        labels.insert(k, v);
+    }
+
+    // Published ports: explicit bindings plus, with -P, every exposed port.
+    let mut exposed: BTreeSet<String> = image.exposed_ports.clone();
+    exposed.extend(body.exposed_ports.clone().unwrap_or_default());
+    let mut ports = Vec::new();
+    let bindings = hc.port_bindings.clone().unwrap_or_default();
+    let mut keys: Vec<&String> = bindings.keys().collect();
+    keys.sort();
+    for key in keys {
+        let (port, proto) = parse_port_key(key)?;
+        for b in bindings[key].clone().unwrap_or_default() {
+            let host_port = match b.host_port.as_deref().unwrap_or("") {
+                "" => 0,
+                p => p.split('-').next().unwrap_or(p).parse::<u16>().map_err(|_| {
+                    Error::InvalidArgument(format!("invalid port specification: \"{p}\""))
+                })?,
+            };
+            let host_ip = b.host_ip.clone().unwrap_or_default();
+            if !host_ip.is_empty() && host_ip.parse::<std::net::IpAddr>().is_err() {
+                return bad(format!("invalid IP address: {host_ip}"));
+            }
+            ports.push(PortMapping {
+                proto: proto.clone(),
+                container_port: port,
+                host_ip,
+                host_port,
+            });
+        }
+        exposed.insert(key.clone());
+    }
+    if hc.publish_all_ports.unwrap_or(false) {
+        for key in &exposed {
+            let (port, proto) = parse_port_key(key)?;
+            if !ports
+                .iter()
+                .any(|p| p.container_port == port && p.proto == proto)
+            {
+                ports.push(PortMapping {
+                    proto,
+                    container_port: port,
+                    host_ip: String::new(),
+                    host_port: 0,
+                });
+            }
+        }
+    }
+    if network_none && !ports.is_empty() {
+        return bad("conflicting options: port publishing and the container type network mode".into());
+    }
+
+    let (log_max_size, log_max_files) = log_options(&hc)?;
+
+    let hostname = body
+        .hostname
+        .clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| id[..12].to_string());
+    if hostname.len() > 63
+        || !hostname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return bad(format!("invalid hostname format: {hostname}"));
+    }
+
+    let stop_signal = body
+        .stop_signal
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            if image.stop_signal.is_empty() {
+                "SIGTERM".into()
+            } else {
+                image.stop_signal.clone()
+            }
+        });
+    parse_signal(&stop_signal)?;
+
+    let spec = ContainerSpec {
+        id: id.to_string(),
+        generation: 0,
+        layers: Vec::new(),
+        process: ProcessSpec {
+            args,
+            env,
+            cwd: if cwd.is_empty() { "/".into() } else { cwd },
+            user,
+            tty: body.tty.unwrap_or(false),
+            open_stdin: body.open_stdin.unwrap_or(false),
+        },
+        hostname,
+        domainname: body.domainname.clone().unwrap_or_default(),
+        read_only: hc.readonly_rootfs.unwrap_or(false),
+        tmpfs,
+        init: hc.init.unwrap_or(false),
+        resources: Resources {
+            memory,
+            memory_swap,
+            nano_cpus,
+            cpu_shares: hc.cpu_shares.unwrap_or(0),
+            cpu_quota: hc.cpu_quota.unwrap_or(0),
+            cpu_period: hc.cpu_period.unwrap_or(0),
+            pids_limit: hc.pids_limit.unwrap_or(0).max(0),
+        },
+        network: None,
+        dns: hc.dns.clone().unwrap_or_default(),
+        dns_search: hc.dns_search.clone().unwrap_or_default(),
+        dns_options: hc.dns_options.clone().unwrap_or_default(),
+        extra_hosts: hc.extra_hosts.clone().unwrap_or_default(),
+        stop_signal,
+        log_max_size,
+        log_max_files,
+    };
+    for h in &spec.extra_hosts {
+        let ok = h
+            .split_once(':')
+            .is_some_and(|(name, ip)| !name.is_empty() && (ip == "host-gateway" || ip.parse::<std::net::IpAddr>().is_ok()));
+        if !ok {
+            return bad(format!("invalid IP address in add-host: \"{h}\""));
+        }
+    }
+    Ok(Planned {
+        spec,
+        entrypoint,
+        cmd,
+        labels,
+        restart,
+        auto_remove,
+        ports,
+        network_none,
+    })
+}
+
+fn log_options(hc: &bollard_stubs::models::HostConfig) -> Result<(u64, u32)> {
+    let Some(lc) = &hc.log_config else {
+        return Ok((0, 1));
+    };
+    match lc.typ.as_deref().unwrap_or("") {
+        "" | "json-file" => {}
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "logging driver {other} is not supported (only json-file)"
+            )));
+        }
+    }
+    let cfg = lc.config.clone().unwrap_or_default();
+    let mut size = 0;
+    let mut files = 1;
+    for (k, v) in cfg {
+        match k.as_str() {
+            "max-size" => {
+                size = parse_size(&v).ok_or_else(|| {
+                    Error::InvalidArgument(format!("invalid value for max-size: {v}"))
+                })?
+            }
+            "max-file" => {
+                files = v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    Error::InvalidArgument(format!("invalid value for max-file: {v}"))
+                })?
+            }
+            "compress" | "labels" | "env" | "tag" => {}
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown log opt '{other}' for json-file log driver"
+                )));
+            }
+        }
+    }
+    if files > 1 && size == 0 {
+        return Err(Error::InvalidArgument(
+            "max-file cannot be set without max-size".into(),
+        ));
+    }
+    Ok((size, files))
+}
+
+/// `80/tcp` → (80, "tcp").
+pub fn parse_port_key(key: &str) -> Result<(u16, String)> {
+    let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+    let proto = proto.to_ascii_lowercase();
+    if proto != "tcp" && proto != "udp" {
+        return Err(Error::InvalidArgument(format!("invalid proto: {proto}")));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| Error::InvalidArgument(format!("invalid port specification: \"{key}\"")))?;
+    Ok((port, proto))
+}
+
+/// Signal name or number → number (`SIGTERM`, `TERM`, `15`).
+pub fn parse_signal(s: &str) -> Result<i32> {
+    const SIGNALS: &[(&str, i32)] = &[
+        ("HUP", 1), ("INT", 2), ("QUIT", 3), ("ILL", 4), ("TRAP", 5), ("ABRT", 6),
+        ("BUS", 7), ("FPE", 8), ("KILL", 9), ("USR1", 10), ("SEGV", 11), ("USR2", 12),
+        ("PIPE", 13), ("ALRM", 14), ("TERM", 15), ("STKFLT", 16), ("CHLD", 17),
+        ("CONT", 18), ("STOP", 19), ("TSTP", 20), ("TTIN", 21), ("TTOU", 22), ("URG", 23),
+        ("XCPU", 24), ("XFSZ", 25), ("VTALRM", 26), ("PROF", 27), ("WINCH", 28),
+        ("IO", 29), ("PWR", 30), ("SYS", 31),
+    ];
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    } else {
+        let up = s.to_ascii_uppercase();
+        let name = up.strip_prefix("SIG").unwrap_or(&up);
+        if let Some((_, n)) = SIGNALS.iter().find(|(k, _)| *k == name) {
+            return Ok(*n);
+        }
+    }
+    Err(Error::InvalidArgument(format!("Invalid signal: {s}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard_stubs::models::HostConfig;
+
+    fn body(json: serde_json::Value) -> ContainerCreateBody {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn img() -> ImageDefaults {
+        ImageDefaults::from_config(&serde_json::json!({"config": {
+            "Env": ["PATH=/bin", "A=1"], "Cmd": ["sh"], "Labels": {"l": "img"},
+            "ExposedPorts": {"80/tcp": {}}
+        }}))
+    }
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn command_resolution_follows_docker() {
+        let p = plan(ID, &body(serde_json::json!({})), &img()).unwrap();
+        assert_eq!(p.spec.process.args, vec!["sh"]);
+        let p = plan(ID, &body(serde_json::json!({"Cmd": ["echo", "hi"]})), &img()).unwrap();
+        assert_eq!(p.spec.process.args, vec!["echo", "hi"]);
+        let p = plan(ID, &body(serde_json::json!({"Entrypoint": ["env"]})), &img()).unwrap();
+        assert_eq!(p.spec.process.args, vec!["env"]);
+        let e = plan(ID, &body(serde_json::json!({"Entrypoint": [""]})), &ImageDefaults::default());
+        assert!(matches!(e, Err(Error::InvalidArgument(m)) if m == "no command specified"));
+    }
+
+    #[test]
+    fn env_labels_hostname() {
+        let p = plan(
+            ID,
+            &body(serde_json::json!({"Env": ["A=2", "B=3"], "Labels": {"l": "mine"}})),
+            &img(),
+        )
+        .unwrap();
+        assert_eq!(p.spec.process.env, vec!["PATH=/bin", "A=2", "B=3"]);
+        assert_eq!(p.labels["l"], "mine");
+        assert_eq!(p.spec.hostname, &ID[..12]);
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let cases = [
+            serde_json::json!({"HostConfig": {"Memory": 1024}}),
+            serde_json::json!({"WorkingDir": "relative"}),
+            serde_json::json!({"HostConfig": {"AutoRemove": true, "RestartPolicy": {"Name": "always"}}}),
+            serde_json::json!({"HostConfig": {"PortBindings": {"80/sctp": [{"HostPort": "1"}]}}}),
+            serde_json::json!({"HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "x"}]}}}),
+            serde_json::json!({"HostConfig": {"Privileged": true}}),
+            serde_json::json!({"HostConfig": {"NetworkMode": "host"}}),
+            serde_json::json!({"StopSignal": "SIGNOPE"}),
+            serde_json::json!({"HostConfig": {"LogConfig": {"Type": "json-file", "Config": {"max-file": "3"}}}}),
+            serde_json::json!({"HostConfig": {"ExtraHosts": ["nocolon"]}}),
+        ];
+        for c in cases {
+            assert!(
+                matches!(plan(ID, &body(c.clone()), &img()), Err(Error::InvalidArgument(_))),
+                "{c}"
+            );
+        }
+    }
+
+    #[test]
+    fn ports_and_limits() {
+        let b = ContainerCreateBody {
+            host_config: Some(HostConfig {
+                publish_all_ports: Some(true),
+                nano_cpus: Some(1_500_000_000),
+                memory: Some(64 << 20),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = plan(ID, &b, &img()).unwrap();
+        assert_eq!(p.ports.len(), 1);
+        assert_eq!(p.ports[0].container_port, 80);
+        assert_eq!(p.spec.resources.nano_cpus, 1_500_000_000);
+        let b = body(serde_json::json!({"HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}}}));
+        let p = plan(ID, &b, &img()).unwrap();
+        assert_eq!(p.ports[0].host_port, 8080);
+        assert_eq!(p.ports[0].host_ip, "127.0.0.1");
+    }
+
+    #[test]
+    fn restart_policy_decisions() {
+        assert!(RestartPolicy::Always.should_restart(0, false, 9));
+        assert!(!RestartPolicy::Always.should_restart(0, true, 0));
+        assert!(RestartPolicy::OnFailure(2).should_restart(1, false, 1));
+        assert!(!RestartPolicy::OnFailure(2).should_restart(1, false, 2));
+        assert!(!RestartPolicy::OnFailure(0).should_restart(0, false, 0));
+        assert!(!RestartPolicy::No.should_restart(1, false, 0));
+    }
+
+    #[test]
+    fn sizes_and_signals() {
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+        assert_eq!(parse_size("10k"), Some(10240));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_signal("SIGKILL").unwrap(), 9);
+        assert_eq!(parse_signal("hup").unwrap(), 1);
+        assert_eq!(parse_signal("15").unwrap(), 15);
+        assert!(parse_signal("0").is_err());
+    }
+}

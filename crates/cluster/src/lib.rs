@@ -1,0 +1,15 @@
+//! The head's domain: accounts' containers and images, their commands, the `Store`
+//! trait, and the link to agents. No HTTP here: `docker-api` translates.
+
+pub mod cluster;
+pub mod containers;
+pub mod create;
+pub mod error;
+pub mod images;
+pub mod model;
+pub mod names;
+pub mod store;
+
+pub use cluster::{Change, Cluster};
+pub use error::{Error, Result, StoreError};
+pub use store::Store;

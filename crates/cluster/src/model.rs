@@ -1,0 +1,158 @@
+//! Domain records kept in the store. Every record names its owning account.
+
+use std::collections::BTreeMap;
+
+use agent_client::{ContainerSpec, LayerRef};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The account the local unix socket acts as.
+pub const OPERATOR: &str = "operator";
+
+/// An image as one account has it. Content (blobs) is shared; the record is per account,
+/// so one tenant can never reach another's image by id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageRecord {
+    pub account: String,
+    /// `sha256:<hex>` of the config blob (Docker's image ID).
+    pub id: String,
+    pub layers: Vec<ImageLayer>,
+    /// Sum of the layer blob sizes.
+    pub size: i64,
+    pub created: DateTime<Utc>,
+    /// When this account got it (load, pull, import, commit).
+    pub added: DateTime<Utc>,
+    /// `repo@sha256:...` digests known from a registry.
+    pub repo_digests: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageLayer {
+    pub blob: String,
+    pub diff_id: String,
+    pub size: i64,
+    pub media_type: String,
+}
+
+impl ImageLayer {
+    pub fn layer_ref(&self) -> LayerRef {
+        LayerRef {
+            diff_id: self.diff_id.clone(),
+            blob: self.blob.clone(),
+        }
+    }
+}
+
+/// A tag: `docker.io/library/busybox:latest` → image id, per account.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TagRecord {
+    pub account: String,
+    /// Fully qualified reference, e.g. `docker.io/library/busybox:latest`.
+    pub reference: String,
+    pub image_id: String,
+}
+
+/// Docker's container states.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Restarting => "restarting",
+            Status::Removing => "removing",
+            Status::Exited => "exited",
+            Status::Dead => "dead",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "created" => Status::Created,
+            "running" => Status::Running,
+            "paused" => Status::Paused,
+            "restarting" => Status::Restarting,
+            "removing" => Status::Removing,
+            "exited" => Status::Exited,
+            "dead" => Status::Dead,
+            _ => return None,
+        })
+    }
+    /// Docker counts restarting containers as running for `docker ps`.
+    pub fn is_running(self) -> bool {
+        matches!(self, Status::Running | Status::Paused | Status::Restarting)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerState {
+    pub status: Status,
+    pub pid: u32,
+    pub exit_code: i32,
+    pub error: String,
+    pub oom_killed: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub restart_count: u32,
+    /// Set by `docker stop`/`kill`/`rm -f`: the exit was asked for, so restart
+    /// policies other than `always` do not bring the container back.
+    pub stopped_by_user: bool,
+}
+
+impl Default for ContainerState {
+    fn default() -> Self {
+        ContainerState {
+            status: Status::Created,
+            pid: 0,
+            exit_code: 0,
+            error: String::new(),
+            oom_killed: false,
+            started_at: None,
+            finished_at: None,
+            restart_count: 0,
+            stopped_by_user: false,
+        }
+    }
+}
+
+/// A container. `config` is the create request as the client sent it (Docker's
+/// ContainerCreateBody), normalised; `spec` is what the agent will run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub account: String,
+    pub id: String,
+    /// Without Docker's leading slash.
+    pub name: String,
+    /// The image as the user named it.
+    pub image_ref: String,
+    pub image_id: String,
+    pub created: DateTime<Utc>,
+    pub node: String,
+    pub config: serde_json::Value,
+    pub spec: ContainerSpec,
+    pub state: ContainerState,
+    pub labels: BTreeMap<String, String>,
+    /// Bumped on each instruction to the agent.
+    pub generation: u64,
+}
+
+/// A server running an agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    /// How the head reaches the agent, e.g. `unix:///var/lib/atoll/agent/agent.sock`.
+    pub address: String,
+    pub info: agent_client::AgentInfo,
+    pub last_seen: DateTime<Utc>,
+}

@@ -1,0 +1,47 @@
+//! The `Store` trait: desired state and metadata of the head. Implementations live in
+//! the `store` crate (SQLite now, PostgreSQL later) and share one test suite.
+//! Every query that touches tenant objects takes the account.
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::model::{ContainerRecord, ImageRecord, NodeRecord, TagRecord};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // images
+    async fn put_image(&self, image: &ImageRecord) -> StoreResult<()>;
+    async fn get_image(&self, account: &str, id: &str) -> StoreResult<Option<ImageRecord>>;
+    async fn list_images(&self, account: &str) -> StoreResult<Vec<ImageRecord>>;
+    async fn delete_image(&self, account: &str, id: &str) -> StoreResult<()>;
+    /// Whether any account still has an image that uses this blob.
+    async fn blob_in_use(&self, blob: &str) -> StoreResult<bool>;
+
+    // tags
+    /// Points `reference` at `image_id`, replacing an existing tag. Returns the old image id.
+    async fn set_tag(&self, tag: &TagRecord) -> StoreResult<Option<String>>;
+    async fn get_tag(&self, account: &str, reference: &str) -> StoreResult<Option<TagRecord>>;
+    async fn list_tags(&self, account: &str) -> StoreResult<Vec<TagRecord>>;
+    async fn delete_tag(&self, account: &str, reference: &str) -> StoreResult<()>;
+
+    // containers
+    /// Fails with `Conflict` when the name is taken in this account.
+    async fn insert_container(&self, c: &ContainerRecord) -> StoreResult<()>;
+    /// Replaces the record; `Conflict` on a name clash (rename), `NotFound` if gone.
+    async fn update_container(&self, c: &ContainerRecord) -> StoreResult<()>;
+    async fn get_container(&self, account: &str, id: &str) -> StoreResult<Option<ContainerRecord>>;
+    /// Internal lookup by full id across accounts (agent reports carry no account).
+    async fn get_container_by_id(&self, id: &str) -> StoreResult<Option<ContainerRecord>>;
+    async fn list_containers(&self, account: &str) -> StoreResult<Vec<ContainerRecord>>;
+    /// All containers of all accounts placed on a node (for reconciliation).
+    async fn containers_on_node(&self, node: &str) -> StoreResult<Vec<ContainerRecord>>;
+    async fn delete_container(&self, account: &str, id: &str) -> StoreResult<()>;
+    /// Addresses in use on a node, for IPAM.
+    async fn used_ips(&self, node: &str) -> StoreResult<Vec<String>>;
+
+    // nodes
+    async fn upsert_node(&self, n: &NodeRecord) -> StoreResult<()>;
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>>;
+}

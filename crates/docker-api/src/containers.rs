@@ -1,0 +1,609 @@
+//! `/containers/*` handlers: parse, call the cluster, shape Docker's responses.
+
+use axum::Extension;
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bollard_stubs::models::ContainerCreateBody;
+use chrono::{DateTime, SecondsFormat, Utc};
+use cluster::containers::WaitCondition;
+use cluster::model::{ContainerRecord, Status};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ApiResult};
+use crate::params::{Params, regex_match};
+use crate::streams::{MULTIPLEXED, RAW, hijack};
+use crate::{Account, AppState};
+
+fn ts(t: &Option<DateTime<Utc>>) -> String {
+    match t {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Nanos, true),
+        None => "0001-01-01T00:00:00Z".into(),
+    }
+}
+
+/// Docker's `units.HumanDuration`.
+pub fn human_duration(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    if s < 1 {
+        "Less than a second".into()
+    } else if s == 1 {
+        "1 second".into()
+    } else if s < 60 {
+        format!("{s} seconds")
+    } else if s / 60 == 1 {
+        "About a minute".into()
+    } else if s < 3600 {
+        format!("{} minutes", s / 60)
+    } else if (s as f64 / 3600.0).round() == 1.0 {
+        "About an hour".into()
+    } else if s < 48 * 3600 {
+        format!("{} hours", (s as f64 / 3600.0).round() as i64)
+    } else if s < 7 * 24 * 3600 * 2 {
+        format!("{} days", s / 86400)
+    } else if s < 30 * 24 * 3600 * 3 {
+        format!("{} weeks", s / (7 * 86400))
+    } else if s < 365 * 24 * 3600 * 2 {
+        format!("{} months", s / (30 * 86400))
+    } else {
+        format!("{} years", s / (365 * 86400))
+    }
+}
+
+/// The `Status` column of `docker ps`.
+pub fn status_text(c: &ContainerRecord) -> String {
+    let now = Utc::now();
+    match c.state.status {
+        Status::Created => "Created".into(),
+        Status::Running => format!(
+            "Up {}",
+            human_duration(now - c.state.started_at.unwrap_or(now))
+        ),
+        Status::Paused => format!(
+            "Up {} (Paused)",
+            human_duration(now - c.state.started_at.unwrap_or(now))
+        ),
+        Status::Restarting => format!(
+            "Restarting ({}) {} ago",
+            c.state.exit_code,
+            human_duration(now - c.state.finished_at.unwrap_or(now))
+        ),
+        Status::Exited => format!(
+            "Exited ({}) {} ago",
+            c.state.exit_code,
+            human_duration(now - c.state.finished_at.unwrap_or(now))
+        ),
+        Status::Removing => "Removal In Progress".into(),
+        Status::Dead => "Dead".into(),
+    }
+}
+
+fn ports_json(c: &ContainerRecord, running: bool) -> Vec<Value> {
+    let Some(net) = &c.spec.network else {
+        return vec![];
+    };
+    net.ports
+        .iter()
+        .map(|p| {
+            if running {
+                json!({"IP": if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip },
+                       "PrivatePort": p.container_port, "PublicPort": p.host_port, "Type": p.proto})
+            } else {
+                json!({"PrivatePort": p.container_port, "Type": p.proto})
+            }
+        })
+        .collect()
+}
+
+fn network_json(c: &ContainerRecord, running: bool) -> Value {
+    match (&c.spec.network, running) {
+        (Some(n), true) => json!({
+            "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": n.mac,
+            "NetworkID": "bridge", "EndpointID": c.id, "Gateway": n.gateway.to_string(),
+            "IPAddress": n.ip.to_string(), "IPPrefixLen": n.prefix_len, "IPv6Gateway": "",
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": [c.name.clone(), c.id[..12].to_string()],
+        }),
+        (Some(n), false) => json!({
+            "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": n.mac,
+            "NetworkID": "bridge", "EndpointID": "", "Gateway": "", "IPAddress": "",
+            "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+        }),
+        (None, _) => Value::Null,
+    }
+}
+
+fn network_name(c: &ContainerRecord) -> &'static str {
+    if c.spec.network.is_some() { "bridge" } else { "none" }
+}
+
+fn summary(c: &ContainerRecord) -> Value {
+    let running = c.state.status.is_running();
+    let mut networks = serde_json::Map::new();
+    let net = network_json(c, running);
+    if !net.is_null() {
+        networks.insert(network_name(c).into(), net);
+    } else {
+        networks.insert("none".into(), json!({"NetworkID": "none"}));
+    }
+    json!({
+        "Id": c.id,
+        "Names": [format!("/{}", c.name)],
+        "Image": c.image_ref,
+        "ImageID": c.image_id,
+        "Command": c.spec.process.args.join(" "),
+        "Created": c.created.timestamp(),
+        "Ports": ports_json(c, running),
+        "Labels": c.labels,
+        "State": c.state.status.as_str(),
+        "Status": status_text(c),
+        "HostConfig": {"NetworkMode": c.config["HostConfig"]["NetworkMode"].as_str().filter(|s| !s.is_empty()).unwrap_or("bridge")},
+        "NetworkSettings": {"Networks": networks},
+        "Mounts": [],
+    })
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref());
+    if body.is_empty() {
+        return Err(ApiError::bad(
+            "config cannot be empty in order to create a container",
+        ));
+    }
+    let req: ContainerCreateBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("invalid JSON in request body: {e}")))?;
+    if let Some(pl) = p.get("platform").filter(|s| !s.is_empty())
+        && !pl.starts_with("linux")
+    {
+        return Err(ApiError::bad(format!("platform {pl} is not supported")));
+    }
+    let (id, warnings) = st
+        .cluster
+        .create_container(&acct.0, p.get("name"), req)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"Id": id, "Warnings": warnings})),
+    )
+        .into_response())
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Vec<Value>>> {
+    let p = Params::parse(q.as_deref());
+    let f = p.filters()?;
+    f.only(&[
+        "id", "name", "label", "status", "ancestor", "exited", "before", "since", "network",
+        "health", "is-task", "volume", "publish", "expose",
+    ])?;
+    if let Some(st) = f.get("status") {
+        for s in st {
+            if Status::parse(s).is_none() {
+                return Err(ApiError::bad(format!(
+                    "invalid filter 'status={s}'"
+                )));
+            }
+        }
+    }
+    let exited: Vec<i32> = f
+        .get("exited")
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e.parse().map_err(|_| ApiError::bad(format!("invalid filter 'exited={e}'"))))
+        .collect::<ApiResult<_>>()?;
+    let all_flag = p.bool("all");
+    let limit = p.int("limit")?.unwrap_or(-1);
+    let all = st.cluster.list_containers(&acct.0).await?;
+    // before/since refer to other containers of the caller.
+    let mut before = None;
+    let mut since = None;
+    if let Some(b) = f.get("before").and_then(|v| v.first()) {
+        before = Some(st.cluster.find_container(&acct.0, b).await?.created);
+    }
+    if let Some(s) = f.get("since").and_then(|v| v.first()) {
+        since = Some(st.cluster.find_container(&acct.0, s).await?.created);
+    }
+    let mut ancestors = Vec::new();
+    for a in f.get("ancestor").unwrap_or_default() {
+        if let Ok(img) = st.cluster.find_image(&acct.0, a).await {
+            ancestors.push(img.id);
+        }
+    }
+    let mut out = Vec::new();
+    for c in &all {
+        let show_all = all_flag || limit > 0 || f.get("status").is_some() || !exited.is_empty();
+        if !show_all && !c.state.status.is_running() {
+            continue;
+        }
+        if let Some(ids) = f.get("id")
+            && !ids.iter().any(|i| c.id.starts_with(i.as_str()))
+        {
+            continue;
+        }
+        if let Some(names) = f.get("name")
+            && !names.iter().any(|n| regex_match(n.trim_start_matches('/'), &c.name))
+        {
+            continue;
+        }
+        if !f.labels_match("label", &c.labels) {
+            continue;
+        }
+        if let Some(sts) = f.get("status")
+            && !sts.iter().any(|s| s == c.state.status.as_str())
+        {
+            continue;
+        }
+        if !exited.is_empty()
+            && (c.state.status != Status::Exited || !exited.contains(&c.state.exit_code))
+        {
+            continue;
+        }
+        if f.get("ancestor").is_some() && !ancestors.contains(&c.image_id) {
+            continue;
+        }
+        if before.is_some_and(|b| c.created >= b) || since.is_some_and(|s| c.created <= s) {
+            continue;
+        }
+        if let Some(nets) = f.get("network")
+            && !nets.iter().any(|n| n == network_name(c))
+        {
+            continue;
+        }
+        out.push(summary(c));
+        if limit > 0 && out.len() as i64 >= limit {
+            break;
+        }
+    }
+    Ok(Json(out))
+}
+
+pub async fn inspect(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let c = st.cluster.find_container(&acct.0, &id).await?;
+    let running = c.state.status.is_running();
+    let mut hc = c.config["HostConfig"].clone();
+    if !hc.is_object() {
+        hc = json!({});
+    }
+    if hc["NetworkMode"].as_str().unwrap_or("").is_empty() {
+        hc["NetworkMode"] = json!("bridge");
+    }
+    if hc["LogConfig"].is_null() {
+        hc["LogConfig"] = json!({"Type": "json-file", "Config": {}});
+    }
+    if hc["RestartPolicy"].is_null() {
+        hc["RestartPolicy"] = json!({"Name": "no", "MaximumRetryCount": 0});
+    }
+    let mut ports = serde_json::Map::new();
+    if let Some(n) = &c.spec.network {
+        for p in &n.ports {
+            let key = format!("{}/{}", p.container_port, p.proto);
+            let v = if running {
+                json!([{"HostIp": if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip }, "HostPort": p.host_port.to_string()}])
+            } else {
+                Value::Null
+            };
+            ports.insert(key, v);
+        }
+    }
+    let net = network_json(&c, running);
+    let mut networks = serde_json::Map::new();
+    if !net.is_null() {
+        networks.insert(network_name(&c).into(), net.clone());
+    }
+    let cfg = &c.config;
+    let args = &c.spec.process.args;
+    Ok(Json(json!({
+        "Id": c.id,
+        "Created": c.created.to_rfc3339_opts(SecondsFormat::Nanos, true),
+        "Path": args.first().cloned().unwrap_or_default(),
+        "Args": args.iter().skip(1).collect::<Vec<_>>(),
+        "State": {
+            "Status": c.state.status.as_str(),
+            "Running": running && c.state.status != Status::Restarting,
+            "Paused": c.state.status == Status::Paused,
+            "Restarting": c.state.status == Status::Restarting,
+            "OOMKilled": c.state.oom_killed,
+            "Dead": c.state.status == Status::Dead,
+            "Pid": c.state.pid,
+            "ExitCode": c.state.exit_code,
+            "Error": c.state.error,
+            "StartedAt": ts(&c.state.started_at),
+            "FinishedAt": ts(&c.state.finished_at),
+        },
+        "Image": c.image_id,
+        "ResolvConfPath": "",
+        "HostnamePath": "",
+        "HostsPath": "",
+        "LogPath": "",
+        "Name": format!("/{}", c.name),
+        "RestartCount": c.state.restart_count,
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": null,
+        "HostConfig": hc,
+        "GraphDriver": {"Name": "overlay2", "Data": null},
+        "Mounts": [],
+        "Config": {
+            "Hostname": c.spec.hostname,
+            "Domainname": c.spec.domainname,
+            "User": c.spec.process.user,
+            "AttachStdin": cfg["AttachStdin"].as_bool().unwrap_or(false),
+            "AttachStdout": cfg["AttachStdout"].as_bool().unwrap_or(false),
+            "AttachStderr": cfg["AttachStderr"].as_bool().unwrap_or(false),
+            "ExposedPorts": cfg.get("ExposedPorts").cloned().unwrap_or(Value::Null),
+            "Tty": c.spec.process.tty,
+            "OpenStdin": c.spec.process.open_stdin,
+            "StdinOnce": cfg["StdinOnce"].as_bool().unwrap_or(false),
+            "Env": c.spec.process.env,
+            "Cmd": cfg.get("Cmd").cloned().unwrap_or(Value::Null),
+            "Image": c.image_ref,
+            "Volumes": null,
+            "WorkingDir": cfg["WorkingDir"].as_str().unwrap_or(""),
+            "Entrypoint": cfg.get("Entrypoint").cloned().unwrap_or(Value::Null),
+            "OnBuild": null,
+            "Labels": c.labels,
+            "StopSignal": c.spec.stop_signal,
+        },
+        "NetworkSettings": {
+            "Bridge": "",
+            "SandboxID": if running { c.id.clone() } else { String::new() },
+            "SandboxKey": "",
+            "Ports": ports,
+            "HairpinMode": false,
+            "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0,
+            "SecondaryIPAddresses": null,
+            "SecondaryIPv6Addresses": null,
+            "EndpointID": if running { c.id.clone() } else { String::new() },
+            "Gateway": net["Gateway"].as_str().unwrap_or(""),
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "IPAddress": net["IPAddress"].as_str().unwrap_or(""),
+            "IPPrefixLen": net["IPPrefixLen"].as_u64().unwrap_or(0),
+            "IPv6Gateway": "",
+            "MacAddress": net["MacAddress"].as_str().unwrap_or(""),
+            "Networks": networks,
+        },
+    })))
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub async fn start(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    st.cluster.start_container(&acct.0, &id).await?;
+    Ok(no_content())
+}
+
+pub async fn stop(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref());
+    st.cluster
+        .stop_container(&acct.0, &id, p.int("t")?, p.get("signal"))
+        .await?;
+    Ok(no_content())
+}
+
+pub async fn kill(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref());
+    st.cluster
+        .kill_container(&acct.0, &id, p.get("signal"))
+        .await?;
+    Ok(no_content())
+}
+
+pub async fn restart(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref());
+    st.cluster
+        .restart_container(&acct.0, &id, p.int("t")?, p.get("signal"))
+        .await?;
+    Ok(no_content())
+}
+
+pub async fn rename(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref());
+    st.cluster
+        .rename_container(&acct.0, &id, p.get("name").unwrap_or(""))
+        .await?;
+    Ok(no_content())
+}
+
+pub async fn remove(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref());
+    if p.bool("v") {
+        // No volumes exist yet, so there is nothing extra to remove.
+    }
+    if p.bool("link") {
+        return Err(ApiError::bad("links are not supported"));
+    }
+    st.cluster
+        .remove_container(&acct.0, &id, p.bool("force"))
+        .await?;
+    Ok(no_content())
+}
+
+pub async fn wait(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref());
+    let cond = WaitCondition::parse(p.get("condition").unwrap_or(""))?;
+    let fut = st.cluster.wait_container(&acct.0, &id, cond).await?;
+    // Headers go out now; the body when the condition is met (Docker does the same,
+    // so clients can start the container after the wait is registered).
+    let body = futures::stream::once(async move {
+        let v = match fut.await {
+            Ok(code) => json!({"StatusCode": code, "Error": null}),
+            Err(e) => json!({"StatusCode": -1, "Error": {"Message": e.to_string()}}),
+        };
+        let mut b = serde_json::to_vec(&v).unwrap_or_default();
+        b.push(b'\n');
+        Ok::<_, std::io::Error>(Bytes::from(b))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(body))
+        .unwrap_or_default())
+}
+
+pub async fn logs(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref());
+    if !p.bool("stdout") && !p.bool("stderr") {
+        return Err(ApiError::bad(
+            "Bad parameters: you must choose at least one stream",
+        ));
+    }
+    if let Some(t) = p.get("tail")
+        && t != "all"
+        && !t.is_empty()
+        && t.parse::<i64>().is_err()
+    {
+        return Err(ApiError::bad(format!("invalid value for tail: {t}")));
+    }
+    for key in ["since", "until"] {
+        if let Some(v) = p.get(key).filter(|v| !v.is_empty())
+            && v.parse::<f64>().is_err()
+        {
+            return Err(ApiError::bad(format!("invalid value for {key}: {v}")));
+        }
+    }
+    let (tty, body) = st
+        .cluster
+        .container_logs(&acct.0, &id, q.as_deref().unwrap_or(""))
+        .await?;
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, if tty { RAW } else { MULTIPLEXED })
+        .body(Body::new(body))
+        .unwrap_or_default())
+}
+
+pub async fn attach(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> ApiResult<Response> {
+    let (tty, upstream) = st
+        .cluster
+        .attach_container(&acct.0, &id, q.as_deref().unwrap_or(""))
+        .await?;
+    Ok(hijack(req, upstream, tty))
+}
+
+pub async fn prune(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let p = Params::parse(q.as_deref());
+    let f = p.filters()?;
+    f.only(&["label", "label!", "until"])?;
+    let until = match f.get("until").and_then(|v| v.first()) {
+        Some(u) => Some(parse_until(u)?),
+        None => None,
+    };
+    let removed = st
+        .cluster
+        .prune_containers(&acct.0, |c| {
+            !f.labels_match("label", &c.labels)
+                || f.labels_exclude("label!", &c.labels)
+                || until.is_some_and(|u| c.created > u)
+        })
+        .await?;
+    Ok(Json(json!({"ContainersDeleted": removed, "SpaceReclaimed": 0})))
+}
+
+/// `until` values: a unix timestamp, RFC 3339, or a Go duration like `10m`, `24h`.
+pub fn parse_until(s: &str) -> ApiResult<DateTime<Utc>> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return DateTime::from_timestamp(secs as i64, 0)
+            .ok_or_else(|| ApiError::bad(format!("invalid until: {s}")));
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let (num, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
+    let n: i64 = num
+        .parse()
+        .map_err(|_| ApiError::bad(format!("invalid until: {s}")))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(ApiError::bad(format!("invalid until: {s}"))),
+    };
+    Ok(Utc::now() - chrono::Duration::seconds(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_docker() {
+        let d = chrono::Duration::seconds;
+        assert_eq!(human_duration(d(0)), "Less than a second");
+        assert_eq!(human_duration(d(5)), "5 seconds");
+        assert_eq!(human_duration(d(65)), "About a minute");
+        assert_eq!(human_duration(d(600)), "10 minutes");
+        assert_eq!(human_duration(d(3700)), "About an hour");
+        assert_eq!(human_duration(d(5 * 3600)), "5 hours");
+        assert!(parse_until("10m").is_ok());
+        assert!(parse_until("soon").is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! The Docker Engine API surface of the head: routes, Docker's quirks (version
+//! prefix, lenient query values, filters, error body), hijacked streams and stream
+//! encoders. No business logic: handlers parse into cluster commands.
+
+#![recursion_limit = "256"]
+
+mod containers;
+mod error;
+mod images;
+mod params;
+mod streams;
+mod system;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{any, get, post};
+use cluster::Cluster;
+
+pub use error::{ApiError, ApiResult};
+
+/// The API version we speak; docker CLI 28.x negotiates down to it.
+pub const API_VERSION: &str = "1.50";
+pub const MIN_API_VERSION: &str = "1.24";
+
+/// Who is calling. The unix socket is the operator's; TLS client certificates name
+/// tenants (a later step).
+#[derive(Debug, Clone)]
+pub struct Account(pub String);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: Arc<Cluster>,
+}
+
+/// Strips Docker's optional `/vX.Y` prefix before routing.
+fn strip_version(mut req: Request) -> Request {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/v")
+        && let Some(slash) = rest.find('/')
+        && rest[..slash].split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        let new_path = rest[slash..].to_string();
+        let pq = match req.uri().query() {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        };
+        if let Ok(uri) = pq.parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
+async fn docker_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert("api-version", HeaderValue::from_static(API_VERSION));
+    h.insert("docker-experimental", HeaderValue::from_static("false"));
+    h.insert("ostype", HeaderValue::from_static("linux"));
+    h.insert("server", HeaderValue::from_static("atoll/0.1 (linux)"));
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError(cluster::Error::NotFound("page not found".into()))
+}
+
+/// The whole API for callers acting as `account`.
+pub fn router(cluster: Arc<Cluster>, account: &str) -> Router {
+    let account = Account(account.to_string());
+    Router::new()
+        .route("/_ping", get(system::ping).head(system::ping))
+        .route("/version", get(system::version))
+        .route("/info", get(system::info))
+        .route("/system/df", get(system::df))
+        .route("/containers/create", post(containers::create))
+        .route("/containers/json", get(containers::list))
+        .route("/containers/prune", post(containers::prune))
+        .route(
+            "/containers/{id}",
+            axum::routing::delete(containers::remove),
+        )
+        .route("/containers/{id}/json", get(containers::inspect))
+        .route("/containers/{id}/start", post(containers::start))
+        .route("/containers/{id}/stop", post(containers::stop))
+        .route("/containers/{id}/kill", post(containers::kill))
+        .route("/containers/{id}/restart", post(containers::restart))
+        .route("/containers/{id}/rename", post(containers::rename))
+        .route("/containers/{id}/wait", post(containers::wait))
+        .route("/containers/{id}/logs", get(containers::logs))
+        .route("/containers/{id}/attach", post(containers::attach))
+        .route("/images/json", get(images::list))
+        .route("/images/load", post(images::load))
+        .route("/images/create", post(images::create))
+        .route("/images/prune", post(images::prune))
+        .route("/images/get", get(images::save))
+        .route("/images/{*rest}", any(images::dispatch))
+        .fallback(not_found)
+        .layer(middleware::from_fn(docker_headers))
+        .layer(axum::Extension(account))
+        .with_state(AppState { cluster })
+}
+
+/// Serves the API on a unix socket until `shutdown` resolves.
+pub async fn serve_unix(
+    path: &Path,
+    cluster: Arc<Cluster>,
+    account: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    let app = router(cluster, account);
+    let app = tower::ServiceExt::<Request>::map_request(app, strip_version);
+    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,62 @@
+//! Stream encoders: JSON lines for progress, hijacked (101 Upgraded) connections.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::Stream;
+use futures::StreamExt;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub const MULTIPLEXED: &str = "application/vnd.docker.multiplexed-stream";
+pub const RAW: &str = "application/vnd.docker.raw-stream";
+
+/// A response streaming one JSON object per line.
+pub fn json_lines<S>(s: S) -> Response
+where
+    S: Stream<Item = Value> + Send + 'static,
+{
+    let body = s.map(|v| {
+        let mut b = serde_json::to_vec(&v).unwrap_or_default();
+        b.push(b'\n');
+        Ok::<_, std::io::Error>(Bytes::from(b))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(body))
+        .unwrap_or_default()
+}
+
+/// Answers a hijack request with 101 and splices the client's connection to
+/// `upstream` in both directions, half-closes included.
+pub fn hijack(
+    req: axum::extract::Request,
+    upstream: hyper::upgrade::Upgraded,
+    tty: bool,
+) -> Response {
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(client) => {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!("attach stream ended: {e}");
+                }
+            }
+            Err(e) => tracing::debug!("client upgrade failed: {e}"),
+        }
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if tty { RAW } else { MULTIPLEXED }),
+    );
+    resp
+}

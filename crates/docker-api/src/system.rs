@@ -1,0 +1,151 @@
+//! `/_ping`, `/version`, `/info`, `/system/df`.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use crate::error::ApiResult;
+use crate::{API_VERSION, Account, AppState, MIN_API_VERSION};
+
+pub async fn ping() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
+        ],
+        "OK",
+    )
+}
+
+pub async fn version(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+    let nodes = st.cluster.store().list_nodes().await?;
+    let kernel = nodes
+        .first()
+        .map(|n| n.info.kernel_version.clone())
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "Platform": {"Name": "atoll"},
+        "Components": [{
+            "Name": "Engine",
+            "Version": env!("CARGO_PKG_VERSION"),
+            "Details": {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "Os": "linux", "Arch": "amd64"}
+        }],
+        "Version": env!("CARGO_PKG_VERSION"),
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": "",
+        "Os": "linux",
+        "Arch": "amd64",
+        "KernelVersion": kernel,
+        "BuildTime": "",
+    })))
+}
+
+pub async fn info(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+) -> ApiResult<Json<Value>> {
+    let c = &st.cluster;
+    let (total, running, paused, stopped, images) = c.counts(&acct.0).await?;
+    let nodes = c.store().list_nodes().await?;
+    let cpus: u32 = nodes.iter().map(|n| n.info.cpus).sum();
+    let mem: u64 = nodes.iter().map(|n| n.info.memory_bytes).sum();
+    let first = nodes.first().map(|n| n.info.clone());
+    Ok(Json(json!({
+        "ID": c.name,
+        "Name": c.name,
+        "Containers": total,
+        "ContainersRunning": running,
+        "ContainersPaused": paused,
+        "ContainersStopped": stopped,
+        "Images": images,
+        "Driver": "overlay2",
+        "DriverStatus": [["Servers", nodes.len().to_string()]],
+        "SystemStatus": [["Servers", nodes.len().to_string()]],
+        "Plugins": {"Volume": [], "Network": ["bridge", "null"], "Authorization": null, "Log": ["json-file"]},
+        "MemoryLimit": true,
+        "SwapLimit": true,
+        "CpuCfsPeriod": true,
+        "CpuCfsQuota": true,
+        "CPUShares": true,
+        "CPUSet": false,
+        "PidsLimit": true,
+        "IPv4Forwarding": true,
+        "Debug": false,
+        "NFd": 0,
+        "NGoroutines": 0,
+        "SystemTime": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        "LoggingDriver": "json-file",
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": first.as_ref().map(|i| i.cgroup_version.clone()).unwrap_or_else(|| "1".into()),
+        "NEventsListener": 0,
+        "KernelVersion": first.as_ref().map(|i| i.kernel_version.clone()).unwrap_or_default(),
+        "OperatingSystem": "atoll",
+        "OSVersion": env!("CARGO_PKG_VERSION"),
+        "OSType": "linux",
+        "Architecture": "x86_64",
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {"InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {}, "Mirrors": []},
+        "NCPU": cpus,
+        "MemTotal": mem,
+        "DockerRootDir": "",
+        "Labels": [],
+        "ExperimentalBuild": false,
+        "ServerVersion": env!("CARGO_PKG_VERSION"),
+        "Runtimes": {"runc": {"path": "runc"}},
+        "DefaultRuntime": "runc",
+        "LiveRestoreEnabled": true,
+        "Isolation": "",
+        "InitBinary": "docker-init",
+        "SecurityOptions": [],
+        "Warnings": [],
+    })))
+}
+
+pub async fn df(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+) -> ApiResult<Json<Value>> {
+    let c = &st.cluster;
+    let containers = c.list_containers(&acct.0).await?;
+    let images = c.store().list_images(&acct.0).await?;
+    let mut layer_blobs = std::collections::BTreeMap::new();
+    let mut image_list = Vec::new();
+    for i in &images {
+        for l in &i.layers {
+            layer_blobs.insert(l.blob.clone(), l.size);
+        }
+        let tags = c.image_tags(&acct.0, &i.id).await?;
+        let users = containers.iter().filter(|x| x.image_id == i.id).count();
+        image_list.push(json!({
+            "Id": i.id, "ParentId": "", "RepoTags": tags, "RepoDigests": i.repo_digests,
+            "Created": i.created.timestamp(), "Size": i.size, "SharedSize": -1,
+            "Labels": {}, "Containers": users,
+        }));
+    }
+    let layers_size: i64 = layer_blobs.values().sum();
+    let container_list: Vec<Value> = containers
+        .iter()
+        .map(|x| {
+            json!({
+                "Id": x.id, "Names": [format!("/{}", x.name)], "Image": x.image_ref,
+                "ImageID": x.image_id, "Command": x.spec.process.args.join(" "),
+                "Created": x.created.timestamp(), "State": x.state.status.as_str(),
+                "Status": crate::containers::status_text(x), "SizeRw": 0, "SizeRootFs": 0,
+                "Labels": x.labels, "Mounts": [],
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "LayersSize": layers_size,
+        "Images": image_list,
+        "Containers": container_list,
+        "Volumes": [],
+        "BuildCache": [],
+    })))
+}

@@ -1,0 +1,1601 @@
+//! A Docker Registry HTTP API v2 client for pulling images into the [`BlobStore`].
+//!
+//! Only plain HTTP is spoken for now, so only registries on loopback or in the
+//! operator's `insecure` allow-list can be reached; anything else fails early with a
+//! clear message instead of a confusing TLS error. Everything fetched is verified:
+//! manifests against their digest, blobs against their digest and size, layers also
+//! against the config's `diff_ids` (hashed while downloading, so nothing is read twice).
+//! Blobs are streamed to disk in bounded chunks and become visible in the store only
+//! once verified; a failed pull leaves no partial file behind.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+
+use crate::blobstore::{BlobStore, BlobWriter};
+use crate::compress::{self, Compression};
+use crate::digest::{Digest, HashingWriter};
+use crate::error::ImageError;
+use crate::reference::{DEFAULT_DOMAIN, Reference};
+
+pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MEDIA_DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const MEDIA_DOCKER_SCHEMA1: &[&str] = &[
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+];
+const CONFIG_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.docker.container.image.v1+json",
+    "application/vnd.oci.image.config.v1+json",
+];
+const LAYER_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+];
+
+/// Docker's own limit on manifest size; protects against endless answers.
+const MANIFEST_MAX: usize = 4 << 20;
+/// Image configs are small JSON documents; refuse absurd ones before fetching.
+const CONFIG_MAX: u64 = 32 << 20;
+/// Error bodies are only read for their message.
+const ERROR_BODY_MAX: usize = 64 << 10;
+const MAX_REDIRECTS: usize = 10;
+/// How many layers download at once, as `docker pull` does by default.
+const CONCURRENT_DOWNLOADS: usize = 3;
+/// Downloaded bytes are handed to the (blocking) blob writer in chunks of this size.
+const WRITE_CHUNK: usize = 1 << 20;
+/// `docker pull` redraws progress bars at most this often.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+const USER_AGENT: &str = concat!("atoll/", env!("CARGO_PKG_VERSION"));
+
+/// What [`RegistryClient::pull`] reports, one variant per line `docker pull` prints.
+/// `id` is the first 12 hex digits of the layer's blob digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullProgress {
+    /// Looking up the manifest.
+    Resolving,
+    /// "Pulling fs layer": the layer is queued for download.
+    LayerWaiting { id: String },
+    /// "Downloading [==>   ] current/total".
+    LayerDownloading {
+        id: String,
+        current: u64,
+        total: u64,
+    },
+    /// "Verifying Checksum".
+    LayerVerifying { id: String },
+    /// "Download complete".
+    LayerDownloadComplete { id: String },
+    /// "Already exists": the blob is in the store, nothing is downloaded.
+    LayerAlreadyExists { id: String },
+    /// "Digest: sha256:…": the digest of the manifest (or index) the tag resolved to.
+    Digest(Digest),
+}
+
+/// One layer of a pulled image, in manifest order (base first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledLayer {
+    /// Digest of the blob as stored (usually compressed).
+    pub blob: Digest,
+    /// Digest of the uncompressed tar, from the config's `rootfs.diff_ids`.
+    pub diff_id: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// The result of a pull; every digest named here is in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    /// What the reference resolved to: the index/manifest list digest for multi-platform
+    /// images (what Docker shows as the repo digest), else the image manifest digest.
+    pub manifest_digest: Digest,
+    /// The platform-specific image manifest (equal to `manifest_digest` when the
+    /// reference named an image manifest directly).
+    pub image_manifest: Digest,
+    /// The image config; its digest is the image ID.
+    pub config: Digest,
+    pub layers: Vec<PulledLayer>,
+}
+
+/// Registry credentials, as `docker login` stores them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The platform picked from multi-platform images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform this binary runs on, in OCI terms (`linux/amd64`, `linux/arm64`).
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
+    }
+
+    fn matches(&self, p: &PlatformJson) -> bool {
+        p.os == self.os
+            && p.architecture == self.architecture
+            && match (&self.variant, &p.variant) {
+                (Some(want), Some(got)) => want == got,
+                (Some(_), None) => false,
+                (None, _) => true,
+            }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Pulls images over the Registry HTTP API v2. Cheap to share: holds no connections.
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    insecure: Vec<String>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+    platform: Platform,
+}
+
+impl RegistryClient {
+    /// `insecure` lists registries that may be spoken to over plain HTTP besides
+    /// loopback ones: `host`, `host:port` or a CIDR such as `10.0.0.0/8`, like Docker's
+    /// `insecure-registries`.
+    pub fn new(insecure: Vec<String>) -> RegistryClient {
+        RegistryClient {
+            insecure,
+            connect_timeout: Duration::from_secs(15),
+            io_timeout: Duration::from_secs(60),
+            platform: Platform::host(),
+        }
+    }
+
+    /// Limits for connecting and for each wait on the registry (headers, next chunk).
+    pub fn with_timeouts(mut self, connect: Duration, io: Duration) -> RegistryClient {
+        self.connect_timeout = connect;
+        self.io_timeout = io;
+        self
+    }
+
+    /// The platform picked from multi-platform images (default: the host's).
+    pub fn with_platform(mut self, platform: Platform) -> RegistryClient {
+        self.platform = platform;
+        self
+    }
+
+    /// The `host[:port]` to connect to for a reference's domain, if plain HTTP to it
+    /// is allowed.
+    pub fn endpoint(&self, domain: &str) -> Result<String, ImageError> {
+        let authority = if domain == DEFAULT_DOMAIN {
+            "registry-1.docker.io"
+        } else {
+            domain
+        };
+        if self.plain_http_allowed(domain) || self.plain_http_allowed(authority) {
+            Ok(authority.to_string())
+        } else {
+            Err(ImageError::Registry(format!(
+                "registry {domain}: https is not supported yet \
+                 (only loopback and insecure registries can be used)"
+            )))
+        }
+    }
+
+    /// Loopback hosts always, others only when in the `insecure` list.
+    pub fn plain_http_allowed(&self, authority: &str) -> bool {
+        let host = host_of(authority);
+        if host.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && ip.is_loopback()
+        {
+            return true;
+        }
+        self.insecure
+            .iter()
+            .any(|e| insecure_entry_matches(e, authority, host))
+    }
+
+    /// Pulls `reference` (default tag `latest`) anonymously; see
+    /// [`pull_with_credentials`](Self::pull_with_credentials).
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        store: &BlobStore,
+        progress: &mut (dyn FnMut(PullProgress) + Send),
+    ) -> Result<PulledImage, ImageError> {
+        self.pull_with_credentials(reference, None, store, progress)
+            .await
+    }
+
+    /// Resolves the reference to an image manifest (picking this client's platform from
+    /// an index), then fetches the config and every layer not yet in `store`.
+    pub async fn pull_with_credentials(
+        &self,
+        reference: &Reference,
+        credentials: Option<&Credentials>,
+        store: &BlobStore,
+        progress: &mut (dyn FnMut(PullProgress) + Send),
+    ) -> Result<PulledImage, ImageError> {
+        let reference = reference.clone().with_default_tag();
+        progress(PullProgress::Resolving);
+        let authority = self.endpoint(&reference.domain)?;
+        let session = Session {
+            client: self,
+            authority,
+            reference: &reference,
+            credentials,
+            auth: Mutex::new(None),
+        };
+        let progress = Mutex::new(progress);
+
+        let wanted = match (&reference.digest, &reference.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => crate::reference::DEFAULT_TAG.to_string(),
+        };
+        let top = session
+            .fetch_manifest(&wanted, reference.digest.as_ref())
+            .await?;
+        let manifest_digest = top.digest.clone();
+        put_blob(store, top.bytes.clone()).await?;
+        let image = match top.kind {
+            ManifestKind::Image => top,
+            ManifestKind::Index => {
+                let desc = self.select_platform(&top.json)?;
+                let m = session
+                    .fetch_manifest(desc.digest.as_str(), Some(&desc.digest))
+                    .await?;
+                if m.kind != ManifestKind::Image {
+                    return Err(session.err(format!(
+                        "manifest {} for {} is not an image manifest",
+                        desc.digest, self.platform
+                    )));
+                }
+                put_blob(store, m.bytes.clone()).await?;
+                m
+            }
+        };
+        let (config_desc, layer_descs) = image_parts(&session, &image.json)?;
+
+        if !store.has(&config_desc.digest) {
+            session.download(store, config_desc, None, None).await?;
+        }
+        let config_bytes = read_blob(store, &config_desc.digest).await?;
+        let diff_ids = parse_diff_ids(&session, &config_bytes)?;
+        if diff_ids.len() != layer_descs.len() {
+            return Err(session.err("layers from manifest don't match image configuration"));
+        }
+
+        let mut queued = std::collections::HashSet::new();
+        let mut to_fetch = Vec::new();
+        for (desc, diff_id) in layer_descs.iter().zip(&diff_ids) {
+            let id = short_id(&desc.digest);
+            if store.has(&desc.digest) {
+                emit(&progress, PullProgress::LayerAlreadyExists { id });
+            } else if queued.insert(desc.digest.clone()) {
+                emit(&progress, PullProgress::LayerWaiting { id });
+                to_fetch.push((desc, diff_id));
+            }
+        }
+        futures::stream::iter(to_fetch.into_iter().map(Ok))
+            .try_for_each_concurrent(CONCURRENT_DOWNLOADS, |(desc, diff_id)| {
+                session.download(store, desc, Some(diff_id), Some(&progress))
+            })
+            .await?;
+
+        emit(&progress, PullProgress::Digest(manifest_digest.clone()));
+        Ok(PulledImage {
+            manifest_digest,
+            image_manifest: image.digest,
+            config: config_desc.digest.clone(),
+            layers: layer_descs
+                .iter()
+                .zip(diff_ids)
+                .map(|(d, diff_id)| PulledLayer {
+                    blob: d.digest.clone(),
+                    diff_id,
+                    size: d.size,
+                    media_type: d.media_type.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The index entry for this client's platform, as Docker picks it.
+    fn select_platform<'m>(&self, index: &'m ManifestJson) -> Result<&'m Descriptor, ImageError> {
+        let entries = index.manifests.as_deref().unwrap_or_default();
+        let matching: Vec<&Descriptor> = entries
+            .iter()
+            .filter(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| self.platform.matches(p))
+            })
+            .collect();
+        // Without a wanted variant, prefer an entry without one, then the first (e.g. v8).
+        matching
+            .iter()
+            .find(|d| d.platform.as_ref().is_some_and(|p| p.variant.is_none()))
+            .or(matching.first())
+            .copied()
+            .ok_or_else(|| {
+                ImageError::ManifestUnknown(format!(
+                    "no matching manifest for {} in the manifest list entries",
+                    self.platform
+                ))
+            })
+    }
+}
+
+/// Per-pull state: where to connect and the authorization obtained so far.
+struct Session<'a> {
+    client: &'a RegistryClient,
+    authority: String,
+    reference: &'a Reference,
+    credentials: Option<&'a Credentials>,
+    auth: Mutex<Option<HeaderValue>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ManifestKind {
+    Image,
+    Index,
+}
+
+struct FetchedManifest {
+    bytes: Bytes,
+    digest: Digest,
+    kind: ManifestKind,
+    json: ManifestJson,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestJson {
+    #[serde(rename = "schemaVersion")]
+    schema_version: Option<i64>,
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+    config: Option<Descriptor>,
+    layers: Option<Vec<Descriptor>>,
+    manifests: Option<Vec<Descriptor>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: Digest,
+    size: u64,
+    platform: Option<PlatformJson>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PlatformJson {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ConfigJson {
+    rootfs: Option<RootFsJson>,
+}
+
+#[derive(Deserialize)]
+struct RootFsJson {
+    #[serde(default)]
+    diff_ids: Vec<Digest>,
+}
+
+/// `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"…"}]}` as registries answer.
+#[derive(Deserialize)]
+struct ErrorsJson {
+    #[serde(default)]
+    errors: Vec<ErrorJson>,
+}
+
+#[derive(Deserialize)]
+struct ErrorJson {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// What a failed request was for, to phrase its error like Docker.
+enum Subject<'a> {
+    Manifest,
+    Blob(&'a Digest),
+}
+
+impl Session<'_> {
+    fn domain(&self) -> &str {
+        &self.reference.domain
+    }
+
+    fn err(&self, msg: impl std::fmt::Display) -> ImageError {
+        ImageError::Registry(format!("registry {}: {msg}", self.domain()))
+    }
+
+    fn url(&self, tail: &str) -> Result<Uri, ImageError> {
+        let s = format!(
+            "http://{}/v2/{}/{tail}",
+            self.authority, self.reference.path
+        );
+        s.parse()
+            .map_err(|_| self.err(format!("cannot build a request URL from {s:?}")))
+    }
+
+    /// GETs a manifest by tag or digest, checks it and tells image from index.
+    async fn fetch_manifest(
+        &self,
+        wanted: &str,
+        expected: Option<&Digest>,
+    ) -> Result<FetchedManifest, ImageError> {
+        let uri = self.url(&format!("manifests/{wanted}"))?;
+        let accept = [
+            MEDIA_OCI_INDEX,
+            MEDIA_DOCKER_MANIFEST_LIST,
+            MEDIA_OCI_MANIFEST,
+            MEDIA_DOCKER_MANIFEST,
+        ]
+        .join(", ");
+        let resp = self.get(uri, Some(&accept)).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(self.error_from_response(resp, Subject::Manifest).await);
+        }
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        let announced = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = resp.into_body();
+        let bytes = self
+            .read_limited(&mut body, MANIFEST_MAX, "manifest")
+            .await?;
+        let digest = Digest::of(&bytes);
+        if let Some(exp) = expected
+            && *exp != digest
+        {
+            return Err(self.err(format!("manifest verification failed for digest {exp}")));
+        }
+        if expected.is_none()
+            && let Some(a) = announced
+            && a != digest.as_str()
+        {
+            return Err(self.err(format!(
+                "manifest verification failed: registry announced digest {a}, content has {digest}"
+            )));
+        }
+        if MEDIA_DOCKER_SCHEMA1.contains(&content_type.as_str()) {
+            return Err(schema1_error(self.reference));
+        }
+        let json: ManifestJson = serde_json::from_slice(&bytes).map_err(|e| {
+            self.err(format!(
+                "invalid manifest for {}: {e}",
+                self.reference.familiar()
+            ))
+        })?;
+        let kind = manifest_kind(&content_type, &json).map_err(|m| self.err(m))?;
+        if json.schema_version == Some(1) {
+            return Err(schema1_error(self.reference));
+        }
+        if json.schema_version.is_some_and(|v| v != 2) {
+            return Err(self.err(format!(
+                "unsupported manifest schema version {:?}",
+                json.schema_version
+            )));
+        }
+        Ok(FetchedManifest {
+            bytes,
+            digest,
+            kind,
+            json,
+        })
+    }
+
+    /// Streams one blob into the store, verifying size, digest and (for layers) the
+    /// uncompressed `diff_id`. Reports progress when `progress` is given.
+    async fn download(
+        &self,
+        store: &BlobStore,
+        desc: &Descriptor,
+        diff_id: Option<&Digest>,
+        progress: Option<&ProgressSink<'_>>,
+    ) -> Result<(), ImageError> {
+        let id = short_id(&desc.digest);
+        let uri = self.url(&format!("blobs/{}", desc.digest))?;
+        let resp = self.get(uri, None).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(self
+                .error_from_response(resp, Subject::Blob(&desc.digest))
+                .await);
+        }
+        let total = desc.size;
+        let mut sink = BlobSink {
+            writer: store.writer()?,
+            diff: diff_id.map(|_| DiffHasher::Sniffing(Vec::new())),
+        };
+        let mut buf = Vec::with_capacity(WRITE_CHUNK);
+        let mut body = resp.into_body();
+        let mut current = 0u64;
+        let mut last_report: Option<Instant> = None;
+        while let Some(chunk) = self.next_chunk(&mut body).await? {
+            current += chunk.len() as u64;
+            if current > total {
+                return Err(self.err(format!(
+                    "blob {} is larger than the {total} bytes its manifest announces",
+                    desc.digest
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+            if buf.len() >= WRITE_CHUNK {
+                blocking_io(|| sink.write(&buf)).map_err(|e| self.layer_error(&desc.digest, e))?;
+                buf.clear();
+            }
+            if let Some(p) = progress
+                && last_report.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL)
+            {
+                last_report = Some(Instant::now());
+                emit(
+                    p,
+                    PullProgress::LayerDownloading {
+                        id: id.clone(),
+                        current,
+                        total,
+                    },
+                );
+            }
+        }
+        if current != total {
+            return Err(self.err(format!(
+                "blob {}: got {current} bytes, expected {total}",
+                desc.digest
+            )));
+        }
+        if let Some(p) = progress {
+            emit(
+                p,
+                PullProgress::LayerDownloading {
+                    id: id.clone(),
+                    current,
+                    total,
+                },
+            );
+            emit(p, PullProgress::LayerVerifying { id: id.clone() });
+        }
+        let blob = &desc.digest;
+        let verified = blocking_io(move || {
+            sink.write(&buf)?;
+            let BlobSink { writer, diff } = sink;
+            if let (Some(h), Some(want)) = (diff, diff_id) {
+                let got = h.finish()?;
+                if got != *want {
+                    // Dropping `writer` removes the temp file.
+                    return Ok(Err(format!(
+                        "filesystem layer verification failed for digest {blob}: \
+                         uncompressed content is {got}, the image config says {want}"
+                    )));
+                }
+            }
+            match writer.commit(Some(blob)) {
+                Ok(_) => Ok(Ok(())),
+                Err(ImageError::DigestMismatch { .. }) => Ok(Err(format!(
+                    "filesystem layer verification failed for digest {blob}"
+                ))),
+                Err(e) => Err(e),
+            }
+        })
+        .map_err(|e| self.layer_error(blob, e))?;
+        verified.map_err(|m| self.err(m))?;
+        if let Some(p) = progress {
+            emit(p, PullProgress::LayerDownloadComplete { id });
+        }
+        Ok(())
+    }
+
+    /// Undecodable layer data is a verification failure, as Docker words it.
+    fn layer_error(&self, blob: &Digest, e: ImageError) -> ImageError {
+        match e {
+            ImageError::Registry(m) => self.err(format!(
+                "filesystem layer verification failed for digest {blob}: {m}"
+            )),
+            e => e,
+        }
+    }
+
+    /// GET that follows redirects (registries send blobs to object storage) and
+    /// answers one authentication challenge.
+    async fn get(
+        &self,
+        start: Uri,
+        accept: Option<&str>,
+    ) -> Result<Response<Incoming>, ImageError> {
+        let mut uri = start;
+        let mut redirects = 0;
+        let mut authenticated = false;
+        loop {
+            let same_origin = uri.authority().map(|a| a.as_str()) == Some(self.authority.as_str());
+            let mut headers = Vec::new();
+            if let Some(a) = accept {
+                headers.push((header::ACCEPT, header_value(a)?));
+            }
+            // Credentials never leave the registry's origin (storage redirects are signed).
+            if same_origin && let Some(auth) = self.auth.lock().ok().and_then(|g| g.clone()) {
+                headers.push((header::AUTHORIZATION, auth));
+            }
+            let resp = self.roundtrip(&uri, &headers).await?;
+            let status = resp.status();
+            if status.is_redirection() && resp.headers().contains_key(header::LOCATION) {
+                redirects += 1;
+                if redirects > MAX_REDIRECTS {
+                    return Err(self.err("too many redirects"));
+                }
+                uri = self.redirect_target(&uri, &resp)?;
+                continue;
+            }
+            if status == StatusCode::UNAUTHORIZED && same_origin && !authenticated {
+                authenticated = true;
+                let challenges: Vec<String> = resp
+                    .headers()
+                    .get_all(header::WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok().map(str::to_string))
+                    .collect();
+                if self.authenticate(&challenges).await? {
+                    continue;
+                }
+            }
+            return Ok(resp);
+        }
+    }
+
+    fn redirect_target(&self, from: &Uri, resp: &Response<Incoming>) -> Result<Uri, ImageError> {
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| self.err("redirect without a usable Location"))?;
+        let target: Uri = loc
+            .parse()
+            .map_err(|_| self.err(format!("redirect to an invalid location {loc:?}")))?;
+        if target.scheme().is_none() {
+            // Relative: same scheme and authority as the request.
+            let path = if loc.starts_with('/') {
+                loc.to_string()
+            } else {
+                let base = from.path();
+                let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
+                format!("{dir}{loc}")
+            };
+            let authority = from.authority().map(|a| a.as_str()).unwrap_or_default();
+            return format!("http://{authority}{path}")
+                .parse()
+                .map_err(|_| self.err(format!("redirect to an invalid location {loc:?}")));
+        }
+        self.check_plain_http(&target, "redirect")?;
+        Ok(target)
+    }
+
+    /// Only plain HTTP to allowed hosts: redirects and token realms are checked too.
+    fn check_plain_http(&self, uri: &Uri, what: &str) -> Result<(), ImageError> {
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        if uri.scheme_str() != Some("http") || !self.client.plain_http_allowed(authority) {
+            return Err(self.err(format!(
+                "{what} to {uri}: https and non-loopback hosts are not supported yet"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Handles a 401 challenge. Ok(false) when there is nothing to retry with.
+    async fn authenticate(&self, challenges: &[String]) -> Result<bool, ImageError> {
+        let parsed: Vec<Challenge> = challenges
+            .iter()
+            .filter_map(|c| parse_challenge(c))
+            .collect();
+        if let Some(bearer) = parsed
+            .iter()
+            .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+        {
+            let realm = bearer
+                .param("realm")
+                .ok_or_else(|| self.err("token challenge without a realm"))?;
+            let default_scope = format!("repository:{}:pull", self.reference.path);
+            let scope = bearer.param("scope").unwrap_or(&default_scope);
+            let mut url = realm.to_string();
+            url.push(if realm.contains('?') { '&' } else { '?' });
+            if let Some(service) = bearer.param("service") {
+                url.push_str(&format!("service={}&", query_escape(service)));
+            }
+            url.push_str(&format!("scope={}", query_escape(scope)));
+            let uri: Uri = url
+                .parse()
+                .map_err(|_| self.err(format!("invalid token realm {realm:?}")))?;
+            self.check_plain_http(&uri, "token request")?;
+            let mut headers = Vec::new();
+            if let Some(c) = self.credentials {
+                headers.push((header::AUTHORIZATION, basic_auth(c)?));
+            }
+            let resp = self.roundtrip(&uri, &headers).await?;
+            let status = resp.status();
+            let mut body = resp.into_body();
+            let bytes = self.read_limited(&mut body, MANIFEST_MAX, "token").await?;
+            if status != StatusCode::OK {
+                let detail = error_detail(&bytes).unwrap_or_else(|| status.to_string());
+                return Err(self.err(format!("authentication failed: {detail}")));
+            }
+            #[derive(Deserialize)]
+            struct TokenJson {
+                token: Option<String>,
+                access_token: Option<String>,
+            }
+            let t: TokenJson = serde_json::from_slice(&bytes)
+                .map_err(|e| self.err(format!("invalid token response: {e}")))?;
+            let token = t
+                .token
+                .or(t.access_token)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| self.err("token response without a token"))?;
+            let value = header_value(&format!("Bearer {token}"))?;
+            if let Ok(mut g) = self.auth.lock() {
+                *g = Some(value);
+            }
+            return Ok(true);
+        }
+        if parsed
+            .iter()
+            .any(|c| c.scheme.eq_ignore_ascii_case("basic"))
+            && let Some(c) = self.credentials
+        {
+            let value = basic_auth(c)?;
+            if let Ok(mut g) = self.auth.lock() {
+                *g = Some(value);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// One HTTP/1.1 request on a fresh connection.
+    async fn roundtrip(
+        &self,
+        uri: &Uri,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<Response<Incoming>, ImageError> {
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .ok_or_else(|| self.err(format!("request URL without a host: {uri}")))?;
+        let addr = if uri.port().is_some() {
+            authority.clone()
+        } else {
+            format!("{authority}:80")
+        };
+        let timeout = self.client.connect_timeout;
+        let stream =
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(self.err(format!("Get \"{uri}\": dial tcp {addr}: {e}"))),
+                Err(_) => {
+                    return Err(self.err(format!(
+                        "Get \"{uri}\": dial tcp {addr}: timed out after {timeout:?}"
+                    )));
+                }
+            };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.err(format!("Get \"{uri}\": {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("registry connection ended: {e}");
+            }
+        });
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(header::HOST, authority.as_str())
+            .header(header::USER_AGENT, USER_AGENT);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| self.err(format!("Get \"{uri}\": {e}")))?;
+        match tokio::time::timeout(self.client.io_timeout, sender.send_request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(self.err(format!("Get \"{uri}\": {e}"))),
+            Err(_) => Err(self.err(format!(
+                "Get \"{uri}\": no answer within {:?}",
+                self.client.io_timeout
+            ))),
+        }
+    }
+
+    async fn next_chunk(&self, body: &mut Incoming) -> Result<Option<Bytes>, ImageError> {
+        loop {
+            match tokio::time::timeout(self.client.io_timeout, body.frame()).await {
+                Err(_) => {
+                    return Err(self.err(format!(
+                        "connection stalled: no data within {:?}",
+                        self.client.io_timeout
+                    )));
+                }
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => return Err(self.err(format!("reading response: {e}"))),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read_limited(
+        &self,
+        body: &mut Incoming,
+        limit: usize,
+        what: &str,
+    ) -> Result<Bytes, ImageError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next_chunk(body).await? {
+            if out.len() + chunk.len() > limit {
+                return Err(self.err(format!("{what} is larger than {limit} bytes")));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Turns a non-success answer into the error Docker would show.
+    async fn error_from_response(
+        &self,
+        resp: Response<Incoming>,
+        subject: Subject<'_>,
+    ) -> ImageError {
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let bytes = self
+            .read_limited(&mut body, ERROR_BODY_MAX, "error response")
+            .await
+            .unwrap_or_default();
+        let first = serde_json::from_slice::<ErrorsJson>(&bytes)
+            .ok()
+            .and_then(|e| e.errors.into_iter().next());
+        let code = first.as_ref().map(|e| e.code.as_str()).unwrap_or_default();
+        let text = |default: &str| match &first {
+            Some(e) if !e.code.is_empty() => format!(
+                "{}: {}",
+                e.code.replace('_', " ").to_lowercase(),
+                if e.message.is_empty() {
+                    default
+                } else {
+                    &e.message
+                }
+            ),
+            _ => default.to_string(),
+        };
+        let r = self.reference;
+        let denied = || {
+            ImageError::ManifestUnknown(format!(
+                "pull access denied for {}, repository does not exist or may require \
+                 'docker login': {}",
+                r.repository(),
+                text("denied: requested access to the resource is denied")
+            ))
+        };
+        match subject {
+            Subject::Manifest => match code {
+                "NAME_UNKNOWN" => ImageError::ManifestUnknown(format!(
+                    "repository {} not found: {}",
+                    r.repository(),
+                    text("name unknown")
+                )),
+                "DENIED" | "UNAUTHORIZED" => denied(),
+                "MANIFEST_UNKNOWN" => ImageError::ManifestUnknown(format!(
+                    "manifest for {} not found: {}",
+                    r.familiar(),
+                    text("manifest unknown")
+                )),
+                _ if status == StatusCode::NOT_FOUND => ImageError::ManifestUnknown(format!(
+                    "manifest for {} not found: manifest unknown: manifest unknown",
+                    r.familiar()
+                )),
+                _ if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN => {
+                    denied()
+                }
+                _ => self.err(format!(
+                    "unexpected answer to manifest request: {status}{}",
+                    error_suffix(&first)
+                )),
+            },
+            Subject::Blob(d) => match code {
+                "DENIED" | "UNAUTHORIZED" => denied(),
+                _ => self.err(format!(
+                    "fetching blob {d}: {status}{}",
+                    error_suffix(&first)
+                )),
+            },
+        }
+    }
+}
+
+fn error_suffix(e: &Option<ErrorJson>) -> String {
+    match e {
+        Some(e) if !e.code.is_empty() || !e.message.is_empty() => {
+            format!(
+                " ({}: {})",
+                e.code.replace('_', " ").to_lowercase(),
+                e.message
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// `code: message` of the first error in a registry/token error body.
+fn error_detail(bytes: &[u8]) -> Option<String> {
+    let e = serde_json::from_slice::<ErrorsJson>(bytes)
+        .ok()?
+        .errors
+        .into_iter()
+        .next()?;
+    Some(format!(
+        "{}: {}",
+        e.code.replace('_', " ").to_lowercase(),
+        e.message
+    ))
+}
+
+fn schema1_error(r: &Reference) -> ImageError {
+    ImageError::Unsupported(format!(
+        "[DEPRECATION NOTICE] Docker Image Format v1 and Docker Image manifest version 2, \
+         schema 1 support has been removed. Suggest the author of {} to upgrade the image \
+         to the OCI Format or Docker Image manifest v2, schema 2. More information at \
+         https://docs.docker.com/go/deprecated-image-specs/",
+        r.familiar()
+    ))
+}
+
+/// The manifest kind from its Content-Type, falling back to the document itself when
+/// the registry sends a generic JSON type.
+fn manifest_kind(content_type: &str, json: &ManifestJson) -> Result<ManifestKind, String> {
+    let kind_of = |t: &str| match t {
+        MEDIA_DOCKER_MANIFEST | MEDIA_OCI_MANIFEST => Some(ManifestKind::Image),
+        MEDIA_DOCKER_MANIFEST_LIST | MEDIA_OCI_INDEX => Some(ManifestKind::Index),
+        _ => None,
+    };
+    let declared = json.media_type.as_deref().filter(|t| !t.is_empty());
+    match (kind_of(content_type), declared) {
+        (Some(_), Some(d)) if d != content_type => Err(format!(
+            "mediaType in manifest should be '{content_type}' not '{d}'"
+        )),
+        (Some(k), _) => Ok(k),
+        (None, _) if !matches!(content_type, "" | "application/json") => Err(format!(
+            "unsupported manifest content type {content_type:?}"
+        )),
+        (None, Some(d)) => {
+            kind_of(d).ok_or_else(|| format!("unsupported manifest media type {d:?}"))
+        }
+        (None, None) => match (&json.manifests, &json.config) {
+            (Some(_), None) => Ok(ManifestKind::Index),
+            (None, Some(_)) => Ok(ManifestKind::Image),
+            _ => Err("cannot tell the manifest's media type".to_string()),
+        },
+    }
+}
+
+/// Config and layer descriptors of an image manifest, with their media types checked.
+fn image_parts<'m>(
+    session: &Session<'_>,
+    m: &'m ManifestJson,
+) -> Result<(&'m Descriptor, &'m [Descriptor]), ImageError> {
+    let config = m
+        .config
+        .as_ref()
+        .ok_or_else(|| session.err("image manifest without a config"))?;
+    if !config.media_type.is_empty() && !CONFIG_MEDIA_TYPES.contains(&config.media_type.as_str()) {
+        return Err(ImageError::Unsupported(format!(
+            "{} is not a container image: unsupported config media type {}",
+            session.reference.familiar(),
+            config.media_type
+        )));
+    }
+    if config.size > CONFIG_MAX {
+        return Err(session.err(format!(
+            "image config of {} bytes is too large",
+            config.size
+        )));
+    }
+    let layers = m.layers.as_deref().unwrap_or_default();
+    for l in layers {
+        if !LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()) {
+            return Err(ImageError::Unsupported(format!(
+                "unsupported layer media type {:?} in {}",
+                l.media_type,
+                session.reference.familiar()
+            )));
+        }
+    }
+    Ok((config, layers))
+}
+
+fn parse_diff_ids(session: &Session<'_>, config: &[u8]) -> Result<Vec<Digest>, ImageError> {
+    let c: ConfigJson = serde_json::from_slice(config)
+        .map_err(|e| session.err(format!("invalid image configuration: {e}")))?;
+    Ok(c.rootfs.map(|r| r.diff_ids).unwrap_or_default())
+}
+
+type ProgressSink<'a> = Mutex<&'a mut (dyn FnMut(PullProgress) + Send)>;
+
+fn emit(sink: &ProgressSink<'_>, event: PullProgress) {
+    // A panicking callback poisons the lock; keep reporting to it regardless.
+    let mut f = sink.lock().unwrap_or_else(|e| e.into_inner());
+    (*f)(event);
+}
+
+/// The short layer id `docker pull` prints.
+pub fn short_id(d: &Digest) -> String {
+    d.hex()[..12].to_string()
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, ImageError>
+where
+    F: FnOnce() -> Result<T, ImageError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ImageError::Io(io::Error::other(format!("blob writer failed: {e}"))))?
+}
+
+/// Runs file work (writes, decompression, fsync) where it cannot stall other tasks:
+/// `block_in_place` on a multi-threaded runtime, inline on a current-thread one.
+/// Unlike `spawn_blocking`, the blob writer never leaves the pull future, so a failed
+/// or cancelled pull has removed its temp file by the time it returns.
+fn blocking_io<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+async fn put_blob(store: &BlobStore, bytes: Bytes) -> Result<Digest, ImageError> {
+    let store = store.clone();
+    blocking(move || store.put_bytes(&bytes)).await
+}
+
+async fn read_blob(store: &BlobStore, d: &Digest) -> Result<Vec<u8>, ImageError> {
+    let (store, d) = (store.clone(), d.clone());
+    blocking(move || store.read(&d)).await
+}
+
+/// The blob being written plus, for layers, the hash of its uncompressed content.
+struct BlobSink {
+    writer: BlobWriter,
+    diff: Option<DiffHasher>,
+}
+
+impl BlobSink {
+    fn write(&mut self, data: &[u8]) -> Result<(), ImageError> {
+        self.writer.write_all(data)?;
+        if let Some(d) = &mut self.diff {
+            d.write(data)?;
+        }
+        Ok(())
+    }
+}
+
+/// Hashes the decompressed stream of a layer as it is downloaded, so the `diff_id`
+/// from the config is checked without reading the blob again.
+enum DiffHasher {
+    /// Not enough bytes yet to recognise the compression.
+    Sniffing(Vec<u8>),
+    Plain(HashingWriter<io::Sink>),
+    Gzip(Box<flate2::write::MultiGzDecoder<HashingWriter<io::Sink>>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, HashingWriter<io::Sink>>>),
+}
+
+/// Longest magic number `compress::detect` looks at.
+const SNIFF_LEN: usize = 6;
+
+impl DiffHasher {
+    fn write(&mut self, data: &[u8]) -> Result<(), ImageError> {
+        if let DiffHasher::Sniffing(head) = self {
+            head.extend_from_slice(data);
+            if head.len() < SNIFF_LEN {
+                return Ok(());
+            }
+            let head = std::mem::take(head);
+            *self = DiffHasher::start(&head)?;
+            return self.feed(&head);
+        }
+        self.feed(data)
+    }
+
+    fn start(head: &[u8]) -> Result<DiffHasher, ImageError> {
+        let sink = HashingWriter::new(io::sink());
+        Ok(match compress::detect(head)? {
+            Compression::None => DiffHasher::Plain(sink),
+            Compression::Gzip => {
+                DiffHasher::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink)))
+            }
+            Compression::Zstd => {
+                DiffHasher::Zstd(Box::new(zstd::stream::write::Decoder::new(sink)?))
+            }
+        })
+    }
+
+    fn feed(&mut self, data: &[u8]) -> Result<(), ImageError> {
+        let r = match self {
+            DiffHasher::Sniffing(h) => {
+                h.extend_from_slice(data);
+                Ok(())
+            }
+            DiffHasher::Plain(w) => w.write_all(data),
+            DiffHasher::Gzip(w) => w.write_all(data),
+            DiffHasher::Zstd(w) => w.write_all(data),
+        };
+        r.map_err(corrupt_layer)
+    }
+
+    fn finish(self) -> Result<Digest, ImageError> {
+        let h = match self {
+            DiffHasher::Sniffing(head) => {
+                let mut d = DiffHasher::start(&head)?;
+                d.feed(&head)?;
+                return d.finish();
+            }
+            DiffHasher::Plain(w) => w,
+            DiffHasher::Gzip(w) => w.finish().map_err(corrupt_layer)?,
+            DiffHasher::Zstd(mut w) => {
+                w.flush().map_err(corrupt_layer)?;
+                w.into_inner()
+            }
+        };
+        Ok(h.finish().1)
+    }
+}
+
+fn corrupt_layer(e: io::Error) -> ImageError {
+    ImageError::Registry(format!("layer data cannot be decompressed: {e}"))
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, PartialEq, Eq)]
+struct Challenge {
+    scheme: String,
+    params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `Bearer realm="…",service="…",scope="…"` (quoted strings may contain `\"`).
+fn parse_challenge(s: &str) -> Option<Challenge> {
+    let s = s.trim();
+    let (scheme, mut rest) = match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    };
+    if scheme.is_empty() {
+        return None;
+    }
+    let mut params = Vec::new();
+    while !rest.is_empty() {
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim().to_string();
+        rest = rest[eq + 1..].trim_start();
+        let value;
+        if let Some(q) = rest.strip_prefix('"') {
+            let mut v = String::new();
+            let mut chars = q.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            v.push(n);
+                        }
+                    }
+                    '"' => {
+                        end = Some(i);
+                        break;
+                    }
+                    c => v.push(c),
+                }
+            }
+            let end = end?;
+            value = v;
+            rest = q[end + 1..].trim_start();
+        } else {
+            let end = rest.find(',').unwrap_or(rest.len());
+            value = rest[..end].trim().to_string();
+            rest = &rest[end..];
+        }
+        params.push((key, value));
+        rest = rest.trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+    }
+    Some(Challenge {
+        scheme: scheme.to_string(),
+        params,
+    })
+}
+
+/// Everything except RFC 3986 unreserved characters is escaped in query values.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn query_escape(s: &str) -> String {
+    utf8_percent_encode(s, QUERY_VALUE).to_string()
+}
+
+fn basic_auth(c: &Credentials) -> Result<HeaderValue, ImageError> {
+    let raw = format!("{}:{}", c.username, c.password);
+    let mut v = header_value(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    ))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+fn header_value(s: &str) -> Result<HeaderValue, ImageError> {
+    HeaderValue::from_str(s)
+        .map_err(|_| ImageError::Registry(format!("invalid header value {s:?}")))
+}
+
+/// The host of `host[:port]`, without IPv6 brackets.
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => authority,
+    }
+}
+
+/// One `insecure-registries` entry: `host`, `host:port` or a CIDR.
+fn insecure_entry_matches(entry: &str, authority: &str, host: &str) -> bool {
+    let e = entry.trim();
+    let e = e.strip_prefix("http://").unwrap_or(e).trim_end_matches('/');
+    if e.eq_ignore_ascii_case(authority) || e.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    let Some((net, bits)) = e.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(bits), Ok(ip)) = (
+        net.parse::<IpAddr>(),
+        bits.parse::<u32>(),
+        host.parse::<IpAddr>(),
+    ) else {
+        return false;
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) if bits <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) if bits <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_challenges() {
+        let c = parse_challenge(
+            r#"Bearer realm="http://127.0.0.1:1/token",service="reg \"x\"",scope="repository:a/b:pull""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "Bearer");
+        assert_eq!(c.param("realm"), Some("http://127.0.0.1:1/token"));
+        assert_eq!(c.param("SERVICE"), Some("reg \"x\""));
+        assert_eq!(c.param("scope"), Some("repository:a/b:pull"));
+        assert_eq!(c.param("nope"), None);
+
+        let c = parse_challenge("Basic realm=registry , charset=UTF-8").unwrap();
+        assert_eq!(c.scheme, "Basic");
+        assert_eq!(c.param("realm"), Some("registry"));
+        assert_eq!(c.param("charset"), Some("UTF-8"));
+
+        let c = parse_challenge("Basic").unwrap();
+        assert!(c.params.is_empty());
+        assert_eq!(parse_challenge(""), None);
+        assert_eq!(parse_challenge(r#"Bearer realm="unterminated"#), None);
+        assert_eq!(parse_challenge("Bearer novalue"), None);
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_and_insecure() {
+        let c = RegistryClient::new(vec![
+            "reg.example:5000".into(),
+            "plain.example".into(),
+            "10.1.0.0/16".into(),
+            "fd00::/8".into(),
+        ]);
+        for ok in [
+            "127.0.0.1:5000",
+            "127.3.4.5",
+            "localhost",
+            "LOCALHOST:80",
+            "[::1]:5000",
+            "[::1]",
+            "reg.example:5000",
+            "plain.example:8080",
+            "plain.example",
+            "10.1.200.3:5000",
+            "[fd12::1]:5000",
+        ] {
+            assert!(c.plain_http_allowed(ok), "{ok}");
+        }
+        for no in [
+            "docker.io",
+            "reg.example",
+            "reg.example:5001",
+            "128.0.0.1:5000",
+            "10.2.0.1",
+            "[fe80::1]:5000",
+            "localhost.example.com",
+        ] {
+            assert!(!c.plain_http_allowed(no), "{no}");
+        }
+        assert_eq!(c.endpoint("127.0.0.1:5000").unwrap(), "127.0.0.1:5000");
+        let e = c.endpoint("docker.io").unwrap_err().to_string();
+        assert!(
+            e.contains("registry docker.io: https is not supported yet"),
+            "{e}"
+        );
+        let e = c.endpoint("quay.io").unwrap_err().to_string();
+        assert!(
+            e.contains("registry quay.io: https is not supported yet"),
+            "{e}"
+        );
+        // Docker Hub is reached at its API host when explicitly allowed.
+        let hub = RegistryClient::new(vec!["docker.io".into()]);
+        assert_eq!(hub.endpoint("docker.io").unwrap(), "registry-1.docker.io");
+    }
+
+    fn json(s: &str) -> ManifestJson {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn manifest_kinds() {
+        let image = json(
+            r#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":1},"layers":[]}"#,
+        );
+        let index = json(r#"{"schemaVersion":2,"manifests":[]}"#);
+        let typed = json(&format!(
+            r#"{{"mediaType":"{MEDIA_OCI_INDEX}","manifests":[]}}"#
+        ));
+        let empty = json("{}");
+        let cases: Vec<(&str, &ManifestJson, Result<ManifestKind, &str>)> = vec![
+            (MEDIA_DOCKER_MANIFEST, &image, Ok(ManifestKind::Image)),
+            (MEDIA_OCI_MANIFEST, &image, Ok(ManifestKind::Image)),
+            (MEDIA_DOCKER_MANIFEST_LIST, &index, Ok(ManifestKind::Index)),
+            (MEDIA_OCI_INDEX, &typed, Ok(ManifestKind::Index)),
+            ("application/json", &typed, Ok(ManifestKind::Index)),
+            ("", &image, Ok(ManifestKind::Image)),
+            ("", &index, Ok(ManifestKind::Index)),
+            (
+                MEDIA_OCI_MANIFEST,
+                &typed,
+                Err("mediaType in manifest should be"),
+            ),
+            (
+                "text/html",
+                &image,
+                Err("unsupported manifest content type"),
+            ),
+            ("application/json", &empty, Err("cannot tell")),
+        ];
+        for (ct, m, want) in cases {
+            match (manifest_kind(ct, m), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{ct}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{ct}: {got}"),
+                (got, want) => panic!("{ct}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn picks_the_platform() {
+        let d = |n: u8| format!("sha256:{}", format!("{n:02x}").repeat(32));
+        let index = json(&format!(
+            r#"{{"manifests":[
+              {{"digest":"{}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},
+              {{"digest":"{}","size":1,"platform":{{"os":"unknown","architecture":"unknown"}}}},
+              {{"digest":"{}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}},
+              {{"digest":"{}","size":1,"platform":{{"os":"windows","architecture":"amd64"}}}},
+              {{"digest":"{}","size":1}}
+            ]}}"#,
+            d(1),
+            d(2),
+            d(3),
+            d(4),
+            d(5)
+        ));
+        let amd64 = Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        };
+        let c = RegistryClient::new(vec![]).with_platform(amd64);
+        assert_eq!(c.select_platform(&index).unwrap().digest.as_str(), d(3));
+        let arm = Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: None,
+        };
+        let c = c.with_platform(arm.clone());
+        assert_eq!(c.select_platform(&index).unwrap().digest.as_str(), d(1));
+        let v7 = Platform {
+            variant: Some("v7".into()),
+            ..arm
+        };
+        let c = c.with_platform(v7);
+        let e = c.select_platform(&index).unwrap_err();
+        assert!(matches!(e, ImageError::ManifestUnknown(_)));
+        assert_eq!(
+            e.to_string(),
+            "no matching manifest for linux/arm64/v7 in the manifest list entries"
+        );
+    }
+
+    #[test]
+    fn diff_hasher_sees_through_compression() {
+        let data = b"pretend this is a tar stream ".repeat(5000);
+        let want = Digest::of(&data);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&data[..], 3).unwrap();
+        for (name, packed) in [("plain", data.clone()), ("gzip", gz), ("zstd", zst)] {
+            // Odd chunk sizes, including ones shorter than the magic number.
+            for chunk in [1usize, 5, 4096] {
+                let mut h = DiffHasher::Sniffing(Vec::new());
+                for c in packed.chunks(chunk) {
+                    h.write(c).unwrap();
+                }
+                assert_eq!(h.finish().unwrap(), want, "{name} in chunks of {chunk}");
+            }
+        }
+        // Tiny and empty layers never leave the sniffing state before finish.
+        let mut h = DiffHasher::Sniffing(Vec::new());
+        h.write(b"abc").unwrap();
+        assert_eq!(h.finish().unwrap(), Digest::of(b"abc"));
+        assert_eq!(
+            DiffHasher::Sniffing(Vec::new()).finish().unwrap(),
+            Digest::of(b"")
+        );
+        // Corrupt gzip is an error, not a wrong digest or a panic.
+        let mut h = DiffHasher::Sniffing(Vec::new());
+        let r = h
+            .write(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff])
+            .and_then(|_| h.finish().map(|_| ()));
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(
+            query_escape("repository:a/b:pull,push x"),
+            "repository%3Aa%2Fb%3Apull%2Cpush%20x"
+        );
+        let v = basic_auth(&Credentials {
+            username: "user".into(),
+            password: "pa:ss".into(),
+        })
+        .unwrap();
+        assert_eq!(v.to_str().unwrap(), "Basic dXNlcjpwYTpzcw==");
+        assert!(v.is_sensitive());
+        let creds = Credentials {
+            username: "u".into(),
+            password: "secret".into(),
+        };
+        assert!(!format!("{creds:?}").contains("secret"));
+        assert_eq!(host_of("[::1]:5000"), "::1");
+        assert_eq!(host_of("a.b:5000"), "a.b");
+        assert_eq!(host_of("a.b"), "a.b");
+        let d = Digest::of(b"x");
+        assert_eq!(short_id(&d), &d.hex()[..12]);
+        assert_eq!(
+            error_detail(br#"{"errors":[{"code":"UNAUTHORIZED","message":"bad password"}]}"#)
+                .as_deref(),
+            Some("unauthorized: bad password")
+        );
+        assert_eq!(error_detail(b"<html>"), None);
+        assert_eq!(Platform::host().os, "linux");
+    }
+}

@@ -1,0 +1,381 @@
+//! nftables: script generation (pure, unit-tested) and the `Nft` trait that applies a
+//! whole script as one transaction (`nft -f -`), so a change costs one process, not one
+//! per rule.
+
+use crate::error::NetError;
+use crate::ipv4net::Ipv4Net;
+use async_trait::async_trait;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+/// The regular chain that holds every published-port DNAT rule of the instance. It is
+/// jumped to from prerouting (traffic from outside) and output (traffic from the host).
+pub const PORTMAP_CHAIN: &str = "portmap";
+pub const FAMILY: &str = "inet";
+
+#[async_trait]
+pub trait Nft: Send + Sync {
+    /// Applies `script` atomically (all of it or nothing).
+    async fn apply(&self, script: &str) -> Result<(), NetError>;
+    /// `nft -j -a list chain`: the chain as JSON with rule handles, or None if the table or
+    /// chain does not exist.
+    async fn list_chain(
+        &self,
+        family: &str,
+        table: &str,
+        chain: &str,
+    ) -> Result<Option<String>, NetError>;
+}
+
+/// A published port, as Docker's `-p [host_ip:]host_port:container_port[/proto]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortMapping {
+    /// "tcp", "udp" or "sctp".
+    pub proto: String,
+    pub container_port: u16,
+    /// "" (or "0.0.0.0" / "::") means every host address.
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+/// One rule of a listed chain: what detach and reconciliation need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    pub handle: u64,
+    pub comment: Option<String>,
+}
+
+/// The static part of the instance's table. Base chains are flushed and refilled so calling
+/// it again (agent restart) neither duplicates rules nor touches the per-container
+/// `portmap` rules of running containers.
+pub fn setup_script(table: &str, bridge: &str, subnet: Ipv4Net) -> String {
+    let t = format!("{FAMILY} {table}");
+    let mut s = String::new();
+    let _ = writeln!(s, "add table {t}");
+    for (chain, spec) in [
+        (
+            "prerouting",
+            "type nat hook prerouting priority dstnat; policy accept;",
+        ),
+        (
+            "output",
+            "type nat hook output priority -100; policy accept;",
+        ),
+        (
+            "postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+        ),
+        (
+            "forward",
+            "type filter hook forward priority filter; policy accept;",
+        ),
+    ] {
+        let _ = writeln!(s, "add chain {t} {chain} {{ {spec} }}");
+        let _ = writeln!(s, "flush chain {t} {chain}");
+    }
+    let _ = writeln!(s, "add chain {t} {PORTMAP_CHAIN}");
+    // Published ports: for packets addressed to any local address, from outside or from
+    // the host itself (so 127.0.0.1:<port> works without a userland proxy).
+    let _ = writeln!(
+        s,
+        "add rule {t} prerouting fib daddr type local jump {PORTMAP_CHAIN}"
+    );
+    let _ = writeln!(
+        s,
+        "add rule {t} output fib daddr type local jump {PORTMAP_CHAIN}"
+    );
+    // Egress NAT for containers.
+    let _ = writeln!(
+        s,
+        "add rule {t} postrouting ip saddr {subnet} oifname != \"{bridge}\" masquerade"
+    );
+    // Host loopback to a published port: the reply must come back to a routable source
+    // (needs route_localnet=1 on the bridge).
+    let _ = writeln!(
+        s,
+        "add rule {t} postrouting oifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade"
+    );
+    // Hairpin: a container reaching a published port of its own bridge.
+    let _ = writeln!(
+        s,
+        "add rule {t} postrouting oifname \"{bridge}\" ct status dnat ip saddr {subnet} masquerade"
+    );
+    let _ = writeln!(s, "add rule {t} forward iifname \"{bridge}\" accept");
+    let _ = writeln!(s, "add rule {t} forward oifname \"{bridge}\" accept");
+    s
+}
+
+/// Removes the whole table; the `add` first makes it a no-op when it is already gone.
+pub fn teardown_script(table: &str) -> String {
+    format!("add table {FAMILY} {table}\ndelete table {FAMILY} {table}\n")
+}
+
+/// Whether `host_ip` means "every address".
+fn is_any(host_ip: &str) -> bool {
+    matches!(host_ip, "" | "0.0.0.0" | "::" | "[::]")
+}
+
+/// The DNAT rules for one container, each tagged with the container id as comment so
+/// detach can find and delete exactly these.
+pub fn port_rules(
+    table: &str,
+    id: &str,
+    ip: Ipv4Addr,
+    ports: &[PortMapping],
+) -> Result<String, NetError> {
+    let mut s = String::new();
+    for p in ports {
+        let proto = p.proto.to_ascii_lowercase();
+        if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+            return Err(NetError::InvalidPort(format!(
+                "unsupported protocol {:?}",
+                p.proto
+            )));
+        }
+        if p.host_port == 0 || p.container_port == 0 {
+            return Err(NetError::InvalidPort(format!(
+                "port 0 in {}:{}/{}",
+                p.host_port, p.container_port, proto
+            )));
+        }
+        let matcher = if is_any(&p.host_ip) {
+            "meta nfproto ipv4".to_string()
+        } else {
+            let hip: Ipv4Addr = p.host_ip.parse().map_err(|_| {
+                NetError::InvalidPort(format!("host address {:?} is not IPv4", p.host_ip))
+            })?;
+            format!("ip daddr {hip}")
+        };
+        let _ = writeln!(
+            s,
+            "add rule {FAMILY} {table} {PORTMAP_CHAIN} {matcher} {proto} dport {} dnat ip to {ip}:{} comment \"{id}\"",
+            p.host_port, p.container_port
+        );
+    }
+    Ok(s)
+}
+
+pub fn delete_rules(family: &str, table: &str, chain: &str, handles: &[u64]) -> String {
+    let mut s = String::new();
+    for h in handles {
+        let _ = writeln!(s, "delete rule {family} {table} {chain} handle {h}");
+    }
+    s
+}
+
+/// Accept rules for our bridge in dockerd's `ip filter DOCKER-USER` chain: Docker's FORWARD
+/// policy is DROP and a drop in any base chain is final in nftables, so our own forward
+/// chain alone cannot let bridged/forwarded packets through. The rules use only
+/// iptables-nft-compatible expressions so dockerd can still read the chain.
+pub fn docker_user_rules(bridge: &str, comment: &str) -> String {
+    let mut s = String::new();
+    for dir in ["iifname", "oifname"] {
+        let _ = writeln!(
+            s,
+            "insert rule ip filter DOCKER-USER {dir} \"{bridge}\" counter accept comment \"{comment}\""
+        );
+    }
+    s
+}
+
+/// Parses `nft -j -a list chain` output into rule handles and comments.
+pub fn parse_rules(json: &str) -> Result<Vec<RuleRef>, NetError> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| NetError::Nft(format!("cannot parse nft JSON output: {e}")))?;
+    let items = v
+        .get("nftables")
+        .and_then(|x| x.as_array())
+        .ok_or_else(|| NetError::Nft("nft JSON output lacks \"nftables\"".into()))?;
+    Ok(items
+        .iter()
+        .filter_map(|it| it.get("rule"))
+        .filter_map(|r| {
+            Some(RuleRef {
+                handle: r.get("handle")?.as_u64()?,
+                comment: r
+                    .get("comment")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string),
+            })
+        })
+        .collect())
+}
+
+/// Handles of the rules in `rules` whose comment is exactly `comment`.
+pub fn handles_with_comment(rules: &[RuleRef], comment: &str) -> Vec<u64> {
+    rules
+        .iter()
+        .filter(|r| r.comment.as_deref() == Some(comment))
+        .map(|r| r.handle)
+        .collect()
+}
+
+/// The real thing: runs the `nft` binary.
+pub struct NftCmd {
+    bin: std::path::PathBuf,
+}
+
+impl NftCmd {
+    pub fn new() -> Self {
+        NftCmd { bin: "nft".into() }
+    }
+
+    pub fn with_binary(bin: impl Into<std::path::PathBuf>) -> Self {
+        NftCmd { bin: bin.into() }
+    }
+}
+
+impl Default for NftCmd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Nft for NftCmd {
+    async fn apply(&self, script: &str) -> Result<(), NetError> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(&self.bin)
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| NetError::Nft(format!("cannot run nft: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .await
+                .map_err(|e| NetError::Nft(format!("writing to nft: {e}")))?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| NetError::Nft(format!("waiting for nft: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            tracing::debug!(script, "nft failed");
+            Err(NetError::Nft(err.trim().to_string()))
+        }
+    }
+
+    async fn list_chain(
+        &self,
+        family: &str,
+        table: &str,
+        chain: &str,
+    ) -> Result<Option<String>, NetError> {
+        let out = tokio::process::Command::new(&self.bin)
+            .args(["-j", "-a", "list", "chain", family, table, chain])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| NetError::Nft(format!("cannot run nft: {e}")))?;
+        if out.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            Ok(None)
+        } else {
+            Err(NetError::Nft(err.trim().to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pm(proto: &str, cport: u16, hip: &str, hport: u16) -> PortMapping {
+        PortMapping {
+            proto: proto.into(),
+            container_port: cport,
+            host_ip: hip.into(),
+            host_port: hport,
+        }
+    }
+
+    #[test]
+    fn setup_script_shape() {
+        let s = setup_script(
+            "atoll_abc123",
+            "atlabc123",
+            "10.200.3.0/24".parse().unwrap(),
+        );
+        assert!(s.starts_with("add table inet atoll_abc123\n"));
+        for chain in ["prerouting", "output", "postrouting", "forward"] {
+            assert!(s.contains(&format!("flush chain inet atoll_abc123 {chain}\n")));
+        }
+        // The portmap chain is created but never flushed: it holds running containers' ports.
+        assert!(s.contains("add chain inet atoll_abc123 portmap\n"));
+        assert!(!s.contains("flush chain inet atoll_abc123 portmap"));
+        assert!(
+            s.contains("postrouting ip saddr 10.200.3.0/24 oifname != \"atlabc123\" masquerade")
+        );
+        assert!(s.contains("oifname \"atlabc123\" ip saddr 127.0.0.0/8 masquerade"));
+        assert!(s.contains("output fib daddr type local jump portmap"));
+        assert!(s.contains("prerouting fib daddr type local jump portmap"));
+        assert!(s.contains("forward iifname \"atlabc123\" accept"));
+    }
+
+    #[test]
+    fn port_rules_any_and_specific() {
+        let s = port_rules(
+            "atoll_x",
+            "c1",
+            Ipv4Addr::new(10, 200, 3, 2),
+            &[pm("tcp", 80, "", 8080), pm("UDP", 53, "127.0.0.1", 5353)],
+        )
+        .unwrap();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "add rule inet atoll_x portmap meta nfproto ipv4 tcp dport 8080 dnat ip to 10.200.3.2:80 comment \"c1\"",
+                "add rule inet atoll_x portmap ip daddr 127.0.0.1 udp dport 5353 dnat ip to 10.200.3.2:53 comment \"c1\"",
+            ]
+        );
+        assert_eq!(port_rules("t", "c", Ipv4Addr::LOCALHOST, &[]).unwrap(), "");
+    }
+
+    #[test]
+    fn port_rules_reject_bad_input() {
+        let ip = Ipv4Addr::new(10, 0, 0, 2);
+        assert!(port_rules("t", "c", ip, &[pm("icmp", 1, "", 1)]).is_err());
+        assert!(port_rules("t", "c", ip, &[pm("tcp", 80, "", 0)]).is_err());
+        assert!(port_rules("t", "c", ip, &[pm("tcp", 80, "::1", 80)]).is_err());
+        assert!(port_rules("t", "c", ip, &[pm("tcp", 80, "1.2.3.4; drop", 80)]).is_err());
+    }
+
+    #[test]
+    fn parse_nft_json() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"chain": {"family": "inet", "table": "atoll_x", "name": "portmap", "handle": 5}}, {"rule": {"family": "inet", "table": "atoll_x", "chain": "portmap", "handle": 13, "comment": "abc", "expr": []}}, {"rule": {"family": "inet", "table": "atoll_x", "chain": "portmap", "handle": 15, "expr": []}}, {"rule": {"handle": 16, "comment": "abcd", "expr": []}}]}"#;
+        let rules = parse_rules(json).unwrap();
+        assert_eq!(rules.len(), 3);
+        assert_eq!(handles_with_comment(&rules, "abc"), vec![13]);
+        assert_eq!(handles_with_comment(&rules, "abcd"), vec![16]);
+        assert!(parse_rules("not json").is_err());
+        assert_eq!(
+            delete_rules("inet", "atoll_x", "portmap", &[13, 16]),
+            "delete rule inet atoll_x portmap handle 13\ndelete rule inet atoll_x portmap handle 16\n"
+        );
+    }
+
+    #[test]
+    fn docker_user_and_teardown() {
+        let s = docker_user_rules("atlx", "atoll_x");
+        assert_eq!(s.lines().count(), 2);
+        assert!(s.contains(
+            "insert rule ip filter DOCKER-USER iifname \"atlx\" counter accept comment \"atoll_x\""
+        ));
+        assert_eq!(
+            teardown_script("atoll_x"),
+            "add table inet atoll_x\ndelete table inet atoll_x\n"
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! The node-local container network of one atoll instance: one bridge with the gateway
+//! address, one veth per container into a pinned namespace, and one nft table for NAT and
+//! published ports.
+
+use crate::error::NetError;
+use crate::ipv4net::Ipv4Net;
+use crate::link::{LinkOps, RtLinks, VethSpec, VethState};
+use crate::names;
+use crate::netns::{NetnsOps, RealNetns};
+use crate::nft::{self, FAMILY, Nft, NftCmd, PORTMAP_CHAIN, PortMapping};
+use crate::sysctl::{ProcSysctl, Sysctl};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Host-wide lock serializing subnet choice between instances set up at the same time.
+pub const DEFAULT_LOCK_PATH: &str = "/run/atoll/net.lock";
+
+#[derive(Clone, Debug)]
+pub struct NodeNetConfig {
+    /// Short id (1-6 of [a-z0-9]) from which every host-wide name is derived.
+    pub instance: String,
+    /// Where the per-container namespace files live.
+    pub netns_dir: PathBuf,
+    /// None: pick a free /24 from 10.200.0.0/13.
+    pub subnet: Option<Ipv4Net>,
+}
+
+/// The privileged operations NodeNet uses; swap in `crate::fake` ones for unit tests.
+#[derive(Clone)]
+pub struct Backend {
+    pub links: Arc<dyn LinkOps>,
+    pub netns: Arc<dyn NetnsOps>,
+    pub nft: Arc<dyn Nft>,
+    pub sysctl: Arc<dyn Sysctl>,
+    /// None: no cross-process lock (fakes).
+    pub lock_path: Option<PathBuf>,
+}
+
+impl Backend {
+    /// rtnetlink in the calling thread's namespace, real netns files, the `nft` binary and
+    /// /proc/sys. Needs a tokio runtime.
+    pub fn real() -> Result<Self, NetError> {
+        Ok(Backend {
+            links: Arc::new(RtLinks::new()?),
+            netns: Arc::new(RealNetns),
+            nft: Arc::new(NftCmd::new()),
+            sysctl: Arc::new(ProcSysctl),
+            lock_path: Some(DEFAULT_LOCK_PATH.into()),
+        })
+    }
+}
+
+pub struct NodeNet {
+    instance: String,
+    bridge: String,
+    table: String,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    netns_dir: PathBuf,
+    b: Backend,
+}
+
+impl std::fmt::Debug for NodeNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeNet")
+            .field("instance", &self.instance)
+            .field("bridge", &self.bridge)
+            .field("subnet", &self.subnet)
+            .finish()
+    }
+}
+
+async fn host_lock(
+    path: Option<PathBuf>,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, NetError> {
+    let Some(path) = path else { return Ok(None) };
+    let io = |source| NetError::Io {
+        op: "lock network setup",
+        source,
+    };
+    tokio::task::spawn_blocking(move || {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| std::io::Error::from(e))
+    })
+    .await
+    .map_err(|e| io(std::io::Error::other(e)))?
+    .map(Some)
+    .map_err(io)
+}
+
+/// Makes our accept rules in dockerd's DOCKER-USER chain match `bridge` (None: remove
+/// them). Nothing to do when dockerd (iptables-nft) is not there.
+async fn sync_docker_user(b: &Backend, inst: &str, bridge: Option<&str>) -> Result<(), NetError> {
+    let Some(json) = b.nft.list_chain("ip", "filter", "DOCKER-USER").await? else {
+        return Ok(());
+    };
+    let comment = names::foreign_comment(inst);
+    let old = nft::handles_with_comment(&nft::parse_rules(&json)?, &comment);
+    let mut script = nft::delete_rules("ip", "filter", "DOCKER-USER", &old);
+    if let Some(br) = bridge {
+        script.push_str(&nft::docker_user_rules(br, &comment));
+    }
+    if script.is_empty() {
+        return Ok(());
+    }
+    b.nft.apply(&script).await
+}
+
+impl NodeNet {
+    /// Creates (or adopts) the bridge, enables forwarding and writes the instance's nft
+    /// table. Idempotent: run on every agent start; running containers keep their ports.
+    pub async fn setup(cfg: NodeNetConfig) -> Result<NodeNet, NetError> {
+        Self::setup_with(cfg, Backend::real()?).await
+    }
+
+    pub async fn setup_with(cfg: NodeNetConfig, b: Backend) -> Result<NodeNet, NetError> {
+        let inst = cfg.instance.as_str();
+        names::validate_instance(inst)?;
+        if let Some(s) = cfg.subnet
+            && s.prefix() > 30
+        {
+            return Err(NetError::InvalidSubnet(s.to_string()));
+        }
+        let bridge = names::bridge_name(inst);
+        let table = names::table_name(inst);
+        let _lock = host_lock(b.lock_path.clone()).await?;
+
+        let existing = b.links.link_ipv4(&bridge).await?;
+        let (subnet, gateway) = match existing.as_deref().and_then(|a| a.first()) {
+            Some(&(addr, prefix)) => {
+                let s = Ipv4Net::new(addr, prefix)?;
+                if let Some(w) = cfg.subnet
+                    && w != s
+                {
+                    return Err(NetError::SubnetMismatch {
+                        existing: s,
+                        wanted: w,
+                    });
+                }
+                (s, addr)
+            }
+            None => {
+                let in_use = b.links.host_ipv4_nets().await?;
+                let s = match cfg.subnet {
+                    Some(s) if in_use.iter().any(|n| n.overlaps(&s)) => {
+                        return Err(NetError::SubnetInUse(s));
+                    }
+                    Some(s) => s,
+                    None => names::pick_subnet(inst, &in_use)?,
+                };
+                let gw = s.host(1).ok_or(NetError::InvalidSubnet(s.to_string()))?;
+                (s, gw)
+            }
+        };
+        b.links
+            .ensure_bridge(&bridge, names::bridge_mac(inst), gateway, subnet.prefix())
+            .await?;
+        b.sysctl.set("net/ipv4/ip_forward", "1")?;
+        b.sysctl
+            .set(&format!("net/ipv4/conf/{bridge}/route_localnet"), "1")?;
+        b.nft
+            .apply(&nft::setup_script(&table, &bridge, subnet))
+            .await?;
+        sync_docker_user(&b, inst, Some(&bridge)).await?;
+        tracing::debug!(%subnet, %bridge, "node network ready");
+        Ok(NodeNet {
+            instance: cfg.instance,
+            bridge,
+            table,
+            subnet,
+            gateway,
+            netns_dir: cfg.netns_dir,
+            b,
+        })
+    }
+
+    pub fn subnet(&self) -> Ipv4Net {
+        self.subnet
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway
+    }
+
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The nft table (family `inet`) holding this instance's rules.
+    pub fn nft_table(&self) -> &str {
+        &self.table
+    }
+
+    /// Where the namespace file of container `id` lives (for the OCI spec).
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        self.netns_dir.join(id)
+    }
+
+    /// Host-side veth name of container `id`.
+    pub fn host_veth(&self, id: &str) -> String {
+        names::host_veth_name(&self.instance, id)
+    }
+
+    /// Wires container `id`: namespace file, veth (eth0 inside with `ip/prefix` and `mac`,
+    /// default route via the gateway), bridge port, and its published ports. Idempotent:
+    /// a complete existing setup is kept, a half-made one is rebuilt. Returns the
+    /// namespace path.
+    pub async fn attach(
+        &self,
+        id: &str,
+        ip: Ipv4Addr,
+        prefix: u8,
+        mac: &str,
+        ports: &[PortMapping],
+    ) -> Result<PathBuf, NetError> {
+        names::validate_id(id)?;
+        let mac = names::parse_mac(mac)?;
+        let own = Ipv4Net::new(ip, prefix)
+            .map_err(|_| NetError::InvalidSubnet(format!("{ip}/{prefix}")))?;
+        if !self.subnet.contains(ip) || !own.contains(self.gateway) {
+            return Err(NetError::AddressOutsideSubnet {
+                ip,
+                subnet: self.subnet,
+            });
+        }
+        if ip == self.gateway || ip == self.subnet.network() || ip == self.subnet.broadcast() {
+            return Err(NetError::ReservedAddress(ip));
+        }
+        // Validate the ports before touching anything.
+        let port_rules = nft::port_rules(&self.table, id, ip, ports)?;
+
+        let path = self.netns_path(id);
+        self.b.netns.create(&path)?;
+        let spec = VethSpec {
+            host: self.host_veth(id),
+            alias: id.to_string(),
+            bridge: self.bridge.clone(),
+            netns: path.clone(),
+            ip,
+            prefix,
+            mac,
+            gateway: self.gateway,
+        };
+        let state = self.b.links.veth_state(&spec).await?;
+        match state {
+            VethState::Complete => {}
+            VethState::Foreign => return Err(NetError::NameCollision(spec.host)),
+            VethState::Partial => {
+                self.b.links.delete_link(&spec.host).await?;
+                self.b.links.create_veth(&spec).await?;
+            }
+            VethState::Absent => self.b.links.create_veth(&spec).await?,
+        }
+        // A fresh link with no ports cannot have rules to reconcile: skip nft entirely.
+        if !ports.is_empty() || state != VethState::Absent {
+            self.replace_port_rules(id, &port_rules).await?;
+        }
+        Ok(path)
+    }
+
+    /// Replaces container `id`'s DNAT rules with `add` in one transaction.
+    async fn replace_port_rules(&self, id: &str, add: &str) -> Result<(), NetError> {
+        let old = self.port_rule_handles(id).await?;
+        let mut script = nft::delete_rules(FAMILY, &self.table, PORTMAP_CHAIN, &old);
+        script.push_str(add);
+        if script.is_empty() {
+            return Ok(());
+        }
+        self.b.nft.apply(&script).await
+    }
+
+    async fn port_rule_handles(&self, id: &str) -> Result<Vec<u64>, NetError> {
+        match self
+            .b
+            .nft
+            .list_chain(FAMILY, &self.table, PORTMAP_CHAIN)
+            .await?
+        {
+            Some(json) => Ok(nft::handles_with_comment(&nft::parse_rules(&json)?, id)),
+            None => Err(NetError::Nft(
+                "the container network's rule table is missing; restart the agent".into(),
+            )),
+        }
+    }
+
+    /// Removes container `id`'s port rules, veth and namespace file. Idempotent.
+    pub async fn detach(&self, id: &str) -> Result<(), NetError> {
+        names::validate_id(id)?;
+        let old = self.port_rule_handles(id).await?;
+        if !old.is_empty() {
+            self.b
+                .nft
+                .apply(&nft::delete_rules(FAMILY, &self.table, PORTMAP_CHAIN, &old))
+                .await?;
+        }
+        let spec_probe = VethSpec {
+            host: self.host_veth(id),
+            alias: id.to_string(),
+            bridge: self.bridge.clone(),
+            netns: self.netns_path(id),
+            ip: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+            mac: [0; 6],
+            gateway: self.gateway,
+        };
+        // Never delete another container's link that merely shares the hashed name.
+        if self.b.links.veth_state(&spec_probe).await? != VethState::Foreign {
+            self.b.links.delete_link(&spec_probe.host).await?;
+        }
+        self.b.netns.remove(&spec_probe.netns)
+    }
+
+    /// Removes everything instance `instance` created: its nft table and DOCKER-USER rules,
+    /// its veths (found by name prefix), its bridge, and every namespace file in
+    /// `netns_dir`. Best effort: tries every step, returns the first error.
+    pub async fn teardown(instance: &str, netns_dir: &Path) -> Result<(), NetError> {
+        Self::teardown_with(instance, netns_dir, &Backend::real()?).await
+    }
+
+    pub async fn teardown_with(
+        instance: &str,
+        netns_dir: &Path,
+        b: &Backend,
+    ) -> Result<(), NetError> {
+        names::validate_instance(instance)?;
+        let mut first: Option<NetError> = None;
+        let mut note = |r: Result<(), NetError>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "network teardown step failed");
+                first.get_or_insert(e);
+            }
+        };
+        note(
+            b.nft
+                .apply(&nft::teardown_script(&names::table_name(instance)))
+                .await,
+        );
+        note(sync_docker_user(b, instance, None).await);
+        match b.links.link_names().await {
+            Ok(all) => {
+                for name in all.iter().filter(|n| names::is_instance_veth(instance, n)) {
+                    note(b.links.delete_link(name).await.map(|_| ()));
+                }
+            }
+            Err(e) => note(Err(e)),
+        }
+        note(
+            b.links
+                .delete_link(&names::bridge_name(instance))
+                .await
+                .map(|_| ()),
+        );
+        match b.netns.list(netns_dir) {
+            Ok(files) => {
+                for f in files {
+                    note(b.netns.remove(&f));
+                }
+            }
+            Err(e) => note(Err(e)),
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

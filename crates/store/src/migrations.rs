@@ -1,0 +1,42 @@
+//! Schema migrations, applied in order inside one transaction each. Never edit a
+//! released step; add a new one.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE images (
+        account TEXT NOT NULL,
+        id TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (account, id)
+    );
+    CREATE TABLE image_blobs (
+        account TEXT NOT NULL,
+        image_id TEXT NOT NULL,
+        blob TEXT NOT NULL
+    );
+    CREATE INDEX image_blobs_blob ON image_blobs (blob);
+    CREATE INDEX image_blobs_image ON image_blobs (account, image_id);
+    CREATE TABLE tags (
+        account TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        image_id TEXT NOT NULL,
+        PRIMARY KEY (account, reference)
+    );
+    CREATE TABLE containers (
+        id TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        name TEXT NOT NULL,
+        node TEXT NOT NULL,
+        ip TEXT,
+        data TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX containers_name ON containers (account, name);
+    CREATE UNIQUE INDEX containers_ip ON containers (node, ip);
+    CREATE INDEX containers_node ON containers (node);
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    );
+    "#,
+];

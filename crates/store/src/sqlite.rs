@@ -1,0 +1,358 @@
+//! SQLite implementation of the `Store` trait.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use cluster::StoreError;
+use cluster::model::{ContainerRecord, ImageRecord, NodeRecord, TagRecord};
+use cluster::store::{Store, StoreResult};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::migrations::MIGRATIONS;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        let msg = db.message();
+        let what = if msg.contains("containers.name") || msg.contains("containers.account") {
+            "name"
+        } else if msg.contains("containers.ip") || msg.contains("containers.node") {
+            "ip"
+        } else {
+            "unique"
+        };
+        return StoreError::Conflict(what.to_string());
+    }
+    StoreError::Backend(e.to_string())
+}
+
+fn to_json<T: Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+fn from_json<T: DeserializeOwned>(s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Backend(format!("corrupt record: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let url = format!("sqlite://{}", path.display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(backend)?;
+        let s = SqliteStore { pool };
+        s.migrate().await?;
+        Ok(s)
+    }
+
+    /// An in-memory database, for tests.
+    pub async fn in_memory() -> StoreResult<SqliteStore> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .map_err(backend)?;
+        let s = SqliteStore { pool };
+        s.migrate().await?;
+        Ok(s)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?
+            .get(0);
+        if current as usize > MIGRATIONS.len() {
+            return Err(StoreError::Backend(format!(
+                "database schema version {current} is newer than this atoll ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let mut tx = self.pool.begin().await.map_err(backend)?;
+            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(backend)?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                .bind((i + 1) as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            tx.commit().await.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn rows<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        binds: &[&str],
+    ) -> StoreResult<Vec<T>> {
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = q.bind(*b);
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter()
+            .map(|r| from_json(r.get::<&str, _>(0)))
+            .collect()
+    }
+
+    async fn write_container(
+        tx: &mut Transaction<'_, Sqlite>,
+        c: &ContainerRecord,
+        insert: bool,
+    ) -> StoreResult<u64> {
+        let ip = c.spec.network.as_ref().map(|n| n.ip.to_string());
+        let data = to_json(c)?;
+        let sql = if insert {
+            "INSERT INTO containers (account, name, node, ip, data, id) VALUES (?, ?, ?, ?, ?, ?)"
+        } else {
+            "UPDATE containers SET account = ?, name = ?, node = ?, ip = ?, data = ? WHERE id = ?"
+        };
+        let r = sqlx::query(sql)
+            .bind(&c.account)
+            .bind(&c.name)
+            .bind(&c.node)
+            .bind(ip)
+            .bind(data)
+            .bind(&c.id)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn put_image(&self, image: &ImageRecord) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("INSERT INTO images (account, id, data) VALUES (?, ?, ?) ON CONFLICT (account, id) DO UPDATE SET data = excluded.data")
+            .bind(&image.account)
+            .bind(&image.id)
+            .bind(to_json(image)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM image_blobs WHERE account = ? AND image_id = ?")
+            .bind(&image.account)
+            .bind(&image.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let blobs = image
+            .layers
+            .iter()
+            .map(|l| l.blob.as_str())
+            .chain(std::iter::once(image.id.as_str()));
+        for b in blobs {
+            sqlx::query("INSERT INTO image_blobs (account, image_id, blob) VALUES (?, ?, ?)")
+                .bind(&image.account)
+                .bind(&image.id)
+                .bind(b)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_image(&self, account: &str, id: &str) -> StoreResult<Option<ImageRecord>> {
+        Ok(self
+            .rows("SELECT data FROM images WHERE account = ? AND id = ?", &[account, id])
+            .await?
+            .pop())
+    }
+
+    async fn list_images(&self, account: &str) -> StoreResult<Vec<ImageRecord>> {
+        self.rows("SELECT data FROM images WHERE account = ?", &[account])
+            .await
+    }
+
+    async fn delete_image(&self, account: &str, id: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for sql in [
+            "DELETE FROM images WHERE account = ? AND id = ?",
+            "DELETE FROM image_blobs WHERE account = ? AND image_id = ?",
+            "DELETE FROM tags WHERE account = ? AND image_id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(account)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn blob_in_use(&self, blob: &str) -> StoreResult<bool> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM image_blobs WHERE blob = ?")
+            .bind(blob)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?
+            .get(0);
+        Ok(n > 0)
+    }
+
+    async fn set_tag(&self, tag: &TagRecord) -> StoreResult<Option<String>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let old: Option<String> =
+            sqlx::query("SELECT image_id FROM tags WHERE account = ? AND reference = ?")
+                .bind(&tag.account)
+                .bind(&tag.reference)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?
+                .map(|r| r.get(0));
+        sqlx::query("INSERT INTO tags (account, reference, image_id) VALUES (?, ?, ?) ON CONFLICT (account, reference) DO UPDATE SET image_id = excluded.image_id")
+            .bind(&tag.account)
+            .bind(&tag.reference)
+            .bind(&tag.image_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(old)
+    }
+
+    async fn get_tag(&self, account: &str, reference: &str) -> StoreResult<Option<TagRecord>> {
+        let row = sqlx::query("SELECT image_id FROM tags WHERE account = ? AND reference = ?")
+            .bind(account)
+            .bind(reference)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|r| TagRecord {
+            account: account.to_string(),
+            reference: reference.to_string(),
+            image_id: r.get(0),
+        }))
+    }
+
+    async fn list_tags(&self, account: &str) -> StoreResult<Vec<TagRecord>> {
+        let rows = sqlx::query("SELECT reference, image_id FROM tags WHERE account = ? ORDER BY reference")
+            .bind(account)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TagRecord {
+                account: account.to_string(),
+                reference: r.get(0),
+                image_id: r.get(1),
+            })
+            .collect())
+    }
+
+    async fn delete_tag(&self, account: &str, reference: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM tags WHERE account = ? AND reference = ?")
+            .bind(account)
+            .bind(reference)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn insert_container(&self, c: &ContainerRecord) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        Self::write_container(&mut tx, c, true).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn update_container(&self, c: &ContainerRecord) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let n = Self::write_container(&mut tx, c, false).await?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_container(&self, account: &str, id: &str) -> StoreResult<Option<ContainerRecord>> {
+        Ok(self
+            .rows(
+                "SELECT data FROM containers WHERE account = ? AND id = ?",
+                &[account, id],
+            )
+            .await?
+            .pop())
+    }
+
+    async fn get_container_by_id(&self, id: &str) -> StoreResult<Option<ContainerRecord>> {
+        Ok(self
+            .rows("SELECT data FROM containers WHERE id = ?", &[id])
+            .await?
+            .pop())
+    }
+
+    async fn list_containers(&self, account: &str) -> StoreResult<Vec<ContainerRecord>> {
+        self.rows("SELECT data FROM containers WHERE account = ?", &[account])
+            .await
+    }
+
+    async fn containers_on_node(&self, node: &str) -> StoreResult<Vec<ContainerRecord>> {
+        self.rows("SELECT data FROM containers WHERE node = ?", &[node])
+            .await
+    }
+
+    async fn delete_container(&self, account: &str, id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM containers WHERE account = ? AND id = ?")
+            .bind(account)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn used_ips(&self, node: &str) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query("SELECT ip FROM containers WHERE node = ? AND ip IS NOT NULL")
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn upsert_node(&self, n: &NodeRecord) -> StoreResult<()> {
+        sqlx::query("INSERT INTO nodes (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data")
+            .bind(&n.id)
+            .bind(to_json(n)?)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+        self.rows("SELECT data FROM nodes ORDER BY id", &[]).await
+    }
+}

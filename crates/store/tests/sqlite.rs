@@ -1,0 +1,97 @@
+//! The store contract, run against SQLite (file-backed, as `atoll up` uses it).
+
+use agent_client::{ContainerSpec, NetworkSpec};
+use chrono::Utc;
+use cluster::StoreError;
+use cluster::model::{ContainerRecord, ContainerState, ImageLayer, ImageRecord, TagRecord};
+use cluster::store::Store;
+use store::SqliteStore;
+
+fn container(account: &str, id: &str, name: &str, ip: Option<&str>) -> ContainerRecord {
+    ContainerRecord {
+        account: account.into(),
+        id: id.into(),
+        name: name.into(),
+        image_ref: "busybox".into(),
+        image_id: "sha256:aa".into(),
+        created: Utc::now(),
+        node: "n1".into(),
+        config: serde_json::json!({}),
+        spec: ContainerSpec {
+            id: id.into(),
+            network: ip.map(|ip| NetworkSpec {
+                ip: ip.parse().unwrap(),
+                prefix_len: 24,
+                gateway: "10.0.0.1".parse().unwrap(),
+                mac: "02:42:0a:00:00:02".into(),
+                ports: vec![],
+            }),
+            ..Default::default()
+        },
+        state: ContainerState::default(),
+        labels: Default::default(),
+        generation: 0,
+    }
+}
+
+#[tokio::test]
+async fn containers_names_and_ips_are_unique_per_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+    s.insert_container(&container("alice", "a1", "web", Some("10.0.0.2"))).await.unwrap();
+    // Same name in another account is fine; same name in the same account is not.
+    s.insert_container(&container("bob", "b1", "web", Some("10.0.0.3"))).await.unwrap();
+    let e = s.insert_container(&container("alice", "a2", "web", Some("10.0.0.4"))).await;
+    assert!(matches!(e, Err(StoreError::Conflict(w)) if w == "name"));
+    let e = s.insert_container(&container("alice", "a3", "db", Some("10.0.0.2"))).await;
+    assert!(matches!(e, Err(StoreError::Conflict(w)) if w == "ip"));
+    // Tenants see only their own.
+    assert_eq!(s.list_containers("alice").await.unwrap().len(), 1);
+    assert!(s.get_container("bob", "a1").await.unwrap().is_none());
+    assert_eq!(s.used_ips("n1").await.unwrap().len(), 2);
+    // Rename onto a taken name conflicts; update of a gone record is NotFound.
+    let mut b2 = container("bob", "b2", "db", None);
+    s.insert_container(&b2).await.unwrap();
+    b2.name = "web".into();
+    assert!(matches!(s.update_container(&b2).await, Err(StoreError::Conflict(_))));
+    s.delete_container("bob", "b2").await.unwrap();
+    assert!(matches!(s.update_container(&b2).await, Err(StoreError::NotFound)));
+    drop(s);
+    // Reopening applies no migration twice and keeps the data.
+    let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+    assert_eq!(s.get_container_by_id("a1").await.unwrap().unwrap().name, "web");
+}
+
+#[tokio::test]
+async fn images_tags_and_blob_use() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    let img = ImageRecord {
+        account: "alice".into(),
+        id: "sha256:cfg".into(),
+        layers: vec![ImageLayer {
+            blob: "sha256:l1".into(),
+            diff_id: "sha256:d1".into(),
+            size: 10,
+            media_type: "x".into(),
+        }],
+        size: 10,
+        created: Utc::now(),
+        added: Utc::now(),
+        repo_digests: vec![],
+    };
+    s.put_image(&img).await.unwrap();
+    s.put_image(&img).await.unwrap();
+    assert!(s.blob_in_use("sha256:l1").await.unwrap());
+    let tag = TagRecord {
+        account: "alice".into(),
+        reference: "docker.io/library/busybox:latest".into(),
+        image_id: img.id.clone(),
+    };
+    assert_eq!(s.set_tag(&tag).await.unwrap(), None);
+    assert_eq!(s.set_tag(&tag).await.unwrap(), Some(img.id.clone()));
+    assert!(s.get_tag("bob", &tag.reference).await.unwrap().is_none());
+    assert_eq!(s.list_tags("alice").await.unwrap().len(), 1);
+    s.delete_image("alice", &img.id).await.unwrap();
+    assert!(!s.blob_in_use("sha256:l1").await.unwrap());
+    assert!(s.list_tags("alice").await.unwrap().is_empty());
+}

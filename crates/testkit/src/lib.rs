@@ -1,0 +1,15 @@
+//! Test helpers for atoll's integration tests and benchmarks: locally built test
+//! images ([`test_images`]), a temporary `atoll up` driven by the real docker CLI
+//! ([`AtollInstance`]), a real registry on loopback ([`Registry`]) and polling
+//! ([`wait_for`]).
+
+pub mod http;
+pub mod instance;
+pub mod registry;
+pub mod testimages;
+pub mod wait;
+
+pub use instance::{AtollInstance, StartOptions, atoll_bin, docker_cli};
+pub use registry::Registry;
+pub use testimages::{ImageFacts, TestImages, test_images};
+pub use wait::{try_wait_for_some, wait_for, wait_for_some};

@@ -1,0 +1,200 @@
+//! A real registry (Debian's `docker-registry`, distribution 2.x) on loopback, for
+//! pull tests, fed by `skopeo`.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::http::{self, Request, Response};
+use crate::instance::{run_with_timeout, spawn_with_parent_death_signal};
+use crate::wait::try_wait_for_some;
+
+/// `$ATOLL_TEST_REGISTRY_BIN` or `/usr/bin/docker-registry`.
+fn registry_bin() -> PathBuf {
+    std::env::var_os("ATOLL_TEST_REGISTRY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/docker-registry"))
+}
+
+/// A `docker-registry serve` on 127.0.0.1 with storage in a temp dir; killed on drop.
+pub struct Registry {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry on a free loopback port and waits until `GET /v2/` answers 200.
+    pub fn start() -> Registry {
+        // The port is free when probed and taken by the registry a moment later; retry
+        // the rare case where something else grabbed it in between.
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let mut reg = Registry {
+                child: None,
+                port: free_port(),
+                dir: tempfile::Builder::new()
+                    .prefix("atoll-registry-")
+                    .tempdir()
+                    .unwrap_or_else(|e| panic!("creating a registry dir: {e}")),
+            };
+            match reg.spawn() {
+                Ok(()) => return reg,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("the test registry did not start: {last_err}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let storage = self.dir.path().join("storage");
+        let config = self.dir.path().join("config.yml");
+        let log_path = self.log_path();
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\n\
+                 log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{}\n",
+                storage.display(),
+                self.port
+            ),
+        )
+        .map_err(|e| format!("writing {}: {e}", config.display()))?;
+        let log = File::create(&log_path).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(registry_bin());
+        cmd.arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = spawn_with_parent_death_signal(cmd)
+            .map_err(|e| format!("starting {}: {e}", registry_bin().display()))?;
+        self.child = Some(child);
+        let up = try_wait_for_some(
+            || {
+                if let Some(c) = self.child.as_mut()
+                    && let Ok(Some(st)) = c.try_wait()
+                {
+                    return Some(Err(st));
+                }
+                matches!(self.get("/v2/"), Ok(r) if r.status == 200).then_some(Ok(()))
+            },
+            Duration::from_secs(20),
+        );
+        let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        match up {
+            Some(Ok(())) => Ok(()),
+            Some(Err(st)) => {
+                self.child = None;
+                Err(format!("registry exited ({st}): {}", log_text()))
+            }
+            None => {
+                self.kill();
+                Err(format!("registry did not answer /v2/: {}", log_text()))
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:<port>`: the registry part of image references.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `GET path` against the registry.
+    pub fn get(&self, path: &str) -> std::io::Result<Response> {
+        http::tcp_request(&self.addr(), "GET", path, None, Duration::from_secs(10))
+    }
+
+    /// Any request against the registry (e.g. with an `Accept` header for manifests).
+    pub fn request(&self, req: &Request<'_>) -> std::io::Result<Response> {
+        http::send_tcp(&self.addr(), req, Duration::from_secs(10))
+    }
+
+    /// Pushes a `docker save` or OCI-layout archive as `repo:tag` (e.g.
+    /// `test/busybox:latest`) with skopeo; returns the full reference
+    /// `127.0.0.1:<port>/repo:tag`. Panics with skopeo's stderr on failure.
+    pub fn push_archive(&self, archive: &Path, repo_tag: &str) -> String {
+        let transport = if is_oci_layout(archive) {
+            "oci-archive"
+        } else {
+            "docker-archive"
+        };
+        let reference = format!("{}/{repo_tag}", self.addr());
+        let mut cmd = Command::new("skopeo");
+        // --insecure-policy: accept any image without a policy.json on the machine.
+        cmd.arg("--insecure-policy")
+            .arg("copy")
+            .arg("--quiet")
+            .arg("--dest-tls-verify=false")
+            .arg(format!("{transport}:{}", archive.display()))
+            .arg(format!("docker://{reference}"))
+            .env("TMPDIR", self.dir.path());
+        let out = run_with_timeout(cmd, None, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("running skopeo: {e}"));
+        if !out.status.success() {
+            panic!(
+                "skopeo copy {} -> {reference} failed ({}): {}",
+                archive.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        reference
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("finding a free port: {e}"))
+}
+
+/// Whether the tar at `path` is an OCI image layout without a docker-save manifest.
+fn is_oci_layout(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let mut ar = tar::Archive::new(f);
+    let Ok(entries) = ar.entries() else {
+        return false;
+    };
+    let mut oci = false;
+    for e in entries.flatten() {
+        let Ok(p) = e.path() else { continue };
+        match p.to_string_lossy().trim_start_matches("./") {
+            "manifest.json" => return false,
+            "oci-layout" => oci = true,
+            _ => {}
+        }
+    }
+    oci
+}
