@@ -37,7 +37,7 @@ if [ "${CI:-}" = "true" ]; then
 	profile=ci
 fi
 step "cargo nextest run (profile $profile)"
-cargo nextest run --workspace --profile "$profile"
+cargo nextest run --workspace --release --profile "$profile"
 
 step "python tests"
 if [ -z "$(find tests/python -name 'test_*.py' -o -name '*_test.py' 2>/dev/null | head -n 1)" ]; then

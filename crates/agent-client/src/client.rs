@@ -56,7 +56,9 @@ impl AgentAddr {
         } else if let Some(a) = s.strip_prefix("tcp://") {
             Ok(AgentAddr::Tcp(a.to_string()))
         } else {
-            Err(ClientError::Protocol(format!("unsupported agent address {s}")))
+            Err(ClientError::Protocol(format!(
+                "unsupported agent address {s}"
+            )))
         }
     }
 }
@@ -71,7 +73,9 @@ pub struct AgentClient {
 }
 
 fn empty() -> Body {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn json_body<T: Serialize>(v: &T) -> Body {

@@ -262,7 +262,10 @@ impl Agent {
         for l in spec.layers.iter().rev() {
             let d = images::Digest::parse(&l.diff_id)?;
             if !self.layers.has(&d) {
-                return Err(AgentError::Conflict(format!("layer {} is missing", l.diff_id)));
+                return Err(AgentError::Conflict(format!(
+                    "layer {} is missing",
+                    l.diff_id
+                )));
             }
             lowers.push(self.layers.path(&d));
         }
@@ -270,7 +273,10 @@ impl Agent {
             self.cleanup_run(&spec).await;
             // Waiting attach clients are told (by closing) that this start failed,
             // as Docker closes the streams of a container that fails to start.
-            ctr.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            ctr.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             return Err(e);
         }
         let started_at = now();
@@ -409,7 +415,9 @@ impl Agent {
             .ctr(id)
             .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
         if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state != RunState::Running {
-            return Err(AgentError::Conflict(format!("container {id} is not running")));
+            return Err(AgentError::Conflict(format!(
+                "container {id} is not running"
+            )));
         }
         self.runc
             .kill(id, signal, true)
@@ -429,7 +437,8 @@ impl Agent {
         let _op = ctr.op.lock().await;
         let mut exits = ctr.exits.subscribe();
         exits.borrow_and_update();
-        let running = ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running;
+        let running =
+            ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running;
         if running {
             let _ = self.runc.kill(id, signal, false);
             let waited = if timeout < 0 {
@@ -489,11 +498,15 @@ impl Agent {
                 self.ctr_or_insert(&spec)
             }
         };
-        let running = ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running;
+        let running =
+            ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running;
         if running {
             connect_attach(&self.paths(id), p).await?;
         } else {
-            ctr.pending.lock().unwrap_or_else(|p| p.into_inner()).push(p);
+            ctr.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(p);
         }
         Ok(())
     }

@@ -27,15 +27,15 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Some(n) = std::str::from_utf8(&b[i + 1..i + 4])
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Some(n) = std::str::from_utf8(&b[i + 1..i + 4])
                 .ok()
                 .and_then(|t| u8::from_str_radix(t, 8).ok())
-            {
-                out.push(n);
-                i += 4;
-                continue;
-            }
+        {
+            out.push(n);
+            i += 4;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -87,18 +87,16 @@ fn any_shim_alive(containers: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(containers) else {
         return false;
     };
-    entries
-        .flatten()
-        .any(|e| {
-            let Ok(dir) = std::fs::File::open(e.path()) else {
-                return false;
-            };
-            let short = format!(
-                "/proc/self/fd/{}/control.sock",
-                std::os::fd::AsRawFd::as_raw_fd(&dir)
-            );
-            std::os::unix::net::UnixStream::connect(short).is_ok()
-        })
+    entries.flatten().any(|e| {
+        let Ok(dir) = std::fs::File::open(e.path()) else {
+            return false;
+        };
+        let short = format!(
+            "/proc/self/fd/{}/control.sock",
+            std::os::fd::AsRawFd::as_raw_fd(&dir)
+        );
+        std::os::unix::net::UnixStream::connect(short).is_ok()
+    })
 }
 
 #[cfg(test)]
@@ -109,6 +107,10 @@ mod tests {
     fn mountinfo_escapes() {
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert!(mounts_under(Path::new("/proc")).iter().any(|p| p == Path::new("/proc")));
+        assert!(
+            mounts_under(Path::new("/proc"))
+                .iter()
+                .any(|p| p == Path::new("/proc"))
+        );
     }
 }

@@ -20,8 +20,15 @@ use crate::manager::{Agent, PendingAttach};
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(AgentErrorBody { message: self.to_string() })).into_response()
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(AgentErrorBody {
+                message: self.to_string(),
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -93,7 +100,10 @@ async fn put_layer(
     req: Request,
 ) -> R<StatusCode> {
     let d = images::Digest::parse(&diff_id)?;
-    let stream = req.into_body().into_data_stream().map_err(std::io::Error::other);
+    let stream = req
+        .into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other);
     let reader = SyncIoBridge::new(StreamReader::new(stream));
     a.layers.put(d, reader).await?;
     Ok(StatusCode::CREATED)
@@ -206,7 +216,9 @@ fn log_options(q: &str) -> Result<LogOptions, String> {
         match get(key).filter(|v| !v.is_empty() && v != "0") {
             None => Ok(None),
             Some(v) => {
-                let secs: f64 = v.parse().map_err(|_| format!("invalid value for {key}: {v}"))?;
+                let secs: f64 = v
+                    .parse()
+                    .map_err(|_| format!("invalid value for {key}: {v}"))?;
                 let whole = secs.trunc() as i64;
                 let nanos = ((secs - secs.trunc()) * 1e9) as u32;
                 Ok(chrono::DateTime::from_timestamp(whole, nanos))

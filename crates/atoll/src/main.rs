@@ -10,7 +10,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "atoll", version, about = "A whole datacenter as one Docker host")]
+#[command(
+    name = "atoll",
+    version,
+    about = "A whole datacenter as one Docker host"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -38,8 +38,12 @@ pub async fn run(data_dir: &Path, docker_socket: &Path) -> Result<()> {
     let store = store::SqliteStore::open(&inst.head_dir().join("atoll.db"))
         .await
         .map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
-    let cluster = Cluster::new(Arc::new(store), &inst.head_dir(), &format!("atoll-{}", inst.id))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cluster = Cluster::new(
+        Arc::new(store),
+        &inst.head_dir(),
+        &format!("atoll-{}", inst.id),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     cluster
         .add_node("local", &format!("unix://{}", agent_sock.display()))
         .await

@@ -92,7 +92,7 @@ impl Cluster {
 
     pub async fn list_containers(&self, account: &str) -> Result<Vec<ContainerRecord>> {
         let mut v = self.store.list_containers(account).await?;
-        v.sort_by(|a, b| b.created.cmp(&a.created));
+        v.sort_by_key(|c| std::cmp::Reverse(c.created));
         Ok(v)
     }
 
@@ -192,7 +192,9 @@ impl Cluster {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(Error::Conflict("could not allocate a name and address, try again".into()))
+        Err(Error::Conflict(
+            "could not allocate a name and address, try again".into(),
+        ))
     }
 
     /// Gives every `host_port: 0` a free port in Docker's ephemeral range and checks
@@ -228,7 +230,11 @@ impl Cluster {
             } else if taken.contains(&(p.proto.clone(), p.host_port)) {
                 return Err(Error::Conflict(format!(
                     "Bind for {}:{} failed: port is already allocated",
-                    if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip },
+                    if p.host_ip.is_empty() {
+                        "0.0.0.0"
+                    } else {
+                        &p.host_ip
+                    },
                     p.host_port
                 )));
             }
@@ -249,7 +255,10 @@ impl Cluster {
                 .await
                 .map_err(|e| Error::internal("opening layer blob", e))?;
             let stream = ReaderStream::new(file).map_err(std::io::Error::other);
-            agent.put_layer(&l.diff_id, stream).await.map_err(upstream)?;
+            agent
+                .put_layer(&l.diff_id, stream)
+                .await
+                .map_err(upstream)?;
         }
         Ok(())
     }
@@ -272,7 +281,9 @@ impl Cluster {
             }
             _ => {}
         }
-        let auto_remove = c.config["HostConfig"]["AutoRemove"].as_bool().unwrap_or(false);
+        let auto_remove = c.config["HostConfig"]["AutoRemove"]
+            .as_bool()
+            .unwrap_or(false);
         let id = c.id.clone();
         let r = self.start_locked(c).await;
         if r.is_err() && auto_remove {
@@ -328,7 +339,11 @@ impl Cluster {
                 let err = upstream(e);
                 if let Error::InvalidArgument(m) = &err {
                     c.state.error = m.clone();
-                    c.state.exit_code = if m.contains("permission denied") { 126 } else { 127 };
+                    c.state.exit_code = if m.contains("permission denied") {
+                        126
+                    } else {
+                        127
+                    };
                     if c.state.status == Status::Restarting {
                         c.state.status = Status::Exited;
                     }
@@ -487,7 +502,9 @@ impl Cluster {
 
     pub async fn rename_container(&self, account: &str, key: &str, new_name: &str) -> Result<()> {
         if new_name.is_empty() {
-            return Err(Error::InvalidArgument("Neither old nor new names may be empty".into()));
+            return Err(Error::InvalidArgument(
+                "Neither old nor new names may be empty".into(),
+            ));
         }
         let new_name = names::validate_container_name(new_name)?;
         let c = self.find_container(account, key).await?;
@@ -496,9 +513,9 @@ impl Cluster {
             return Err(Error::no_such_container(key));
         };
         if c.name == new_name {
-            return Err(Error::InvalidArgument(format!(
-                "Renaming a container with the same name as its current name"
-            )));
+            return Err(Error::InvalidArgument(
+                "Renaming a container with the same name as its current name".to_string(),
+            ));
         }
         c.name = new_name.clone();
         match self.store.update_container(&c).await {
@@ -586,8 +603,11 @@ impl Cluster {
             return;
         }
         let policy = RestartPolicy::of(&body).unwrap_or(RestartPolicy::No);
-        if !policy.should_restart(c.state.exit_code, c.state.stopped_by_user, c.state.restart_count)
-        {
+        if !policy.should_restart(
+            c.state.exit_code,
+            c.state.stopped_by_user,
+            c.state.restart_count,
+        ) {
             return;
         }
         let ran_long = match (c.state.started_at, c.state.finished_at) {
@@ -597,7 +617,8 @@ impl Cluster {
         let delay = if ran_long {
             Duration::from_millis(100)
         } else {
-            Duration::from_millis(100u64 << c.state.restart_count.min(10)).min(Duration::from_secs(60))
+            Duration::from_millis(100u64 << c.state.restart_count.min(10))
+                .min(Duration::from_secs(60))
         };
         {
             let _g = self.lock(&c.id).await;
@@ -701,7 +722,9 @@ fn free_ip(base: Ipv4Addr, prefix: u8, gateway: Ipv4Addr, used: &[String]) -> Re
             return Ok(ip);
         }
     }
-    Err(Error::Conflict("no free IP address left on the server's network".into()))
+    Err(Error::Conflict(
+        "no free IP address left on the server's network".into(),
+    ))
 }
 
 fn port_is_free(proto: &str, port: u16) -> bool {
@@ -722,7 +745,10 @@ mod tests {
         let gw: Ipv4Addr = "10.1.2.1".parse().unwrap();
         assert_eq!(free_ip(base, 24, gw, &[]).unwrap().to_string(), "10.1.2.2");
         let used = vec!["10.1.2.2".to_string(), "10.1.2.3".to_string()];
-        assert_eq!(free_ip(base, 24, gw, &used).unwrap().to_string(), "10.1.2.4");
+        assert_eq!(
+            free_ip(base, 24, gw, &used).unwrap().to_string(),
+            "10.1.2.4"
+        );
         let all: Vec<String> = (2..255).map(|i| format!("10.1.2.{i}")).collect();
         assert!(free_ip(base, 24, gw, &all).is_err());
         assert_eq!(mac_for("10.1.2.3".parse().unwrap()), "02:42:0a:01:02:03");
@@ -731,7 +757,10 @@ mod tests {
     #[test]
     fn wait_conditions() {
         assert_eq!(WaitCondition::parse("").unwrap(), WaitCondition::NotRunning);
-        assert_eq!(WaitCondition::parse("removed").unwrap(), WaitCondition::Removed);
+        assert_eq!(
+            WaitCondition::parse("removed").unwrap(),
+            WaitCondition::Removed
+        );
         assert!(WaitCondition::parse("soon").is_err());
     }
 }

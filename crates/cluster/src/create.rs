@@ -89,7 +89,11 @@ pub enum RestartPolicy {
 
 impl RestartPolicy {
     pub fn of(body: &ContainerCreateBody) -> Result<RestartPolicy> {
-        let Some(rp) = body.host_config.as_ref().and_then(|h| h.restart_policy.as_ref()) else {
+        let Some(rp) = body
+            .host_config
+            .as_ref()
+            .and_then(|h| h.restart_policy.as_ref())
+        else {
             return Ok(RestartPolicy::No);
         };
         let max = rp.maximum_retry_count.unwrap_or(0);
@@ -109,9 +113,10 @@ impl RestartPolicy {
             }
         };
         if max != 0 && !matches!(p, RestartPolicy::OnFailure(_)) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::InvalidArgument(
                 "invalid restart policy: maximum retry count can only be used with 'on-failure'"
-            )));
+                    .to_string(),
+            ));
         }
         Ok(p)
     }
@@ -282,9 +287,14 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         for b in bindings[key].clone().unwrap_or_default() {
             let host_port = match b.host_port.as_deref().unwrap_or("") {
                 "" => 0,
-                p => p.split('-').next().unwrap_or(p).parse::<u16>().map_err(|_| {
-                    Error::InvalidArgument(format!("invalid port specification: \"{p}\""))
-                })?,
+                p => p
+                    .split('-')
+                    .next()
+                    .unwrap_or(p)
+                    .parse::<u16>()
+                    .map_err(|_| {
+                        Error::InvalidArgument(format!("invalid port specification: \"{p}\""))
+                    })?,
             };
             let host_ip = b.host_ip.clone().unwrap_or_default();
             if !host_ip.is_empty() && host_ip.parse::<std::net::IpAddr>().is_err() {
@@ -316,7 +326,9 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         }
     }
     if network_none && !ports.is_empty() {
-        return bad("conflicting options: port publishing and the container type network mode".into());
+        return bad(
+            "conflicting options: port publishing and the container type network mode".into(),
+        );
     }
 
     let (log_max_size, log_max_files) = log_options(&hc)?;
@@ -383,9 +395,9 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         log_max_files,
     };
     for h in &spec.extra_hosts {
-        let ok = h
-            .split_once(':')
-            .is_some_and(|(name, ip)| !name.is_empty() && (ip == "host-gateway" || ip.parse::<std::net::IpAddr>().is_ok()));
+        let ok = h.split_once(':').is_some_and(|(name, ip)| {
+            !name.is_empty() && (ip == "host-gateway" || ip.parse::<std::net::IpAddr>().is_ok())
+        });
         if !ok {
             return bad(format!("invalid IP address in add-host: \"{h}\""));
         }
@@ -452,23 +464,47 @@ pub fn parse_port_key(key: &str) -> Result<(u16, String)> {
     if proto != "tcp" && proto != "udp" {
         return Err(Error::InvalidArgument(format!("invalid proto: {proto}")));
     }
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| Error::InvalidArgument(format!("invalid port specification: \"{key}\"")))?;
+    let port: u16 =
+        port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            Error::InvalidArgument(format!("invalid port specification: \"{key}\""))
+        })?;
     Ok((port, proto))
 }
 
 /// Signal name or number → number (`SIGTERM`, `TERM`, `15`).
 pub fn parse_signal(s: &str) -> Result<i32> {
     const SIGNALS: &[(&str, i32)] = &[
-        ("HUP", 1), ("INT", 2), ("QUIT", 3), ("ILL", 4), ("TRAP", 5), ("ABRT", 6),
-        ("BUS", 7), ("FPE", 8), ("KILL", 9), ("USR1", 10), ("SEGV", 11), ("USR2", 12),
-        ("PIPE", 13), ("ALRM", 14), ("TERM", 15), ("STKFLT", 16), ("CHLD", 17),
-        ("CONT", 18), ("STOP", 19), ("TSTP", 20), ("TTIN", 21), ("TTOU", 22), ("URG", 23),
-        ("XCPU", 24), ("XFSZ", 25), ("VTALRM", 26), ("PROF", 27), ("WINCH", 28),
-        ("IO", 29), ("PWR", 30), ("SYS", 31),
+        ("HUP", 1),
+        ("INT", 2),
+        ("QUIT", 3),
+        ("ILL", 4),
+        ("TRAP", 5),
+        ("ABRT", 6),
+        ("BUS", 7),
+        ("FPE", 8),
+        ("KILL", 9),
+        ("USR1", 10),
+        ("SEGV", 11),
+        ("USR2", 12),
+        ("PIPE", 13),
+        ("ALRM", 14),
+        ("TERM", 15),
+        ("STKFLT", 16),
+        ("CHLD", 17),
+        ("CONT", 18),
+        ("STOP", 19),
+        ("TSTP", 20),
+        ("TTIN", 21),
+        ("TTOU", 22),
+        ("URG", 23),
+        ("XCPU", 24),
+        ("XFSZ", 25),
+        ("VTALRM", 26),
+        ("PROF", 27),
+        ("WINCH", 28),
+        ("IO", 29),
+        ("PWR", 30),
+        ("SYS", 31),
     ];
     if let Ok(n) = s.parse::<i32>() {
         if (1..=64).contains(&n) {
@@ -506,11 +542,25 @@ mod tests {
     fn command_resolution_follows_docker() {
         let p = plan(ID, &body(serde_json::json!({})), &img()).unwrap();
         assert_eq!(p.spec.process.args, vec!["sh"]);
-        let p = plan(ID, &body(serde_json::json!({"Cmd": ["echo", "hi"]})), &img()).unwrap();
+        let p = plan(
+            ID,
+            &body(serde_json::json!({"Cmd": ["echo", "hi"]})),
+            &img(),
+        )
+        .unwrap();
         assert_eq!(p.spec.process.args, vec!["echo", "hi"]);
-        let p = plan(ID, &body(serde_json::json!({"Entrypoint": ["env"]})), &img()).unwrap();
+        let p = plan(
+            ID,
+            &body(serde_json::json!({"Entrypoint": ["env"]})),
+            &img(),
+        )
+        .unwrap();
         assert_eq!(p.spec.process.args, vec!["env"]);
-        let e = plan(ID, &body(serde_json::json!({"Entrypoint": [""]})), &ImageDefaults::default());
+        let e = plan(
+            ID,
+            &body(serde_json::json!({"Entrypoint": [""]})),
+            &ImageDefaults::default(),
+        );
         assert!(matches!(e, Err(Error::InvalidArgument(m)) if m == "no command specified"));
     }
 
@@ -543,7 +593,10 @@ mod tests {
         ];
         for c in cases {
             assert!(
-                matches!(plan(ID, &body(c.clone()), &img()), Err(Error::InvalidArgument(_))),
+                matches!(
+                    plan(ID, &body(c.clone()), &img()),
+                    Err(Error::InvalidArgument(_))
+                ),
                 "{c}"
             );
         }
@@ -564,7 +617,9 @@ mod tests {
         assert_eq!(p.ports.len(), 1);
         assert_eq!(p.ports[0].container_port, 80);
         assert_eq!(p.spec.resources.nano_cpus, 1_500_000_000);
-        let b = body(serde_json::json!({"HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}}}));
+        let b = body(
+            serde_json::json!({"HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}}}),
+        );
         let p = plan(ID, &b, &img()).unwrap();
         assert_eq!(p.ports[0].host_port, 8080);
         assert_eq!(p.ports[0].host_ip, "127.0.0.1");

@@ -108,13 +108,13 @@ impl Cluster {
         layers: Vec<ImageLayer>,
         repo_digest: Option<String>,
     ) -> Result<ImageRecord> {
-        let cfg = self.image_config(&config.to_string())?;
+        let cfg = self.image_config(config.as_ref())?;
         let created = cfg["created"]
             .as_str()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_else(Utc::now);
-        let existing = self.store.get_image(account, &config.to_string()).await?;
+        let existing = self.store.get_image(account, config.as_ref()).await?;
         let mut repo_digests = existing.map(|e| e.repo_digests).unwrap_or_default();
         if let Some(rd) = repo_digest
             && !repo_digests.contains(&rd)
@@ -171,9 +171,10 @@ impl Cluster {
         reader: R,
     ) -> Result<Vec<String>> {
         let blobs = self.blobs.clone();
-        let loaded = tokio::task::spawn_blocking(move || images::archive::load_archive(reader, &blobs))
-            .await
-            .map_err(|e| Error::internal("load task", e))??;
+        let loaded =
+            tokio::task::spawn_blocking(move || images::archive::load_archive(reader, &blobs))
+                .await
+                .map_err(|e| Error::internal("load task", e))??;
         let mut lines = Vec::new();
         for img in loaded {
             let layers = img
@@ -186,7 +187,9 @@ impl Cluster {
                     media_type: l.media_type.clone(),
                 })
                 .collect();
-            let rec = self.record_image(account, &img.config, layers, None).await?;
+            let rec = self
+                .record_image(account, &img.config, layers, None)
+                .await?;
             if img.repo_tags.is_empty() {
                 lines.push(format!("Loaded image ID: {}", rec.id));
             }
@@ -250,7 +253,7 @@ impl Cluster {
             if let Ok(r) = Reference::parse(n)
                 && r.digest.is_none()
                 && !n.starts_with("sha256:")
-                && !(names::is_hex(n) && !n.contains(':'))
+                && (!names::is_hex(n) || n.contains(':'))
             {
                 tags.push(r.with_default_tag().familiar());
             }
@@ -293,11 +296,15 @@ impl Cluster {
             use images::registry::PullProgress as P;
             if !announced && !matches!(p, P::Resolving) {
                 announced = true;
-                let _ = tx.try_send(serde_json::json!({"status": format!("Pulling from {path}"), "id": tag}));
+                let _ = tx.try_send(
+                    serde_json::json!({"status": format!("Pulling from {path}"), "id": tag}),
+                );
             }
             let v = match p {
                 P::Resolving => return,
-                P::LayerWaiting { id } => serde_json::json!({"status": "Pulling fs layer", "id": id}),
+                P::LayerWaiting { id } => {
+                    serde_json::json!({"status": "Pulling fs layer", "id": id})
+                }
                 P::LayerAlreadyExists { id } => {
                     serde_json::json!({"status": "Already exists", "id": id})
                 }
@@ -477,10 +484,22 @@ impl Cluster {
     /// Counts for `docker info`.
     pub async fn counts(&self, account: &str) -> Result<(usize, usize, usize, usize, usize)> {
         let cs = self.store.list_containers(account).await?;
-        let running = cs.iter().filter(|c| c.state.status == Status::Running || c.state.status == Status::Restarting).count();
-        let paused = cs.iter().filter(|c| c.state.status == Status::Paused).count();
+        let running = cs
+            .iter()
+            .filter(|c| c.state.status == Status::Running || c.state.status == Status::Restarting)
+            .count();
+        let paused = cs
+            .iter()
+            .filter(|c| c.state.status == Status::Paused)
+            .count();
         let images = self.store.list_images(account).await?.len();
-        Ok((cs.len(), running, paused, cs.len() - running - paused, images))
+        Ok((
+            cs.len(),
+            running,
+            paused,
+            cs.len() - running - paused,
+            images,
+        ))
     }
 }
 

@@ -29,14 +29,55 @@ pub fn validate_container_name(name: &str) -> Result<String> {
 }
 
 const LEFT: &[&str] = &[
-    "admiring", "brave", "calm", "clever", "dazzling", "eager", "focused", "gifted", "happy",
-    "jolly", "keen", "lucid", "modest", "nifty", "optimistic", "quirky", "relaxed", "serene",
-    "tender", "upbeat", "vibrant", "wizardly", "youthful", "zealous",
+    "admiring",
+    "brave",
+    "calm",
+    "clever",
+    "dazzling",
+    "eager",
+    "focused",
+    "gifted",
+    "happy",
+    "jolly",
+    "keen",
+    "lucid",
+    "modest",
+    "nifty",
+    "optimistic",
+    "quirky",
+    "relaxed",
+    "serene",
+    "tender",
+    "upbeat",
+    "vibrant",
+    "wizardly",
+    "youthful",
+    "zealous",
 ];
 const RIGHT: &[&str] = &[
-    "albattani", "babbage", "curie", "darwin", "euler", "feynman", "galileo", "hopper", "hypatia",
-    "kepler", "lovelace", "meitner", "newton", "noether", "pascal", "ritchie", "shannon", "tesla",
-    "thompson", "turing", "wozniak", "yalow", "zhukovsky",
+    "albattani",
+    "babbage",
+    "curie",
+    "darwin",
+    "euler",
+    "feynman",
+    "galileo",
+    "hopper",
+    "hypatia",
+    "kepler",
+    "lovelace",
+    "meitner",
+    "newton",
+    "noether",
+    "pascal",
+    "ritchie",
+    "shannon",
+    "tesla",
+    "thompson",
+    "turing",
+    "wozniak",
+    "yalow",
+    "zhukovsky",
 ];
 
 /// A Docker-style random name such as `brave_curie`; `attempt > 0` adds a digit.
@@ -57,7 +98,9 @@ pub fn short_id(id: &str) -> &str {
 }
 
 pub fn is_hex(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

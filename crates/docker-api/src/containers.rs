@@ -115,7 +115,11 @@ fn network_json(c: &ContainerRecord, running: bool) -> Value {
 }
 
 fn network_name(c: &ContainerRecord) -> &'static str {
-    if c.spec.network.is_some() { "bridge" } else { "none" }
+    if c.spec.network.is_some() {
+        "bridge"
+    } else {
+        "none"
+    }
 }
 
 fn summary(c: &ContainerRecord) -> Value {
@@ -188,9 +192,7 @@ pub async fn list(
     if let Some(st) = f.get("status") {
         for s in st {
             if Status::parse(s).is_none() {
-                return Err(ApiError::bad(format!(
-                    "invalid filter 'status={s}'"
-                )));
+                return Err(ApiError::bad(format!("invalid filter 'status={s}'")));
             }
         }
     }
@@ -198,7 +200,10 @@ pub async fn list(
         .get("exited")
         .unwrap_or_default()
         .iter()
-        .map(|e| e.parse().map_err(|_| ApiError::bad(format!("invalid filter 'exited={e}'"))))
+        .map(|e| {
+            e.parse()
+                .map_err(|_| ApiError::bad(format!("invalid filter 'exited={e}'")))
+        })
         .collect::<ApiResult<_>>()?;
     let all_flag = p.bool("all");
     let limit = p.int("limit")?.unwrap_or(-1);
@@ -230,7 +235,9 @@ pub async fn list(
             continue;
         }
         if let Some(names) = f.get("name")
-            && !names.iter().any(|n| regex_match(n.trim_start_matches('/'), &c.name))
+            && !names
+                .iter()
+                .any(|n| regex_match(n.trim_start_matches('/'), &c.name))
         {
             continue;
         }
@@ -565,7 +572,9 @@ pub async fn prune(
                 || until.is_some_and(|u| c.created > u)
         })
         .await?;
-    Ok(Json(json!({"ContainersDeleted": removed, "SpaceReclaimed": 0})))
+    Ok(Json(
+        json!({"ContainersDeleted": removed, "SpaceReclaimed": 0}),
+    ))
 }
 
 /// `until` values: a unix timestamp, RFC 3339, or a Go duration like `10m`, `24h`.

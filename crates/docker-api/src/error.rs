@@ -43,7 +43,11 @@ impl IntoResponse for ApiError {
         if status == StatusCode::NOT_MODIFIED {
             return status.into_response();
         }
-        (status, Json(serde_json::json!({ "message": self.0.to_string() }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "message": self.0.to_string() })),
+        )
+            .into_response()
     }
 }
 

@@ -62,7 +62,11 @@ pub async fn list(
     let p = Params::parse(q.as_deref());
     let f = p.filters()?;
     f.only(&["dangling", "label", "before", "since", "reference", "until"])?;
-    let dangling = match f.get("dangling").and_then(|v| v.first()).map(String::as_str) {
+    let dangling = match f
+        .get("dangling")
+        .and_then(|v| v.first())
+        .map(String::as_str)
+    {
         None => None,
         Some("true") | Some("1") => Some(true),
         Some("false") | Some("0") => Some(false),
@@ -77,13 +81,17 @@ pub async fn list(
         since = Some(st.cluster.find_image(&acct.0, s).await?.created);
     }
     let mut images = st.cluster.store().list_images(&acct.0).await?;
-    images.sort_by(|a, b| b.created.cmp(&a.created));
+    images.sort_by_key(|i| std::cmp::Reverse(i.created));
     let mut out = Vec::new();
     for i in &images {
         let mut s = summary(&st, &acct.0, i).await?;
         let tags: Vec<String> = s["RepoTags"]
             .as_array()
-            .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(d) = dangling
             && d != tags.is_empty()
@@ -137,7 +145,9 @@ fn glob(pattern: &str, s: &str) -> bool {
             .replace("\\*", "[^/]*")
             .replace("\\?", "[^/]")
     );
-    regex::Regex::new(&re).map(|r| r.is_match(s)).unwrap_or(false)
+    regex::Regex::new(&re)
+        .map(|r| r.is_match(s))
+        .unwrap_or(false)
 }
 
 async fn inspect(st: &AppState, acct: &str, name: &str) -> ApiResult<Response> {
@@ -176,7 +186,11 @@ async fn history(st: &AppState, acct: &str, name: &str) -> ApiResult<Response> {
     let mut out = Vec::new();
     for h in &hist {
         let empty = h["empty_layer"].as_bool().unwrap_or(false);
-        let size = if empty { 0 } else { layer_sizes.next().unwrap_or(0) };
+        let size = if empty {
+            0
+        } else {
+            layer_sizes.next().unwrap_or(0)
+        };
         let created = h["created"]
             .as_str()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
@@ -226,7 +240,9 @@ pub async fn dispatch(
         if let Some(name) = split("/tag") {
             let repo = p.get("repo").unwrap_or("");
             if repo.is_empty() {
-                return Err(ApiError::bad("repository name must have at least one component"));
+                return Err(ApiError::bad(
+                    "repository name must have at least one component",
+                ));
             }
             st.cluster
                 .tag_image(a, name, repo, p.get("tag").unwrap_or(""))
@@ -289,7 +305,9 @@ pub async fn create(
                 p.get("message").unwrap_or("").to_string(),
             )
             .await?;
-        return Ok(json_lines(futures::stream::iter(vec![json!({"status": id})])));
+        return Ok(json_lines(futures::stream::iter(vec![
+            json!({"status": id}),
+        ])));
     }
     let image = p.get("fromImage").unwrap_or("");
     if image.is_empty() {
@@ -346,7 +364,9 @@ pub async fn prune(
     let f = p.filters()?;
     f.only(&["dangling", "label", "label!", "until"])?;
     let all = matches!(
-        f.get("dangling").and_then(|v| v.first()).map(String::as_str),
+        f.get("dangling")
+            .and_then(|v| v.first())
+            .map(String::as_str),
         Some("false") | Some("0")
     );
     let until: Option<DateTime<Utc>> = match f.get("until").and_then(|v| v.first()) {

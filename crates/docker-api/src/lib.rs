@@ -43,7 +43,9 @@ fn strip_version(mut req: Request) -> Request {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/v")
         && let Some(slash) = rest.find('/')
-        && rest[..slash].split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && rest[..slash]
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     {
         let new_path = rest[slash..].to_string();
         let pq = match req.uri().query() {
@@ -121,7 +123,10 @@ pub async fn serve_unix(
     let listener = tokio::net::UnixListener::bind(path)?;
     let app = router(cluster, account);
     let app = tower::ServiceExt::<Request>::map_request(app, strip_version);
-    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        axum::ServiceExt::<Request>::into_make_service(app),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

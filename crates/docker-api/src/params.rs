@@ -48,14 +48,19 @@ impl Params {
     pub fn bool(&self, key: &str) -> bool {
         match self.get(key) {
             None => false,
-            Some(v) => !matches!(v.to_ascii_lowercase().as_str(), "" | "0" | "false" | "no" | "off"),
+            Some(v) => !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "" | "0" | "false" | "no" | "off"
+            ),
         }
     }
     pub fn int(&self, key: &str) -> ApiResult<Option<i64>> {
         match self.get(key) {
             None | Some("") => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| {
-                ApiError::bad(format!("invalid value for {key}: {v:?}, expected an integer"))
+                ApiError::bad(format!(
+                    "invalid value for {key}: {v:?}, expected an integer"
+                ))
             }),
         }
     }
@@ -73,8 +78,8 @@ impl Filters {
         if s.is_empty() {
             return Ok(Filters::default());
         }
-        let v: serde_json::Value = serde_json::from_str(s)
-            .map_err(|e| ApiError::bad(format!("invalid filter: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(s).map_err(|e| ApiError::bad(format!("invalid filter: {e}")))?;
         let obj = v
             .as_object()
             .ok_or_else(|| ApiError::bad("invalid filter: expected a JSON object"))?;

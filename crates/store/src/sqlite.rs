@@ -9,7 +9,9 @@ use cluster::model::{ContainerRecord, ImageRecord, NodeRecord, TagRecord};
 use cluster::store::{Store, StoreResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::migrations::MIGRATIONS;
@@ -95,7 +97,10 @@ impl SqliteStore {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let mut tx = self.pool.begin().await.map_err(backend)?;
-            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(backend)?;
+            sqlx::raw_sql(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
             sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
                 .bind((i + 1) as i64)
                 .execute(&mut *tx)
@@ -106,11 +111,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn rows<T: DeserializeOwned>(
-        &self,
-        sql: &str,
-        binds: &[&str],
-    ) -> StoreResult<Vec<T>> {
+    async fn rows<T: DeserializeOwned>(&self, sql: &str, binds: &[&str]) -> StoreResult<Vec<T>> {
         let mut q = sqlx::query(sql);
         for b in binds {
             q = q.bind(*b);
@@ -183,7 +184,10 @@ impl Store for SqliteStore {
 
     async fn get_image(&self, account: &str, id: &str) -> StoreResult<Option<ImageRecord>> {
         Ok(self
-            .rows("SELECT data FROM images WHERE account = ? AND id = ?", &[account, id])
+            .rows(
+                "SELECT data FROM images WHERE account = ? AND id = ?",
+                &[account, id],
+            )
             .await?
             .pop())
     }
@@ -256,11 +260,13 @@ impl Store for SqliteStore {
     }
 
     async fn list_tags(&self, account: &str) -> StoreResult<Vec<TagRecord>> {
-        let rows = sqlx::query("SELECT reference, image_id FROM tags WHERE account = ? ORDER BY reference")
-            .bind(account)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+        let rows = sqlx::query(
+            "SELECT reference, image_id FROM tags WHERE account = ? ORDER BY reference",
+        )
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
         Ok(rows
             .into_iter()
             .map(|r| TagRecord {

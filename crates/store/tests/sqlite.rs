@@ -37,13 +37,23 @@ fn container(account: &str, id: &str, name: &str, ip: Option<&str>) -> Container
 #[tokio::test]
 async fn containers_names_and_ips_are_unique_per_scope() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
-    s.insert_container(&container("alice", "a1", "web", Some("10.0.0.2"))).await.unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    s.insert_container(&container("alice", "a1", "web", Some("10.0.0.2")))
+        .await
+        .unwrap();
     // Same name in another account is fine; same name in the same account is not.
-    s.insert_container(&container("bob", "b1", "web", Some("10.0.0.3"))).await.unwrap();
-    let e = s.insert_container(&container("alice", "a2", "web", Some("10.0.0.4"))).await;
+    s.insert_container(&container("bob", "b1", "web", Some("10.0.0.3")))
+        .await
+        .unwrap();
+    let e = s
+        .insert_container(&container("alice", "a2", "web", Some("10.0.0.4")))
+        .await;
     assert!(matches!(e, Err(StoreError::Conflict(w)) if w == "name"));
-    let e = s.insert_container(&container("alice", "a3", "db", Some("10.0.0.2"))).await;
+    let e = s
+        .insert_container(&container("alice", "a3", "db", Some("10.0.0.2")))
+        .await;
     assert!(matches!(e, Err(StoreError::Conflict(w)) if w == "ip"));
     // Tenants see only their own.
     assert_eq!(s.list_containers("alice").await.unwrap().len(), 1);
@@ -53,13 +63,24 @@ async fn containers_names_and_ips_are_unique_per_scope() {
     let mut b2 = container("bob", "b2", "db", None);
     s.insert_container(&b2).await.unwrap();
     b2.name = "web".into();
-    assert!(matches!(s.update_container(&b2).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.update_container(&b2).await,
+        Err(StoreError::Conflict(_))
+    ));
     s.delete_container("bob", "b2").await.unwrap();
-    assert!(matches!(s.update_container(&b2).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.update_container(&b2).await,
+        Err(StoreError::NotFound)
+    ));
     drop(s);
     // Reopening applies no migration twice and keeps the data.
-    let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
-    assert_eq!(s.get_container_by_id("a1").await.unwrap().unwrap().name, "web");
+    let s = SqliteStore::open(&dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_container_by_id("a1").await.unwrap().unwrap().name,
+        "web"
+    );
 }
 
 #[tokio::test]
