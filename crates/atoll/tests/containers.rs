@@ -1,0 +1,410 @@
+//! The container lifecycle through the real docker CLI against a temporary `atoll up`.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use testkit::{AtollInstance, wait_for, wait_for_some};
+
+fn started() -> AtollInstance {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    a
+}
+
+fn status(a: &AtollInstance, name: &str) -> String {
+    a.docker_ok(&["inspect", "-f", "{{.State.Status}}", name])
+}
+
+#[test]
+fn run_streams_output_and_passes_exit_codes() {
+    let a = started();
+    assert_eq!(
+        a.docker_ok(&["run", "--rm", "busybox", "echo", "hello"]),
+        "hello"
+    );
+    let out = a.docker(&[
+        "run",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "out");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    let out = a.docker(&["run", "--rm", "busybox", "nosuchcmd"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("executable file not found"));
+    // --rm removed both: only the exit-3 container remains.
+    assert_eq!(a.docker_ok(&["ps", "-aq"]).lines().count(), 1);
+}
+
+#[test]
+fn options_reach_the_process() {
+    let a = started();
+    let env_file = std::env::temp_dir().join(format!("atoll-envfile-{}", std::process::id()));
+    std::fs::write(&env_file, "FROM_FILE=yes\n").unwrap();
+    let out = a.docker_ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "A=1",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "-w",
+        "/tmp",
+        "-u",
+        "1000:1000",
+        "--hostname",
+        "box1",
+        "-l",
+        "team=x",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $A $FROM_FILE; pwd; id -u; id -g; hostname",
+    ]);
+    let _ = std::fs::remove_file(&env_file);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["1 yes", "/tmp", "1000", "1000", "box1"]
+    );
+    let out = a.docker_ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "echo",
+        "busybox",
+        "via",
+        "entrypoint",
+    ]);
+    assert_eq!(out, "via entrypoint");
+    let out = a.docker(&["run", "--rm", "--read-only", "busybox", "touch", "/x"]);
+    assert_ne!(out.status.code(), Some(0));
+    let out = a.docker_ok(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/scratch",
+        "busybox",
+        "sh",
+        "-c",
+        "touch /scratch/x && echo ok",
+    ]);
+    assert_eq!(out, "ok");
+    assert_eq!(
+        a.docker_ok(&[
+            "run",
+            "--rm",
+            "--init",
+            "busybox",
+            "sh",
+            "-c",
+            "cat /proc/1/comm"
+        ]),
+        "docker-init"
+    );
+    let mem = a.docker_ok(&[
+        "run",
+        "--rm",
+        "-m",
+        "64m",
+        "--cpus",
+        "0.5",
+        "busybox",
+        "cat",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]);
+    assert_eq!(mem, (64u64 << 20).to_string());
+    let lbl = a.docker_ok(&["run", "-d", "-l", "team=x", "busybox", "true"]);
+    assert_eq!(
+        a.docker_ok(&["inspect", "-f", "{{index .Config.Labels \"team\"}}", &lbl]),
+        "x"
+    );
+}
+
+#[test]
+fn lifecycle_ps_logs_stop_kill_restart_rename_rm() {
+    let a = started();
+    let id = a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "busybox",
+        "sh",
+        "-c",
+        "echo started; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
+    assert_eq!(id.len(), 64);
+    wait_for(
+        || a.docker_ok(&["logs", "web"]).contains("started"),
+        Duration::from_secs(10),
+        "first log line",
+    );
+    assert_eq!(status(&a, "web"), "running");
+    assert_eq!(
+        a.docker_ok(&["ps", "-q", "--filter", "name=web"]),
+        &id[..12]
+    );
+    assert_eq!(
+        a.docker_ok(&["ps", "--filter", "status=running", "--format", "{{.Names}}"]),
+        "web"
+    );
+    let ts = a.docker_ok(&["logs", "-t", "--tail", "1", "web"]);
+    assert!(ts.contains("Z started"), "{ts}");
+
+    // Running containers refuse plain rm.
+    let err = a.docker_err(&["rm", "web"]);
+    assert!(err.contains("container is running"), "{err}");
+
+    a.docker_ok(&["stop", "-t", "5", "web"]);
+    assert_eq!(status(&a, "web"), "exited");
+    assert_eq!(
+        a.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", "web"]),
+        "0"
+    );
+    assert!(a.docker_ok(&["logs", "web"]).contains("bye"));
+    assert_eq!(
+        a.docker_ok(&["ps", "-aq", "--filter", "exited=0"]),
+        &id[..12]
+    );
+
+    a.docker_ok(&["start", "web"]);
+    assert_eq!(status(&a, "web"), "running");
+    a.docker_ok(&["restart", "-t", "1", "web"]);
+    assert_eq!(status(&a, "web"), "running");
+    a.docker_ok(&["kill", "-s", "KILL", "web"]);
+    wait_for(
+        || status(&a, "web") == "exited",
+        Duration::from_secs(10),
+        "killed container to exit",
+    );
+    assert_eq!(
+        a.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", "web"]),
+        "137"
+    );
+    let err = a.docker_err(&["kill", "web"]);
+    assert!(err.contains("is not running"), "{err}");
+
+    a.docker_ok(&["rename", "web", "web2"]);
+    assert_eq!(
+        a.docker_ok(&["inspect", "-f", "{{.Name}}", &id[..8]]),
+        "/web2"
+    );
+    a.docker_ok(&["create", "--name", "other", "busybox", "true"]);
+    let err = a.docker_err(&["rename", "other", "web2"]);
+    assert!(err.contains("already in use"), "{err}");
+    let err = a.docker_err(&["create", "--name", "other", "busybox", "true"]);
+    assert!(err.contains("is already in use"), "{err}");
+    let err = a.docker_err(&["create", "--name", "bad name!", "busybox", "true"]);
+    assert!(err.contains("Invalid container name"), "{err}");
+
+    // stop sends SIGKILL after the timeout to a process that ignores SIGTERM.
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "stubborn",
+        "busybox",
+        "sh",
+        "-c",
+        "trap '' TERM; while true; do sleep 0.1; done",
+    ]);
+    let t = std::time::Instant::now();
+    a.docker_ok(&["stop", "-t", "1", "stubborn"]);
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    assert_eq!(
+        a.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", "stubborn"]),
+        "137"
+    );
+
+    assert_eq!(a.docker_ok(&["wait", "stubborn"]), "137");
+    let pruned = a.docker_ok(&["container", "prune", "-f"]);
+    assert!(pruned.contains(&id), "{pruned}");
+    assert_eq!(a.docker_ok(&["ps", "-aq"]), "");
+    let err = a.docker_err(&["inspect", "web2"]);
+    assert!(err.contains("No such"), "{err}");
+}
+
+#[test]
+fn logs_follow_and_since() {
+    let a = started();
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo line$i; sleep 0.3; done",
+    ]);
+    let out = a.docker_with(&["logs", "-f", "ticker"], None, Duration::from_secs(20));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["line1", "line2", "line3"]
+    );
+    let since = a.docker_ok(&[
+        "logs",
+        "--since",
+        "2000-01-01T00:00:00Z",
+        "--tail",
+        "2",
+        "ticker",
+    ]);
+    assert_eq!(since.lines().collect::<Vec<_>>(), ["line2", "line3"]);
+    let future = a.docker_ok(&["logs", "--since", "2100-01-01T00:00:00Z", "ticker"]);
+    assert_eq!(future, "");
+}
+
+#[test]
+fn restart_policy_brings_a_container_back() {
+    let a = started();
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        "busybox",
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    wait_for(
+        || {
+            a.docker_ok(&[
+                "inspect",
+                "-f",
+                "{{.RestartCount}} {{.State.Status}}",
+                "flaky",
+            ]) == "2 exited"
+        },
+        Duration::from_secs(20),
+        "two restarts then stop",
+    );
+    let err = a.docker_err(&["run", "--rm", "--restart", "always", "busybox", "true"]);
+    assert!(err.contains("AutoRemove"), "{err}");
+}
+
+#[test]
+fn network_bridge_nat_and_published_ports() {
+    let a = started();
+    let ip_of = |n: &str| a.docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", n]);
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "-p",
+        "127.0.0.1::8080",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello-from-srv > /www/index.html && httpd -f -p 8080 -h /www",
+    ]);
+    let ip = ip_of("srv");
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip}");
+    // Another container reaches it by IP over the bridge.
+    let url = format!("http://{ip}:8080/index.html");
+    let body = wait_for_some(
+        || {
+            let o = a.docker(&[
+                "run", "--rm", "busybox", "wget", "-q", "-O", "-", "-T", "2", &url,
+            ]);
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        },
+        Duration::from_secs(20),
+        "container to container over the bridge",
+    );
+    assert_eq!(body.trim(), "hello-from-srv");
+    // The published port is reachable from the host on loopback.
+    let port = a.docker_ok(&["port", "srv", "8080"]);
+    let port: u16 = port.rsplit(':').next().unwrap().trim().parse().unwrap();
+    let got = wait_for_some(
+        || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).ok()?;
+            buf.contains("hello-from-srv").then_some(buf)
+        },
+        Duration::from_secs(20),
+        "published port from the host",
+    );
+    assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+    // --network none has only loopback.
+    let ifs = a.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert_eq!(ifs, "lo");
+}
+
+#[test]
+fn bad_requests_get_docker_errors() {
+    let a = started();
+    let r = a.api("POST", "/v1.50/containers/create", None);
+    assert_eq!(r.status, 400);
+    let raw = testkit::http::Request {
+        method: "POST",
+        path: "/containers/create",
+        headers: &[],
+        body: Some(testkit::http::Body {
+            content_type: "application/json",
+            bytes: b"{\"Image\": ",
+        }),
+    };
+    let r = testkit::http::send_unix(a.socket(), &raw, Duration::from_secs(10)).unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("JSON")
+    );
+    let r = a.api(
+        "POST",
+        "/containers/create",
+        Some(&serde_json::json!({"Image": "busybox", "Env": 5})),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = a.api(
+        "POST",
+        "/containers/create",
+        Some(&serde_json::json!({"Image": "nosuch:image"})),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json().unwrap()["message"], "No such image: nosuch:image");
+    let r = a.api("GET", "/containers/doesnotexist/json", None);
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json().unwrap()["message"],
+        "No such container: doesnotexist"
+    );
+    let r = a.api("GET", "/containers/json?filters=%7Bbad", None);
+    assert_eq!(r.status, 400);
+    let r = a.api("GET", "/nonsense", None);
+    assert_eq!(r.status, 404);
+    let r = a.api(
+        "POST",
+        "/containers/create",
+        Some(&serde_json::json!({"Image": "busybox", "HostConfig": {"Memory": 10}})),
+    );
+    assert_eq!(r.status, 400);
+    // Nothing was created by any of the failures.
+    assert_eq!(a.docker_ok(&["ps", "-aq"]), "");
+}

@@ -1,0 +1,219 @@
+//! Images through the real docker CLI against a temporary `atoll up`.
+
+use testkit::{AtollInstance, Registry, test_images};
+
+#[test]
+fn load_list_inspect_tag_rmi_history() {
+    let a = AtollInstance::start();
+    let imgs = test_images();
+    let out = a.load_busybox();
+    assert!(out.contains("Loaded image: busybox:latest"), "{out}");
+
+    let list = a.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]);
+    let short = &imgs.busybox.id["sha256:".len()..][..12];
+    assert_eq!(list, format!("busybox:latest {short}"));
+    let id = a.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "busybox"]);
+    assert_eq!(id, imgs.busybox.id);
+    let layers = a.docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{len .RootFS.Layers}}",
+        "busybox",
+    ]);
+    assert_eq!(layers, imgs.busybox.diff_ids.len().to_string());
+
+    // tag, filters, untag vs delete
+    a.docker_ok(&["tag", "busybox", "example/bb:1"]);
+    let refs = a.docker_ok(&[
+        "images",
+        "--filter",
+        "reference=example/*",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+    ]);
+    assert_eq!(refs, "example/bb:1");
+    let untag = a.docker_ok(&["rmi", "example/bb:1"]);
+    assert!(untag.contains("Untagged: example/bb:1"), "{untag}");
+    assert!(!untag.contains("Deleted"), "{untag}");
+    assert!(
+        a.docker_ok(&["history", "-q", "busybox"])
+            .starts_with(short)
+    );
+
+    // in use: 409, then delete once the container is gone
+    a.docker_ok(&["create", "--name", "user", "busybox", "true"]);
+    let err = a.docker_err(&["rmi", "busybox"]);
+    assert!(
+        err.contains("container") && err.contains("is using its referenced image"),
+        "{err}"
+    );
+    a.docker_ok(&["rm", "user"]);
+    let del = a.docker_ok(&["rmi", "busybox"]);
+    assert!(del.contains("Deleted: sha256:"), "{del}");
+    assert_eq!(a.docker_ok(&["images", "-q"]), "");
+    let err = a.docker_err(&["image", "inspect", "busybox"]);
+    assert!(err.contains("No such image"), "{err}");
+}
+
+#[test]
+fn save_then_load_round_trip_and_oci_archive() {
+    let a = AtollInstance::start();
+    let imgs = test_images();
+    let out = a.load_image(&imgs.busybox_oci);
+    assert!(out.contains("busybox:latest"), "{out}");
+    let dir = tempfile_dir();
+    let tar = dir.join("saved.tar");
+    a.docker_ok(&["save", "-o", tar.to_str().unwrap(), "busybox:latest"]);
+    a.docker_ok(&["rmi", "busybox"]);
+    let out = a.docker_ok(&["load", "-i", tar.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: busybox:latest"), "{out}");
+    assert_eq!(
+        a.docker_ok(&["run", "--rm", "busybox", "echo", "round trip"]),
+        "round trip"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn corrupt_and_truncated_archives_fail_cleanly() {
+    let a = AtollInstance::start();
+    let bytes = std::fs::read(&test_images().busybox.path).unwrap();
+    let truncated = &bytes[..bytes.len() / 2];
+    let out = a.docker_stdin(&["load"], truncated);
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+    let out = a.docker_stdin(
+        &["load"],
+        b"this is not a tarball at all, not even close....",
+    );
+    assert!(!out.status.success());
+    // Nothing half-loaded is left behind.
+    assert_eq!(a.docker_ok(&["images", "-q", "-a"]), "");
+    let blobs = a.data_dir().join("head/blobs/sha256");
+    let n = std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(n, 0, "blobs left behind in {}", blobs.display());
+}
+
+#[test]
+fn import_with_changes_runs() {
+    let a = AtollInstance::start();
+    // A rootfs tarball: export the busybox layer via save, take its layer.
+    let root = tempfile_dir();
+    let rootfs = root.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for app in ["sh", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(app)).unwrap();
+    }
+    let tar = root.join("rootfs.tar");
+    let st = std::process::Command::new("tar")
+        .args([
+            "-C",
+            rootfs.to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            ".",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let data = std::fs::read(&tar).unwrap();
+    let out = a.docker_stdin(
+        &[
+            "import",
+            "-c",
+            "CMD [\"echo\", \"imported\"]",
+            "-c",
+            "ENV GREETING=hi",
+            "-m",
+            "from test",
+            "-",
+            "imp:1",
+        ],
+        &data,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(a.docker_ok(&["run", "--rm", "imp:1"]), "imported");
+    assert_eq!(
+        a.docker_ok(&["run", "--rm", "imp:1", "sh", "-c", "echo $GREETING"]),
+        "hi"
+    );
+    let comment = a.docker_ok(&["history", "--format", "{{.Comment}}", "imp:1"]);
+    assert_eq!(comment, "from test");
+    let err = a.docker_stdin(&["import", "-c", "FROBNICATE x", "-", "bad:1"], &data);
+    assert!(!err.status.success());
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn whiteouts_and_opaque_dirs_in_a_running_container() {
+    let a = AtollInstance::start();
+    a.load_image(&test_images().multilayer);
+    let out = a.docker_ok(&[
+        "run", "--rm", "multilayer", "sh", "-c",
+        "ls /data | sort | tr '\\n' ' '; echo; ls /opq; test -e /data/gone && echo GONE-EXISTS; cat /data/keep",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0].trim(), "keep third", "{out}");
+    assert_eq!(lines[1].trim(), "new", "{out}");
+    assert!(!out.contains("GONE-EXISTS"), "{out}");
+    assert_eq!(lines[2].trim(), "keep v3", "{out}");
+}
+
+#[test]
+fn pull_from_a_local_registry() {
+    let a = AtollInstance::start();
+    let reg = Registry::start();
+    let name = reg.push_archive(&test_images().busybox.path, "test/busybox:1");
+    let out = a.docker_ok(&["pull", &name]);
+    assert!(
+        out.contains("Downloaded newer image") || out.contains("Pull complete"),
+        "{out}"
+    );
+    assert_eq!(
+        a.docker_ok(&["run", "--rm", &name, "echo", "pulled"]),
+        "pulled"
+    );
+    let again = a.docker_ok(&["pull", &name]);
+    assert!(again.contains("Image is up to date"), "{again}");
+    let err = a.docker_err(&["pull", &format!("{}/test/busybox:nope", reg.addr())]);
+    assert!(
+        err.contains("not found") || err.contains("manifest unknown"),
+        "{err}"
+    );
+    let err = a.docker_err(&["pull", "127.0.0.1:1/nothing/here:1"]);
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+}
+
+#[test]
+fn image_prune_removes_dangling_only() {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    a.load_image(&test_images().multilayer);
+    a.docker_ok(&["tag", "multilayer", "keepme:1"]);
+    a.docker_ok(&["rmi", "multilayer"]);
+    // Still tagged keepme: not dangling.
+    let out = a.docker_ok(&["image", "prune", "-f"]);
+    assert!(!out.contains("Deleted"), "{out}");
+    let out = a.docker_ok(&["image", "prune", "-a", "-f"]);
+    assert!(out.contains("Deleted"), "{out}");
+    assert_eq!(a.docker_ok(&["images", "-q"]), "");
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "atoll-it-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,0 +1,84 @@
+//! Stopping `atoll up` leaves containers running; starting it again re-adopts them.
+//! `atoll reset` removes everything.
+
+use std::time::Duration;
+
+use testkit::{AtollInstance, wait_for};
+
+#[test]
+fn containers_survive_a_restart_of_atoll_and_reset_cleans_up() {
+    let mut a = AtollInstance::start();
+    a.load_busybox();
+    let id = a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "long",
+        "busybox",
+        "sh",
+        "-c",
+        "echo before; while true; do sleep 0.1; done",
+    ]);
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "short",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 1; echo done",
+    ]);
+    wait_for(
+        || a.docker_ok(&["logs", "long"]).contains("before"),
+        Duration::from_secs(10),
+        "log line",
+    );
+    let pid: u32 = a
+        .docker_ok(&["inspect", "-f", "{{.State.Pid}}", "long"])
+        .parse()
+        .unwrap();
+    assert!(pid > 0);
+
+    a.stop();
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "container died with atoll"
+    );
+    // "short" exits while atoll is down.
+    std::thread::sleep(Duration::from_millis(1500));
+    a.restart();
+
+    assert_eq!(a.docker_ok(&["ps", "-q"]), &id[..12]);
+    assert_eq!(
+        a.docker_ok(&["inspect", "-f", "{{.State.Status}}", "short"]),
+        "exited"
+    );
+    assert!(a.docker_ok(&["logs", "long"]).contains("before"));
+    assert!(a.docker_ok(&["logs", "short"]).contains("done"));
+    a.docker_ok(&["stop", "-t", "1", "long"]);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    a.docker_ok(&["rm", "long", "short"]);
+
+    // reset: a running container, its mounts, its network devices: all gone.
+    a.docker_ok(&["run", "-d", "--name", "again", "busybox", "sleep", "1000"]);
+    let pid: u32 = a
+        .docker_ok(&["inspect", "-f", "{{.State.Pid}}", "again"])
+        .parse()
+        .unwrap();
+    let data = a.data_dir().to_path_buf();
+    a.stop();
+    let st = std::process::Command::new(testkit::atoll_bin())
+        .args(["reset", "--data-dir", data.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_for(
+        || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        Duration::from_secs(10),
+        "container killed by reset",
+    );
+    assert!(!data.exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(data.to_str().unwrap()));
+}
