@@ -412,3 +412,31 @@ fn bad_requests_get_docker_errors() {
     // Nothing was created by any of the failures.
     assert_eq!(a.docker_ok(&["ps", "-aq"]), "");
 }
+
+#[test]
+fn info_and_system_df_count_real_objects() {
+    let a = started();
+    a.docker_ok(&["run", "-d", "--name", "r1", "busybox", "sleep", "100"]);
+    a.docker_ok(&["create", "--name", "c1", "busybox", "true"]);
+    let info = a.docker_ok(&[
+        "info",
+        "--format",
+        "{{.Containers}} {{.ContainersRunning}} {{.ContainersStopped}} {{.Images}} {{.NCPU}}",
+    ]);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(info, format!("2 1 1 1 {cpus}"));
+    let mem: u64 = a
+        .docker_ok(&["info", "--format", "{{.MemTotal}}"])
+        .parse()
+        .unwrap();
+    assert!(mem > 1 << 30, "{mem}");
+    let df = a.docker_ok(&[
+        "system",
+        "df",
+        "--format",
+        "{{.Type}} {{.TotalCount}} {{.Active}}",
+    ]);
+    assert!(df.contains("Images 1 1"), "{df}");
+    assert!(df.contains("Containers 2 1"), "{df}");
+    a.docker_ok(&["rm", "-f", "r1", "c1"]);
+}
