@@ -63,8 +63,8 @@ def main():
     args = ap.parse_args()
 
     atoll = os.environ.get("ATOLL_BIN", os.path.join(ROOT, "target/release/atoll"))
-    images = subprocess.run(
-        [os.path.join(ROOT, "target/release/make-test-images")], capture_output=True, check=True, text=True
+    images = os.environ.get("ATOLL_TEST_IMAGES") or subprocess.run(
+        [os.path.join(os.path.dirname(atoll), "make-test-images")], capture_output=True, check=True, text=True
     ).stdout.strip().splitlines()[-1]
     busybox_tar = os.path.join(images, "busybox.tar")
 

@@ -40,6 +40,9 @@ pub struct PendingAttach {
 struct Ctr {
     /// Serialises start/stop/remove.
     op: Mutex<()>,
+    /// Held while a finished run's host resources (netns, veth, mount) are torn
+    /// down; the exit is reported before that, so callers are not kept waiting.
+    cleanup: Arc<Mutex<()>>,
     spec: StdMutex<ContainerSpec>,
     status: StdMutex<ContainerStatus>,
     /// Bumped on every exit, so stop can wait for "the" exit.
@@ -168,6 +171,7 @@ impl Agent {
             .or_insert_with(|| {
                 Arc::new(Ctr {
                     op: Mutex::new(()),
+                    cleanup: Arc::new(Mutex::new(())),
                     spec: StdMutex::new(spec.clone()),
                     status: StdMutex::new(stopped(&spec.id, spec.generation)),
                     exits: watch::channel(0).0,
@@ -243,6 +247,8 @@ impl Agent {
     ) -> Result<ContainerStatus, AgentError> {
         let ctr = self.ctr_or_insert(&spec);
         let _op = ctr.op.lock().await;
+        // A previous run may still be releasing its network and mount.
+        drop(ctr.cleanup.lock().await);
         {
             let st = ctr.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
             if st.state == RunState::Running {
@@ -385,7 +391,9 @@ impl Agent {
         tokio::spawn(async move {
             let paths = me.paths(&spec.id);
             let exit = wait_exit(&paths).await;
-            me.cleanup_run(&spec).await;
+            // Take the cleanup lock before reporting, so that a start or remove
+            // triggered by the report waits for the teardown below.
+            let cleanup = ctr.cleanup.clone().lock_owned().await;
             let mut st = stopped(&spec.id, spec.generation);
             st.started_at = ctr
                 .status
@@ -407,6 +415,8 @@ impl Agent {
             }
             me.set_status(&ctr, st);
             ctr.exits.send_modify(|n| *n += 1);
+            me.cleanup_run(&spec).await;
+            drop(cleanup);
         });
     }
 
@@ -458,7 +468,9 @@ impl Agent {
     }
 
     /// Kills if running and removes every trace of the container on this server.
-    pub async fn remove(&self, id: &str) -> Result<(), AgentError> {
+    /// Returns once the container is gone from the agent's view; the last host
+    /// resources (veth deletion is slow in the kernel) are released in the background.
+    pub async fn remove(self: &Arc<Self>, id: &str) -> Result<(), AgentError> {
         let Some(ctr) = self.ctr(id) else {
             // Never started here: only a directory may exist.
             let _ = std::fs::remove_dir_all(self.paths(id).root);
@@ -469,19 +481,31 @@ impl Agent {
         exits.borrow_and_update();
         if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running {
             let _ = self.runc.kill(id, "SIGKILL", true);
-            let _ = tokio::time::timeout(Duration::from_secs(30), exits.changed()).await;
-        }
-        let spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        self.cleanup_run(&spec).await;
-        let _ = self.runc.delete(id, true);
-        let paths = self.paths(id);
-        if paths.root.exists() {
-            std::fs::remove_dir_all(&paths.root)?;
+            if tokio::time::timeout(Duration::from_secs(30), exits.changed())
+                .await
+                .is_err()
+            {
+                // The shim did not report: make sure runc forgets the container.
+                let _ = self.runc.delete(id, true);
+            }
         }
         self.ctrs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        let spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let me = self.clone();
+        let cleanup = ctr.cleanup.clone();
+        tokio::spawn(async move {
+            let _g = cleanup.lock().await;
+            me.cleanup_run(&spec).await;
+            let root = me.paths(&spec.id).root;
+            if root.exists()
+                && let Err(e) = std::fs::remove_dir_all(&root)
+            {
+                tracing::warn!("removing the directory of {}: {e}", spec.id);
+            }
+        });
         Ok(())
     }
 

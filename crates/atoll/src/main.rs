@@ -35,19 +35,14 @@ enum Cmd {
         #[arg(long, default_value = "/var/lib/atoll")]
         data_dir: PathBuf,
     },
-    /// Internal: the per-container shim, started by the agent.
-    #[command(hide = true)]
-    Shim {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    // The shim must not start a tokio runtime: it is single-threaded and tiny.
-    if let Cmd::Shim { args } = &cli.cmd {
-        let code = match agent::shim::ShimArgs::parse(args) {
+    // The shim is dispatched before anything else runs (no clap, no tokio): it is
+    // single-threaded and must stay tiny, one per container.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("shim") {
+        let code = match agent::shim::ShimArgs::parse(&argv[2..]) {
             Ok(a) => agent::shim::shim_main(a),
             Err(e) => {
                 eprintln!("atoll shim: {e}");
@@ -56,6 +51,7 @@ fn main() -> std::process::ExitCode {
         };
         return std::process::ExitCode::from(code as u8);
     }
+    let cli = Cli::parse();
     raise_nofile();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -82,7 +78,6 @@ fn main() -> std::process::ExitCode {
                 docker_socket,
             } => up::run(&data_dir, &docker_socket).await,
             Cmd::Reset { data_dir } => up::reset(&data_dir).await,
-            Cmd::Shim { .. } => Ok(()),
         }
     });
     match res {
