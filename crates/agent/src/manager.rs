@@ -362,9 +362,14 @@ impl Agent {
                 tracing::warn!("attaching waiting client to {}: {e}", spec.id);
             }
         }
-        self.runc
-            .start(&spec.id)
-            .map_err(|e| AgentError::Runtime(e.to_string()))?;
+        if let Err(e) = self.runc.start(&spec.id) {
+            // A process that exits at once can be reaped, and its runc state
+            // deleted by the shim, before `runc start` finishes tidying up: then
+            // runc fails although the container ran. The shim wrote the exit first.
+            if read_exit(paths).is_none() {
+                return Err(AgentError::Runtime(e.to_string()));
+            }
+        }
         Ok(())
     }
 
