@@ -133,17 +133,7 @@ impl AgentClient {
         if resp.status().is_success() || resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(resp);
         }
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        let message = serde_json::from_slice::<AgentErrorBody>(&bytes)
-            .map(|b| b.message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        Err(ClientError::Status { status, message })
+        Err(status_error(resp).await)
     }
 
     async fn call<T: DeserializeOwned>(
@@ -273,17 +263,7 @@ impl AgentClient {
             .await
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let message = serde_json::from_slice::<AgentErrorBody>(&bytes)
-                .map(|b| b.message)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ClientError::Status { status, message });
+            return Err(status_error(resp).await);
         }
         hyper::upgrade::on(resp)
             .await
@@ -300,6 +280,21 @@ impl AgentClient {
         let frames = body.into_data_stream();
         Ok(Box::pin(json_lines(frames)))
     }
+}
+
+/// The agent's error answer as a `ClientError`.
+async fn status_error(resp: http::Response<Incoming>) -> ClientError {
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<AgentErrorBody>(&bytes)
+        .map(|b| b.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+    ClientError::Status { status, message }
 }
 
 /// Splits a byte stream into JSON lines.

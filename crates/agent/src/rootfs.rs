@@ -78,7 +78,7 @@ pub fn overlay_options(
 }
 
 /// Mount points listed in /proc/self/mountinfo (field 5, octal-unescaped).
-fn mount_points() -> BTreeSet<PathBuf> {
+pub fn mount_points() -> BTreeSet<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))

@@ -180,12 +180,7 @@ impl Cluster {
             let layers = img
                 .layers
                 .iter()
-                .map(|l| ImageLayer {
-                    blob: l.blob.to_string(),
-                    diff_id: l.diff_id.to_string(),
-                    size: l.size as i64,
-                    media_type: l.media_type.clone(),
-                })
+                .map(|l| ImageLayer::new(&l.blob, &l.diff_id, l.size, &l.media_type))
                 .collect();
             let rec = self
                 .record_image(account, &img.config, layers, None)
@@ -326,12 +321,7 @@ impl Cluster {
         let layers: Vec<ImageLayer> = pulled
             .layers
             .iter()
-            .map(|l| ImageLayer {
-                blob: l.blob.to_string(),
-                diff_id: l.diff_id.to_string(),
-                size: l.size as i64,
-                media_type: l.media_type.clone(),
-            })
+            .map(|l| ImageLayer::new(&l.blob, &l.diff_id, l.size, &l.media_type))
             .collect();
         for l in &layers {
             send(serde_json::json!({"status": "Pull complete", "id": names::short_id(&l.blob)}));

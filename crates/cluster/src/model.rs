@@ -35,6 +35,20 @@ pub struct ImageLayer {
 }
 
 impl ImageLayer {
+    pub fn new(
+        blob: &images::Digest,
+        diff_id: &images::Digest,
+        size: u64,
+        media_type: &str,
+    ) -> ImageLayer {
+        ImageLayer {
+            blob: blob.to_string(),
+            diff_id: diff_id.to_string(),
+            size: size as i64,
+            media_type: media_type.to_string(),
+        }
+    }
+
     pub fn layer_ref(&self) -> LayerRef {
         LayerRef {
             diff_id: self.diff_id.clone(),
