@@ -440,3 +440,24 @@ fn info_and_system_df_count_real_objects() {
     assert!(df.contains("Containers 2 1"), "{df}");
     a.docker_ok(&["rm", "-f", "r1", "c1"]);
 }
+
+#[test]
+fn stdin_and_tty_pass_through_attach() {
+    let a = started();
+    let out = a.docker_stdin(&["run", "-i", "--rm", "busybox", "cat"], b"hi\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    // 5 MB of stdin arrives intact (half-close ends `sha256sum`'s input).
+    let data: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let out = a.docker_stdin(&["run", "-i", "--rm", "busybox", "sha256sum"], &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = testkit::sha256_hex(&data);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&want));
+    let out = a.docker_ok(&["run", "-t", "--rm", "busybox", "sh", "-c", "tty"]);
+    assert_eq!(out.trim(), "/dev/pts/0");
+}

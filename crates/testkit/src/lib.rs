@@ -11,5 +11,5 @@ pub mod wait;
 
 pub use instance::{AtollInstance, StartOptions, atoll_bin, docker_cli};
 pub use registry::Registry;
-pub use testimages::{ImageFacts, TestImages, test_images};
+pub use testimages::{ImageFacts, TestImages, sha256_hex, test_images};
 pub use wait::{try_wait_for_some, wait_for, wait_for_some};

@@ -408,7 +408,8 @@ impl Layer {
     }
 }
 
-fn sha256_hex(b: &[u8]) -> String {
+/// Lower-case hex sha256 of `b`.
+pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
