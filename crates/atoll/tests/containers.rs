@@ -461,3 +461,91 @@ fn stdin_and_tty_pass_through_attach() {
     let out = a.docker_ok(&["run", "-t", "--rm", "busybox", "sh", "-c", "tty"]);
     assert_eq!(out.trim(), "/dev/pts/0");
 }
+
+/// An "outside" host: a network namespace joined to the host by a veth pair, made
+/// and removed by the test. Egress from a container must reach it NATed to the
+/// host's address.
+struct OutsideHost {
+    ns: String,
+    host_if: String,
+}
+
+impl OutsideHost {
+    fn new() -> OutsideHost {
+        let id = std::process::id() % 100000;
+        let o = OutsideHost {
+            ns: format!("atltest-out-{id}"),
+            host_if: format!("atlto{id}"),
+        };
+        let peer = format!("atltp{id}");
+        let sh = |cmd: String| {
+            let st = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .status()
+                .unwrap();
+            assert!(st.success(), "{cmd}");
+        };
+        sh(format!("ip netns add {}", o.ns));
+        sh(format!(
+            "ip link add {} type veth peer name {peer}",
+            o.host_if
+        ));
+        sh(format!("ip link set {peer} netns {}", o.ns));
+        sh(format!(
+            "ip addr add 198.18.77.1/30 dev {} && ip link set {} up",
+            o.host_if, o.host_if
+        ));
+        sh(format!(
+            "ip netns exec {ns} ip addr add 198.18.77.2/30 dev {peer} && ip netns exec {ns} ip link set {peer} up && ip netns exec {ns} ip link set lo up",
+            ns = o.ns
+        ));
+        o
+    }
+}
+
+impl Drop for OutsideHost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+#[test]
+fn egress_is_masqueraded_to_the_host_address() {
+    let a = started();
+    let out = OutsideHost::new();
+    // A one-shot TCP server in the outside namespace that prints its peer's address.
+    let server = std::process::Command::new("ip")
+        .args(["netns", "exec", &out.ns, "python3", "-c",
+            "import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('198.18.77.2',9000));s.listen(1);s.settimeout(20);c,a=s.accept();print(a[0], c.recv(100).decode().strip(), flush=True)"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        || {
+            a.docker(&[
+                "run",
+                "--rm",
+                "busybox",
+                "sh",
+                "-c",
+                "echo egress | nc -w 2 198.18.77.2 9000",
+            ])
+            .status
+            .success()
+        },
+        Duration::from_secs(20),
+        "a container to reach the outside host",
+    );
+    let got = server.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&got.stdout).trim().to_string();
+    assert_eq!(
+        line, "198.18.77.1 egress",
+        "source must be the host's address (NAT)"
+    );
+}
