@@ -29,6 +29,19 @@ fn containers_survive_a_restart_of_atoll_and_reset_cleans_up() {
         "-c",
         "sleep 1; echo done",
     ]);
+    // Exits (with failure) while atoll is down: its restart policy applies on return.
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:1",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 1; exit 2",
+    ]);
     wait_for(
         || a.docker_ok(&["logs", "long"]).contains("before"),
         Duration::from_secs(10),
@@ -49,16 +62,29 @@ fn containers_survive_a_restart_of_atoll_and_reset_cleans_up() {
     std::thread::sleep(Duration::from_millis(1500));
     a.restart();
 
-    assert_eq!(a.docker_ok(&["ps", "-q"]), &id[..12]);
+    assert!(a.docker_ok(&["ps", "-q"]).contains(&id[..12]));
     assert_eq!(
         a.docker_ok(&["inspect", "-f", "{{.State.Status}}", "short"]),
         "exited"
     );
     assert!(a.docker_ok(&["logs", "long"]).contains("before"));
     assert!(a.docker_ok(&["logs", "short"]).contains("done"));
+    wait_for(
+        || {
+            a.docker_ok(&[
+                "inspect",
+                "-f",
+                "{{.RestartCount}} {{.State.Status}} {{.State.ExitCode}}",
+                "flaky",
+            ]) == "1 exited 2"
+        },
+        Duration::from_secs(20),
+        "the restart policy to run once after atoll came back",
+    );
+    assert_eq!(a.docker_ok(&["ps", "-q"]), &id[..12]);
     a.docker_ok(&["stop", "-t", "1", "long"]);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
-    a.docker_ok(&["rm", "long", "short"]);
+    a.docker_ok(&["rm", "long", "short", "flaky"]);
 
     // reset: a running container, its mounts, its network devices: all gone.
     a.docker_ok(&["run", "-d", "--name", "again", "busybox", "sleep", "1000"]);

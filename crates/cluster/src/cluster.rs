@@ -182,6 +182,11 @@ impl Cluster {
             self.apply_status(st).await?;
         }
         for c in self.store.containers_on_node(node).await? {
+            if c.state.status == Status::Restarting {
+                // The head stopped while a restart was pending: carry it out now.
+                self.schedule_restart(c.account.clone(), c.id.clone(), Duration::ZERO);
+                continue;
+            }
             if c.state.status.is_running() && !actual.iter().any(|s| s.id == c.id) {
                 // The agent has no trace of it (e.g. the server was wiped): it is gone.
                 let status = ContainerStatus {
@@ -237,7 +242,8 @@ impl Cluster {
                 false
             }
             RunState::Stopped => {
-                if !c.state.status.is_running() {
+                // Restarting: this exit was handled already.
+                if !matches!(c.state.status, Status::Running | Status::Paused) {
                     return false;
                 }
                 c.state.status = Status::Exited;

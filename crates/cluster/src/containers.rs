@@ -635,18 +635,24 @@ impl Cluster {
             }
             self.notify(&cur, false);
         }
+        self.schedule_restart(c.account.clone(), c.id.clone(), delay);
+    }
+
+    /// Starts a container in `restarting` state after `delay`, unless someone
+    /// stopped or removed it meanwhile.
+    pub(crate) fn schedule_restart(self: &Arc<Self>, account: String, id: String, delay: Duration) {
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _g = me.lock(&c.id).await;
-            let Ok(Some(cur)) = me.store.get_container(&c.account, &c.id).await else {
+            let _g = me.lock(&id).await;
+            let Ok(Some(cur)) = me.store.get_container(&account, &id).await else {
                 return;
             };
             if cur.state.status != Status::Restarting {
                 return;
             }
             if let Err(e) = me.start_locked(cur).await {
-                tracing::warn!("restarting {}: {e}", c.id);
+                tracing::warn!("restarting {id}: {e}");
             }
         });
     }
