@@ -214,6 +214,15 @@ impl AgentClient {
         .await
     }
 
+    pub async fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), ClientError> {
+        self.call_empty(
+            Method::POST,
+            &format!("/v1/containers/{id}/resize"),
+            json_body(&ResizeRequest { rows, cols }),
+        )
+        .await
+    }
+
     /// Kills if needed and removes everything of the container on the server.
     pub async fn remove(&self, id: &str) -> Result<(), ClientError> {
         self.call_empty(Method::DELETE, &format!("/v1/containers/{id}"), empty())

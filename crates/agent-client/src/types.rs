@@ -155,6 +155,13 @@ pub struct KillRequest {
     pub signal: String,
 }
 
+/// Body of `POST /v1/containers/{id}/resize`: the terminal's new size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeRequest {
+    pub rows: u16,
+    pub cols: u16,
+}
+
 /// Error body the agent answers with on any non-2xx status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentErrorBody {

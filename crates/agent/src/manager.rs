@@ -540,6 +540,29 @@ impl Agent {
         Ok(())
     }
 
+    /// Sets the window size of a tty container's terminal.
+    pub async fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), AgentError> {
+        let ctr = self
+            .ctr(id)
+            .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
+        if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state != RunState::Running {
+            return Err(AgentError::Conflict(format!(
+                "container {id} is not running"
+            )));
+        }
+        let mut s = connect_sock(&self.paths(id).control_sock).await?;
+        s.write_all(format!("resize {rows} {cols}\n").as_bytes())
+            .await?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).await?;
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| AgentError::Internal(format!("bad answer from shim: {e}")))?;
+        match v["error"].as_str() {
+            Some(e) => Err(AgentError::Conflict(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
     pub fn is_tty(&self, id: &str) -> bool {
         self.ctr(id)
             .map(|c| c.spec.lock().unwrap_or_else(|p| p.into_inner()).process.tty)

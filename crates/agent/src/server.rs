@@ -46,6 +46,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/containers/{id}/kill", post(kill))
         .route("/v1/containers/{id}/logs", get(logs))
         .route("/v1/containers/{id}/attach", post(attach))
+        .route("/v1/containers/{id}/resize", post(resize))
         .with_state(agent)
 }
 
@@ -141,6 +142,13 @@ async fn kill(State(a): State<Arc<Agent>>, Path(id): Path<String>, body: Bytes) 
 
 async fn remove(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<StatusCode> {
     a.remove(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resize(State(a): State<Arc<Agent>>, Path(id): Path<String>, body: Bytes) -> R<StatusCode> {
+    let req: agent_client::ResizeRequest = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("bad resize request: {e}")))?;
+    a.resize(&id, req.rows, req.cols).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -549,3 +549,34 @@ fn egress_is_masqueraded_to_the_host_address() {
         "source must be the host's address (NAT)"
     );
 }
+
+#[test]
+fn resize_sets_the_terminal_size_of_tty_containers() {
+    let a = started();
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "-t",
+        "--name",
+        "tt",
+        "busybox",
+        "sh",
+        "-c",
+        "while [ \"$(stty size)\" != '40 100' ]; do sleep 0.1; done; echo resized; sleep 100",
+    ]);
+    let r = a.api("POST", "/containers/tt/resize?h=40&w=100", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for(
+        || a.docker_ok(&["logs", "tt"]).contains("resized"),
+        Duration::from_secs(10),
+        "the container to see its new window size",
+    );
+    let r = a.api("POST", "/containers/tt/resize?h=-1&w=100", None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    a.docker_ok(&["run", "-d", "--name", "notty", "busybox", "sleep", "100"]);
+    let r = a.api("POST", "/containers/notty/resize?h=40&w=100", None);
+    assert_eq!(r.status, 409, "{}", r.text());
+    a.docker_ok(&["rm", "-f", "tt", "notty"]);
+    let r = a.api("POST", "/containers/tt/resize?h=40&w=100", None);
+    assert_eq!(r.status, 404, "{}", r.text());
+}

@@ -657,6 +657,33 @@ impl Cluster {
         });
     }
 
+    /// Sets the terminal size of a running tty container (`docker run -t`).
+    pub async fn resize_container(
+        &self,
+        account: &str,
+        key: &str,
+        rows: u16,
+        cols: u16,
+    ) -> Result<()> {
+        let c = self.find_container(account, key).await?;
+        if !c.state.status.is_running() || c.state.status == Status::Restarting {
+            return Err(Error::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
+        }
+        if !c.spec.process.tty {
+            return Err(Error::Conflict(format!(
+                "Container {} has no terminal: it was not created with -t",
+                c.id
+            )));
+        }
+        self.agent(&c.node)?
+            .resize(&c.id, rows, cols)
+            .await
+            .map_err(upstream)
+    }
+
     pub async fn container_logs(
         &self,
         account: &str,

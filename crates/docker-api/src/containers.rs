@@ -538,6 +538,22 @@ pub async fn logs(
         .unwrap_or_default())
 }
 
+pub async fn resize(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref());
+    let dim = |k: &str| -> ApiResult<u16> {
+        let v = p.int(k)?.unwrap_or(0);
+        u16::try_from(v).map_err(|_| ApiError::bad(format!("invalid value for {k}: {v}")))
+    };
+    let (h, w) = (dim("h")?, dim("w")?);
+    st.cluster.resize_container(&acct.0, &id, h, w).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
 pub async fn attach(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,

@@ -97,6 +97,7 @@ pub fn router(cluster: Arc<Cluster>, account: &str) -> Router {
         .route("/containers/{id}/wait", post(containers::wait))
         .route("/containers/{id}/logs", get(containers::logs))
         .route("/containers/{id}/attach", post(containers::attach))
+        .route("/containers/{id}/resize", post(containers::resize))
         .route("/images/json", get(images::list))
         .route("/images/load", post(images::load))
         .route("/images/create", post(images::create))
