@@ -214,6 +214,17 @@ impl AgentClient {
         .await
     }
 
+    /// Freezes (`pause = true`) or thaws a running container.
+    pub async fn set_paused(&self, id: &str, pause: bool) -> Result<(), ClientError> {
+        let verb = if pause { "pause" } else { "unpause" };
+        self.call_empty(
+            Method::POST,
+            &format!("/v1/containers/{id}/{verb}"),
+            empty(),
+        )
+        .await
+    }
+
     pub async fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), ClientError> {
         self.call_empty(
             Method::POST,

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ struct Ctr {
     /// Bumped on every exit, so stop can wait for "the" exit.
     exits: watch::Sender<u64>,
     pending: StdMutex<Vec<PendingAttach>>,
+    /// Frozen by `pause`; signals reach it only after a thaw.
+    paused: AtomicBool,
 }
 
 pub struct Agent {
@@ -176,6 +179,7 @@ impl Agent {
                     status: StdMutex::new(stopped(&spec.id, spec.generation)),
                     exits: watch::channel(0).0,
                     pending: StdMutex::new(Vec::new()),
+                    paused: AtomicBool::new(false),
                 })
             })
             .clone()
@@ -418,6 +422,7 @@ impl Agent {
                     st.error = Some("the container's shim disappeared".into());
                 }
             }
+            ctr.paused.store(false, Ordering::SeqCst);
             me.set_status(&ctr, st);
             ctr.exits.send_modify(|n| *n += 1);
             me.cleanup_run(&spec).await;
@@ -436,7 +441,42 @@ impl Agent {
         }
         self.runc
             .kill(id, signal, true)
-            .map_err(|e| AgentError::Internal(e.to_string()))
+            .map_err(|e| AgentError::Internal(e.to_string()))?;
+        if matches!(signal.trim_start_matches("SIG"), "KILL" | "kill" | "9") {
+            self.thaw(&ctr, id);
+        }
+        Ok(())
+    }
+
+    /// A frozen container cannot act on a signal: thaw it after signalling, as
+    /// Docker does for stop and kill of a paused container.
+    fn thaw(&self, ctr: &Ctr, id: &str) {
+        if ctr.paused.swap(false, Ordering::SeqCst)
+            && let Err(e) = self.runc.resume(id)
+        {
+            tracing::warn!("thawing {id}: {e}");
+        }
+    }
+
+    /// Freezes (`pause`) or thaws (`unpause`) a running container.
+    pub async fn set_paused(&self, id: &str, pause: bool) -> Result<(), AgentError> {
+        let ctr = self
+            .ctr(id)
+            .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
+        let _op = ctr.op.lock().await;
+        if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state != RunState::Running {
+            return Err(AgentError::Conflict(format!(
+                "container {id} is not running"
+            )));
+        }
+        let r = if pause {
+            self.runc.pause(id)
+        } else {
+            self.runc.resume(id)
+        };
+        r.map_err(|e| AgentError::Conflict(e.to_string()))?;
+        ctr.paused.store(pause, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Sends the stop signal, waits up to `timeout` seconds, then SIGKILL.
@@ -456,6 +496,7 @@ impl Agent {
             ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running;
         if running {
             let _ = self.runc.kill(id, signal, false);
+            self.thaw(&ctr, id);
             let waited = if timeout < 0 {
                 exits.changed().await.ok()
             } else {
@@ -486,6 +527,7 @@ impl Agent {
         exits.borrow_and_update();
         if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running {
             let _ = self.runc.kill(id, "SIGKILL", true);
+            self.thaw(&ctr, id);
             if tokio::time::timeout(Duration::from_secs(30), exits.changed())
                 .await
                 .is_err()

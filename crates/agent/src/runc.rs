@@ -66,6 +66,10 @@ pub trait Runtime: Send + Sync {
     /// None if runc does not know the container.
     fn state(&self, id: &str) -> Result<Option<State>, RuntimeError>;
     fn list(&self) -> Result<Vec<ListEntry>, RuntimeError>;
+    /// Freezes every process of the container (freezer cgroup).
+    fn pause(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Thaws a paused container.
+    fn resume(&self, id: &str) -> Result<(), RuntimeError>;
 }
 
 /// The real runc binary, with its state in `root` (one per atoll instance, so
@@ -176,6 +180,14 @@ impl Runtime for Runc {
         self.run(&["start", id]).map(|_| ())
     }
 
+    fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run(&["pause", id]).map(|_| ())
+    }
+
+    fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run(&["resume", id]).map(|_| ())
+    }
+
     fn kill(&self, id: &str, signal: &str, all: bool) -> Result<(), RuntimeError> {
         let sig = normalize_signal(signal);
         if all {
@@ -244,6 +256,8 @@ pub enum RuntimeCall {
     },
     State(String),
     List,
+    Pause(String),
+    Resume(String),
 }
 
 /// A recording fake: remembers every call and keeps a map of container states
@@ -299,6 +313,33 @@ impl FakeRuntime {
 }
 
 impl Runtime for FakeRuntime {
+    fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.record(RuntimeCall::Pause(id.into()))?;
+        self.with_state(id, |s| {
+            if s.status == "running" {
+                s.status = "paused".into();
+                Ok(())
+            } else {
+                Err(RuntimeError::Runtime(format!(
+                    "container not running: {}",
+                    s.status
+                )))
+            }
+        })?
+    }
+
+    fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.record(RuntimeCall::Resume(id.into()))?;
+        self.with_state(id, |s| {
+            if s.status == "paused" {
+                s.status = "running".into();
+                Ok(())
+            } else {
+                Err(RuntimeError::Runtime("container not paused".into()))
+            }
+        })?
+    }
+
     fn start(&self, id: &str) -> Result<(), RuntimeError> {
         self.record(RuntimeCall::Start(id.into()))?;
         self.with_state(id, |s| {

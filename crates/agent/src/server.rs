@@ -47,6 +47,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/containers/{id}/logs", get(logs))
         .route("/v1/containers/{id}/attach", post(attach))
         .route("/v1/containers/{id}/resize", post(resize))
+        .route("/v1/containers/{id}/pause", post(pause))
+        .route("/v1/containers/{id}/unpause", post(unpause))
         .with_state(agent)
 }
 
@@ -149,6 +151,16 @@ async fn resize(State(a): State<Arc<Agent>>, Path(id): Path<String>, body: Bytes
     let req: agent_client::ResizeRequest = serde_json::from_slice(&body)
         .map_err(|e| AgentError::BadRequest(format!("bad resize request: {e}")))?;
     a.resize(&id, req.rows, req.cols).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pause(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<StatusCode> {
+    a.set_paused(&id, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unpause(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<StatusCode> {
+    a.set_paused(&id, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

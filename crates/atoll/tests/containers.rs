@@ -580,3 +580,47 @@ fn resize_sets_the_terminal_size_of_tty_containers() {
     let r = a.api("POST", "/containers/tt/resize?h=40&w=100", None);
     assert_eq!(r.status, 404, "{}", r.text());
 }
+
+#[test]
+fn pause_freezes_and_unpause_thaws() {
+    let a = started();
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "counter",
+        "busybox",
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.05; done",
+    ]);
+    let lines = || a.docker_ok(&["logs", "counter"]).lines().count();
+    wait_for(|| lines() > 2, Duration::from_secs(10), "first ticks");
+    a.docker_ok(&["pause", "counter"]);
+    assert_eq!(status(&a, "counter"), "paused");
+    let ps = a.docker_ok(&["ps", "--format", "{{.Status}}"]);
+    assert!(ps.ends_with("(Paused)"), "{ps}");
+    // Frozen: no output while paused.
+    let frozen = lines();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(lines(), frozen, "a paused container kept running");
+    let err = a.docker_err(&["pause", "counter"]);
+    assert!(err.contains("already paused"), "{err}");
+    let err = a.docker_err(&["kill", "-s", "HUP", "counter"]);
+    assert!(err.contains("is paused"), "{err}");
+    a.docker_ok(&["unpause", "counter"]);
+    assert_eq!(status(&a, "counter"), "running");
+    wait_for(
+        || lines() > frozen,
+        Duration::from_secs(10),
+        "ticks after unpause",
+    );
+    let err = a.docker_err(&["unpause", "counter"]);
+    assert!(err.contains("not paused"), "{err}");
+    // stop works on a paused container (it is thawed to receive the signal).
+    a.docker_ok(&["pause", "counter"]);
+    a.docker_ok(&["stop", "-t", "1", "counter"]);
+    assert_eq!(status(&a, "counter"), "exited");
+    let err = a.docker_err(&["pause", "counter"]);
+    assert!(err.contains("is not running"), "{err}");
+}

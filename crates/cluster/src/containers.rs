@@ -423,6 +423,12 @@ impl Cluster {
                 c.id
             )));
         }
+        if c.state.status == Status::Paused && num != 9 {
+            return Err(Error::Conflict(format!(
+                "Container {} is paused. Unpause the container before stopping or killing",
+                c.id
+            )));
+        }
         if num == 9 || num == 15 || num == 2 {
             c.state.stopped_by_user = true;
             self.store.update_container(&c).await?;
@@ -655,6 +661,45 @@ impl Cluster {
                 tracing::warn!("restarting {id}: {e}");
             }
         });
+    }
+
+    /// `docker pause` / `docker unpause`: freezes or thaws every process.
+    pub async fn set_paused(&self, account: &str, key: &str, pause: bool) -> Result<()> {
+        let c = self.find_container(account, key).await?;
+        let _g = self.lock(&c.id).await;
+        let Some(mut c) = self.store.get_container(account, &c.id).await? else {
+            return Err(Error::no_such_container(key));
+        };
+        match (c.state.status, pause) {
+            (Status::Running, true) | (Status::Paused, false) => {}
+            (Status::Paused, true) => {
+                return Err(Error::Conflict(format!(
+                    "Container {} is already paused",
+                    c.id
+                )));
+            }
+            (Status::Running, false) => {
+                return Err(Error::Conflict(format!("Container {} is not paused", c.id)));
+            }
+            _ => {
+                return Err(Error::Conflict(format!(
+                    "Container {} is not running",
+                    c.id
+                )));
+            }
+        }
+        self.agent(&c.node)?
+            .set_paused(&c.id, pause)
+            .await
+            .map_err(upstream)?;
+        c.state.status = if pause {
+            Status::Paused
+        } else {
+            Status::Running
+        };
+        self.store.update_container(&c).await?;
+        self.notify(&c, false);
+        Ok(())
     }
 
     /// Sets the terminal size of a running tty container (`docker run -t`).

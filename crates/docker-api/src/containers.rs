@@ -538,6 +538,24 @@ pub async fn logs(
         .unwrap_or_default())
 }
 
+pub async fn pause(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    st.cluster.set_paused(&acct.0, &id, true).await?;
+    Ok(no_content())
+}
+
+pub async fn unpause(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    st.cluster.set_paused(&acct.0, &id, false).await?;
+    Ok(no_content())
+}
+
 pub async fn resize(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,
