@@ -430,7 +430,8 @@ impl Agent {
         });
     }
 
-    pub async fn kill(&self, id: &str, signal: &str) -> Result<(), AgentError> {
+    /// The container, if it is running here.
+    fn running_ctr(&self, id: &str) -> Result<Arc<Ctr>, AgentError> {
         let ctr = self
             .ctr(id)
             .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
@@ -439,6 +440,11 @@ impl Agent {
                 "container {id} is not running"
             )));
         }
+        Ok(ctr)
+    }
+
+    pub async fn kill(&self, id: &str, signal: &str) -> Result<(), AgentError> {
+        let ctr = self.running_ctr(id)?;
         self.runc
             .kill(id, signal, true)
             .map_err(|e| AgentError::Internal(e.to_string()))?;
@@ -584,14 +590,7 @@ impl Agent {
 
     /// Sets the window size of a tty container's terminal.
     pub async fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), AgentError> {
-        let ctr = self
-            .ctr(id)
-            .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
-        if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state != RunState::Running {
-            return Err(AgentError::Conflict(format!(
-                "container {id} is not running"
-            )));
-        }
+        let ctr = self.running_ctr(id)?;
         let mut s = connect_sock(&self.paths(id).control_sock).await?;
         s.write_all(format!("resize {rows} {cols}\n").as_bytes())
             .await?;
