@@ -590,7 +590,7 @@ impl Agent {
 
     /// Sets the window size of a tty container's terminal.
     pub async fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), AgentError> {
-        let ctr = self.running_ctr(id)?;
+        self.running_ctr(id)?;
         let mut s = connect_sock(&self.paths(id).control_sock).await?;
         s.write_all(format!("resize {rows} {cols}\n").as_bytes())
             .await?;
