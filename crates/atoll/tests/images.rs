@@ -126,6 +126,8 @@ fn import_with_changes_runs() {
             "CMD [\"echo\", \"imported\"]",
             "-c",
             "ENV GREETING=hi",
+            "-c",
+            "LABEL team=imports",
             "-m",
             "from test",
             "-",
@@ -145,6 +147,19 @@ fn import_with_changes_runs() {
     );
     let comment = a.docker_ok(&["history", "--format", "{{.Comment}}", "imp:1"]);
     assert_eq!(comment, "from test");
+    // Label filters read the image config's labels.
+    let by_label = a.docker_ok(&[
+        "images",
+        "--filter",
+        "label=team=imports",
+        "--format",
+        "{{.Repository}}",
+    ]);
+    assert_eq!(by_label, "imp");
+    assert_eq!(
+        a.docker_ok(&["images", "-q", "--filter", "label=team=other"]),
+        ""
+    );
     let err = a.docker_stdin(&["import", "-c", "FROBNICATE x", "-", "bad:1"], &data);
     assert!(!err.status.success());
     let _ = std::fs::remove_dir_all(root);

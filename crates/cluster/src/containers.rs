@@ -1,7 +1,6 @@
 //! Container commands: create, start, stop, kill, restart, rm, rename, wait, logs,
 //! attach, prune, and what happens after an exit (auto-remove, restart policies).
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -783,11 +782,6 @@ impl Cluster {
             }
         }
         Ok(removed)
-    }
-
-    /// Labels as a map for filters and summaries.
-    pub fn labels_of(c: &ContainerRecord) -> &BTreeMap<String, String> {
-        &c.labels
     }
 }
 

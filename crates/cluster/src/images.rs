@@ -2,7 +2,6 @@
 //! Blobs are shared between accounts; records and tags are per account.
 
 use std::io::Read;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use images::Digest;
@@ -491,9 +490,4 @@ impl Cluster {
             images,
         ))
     }
-}
-
-/// Keeps the cluster handle usable from blocking code (save streams).
-pub fn blobs_of(c: &Arc<Cluster>) -> images::BlobStore {
-    c.blobs.clone()
 }

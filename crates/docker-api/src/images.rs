@@ -10,6 +10,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
+use cluster::create::ImageDefaults;
 use cluster::images::RemovedItem;
 use cluster::model::ImageRecord;
 use futures::{StreamExt, TryStreamExt};
@@ -109,14 +110,7 @@ pub async fn list(
             }
             s["RepoTags"] = json!(kept);
         }
-        let labels: std::collections::BTreeMap<String, String> = s["Labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let labels = ImageDefaults::from_config(&st.cluster.image_config(&i.id)?).labels;
         if !f.labels_match("label", &labels) {
             continue;
         }
@@ -375,16 +369,8 @@ pub async fn prune(
     };
     let mut labels_of = std::collections::HashMap::new();
     for i in st.cluster.store().list_images(&acct.0).await? {
-        let cfg = st.cluster.image_config(&i.id)?;
-        let l: std::collections::BTreeMap<String, String> = cfg["config"]["Labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        labels_of.insert(i.id.clone(), l);
+        let labels = ImageDefaults::from_config(&st.cluster.image_config(&i.id)?).labels;
+        labels_of.insert(i.id.clone(), labels);
     }
     let (items, reclaimed) = st
         .cluster
