@@ -44,6 +44,8 @@ const MAX_LOG_LINE: usize = 16 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long attach/control clients get to take their last bytes.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Quiet time after which an idle shim drops its clean pages.
+const IDLE_TRIM_MS: libc::c_int = 1000;
 /// How long the agent waits for the shim's readiness line.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -520,6 +522,8 @@ struct Shim {
     finished: Option<ExitStatus>,
     finished_at: Option<Instant>,
     read_buf: Vec<u8>,
+    /// Clean pages were dropped and nothing happened since.
+    trimmed: bool,
     /// Inodes of the socket files we bound (attach, control).
     socket_inodes: (Option<u64>, Option<u64>),
 }
@@ -775,6 +779,7 @@ impl Shim {
             finished: None,
             finished_at: None,
             read_buf: vec![0u8; READ_CHUNK],
+            trimmed: false,
             socket_inodes,
         })
     }
@@ -876,12 +881,27 @@ impl Shim {
             }
             add(&mut fds, c.sock.as_raw_fd(), ev, Slot::Control(i));
         }
-        let timeout = if self.exit.is_some() { 50 } else { -1 };
+        let timeout = if self.exit.is_some() {
+            50
+        } else if self.trimmed {
+            -1
+        } else {
+            IDLE_TRIM_MS
+        };
         // SAFETY: `fds` is a valid array of pollfds for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        let mut n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n == 0 && self.exit.is_none() && !self.trimmed {
+            // Idle: give back the pages the last burst of work faulted in,
+            // then sleep until something happens.
+            drop_clean_pages();
+            self.trimmed = true;
+            // SAFETY: as above.
+            n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        }
         if n <= 0 {
             return;
         }
+        self.trimmed = false;
         for (p, slot) in fds.iter().zip(slots) {
             if p.revents == 0 {
                 continue;
@@ -1199,6 +1219,65 @@ impl Shim {
 }
 
 /// After readiness: the agent may go away, so stdio must not be its pipe.
+/// Gives back the read-only pages that work faulted in (setup, `runc create`,
+/// a burst of output), so that an idle shim holds little more than its own data:
+/// shims are many, and the kernel's fault-around maps code in 64 KB chunks, so
+/// code is most of their RSS. Only segments that are never written (code,
+/// rodata) are zapped: they fault back, identical, from the page cache on the
+/// next use (~1 µs each).
+fn drop_clean_pages() {
+    /// (start, len) of page ranges to drop; collected first because the
+    /// program headers live inside the first segment of each object.
+    struct Ranges {
+        n: usize,
+        r: [(usize, usize); 64],
+    }
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader hands us a valid dl_phdr_info and its headers;
+        // `data` is the `Ranges` passed below.
+        let (info, out) = unsafe { (&*info, &mut *(data as *mut Ranges)) };
+        if info.dlpi_addr == 0 && info.dlpi_name.is_null() {
+            return 0;
+        }
+        for i in 0..info.dlpi_phnum as usize {
+            // SAFETY: dlpi_phdr points to dlpi_phnum program headers.
+            let ph = unsafe { &*info.dlpi_phdr.add(i) };
+            if ph.p_type != libc::PT_LOAD || ph.p_flags & libc::PF_W != 0 {
+                continue;
+            }
+            let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
+            let end = start + ph.p_memsz as usize;
+            // Whole pages strictly inside the segment: an edge page may be
+            // shared with a writable neighbour.
+            let first = start.div_ceil(PAGE) * PAGE;
+            let last = end / PAGE * PAGE;
+            if last > first && out.n < out.r.len() {
+                out.r[out.n] = (first, last - first);
+                out.n += 1;
+            }
+        }
+        0
+    }
+    const PAGE: usize = 4096;
+    let mut ranges = Ranges {
+        n: 0,
+        r: [(0, 0); 64],
+    };
+    // SAFETY: the callback only reads loader data into `ranges`.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut ranges as *mut Ranges).cast()) };
+    for &(start, len) in &ranges.r[..ranges.n] {
+        // SAFETY: read-only file-backed pages (no PF_W segment): dropping them
+        // only forces a re-fault of identical pages from the page cache.
+        unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+    }
+    // SAFETY: plain glibc call, single-threaded.
+    unsafe { libc::malloc_trim(0) };
+}
+
 fn detach_stdio(shim_log: &Path) {
     let null = std::fs::OpenOptions::new()
         .read(true)
