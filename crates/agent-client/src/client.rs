@@ -72,13 +72,13 @@ pub struct AgentClient {
     addr: AgentAddr,
 }
 
-fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Full::new(Bytes::new())
         .map_err(|never| match never {})
         .boxed()
 }
 
-fn json_body<T: Serialize>(v: &T) -> Body {
+pub(crate) fn json_body<T: Serialize>(v: &T) -> Body {
     let bytes = serde_json::to_vec(v).unwrap_or_default();
     Full::new(Bytes::from(bytes))
         .map_err(|never| match never {})
@@ -136,7 +136,7 @@ impl AgentClient {
         Err(status_error(resp).await)
     }
 
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -152,7 +152,12 @@ impl AgentClient {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    async fn call_empty(&self, method: Method, path: &str, body: Body) -> Result<(), ClientError> {
+    pub(crate) async fn call_empty(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+    ) -> Result<(), ClientError> {
         let resp = self.send(method, path, body).await?;
         let _ = resp.into_body().collect().await;
         Ok(())
@@ -263,6 +268,15 @@ impl AgentClient {
         id: &str,
         query: &str,
     ) -> Result<hyper::upgrade::Upgraded, ClientError> {
+        self.upgrade(&format!("/v1/containers/{id}/attach?{query}"))
+            .await
+    }
+
+    /// POSTs to `path` asking for a connection upgrade; the upgraded stream.
+    pub(crate) async fn upgrade(
+        &self,
+        path: &str,
+    ) -> Result<hyper::upgrade::Upgraded, ClientError> {
         let io = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
@@ -272,7 +286,7 @@ impl AgentClient {
         });
         let req = Request::builder()
             .method(Method::POST)
-            .uri(format!("/v1/containers/{id}/attach?{query}"))
+            .uri(path)
             .header("host", "agent")
             .header("connection", "Upgrade")
             .header("upgrade", "tcp")

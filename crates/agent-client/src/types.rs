@@ -155,6 +155,31 @@ pub struct KillRequest {
     pub signal: String,
 }
 
+/// Body of `PUT /v1/containers/{id}/execs/{exec}`: a process to run in the
+/// running container. Empty `cwd`/`user` mean the container's own; `env`
+/// entries override the container's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub tty: bool,
+    pub open_stdin: bool,
+    /// All capabilities (operator only; the head decides who may ask).
+    pub privileged: bool,
+}
+
+/// What the agent knows about an exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecState {
+    pub running: bool,
+    /// Host pid of the process while it runs; 0 otherwise.
+    pub pid: u32,
+    /// Set once it has ended (or failed to start: 126/127).
+    pub exit_code: Option<i32>,
+}
+
 /// Body of `POST /v1/containers/{id}/resize`: the terminal's new size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResizeRequest {

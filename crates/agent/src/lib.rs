@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod error;
+pub mod exec;
 pub mod layers;
 pub mod logs;
 pub mod manager;

@@ -38,7 +38,7 @@ pub struct PendingAttach {
 }
 
 /// One container as the agent knows it.
-struct Ctr {
+pub(crate) struct Ctr {
     /// Serialises start/stop/remove.
     op: Mutex<()>,
     /// Held while a finished run's host resources (netns, veth, mount) are torn
@@ -50,14 +50,14 @@ struct Ctr {
     exits: watch::Sender<u64>,
     pending: StdMutex<Vec<PendingAttach>>,
     /// Frozen by `pause`; signals reach it only after a thaw.
-    paused: AtomicBool,
+    pub(crate) paused: AtomicBool,
 }
 
 pub struct Agent {
     pub(crate) cfg: AgentConfig,
     pub(crate) layers: LayerCache,
     net: net::NodeNet,
-    runc: Runc,
+    pub(crate) runc: Runc,
     mounter: RealMounter,
     containers_dir: PathBuf,
     ctrs: StdMutex<HashMap<String, Arc<Ctr>>>,
@@ -160,7 +160,7 @@ impl Agent {
         self.events.subscribe()
     }
 
-    fn ctr(&self, id: &str) -> Option<Arc<Ctr>> {
+    pub(crate) fn ctr(&self, id: &str) -> Option<Arc<Ctr>> {
         self.ctrs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -185,7 +185,7 @@ impl Agent {
             .clone()
     }
 
-    fn paths(&self, id: &str) -> ContainerPaths {
+    pub(crate) fn paths(&self, id: &str) -> ContainerPaths {
         ContainerPaths::new(&self.containers_dir, id)
     }
 
@@ -262,6 +262,8 @@ impl Agent {
         *ctr.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec.clone();
         let paths = self.paths(&spec.id);
         std::fs::create_dir_all(&paths.root)?;
+        // Execs of an earlier run died with it.
+        let _ = std::fs::remove_dir_all(crate::exec::exec_root(&paths));
         std::fs::write(
             paths.root.join("spec.json"),
             serde_json::to_vec(&spec).map_err(|e| AgentError::Internal(e.to_string()))?,
@@ -348,6 +350,7 @@ impl Agent {
             open_stdin: spec.process.open_stdin,
             log_max_size: spec.log_max_size,
             log_max_files: spec.log_max_files,
+            exec: false,
         };
         let exe = self.cfg.exe.clone();
         tokio::task::spawn_blocking(move || spawn_shim(&exe, &args))
@@ -431,7 +434,7 @@ impl Agent {
     }
 
     /// The container, if it is running here.
-    fn running_ctr(&self, id: &str) -> Result<Arc<Ctr>, AgentError> {
+    pub(crate) fn running_ctr(&self, id: &str) -> Result<Arc<Ctr>, AgentError> {
         let ctr = self
             .ctr(id)
             .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
@@ -670,7 +673,10 @@ async fn wait_exit(paths: &ContainerPaths) -> Option<ExitInfo> {
 }
 
 /// Splices an attach client to the shim's attach socket.
-async fn connect_attach(paths: &ContainerPaths, p: PendingAttach) -> Result<(), AgentError> {
+pub(crate) async fn connect_attach(
+    paths: &ContainerPaths,
+    p: PendingAttach,
+) -> Result<(), AgentError> {
     let mut shim = connect_sock(&paths.attach_sock).await?;
     shim.write_all(p.header.as_bytes()).await?;
     shim.write_all(b"\n").await?;

@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -49,6 +49,12 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/containers/{id}/resize", post(resize))
         .route("/v1/containers/{id}/pause", post(pause))
         .route("/v1/containers/{id}/unpause", post(unpause))
+        .route(
+            "/v1/containers/{id}/execs/{eid}",
+            put(exec_create).get(exec_state),
+        )
+        .route("/v1/containers/{id}/execs/{eid}/start", post(exec_start))
+        .route("/v1/containers/{id}/execs/{eid}/resize", post(exec_resize))
         .with_state(agent)
 }
 
@@ -202,13 +208,81 @@ async fn attach(
             Err(e) => tracing::debug!("attach upgrade failed: {e}"),
         }
     });
+    Ok(switching_protocols())
+}
+
+async fn exec_create(
+    State(a): State<Arc<Agent>>,
+    Path((id, eid)): Path<(String, String)>,
+    body: Bytes,
+) -> R<StatusCode> {
+    let spec: agent_client::ExecSpec = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("bad exec spec: {e}")))?;
+    a.exec_create(&id, &eid, spec).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn exec_state(
+    State(a): State<Arc<Agent>>,
+    Path((id, eid)): Path<(String, String)>,
+) -> R<Json<agent_client::ExecState>> {
+    Ok(Json(a.exec_state(&id, &eid).await?))
+}
+
+/// Starts an exec. With `Upgrade`, the connection becomes the exec's attach
+/// stream (query: stdin/stdout/stderr); without, it runs detached and the
+/// answer is its state.
+async fn exec_start(
+    State(a): State<Arc<Agent>>,
+    Path((id, eid)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> R<Response> {
+    a.exec_spawn(&id, &eid).await?;
+    if !req.headers().contains_key(header::UPGRADE) {
+        return Ok(Json(a.exec_run(&id, &eid, None).await?).into_response());
+    }
+    let p = agent_client_params(q.as_deref().unwrap_or(""));
+    let header = serde_json::json!({
+        "stdin": p("stdin"), "stdout": p("stdout"), "stderr": p("stderr"),
+    })
+    .to_string();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(stream) => {
+                if let Err(e) = a
+                    .exec_run(&id, &eid, Some(PendingAttach { stream, header }))
+                    .await
+                {
+                    tracing::debug!("exec {eid} in {id}: {e}");
+                }
+            }
+            Err(e) => tracing::debug!("exec upgrade failed: {e}"),
+        }
+    });
+    Ok(switching_protocols())
+}
+
+async fn exec_resize(
+    State(a): State<Arc<Agent>>,
+    Path((id, eid)): Path<(String, String)>,
+    body: Bytes,
+) -> R<StatusCode> {
+    let req: agent_client::ResizeRequest = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("bad resize request: {e}")))?;
+    a.exec_resize(&id, &eid, req.rows, req.cols).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn switching_protocols() -> Response {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     resp.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static("tcp"));
-    Ok(resp)
+    resp
 }
 
 /// Docker's lenient booleans over a raw query string.

@@ -46,6 +46,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Quiet time after which an idle shim drops its clean pages.
 const IDLE_TRIM_MS: libc::c_int = 1000;
+/// How long an exec shim waits for `start` before it gives up.
+const EXEC_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The OCI process of an exec, in the exec's state dir.
+pub const EXEC_PROCESS_FILE: &str = "process.json";
 /// How long the agent waits for the shim's readiness line.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -64,6 +68,10 @@ pub struct ShimArgs {
     /// json-file rotation: bytes per file (0 = never rotate), files kept.
     pub log_max_size: u64,
     pub log_max_files: u32,
+    /// Exec mode: `state_dir` is the exec's own dir (holding `process.json`);
+    /// the shim waits for `start` on its control socket, then runs `runc exec`
+    /// in the running container `id`. No log file, no `runc delete`.
+    pub exec: bool,
 }
 
 impl ShimArgs {
@@ -78,6 +86,7 @@ impl ShimArgs {
             format!("open-stdin={}", self.open_stdin),
             format!("log-max-size={}", self.log_max_size),
             format!("log-max-files={}", self.log_max_files),
+            format!("exec={}", self.exec),
         ]
     }
 
@@ -93,6 +102,7 @@ impl ShimArgs {
             open_stdin: false,
             log_max_size: 0,
             log_max_files: 1,
+            exec: false,
         };
         let bool_of = |k: &str, v: &str| match v {
             "true" => Ok(true),
@@ -111,6 +121,7 @@ impl ShimArgs {
                 "runc" => a.runc_binary = v.into(),
                 "tty" => a.tty = bool_of(k, v)?,
                 "open-stdin" => a.open_stdin = bool_of(k, v)?,
+                "exec" => a.exec = bool_of(k, v)?,
                 "log-max-size" => {
                     a.log_max_size = v.parse().map_err(|_| bad(format!("bad {k}")))?
                 }
@@ -263,6 +274,28 @@ pub fn shim_main(args: ShimArgs) -> i32 {
             report(&format!("err {}\n", one_line(&msg)));
             1
         }
+    }
+}
+
+/// Queues container output for an attach client: Docker's 8-byte frame header
+/// (stream, big-endian length) unless there is a tty.
+fn push_output(c: &mut AttachClient, tty: bool, stream: usize, data: &[u8]) {
+    if !tty {
+        let mut h = [0u8; 8];
+        h[0] = stream as u8 + 1;
+        h[4..].copy_from_slice(&(data.len() as u32).to_be_bytes());
+        c.out.push(&h);
+    }
+    c.out.push(data);
+}
+
+/// Docker's exit code for an exec that could not start: 127 when the command
+/// does not exist, 126 when it cannot be run.
+fn exec_failure_code(msg: &str) -> i32 {
+    if msg.contains("executable file not found") || msg.contains("no such file or directory") {
+        127
+    } else {
+        126
     }
 }
 
@@ -515,7 +548,8 @@ struct Shim {
     pty: Option<RawFd>,
     attach: Vec<AttachClient>,
     control: Vec<ControlClient>,
-    log: LogWriter,
+    /// The json-file log; None for execs (Docker does not log exec output).
+    log: Option<LogWriter>,
     pid: i32,
     exit: Option<i32>,
     exited_at: Option<Instant>,
@@ -524,6 +558,8 @@ struct Shim {
     read_buf: Vec<u8>,
     /// Clean pages were dropped and nothing happened since.
     trimmed: bool,
+    /// Exec mode: when to give up waiting for `start` (the agent went away).
+    start_by: Option<Instant>,
     /// Inodes of the socket files we bound (attach, control).
     socket_inodes: (Option<u64>, Option<u64>),
 }
@@ -655,28 +691,78 @@ impl Shim {
         let _ = std::fs::remove_file(&paths.runc_log);
         let _ = std::fs::remove_file(&paths.exit_file);
 
+        let mut shim = Shim {
+            args,
+            paths,
+            sigfd,
+            attach_listener,
+            control_listener,
+            outputs: Vec::new(),
+            stdin: None,
+            stdin_buf: OutBuf::default(),
+            close_stdin: false,
+            pty: None,
+            attach: Vec::new(),
+            control: Vec::new(),
+            log: None,
+            pid: 0,
+            exit: None,
+            exited_at: None,
+            finished: None,
+            finished_at: None,
+            read_buf: vec![0u8; READ_CHUNK],
+            trimmed: false,
+            socket_inodes,
+            start_by: None,
+        };
+        if shim.args.exec {
+            // The process starts on `start`, once the agent has connected the
+            // exec's attach client: no early output is lost.
+            shim.start_by = Some(Instant::now() + EXEC_START_TIMEOUT);
+            report("ok 0\n");
+        } else {
+            shim.spawn_process()?;
+            shim.log = Some(LogWriter::open(
+                shim.paths.log.clone(),
+                shim.args.log_max_size,
+                shim.args.log_max_files,
+            ));
+            report(&format!("ok {}\n", shim.pid));
+        }
+        detach_stdio(&shim.paths.shim_log);
+        Ok(shim)
+    }
+
+    /// `runc create` (container) or `runc exec -d` (exec) with our pipes or a
+    /// pty as the process's stdio; sets `pid`, `outputs`, `stdin`, `pty`.
+    fn spawn_process(&mut self) -> Result<(), String> {
+        let (args, paths) = (&self.args, &self.paths);
         let mut cmd = Command::new(&args.runc_binary);
         cmd.arg("--root")
             .arg(&args.runc_root)
             .arg("--log")
             .arg(&paths.runc_log)
             .arg("--log-format")
-            .arg("json")
-            .arg("create")
-            .arg("--bundle")
-            .arg(&args.bundle)
-            .arg("--pid-file")
-            .arg(&paths.pid_file);
+            .arg("json");
+        if args.exec {
+            cmd.args(["exec", "--detach", "--process"])
+                .arg(paths.root.join(EXEC_PROCESS_FILE));
+        } else {
+            cmd.arg("create").arg("--bundle").arg(&args.bundle);
+        }
+        cmd.arg("--pid-file").arg(&paths.pid_file);
         let mut outputs = Vec::new();
         let mut stdin = None;
-        let mut pty = None;
         let console_listener = if args.tty {
             let l = bind_socket(&paths.console_sock, "console.sock")?;
             l.set_nonblocking(false).map_err(|e| e.to_string())?;
             let abs = paths.console_sock.as_os_str();
-            // runc chdirs into the bundle: a relative path must be from there.
+            // runc create chdirs into the bundle: a relative path must be from
+            // there (exec does not chdir).
             let arg = if abs.len() < 100 {
                 paths.console_sock.clone()
+            } else if args.exec {
+                PathBuf::from("console.sock")
             } else {
                 PathBuf::from("../console.sock")
             };
@@ -713,7 +799,7 @@ impl Shim {
         };
         cmd.arg(&args.id);
         let status = cmd.status();
-        // Drop our copies of the container's ends so EOF means "all closed".
+        // Drop our copies of the process's ends so EOF means "all closed".
         drop(cmd);
         let failed = match status {
             Ok(s) if s.success() => None,
@@ -721,30 +807,33 @@ impl Shim {
             Err(e) => Some(format!("cannot run runc: {e}")),
         };
         if let Some(msg) = failed {
-            // A half-created container would block the next start of this id.
-            let _ = Command::new(&args.runc_binary)
-                .arg("--root")
-                .arg(&args.runc_root)
-                .args(["delete", "--force", &args.id])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            for p in [&paths.attach_sock, &paths.control_sock, &paths.console_sock] {
-                let _ = std::fs::remove_file(p);
+            if !args.exec {
+                // A half-created container would block the next start of this id.
+                let _ = Command::new(&args.runc_binary)
+                    .arg("--root")
+                    .arg(&args.runc_root)
+                    .args(["delete", "--force", &args.id])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                for p in [&paths.attach_sock, &paths.control_sock] {
+                    let _ = std::fs::remove_file(p);
+                }
             }
+            let _ = std::fs::remove_file(&paths.console_sock);
             return Err(msg);
         }
         let pid: i32 = std::fs::read_to_string(&paths.pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| "runc did not report the container's pid".to_string())?;
+            .ok_or_else(|| "runc did not report the process's pid".to_string())?;
         if let Some(l) = console_listener {
             let master = receive_console(&l);
             let _ = std::fs::remove_file(&paths.console_sock);
             let master = master?;
             set_nonblocking(master.as_raw_fd());
-            pty = Some(master.as_raw_fd());
+            self.pty = Some(master.as_raw_fd());
             stdin = Some(
                 master
                     .try_clone()
@@ -756,32 +845,31 @@ impl Shim {
                 open: true,
             });
         }
-        let log = LogWriter::open(paths.log.clone(), args.log_max_size, args.log_max_files);
-        report(&format!("ok {pid}\n"));
-        detach_stdio(&paths.shim_log);
-        Ok(Shim {
-            args,
-            paths,
-            sigfd,
-            attach_listener,
-            control_listener,
-            outputs,
-            stdin,
-            stdin_buf: OutBuf::default(),
-            close_stdin: false,
-            pty,
-            attach: Vec::new(),
-            control: Vec::new(),
-            log,
-            pid,
-            exit: None,
-            exited_at: None,
-            finished: None,
-            finished_at: None,
-            read_buf: vec![0u8; READ_CHUNK],
-            trimmed: false,
-            socket_inodes,
-        })
+        self.pid = pid;
+        self.outputs = outputs;
+        self.stdin = stdin;
+        Ok(())
+    }
+
+    /// Exec mode's `start`: runs the process, or records why it could not run
+    /// (Docker's 126/127), tells the attach clients, and ends.
+    fn start_exec(&mut self) -> String {
+        if self.pid != 0 || self.exit.is_some() {
+            return "{\"error\":\"already started\"}".into();
+        }
+        self.start_by = None;
+        match self.spawn_process() {
+            Ok(()) => format!("{{\"pid\":{}}}", self.pid),
+            Err(msg) => {
+                let msg = format!("OCI runtime exec failed: {}", one_line(&msg));
+                let text = format!("{msg}\r\n");
+                for c in self.attach.iter_mut().filter(|c| c.wants(0)) {
+                    push_output(c, self.args.tty, 0, text.as_bytes());
+                }
+                self.set_exit(exec_failure_code(&msg));
+                serde_json::json!({ "error": msg }).to_string()
+            }
+        }
     }
 
     fn run(&mut self) {
@@ -883,6 +971,14 @@ impl Shim {
         }
         let timeout = if self.exit.is_some() {
             50
+        } else if let Some(by) = self.start_by {
+            if Instant::now() >= by {
+                // Nobody will start this exec: end as a failed start.
+                self.start_by = None;
+                self.set_exit(126);
+                return;
+            }
+            IDLE_TRIM_MS
         } else if self.trimmed {
             -1
         } else {
@@ -895,8 +991,10 @@ impl Shim {
             // then sleep until something happens.
             drop_clean_pages();
             self.trimmed = true;
-            // SAFETY: as above.
-            n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if self.start_by.is_none() {
+                // SAFETY: as above.
+                n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            }
         }
         if n <= 0 {
             return;
@@ -985,16 +1083,12 @@ impl Shim {
             Ok(0) => self.close_output(i),
             Ok(n) => {
                 let stream = self.outputs[i].stream;
-                self.log.write(stream, &buf[..n]);
+                if let Some(log) = &mut self.log {
+                    log.write(stream, &buf[..n]);
+                }
                 let tty = self.args.tty;
                 for c in self.attach.iter_mut().filter(|c| c.wants(stream)) {
-                    if !tty {
-                        let mut h = [0u8; 8];
-                        h[0] = stream as u8 + 1;
-                        h[4..].copy_from_slice(&(n as u32).to_be_bytes());
-                        c.out.push(&h);
-                    }
-                    c.out.push(&buf[..n]);
+                    push_output(c, tty, stream, &buf[..n]);
                 }
                 // Write right away: most clients keep up, and this keeps
                 // buffers small.
@@ -1014,7 +1108,9 @@ impl Shim {
     fn close_output(&mut self, i: usize) {
         if self.outputs[i].open {
             self.outputs[i].open = false;
-            self.log.finish(self.outputs[i].stream);
+            if let Some(log) = &mut self.log {
+                log.finish(self.outputs[i].stream);
+            }
         }
     }
 
@@ -1081,7 +1177,13 @@ impl Shim {
             data.to_vec()
         };
         let wants_stdin = c.opts.is_some_and(|o| o.stdin);
-        if wants_stdin && !data.is_empty() && self.stdin.is_some() && !self.close_stdin {
+        // An exec's stdin is kept until its process starts.
+        let awaiting_start = self.start_by.is_some();
+        if wants_stdin
+            && !data.is_empty()
+            && (self.stdin.is_some() || awaiting_start)
+            && !self.close_stdin
+        {
             self.stdin_buf.push(&data);
             self.flush_stdin();
         }
@@ -1130,6 +1232,7 @@ impl Shim {
                 }
             },
             Some("pid") => format!("{{\"pid\":{}}}", self.pid),
+            Some("start") if self.args.exec => self.start_exec(),
             Some("resize") => {
                 let rows = words.next().and_then(|w| w.parse::<u16>().ok());
                 let cols = words.next().and_then(|w| w.parse::<u16>().ok());
@@ -1166,12 +1269,14 @@ impl Shim {
         for i in 0..self.outputs.len() {
             self.close_output(i);
         }
-        self.log.finish(0);
-        self.log.finish(1);
+        if let Some(log) = &mut self.log {
+            log.finish(0);
+            log.finish(1);
+        }
         self.stdin = None;
         let st = ExitStatus {
             exit_code: self.exit.unwrap_or(255),
-            oom_killed: oom_killed(&self.args.bundle),
+            oom_killed: !self.args.exec && oom_killed(&self.args.bundle),
             finished_at: now_rfc3339(),
         };
         let json = serde_json::to_string(&st).unwrap_or_default();
@@ -1180,14 +1285,16 @@ impl Shim {
             let _ = std::fs::rename(&tmp, &self.paths.exit_file);
         }
         // So the same id can be created again on the next start.
-        let _ = Command::new(&self.args.runc_binary)
-            .arg("--root")
-            .arg(&self.args.runc_root)
-            .args(["delete", "--force", &self.args.id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        if !self.args.exec {
+            let _ = Command::new(&self.args.runc_binary)
+                .arg("--root")
+                .arg(&self.args.runc_root)
+                .args(["delete", "--force", &self.args.id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         self.reap_quietly();
         for c in self.control.iter_mut().filter(|c| c.waiting) {
             c.out.push(json.as_bytes());
@@ -1318,6 +1425,7 @@ mod tests {
             open_stdin: false,
             log_max_size: 1000,
             log_max_files: 3,
+            exec: true,
         };
         assert_eq!(ShimArgs::parse(&a.to_args()).expect("parse"), a);
         assert!(ShimArgs::parse(&["id=a".to_string()]).is_err());

@@ -33,6 +33,8 @@ pub struct Cluster {
     agents: StdMutex<HashMap<String, AgentClient>>,
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     pub(crate) changes: broadcast::Sender<Change>,
+    /// Exec instances (in memory, as Docker keeps them).
+    pub(crate) execs: StdMutex<HashMap<String, crate::exec::ExecRecord>>,
     pub name: String,
 }
 
@@ -49,6 +51,7 @@ impl Cluster {
             agents: StdMutex::new(HashMap::new()),
             locks: StdMutex::new(HashMap::new()),
             changes,
+            execs: StdMutex::new(HashMap::new()),
             name: name.to_string(),
         }))
     }

@@ -38,7 +38,7 @@ impl WaitCondition {
     }
 }
 
-fn upstream(e: ClientError) -> Error {
+pub(crate) fn upstream(e: ClientError) -> Error {
     match e {
         ClientError::Status { status, message } if (400..500).contains(&status) => {
             if status == 404 {
@@ -502,6 +502,7 @@ impl Cluster {
         self.notify(&c, true);
         drop(_g);
         self.forget_lock(&c.id);
+        self.forget_execs(&c.id);
         Ok(())
     }
 

@@ -280,6 +280,10 @@ pub async fn inspect(
 ) -> ApiResult<Json<Value>> {
     let c = st.cluster.find_container(&acct.0, &id).await?;
     let running = c.state.status.is_running();
+    let exec_ids = match st.cluster.exec_ids(&c.id) {
+        ids if ids.is_empty() => Value::Null,
+        ids => json!(ids),
+    };
     let mut hc = c.config["HostConfig"].clone();
     if !hc.is_object() {
         hc = json!({});
@@ -342,7 +346,7 @@ pub async fn inspect(
         "MountLabel": "",
         "ProcessLabel": "",
         "AppArmorProfile": "",
-        "ExecIDs": null,
+        "ExecIDs": exec_ids,
         "HostConfig": hc,
         "GraphDriver": {"Name": "overlay2", "Data": null},
         "Mounts": [],

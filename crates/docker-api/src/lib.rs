@@ -6,6 +6,7 @@
 
 mod containers;
 mod error;
+mod exec;
 mod images;
 mod params;
 mod streams;
@@ -100,6 +101,10 @@ pub fn router(cluster: Arc<Cluster>, account: &str) -> Router {
         .route("/containers/{id}/resize", post(containers::resize))
         .route("/containers/{id}/pause", post(containers::pause))
         .route("/containers/{id}/unpause", post(containers::unpause))
+        .route("/containers/{id}/exec", post(exec::create))
+        .route("/exec/{id}/start", post(exec::start))
+        .route("/exec/{id}/resize", post(exec::resize))
+        .route("/exec/{id}/json", get(exec::inspect))
         .route("/images/json", get(images::list))
         .route("/images/load", post(images::load))
         .route("/images/create", post(images::create))

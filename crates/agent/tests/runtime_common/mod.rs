@@ -117,6 +117,7 @@ impl Ctr {
             open_stdin: spec.process.open_stdin,
             log_max_size: spec.log_max_size,
             log_max_files: spec.log_max_files,
+            exec: false,
         }
     }
 
