@@ -8,6 +8,7 @@ pub mod exec;
 pub mod layers;
 pub mod logs;
 pub mod manager;
+pub mod nsexec;
 pub mod reset;
 pub mod rootfs;
 pub mod runc;

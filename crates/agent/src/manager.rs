@@ -680,6 +680,13 @@ pub(crate) async fn connect_attach(
     let mut shim = connect_sock(&paths.attach_sock).await?;
     shim.write_all(p.header.as_bytes()).await?;
     shim.write_all(b"\n").await?;
+    // Wait for the ack: output produced after it (e.g. once the caller starts
+    // the container) reaches this client.
+    let mut ack = [0u8; crate::shim::ATTACH_ACK.len()];
+    tokio::io::AsyncReadExt::read_exact(&mut shim, &mut ack).await?;
+    if ack != crate::shim::ATTACH_ACK {
+        return Err(AgentError::Internal("the shim refused the attach".into()));
+    }
     tokio::spawn(async move {
         let mut client = hyper_util::rt::TokioIo::new(p.stream);
         let _ = tokio::io::copy_bidirectional(&mut client, &mut shim).await;

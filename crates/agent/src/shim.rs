@@ -8,7 +8,8 @@
 //! - readiness: one line on the shim's original stdout, `ok <pid>` or
 //!   `err <message>`; then the shim detaches its stdio (the agent may die).
 //! - `attach.sock`: the client sends `{"stdin":b,"stdout":b,"stderr":b}\n`,
-//!   then gets output from then on (Docker frames unless tty) and may send stdin.
+//!   gets `ok\n` once that is read, then all output from then on (Docker
+//!   frames unless tty), and may send stdin.
 //! - `control.sock`: `wait\n` → `{"exit_code":N,"oom_killed":b,"finished_at":".."}`
 //!   once exited; `pid\n` → `{"pid":N}`; `resize <rows> <cols>\n` (tty only).
 
@@ -29,8 +30,11 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::ContainerPaths;
+use crate::nsexec::{self, ExecPlan, Target};
 use crate::runc::{RuntimeError, runc_error_message};
 
+/// The attach socket's answer to the header.
+pub const ATTACH_ACK: &[u8] = b"ok\n";
 /// Container output read per wakeup.
 const READ_CHUNK: usize = 32 * 1024;
 /// An attach client this far behind stops the shim reading container output.
@@ -733,9 +737,12 @@ impl Shim {
         Ok(shim)
     }
 
-    /// `runc create` (container) or `runc exec -d` (exec) with our pipes or a
-    /// pty as the process's stdio; sets `pid`, `outputs`, `stdin`, `pty`.
+    /// `runc create` (container) or a native exec (exec mode) with our pipes or
+    /// a pty as the process's stdio; sets `pid`, `outputs`, `stdin`, `pty`.
     fn spawn_process(&mut self) -> Result<(), String> {
+        if self.args.exec {
+            return self.spawn_exec();
+        }
         let (args, paths) = (&self.args, &self.paths);
         let mut cmd = Command::new(&args.runc_binary);
         cmd.arg("--root")
@@ -744,12 +751,7 @@ impl Shim {
             .arg(&paths.runc_log)
             .arg("--log-format")
             .arg("json");
-        if args.exec {
-            cmd.args(["exec", "--detach", "--process"])
-                .arg(paths.root.join(EXEC_PROCESS_FILE));
-        } else {
-            cmd.arg("create").arg("--bundle").arg(&args.bundle);
-        }
+        cmd.arg("create").arg("--bundle").arg(&args.bundle);
         cmd.arg("--pid-file").arg(&paths.pid_file);
         let mut outputs = Vec::new();
         let mut stdin = None;
@@ -757,12 +759,9 @@ impl Shim {
             let l = bind_socket(&paths.console_sock, "console.sock")?;
             l.set_nonblocking(false).map_err(|e| e.to_string())?;
             let abs = paths.console_sock.as_os_str();
-            // runc create chdirs into the bundle: a relative path must be from
-            // there (exec does not chdir).
+            // runc chdirs into the bundle: a relative path must be from there.
             let arg = if abs.len() < 100 {
                 paths.console_sock.clone()
-            } else if args.exec {
-                PathBuf::from("console.sock")
             } else {
                 PathBuf::from("../console.sock")
             };
@@ -807,21 +806,18 @@ impl Shim {
             Err(e) => Some(format!("cannot run runc: {e}")),
         };
         if let Some(msg) = failed {
-            if !args.exec {
-                // A half-created container would block the next start of this id.
-                let _ = Command::new(&args.runc_binary)
-                    .arg("--root")
-                    .arg(&args.runc_root)
-                    .args(["delete", "--force", &args.id])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-                for p in [&paths.attach_sock, &paths.control_sock] {
-                    let _ = std::fs::remove_file(p);
-                }
+            // A half-created container would block the next start of this id.
+            let _ = Command::new(&args.runc_binary)
+                .arg("--root")
+                .arg(&args.runc_root)
+                .args(["delete", "--force", &args.id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            for p in [&paths.attach_sock, &paths.control_sock, &paths.console_sock] {
+                let _ = std::fs::remove_file(p);
             }
-            let _ = std::fs::remove_file(&paths.console_sock);
             return Err(msg);
         }
         let pid: i32 = std::fs::read_to_string(&paths.pid_file)
@@ -848,6 +844,70 @@ impl Shim {
         self.pid = pid;
         self.outputs = outputs;
         self.stdin = stdin;
+        Ok(())
+    }
+
+    /// Exec mode: starts `process.json` inside the running container (see
+    /// `nsexec`), with our pipes or a pty from inside the container.
+    fn spawn_exec(&mut self) -> Result<(), String> {
+        let process: serde_json::Value = std::fs::read(self.paths.root.join(EXEC_PROCESS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or("the exec's process is missing")?;
+        let plan = ExecPlan::from_process(&process)?;
+        // The container's init, as `runc create` recorded it.
+        let container = self.args.bundle.parent().unwrap_or(Path::new("/"));
+        let init_pid: i32 = std::fs::read_to_string(ContainerPaths::from_root(container).pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or("the container is not running")?;
+        let target = Target::open(init_pid)?;
+        if plan.tty {
+            let spawned = nsexec::spawn(&plan, &target, None)?;
+            let master = spawned.pty_master.ok_or("no terminal")?;
+            set_nonblocking(master.as_raw_fd());
+            self.pty = Some(master.as_raw_fd());
+            self.stdin = Some(
+                master
+                    .try_clone()
+                    .map_err(|e| format!("cannot duplicate the terminal: {e}"))?,
+            );
+            self.outputs.push(Output {
+                file: master,
+                stream: 0,
+                open: true,
+            });
+            self.pid = spawned.pid;
+            return Ok(());
+        }
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (in_r, in_w) = if self.args.open_stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            (dev_null()?, None)
+        };
+        let spawned = nsexec::spawn(
+            &plan,
+            &target,
+            Some([in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]),
+        )?;
+        // Our copies of the process's ends go, so EOF means "all closed".
+        drop((in_r, out_w, err_w));
+        for (file, stream) in [(out_r, 0), (err_r, 1)] {
+            set_nonblocking(file.as_raw_fd());
+            self.outputs.push(Output {
+                file,
+                stream,
+                open: true,
+            });
+        }
+        if let Some(w) = in_w {
+            set_nonblocking(w.as_raw_fd());
+            self.stdin = Some(w);
+        }
+        self.pid = spawned.pid;
         Ok(())
     }
 
@@ -1164,7 +1224,14 @@ impl Shim {
                 return;
             };
             match serde_json::from_slice::<AttachOpts>(&c.header[..nl]) {
-                Ok(o) => c.opts = Some(o),
+                Ok(o) => {
+                    c.opts = Some(o);
+                    // The ack tells the client that output from now on is its.
+                    c.out.push(ATTACH_ACK);
+                    if c.out.flush_to(&mut c.sock).is_err() {
+                        c.dead = true;
+                    }
+                }
                 Err(_) => {
                     c.dead = true;
                     return;

@@ -24,8 +24,6 @@ fn output_reaches_log_and_attach_and_exit_code_passes_through() {
     assert!(h.pid > 0 && h.shim_pid > 0);
     assert_eq!(control(&c.paths.control_sock, "pid")["pid"], h.pid);
     let a = attach(&c.paths.attach_sock, false, true, true);
-    // Give the shim a moment to read the attach header before output starts.
-    std::thread::sleep(Duration::from_millis(100));
     let state = c.runc.state(&c.id).expect("state").expect("known");
     assert_eq!(state.status, "created");
     c.runc.start(&c.id).expect("start");
@@ -179,7 +177,6 @@ fn slow_attach_client_gets_everything_without_unbounded_buffering() {
     let h = spawn_shim(Path::new(SHIM_EXE), &c.shim_args(&spec)).expect("spawn shim");
     let _ = h;
     let mut a = attach(&c.paths.attach_sock, false, true, false);
-    std::thread::sleep(Duration::from_millis(100));
     c.runc.start(&c.id).expect("start");
     // Do not read for a while: the shim must block, not buffer 2 MiB.
     std::thread::sleep(Duration::from_millis(1500));
@@ -208,7 +205,6 @@ fn tty_output_is_raw() {
     spawn_shim(Path::new(SHIM_EXE), &c.shim_args(&spec)).expect("spawn shim");
     assert_eq!(control(&c.paths.control_sock, "resize 40 100")["ok"], true);
     let mut a = attach(&c.paths.attach_sock, false, true, true);
-    std::thread::sleep(Duration::from_millis(100));
     c.runc.start(&c.id).expect("start");
     let mut raw = String::new();
     a.read_to_string(&mut raw).expect("read");

@@ -296,3 +296,35 @@ fn execs_end_with_their_container() {
     };
     assert_eq!(status.code(), Some(137));
 }
+
+#[test]
+fn exec_joins_the_containers_namespaces_cgroups_and_privileges() {
+    let a = with_container();
+    let exec = |cmd: &str| a.docker_ok(&["exec", "box", "sh", "-c", cmd]);
+    // Same namespaces and cgroups as the container's init.
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        assert_eq!(
+            exec(&format!("readlink /proc/self/ns/{ns}")),
+            exec(&format!("readlink /proc/1/ns/{ns}")),
+            "{ns} namespace"
+        );
+    }
+    assert_eq!(exec("cat /proc/self/cgroup"), exec("cat /proc/1/cgroup"));
+    // The container's capability sets and limits, not the host's.
+    let caps = |pid: &str| exec(&format!("grep -E '^Cap(Bnd|Eff|Prm)' /proc/{pid}/status"));
+    assert_eq!(caps("self"), caps("1"));
+    assert!(
+        !caps("self").contains("000001ffffffffff"),
+        "full capabilities leaked"
+    );
+    assert_eq!(
+        exec("grep 'open files' /proc/self/limits"),
+        exec("grep 'open files' /proc/1/limits")
+    );
+    // Only stdio is open: nothing of the shim leaks in (the 4th is ls's own).
+    let fds = exec("ls /proc/self/fd");
+    assert!(fds.split_whitespace().count() <= 4, "{fds}");
+    // The container's root, its own hostname, and a session of its own.
+    assert!(exec("ls /").contains("bin"));
+    assert_eq!(exec("hostname"), exec("cat /etc/hostname"));
+}

@@ -196,6 +196,9 @@ pub fn attach(sock: &Path, stdin: bool, stdout: bool, stderr: bool) -> UnixStrea
         format!("{{\"stdin\":{stdin},\"stdout\":{stdout},\"stderr\":{stderr}}}\n").as_bytes(),
     )
     .expect("write header");
+    let mut ack = [0u8; 3];
+    s.read_exact(&mut ack).expect("attach ack");
+    assert_eq!(&ack, b"ok\n");
     s
 }
 

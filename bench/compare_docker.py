@@ -1,5 +1,10 @@
 #!/usr/bin/env python3
-"""Benchmark: `docker run --rm busybox true` end to end, atoll against Docker itself.
+"""Benchmark: atoll against Docker itself, side by side in one run.
+
+- `docker run --rm busybox true` end to end;
+- `docker exec C true` latency and `docker exec C cat /big` throughput (100 MB);
+- memory: atoll's idle head + agent, and one shim per container on both sides.
+
 
 Starts a temporary `atoll up` and a temporary dockerd (Debian's docker.io, on its own
 socket and data root), loads the same locally built busybox image into both, then
@@ -8,7 +13,7 @@ medians, the ratio, atoll's idle memory (RSS of the `atoll up` process: head and
 run in it) and the memory of one shim per container (idle and chatty), beside
 Docker's containerd-shim. Everything it starts is stopped and removed.
 
-Usage: bench/run_busybox.py [--runs N]   (needs root; run scripts/install-deps.sh first)
+Usage: bench/compare_docker.py [--runs N]   (needs root; run scripts/install-deps.sh first)
 """
 
 import argparse
@@ -25,6 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKER = "/usr/local/bin/docker"
 # An idle atoll shim drops its clean pages after 1 s without events.
 SHIM_SETTLE = 2.5
+# Size of the file streamed through `docker exec cat`.
+BIG = 100_000_000
 
 
 def rss_kb(pid):
@@ -68,6 +75,32 @@ def timed_run(sock):
     dt = time.perf_counter() - t
     if r.returncode != 0:
         sys.exit(f"run failed on {sock}: {r.stderr.decode()}")
+    return dt
+
+
+def timed(sock, *args):
+    t = time.perf_counter()
+    r = docker(sock, *args, check=False)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        sys.exit(f"docker {' '.join(args)} failed on {sock}: {r.stderr.decode()}")
+    return dt
+
+
+def stream_seconds(sock, *args):
+    """Wall time of a command whose (large) stdout is read and thrown away."""
+    t = time.perf_counter()
+    p = subprocess.Popen([DOCKER, "-H", f"unix://{sock}", *args], stdout=subprocess.PIPE)
+    n = 0
+    while True:
+        b = p.stdout.read(1 << 20)
+        if not b:
+            break
+        n += len(b)
+    p.wait()
+    dt = time.perf_counter() - t
+    if p.returncode != 0 or n != BIG:
+        sys.exit(f"docker {' '.join(args)} on {sock}: exit {p.returncode}, {n} bytes")
     return dt
 
 
@@ -124,12 +157,41 @@ def main():
             ta.append(timed_run(a_sock))
             td.append(timed_run(d_sock))
         ma, md = statistics.median(ta), statistics.median(td)
+
+        # exec: latency of `true`, throughput of `cat` of 100 MB, same container
+        # shape on both sides.
+        ea, ed, sa, sd = [], [], [], []
+        for sock in (a_sock, d_sock):
+            docker(sock, "run", "-d", "--name", "bench-exec", "busybox", "sleep", "1000")
+            docker(sock, "exec", "bench-exec", "sh", "-c", f"head -c {BIG} /dev/urandom > /big")
+        for _ in range(args.runs):
+            ea.append(timed(a_sock, "exec", "bench-exec", "true"))
+            ed.append(timed(d_sock, "exec", "bench-exec", "true"))
+        for _ in range(5):
+            sa.append(stream_seconds(a_sock, "exec", "bench-exec", "cat", "/big"))
+            sd.append(stream_seconds(d_sock, "exec", "bench-exec", "cat", "/big"))
+        for sock in (a_sock, d_sock):
+            docker(sock, "rm", "-f", "bench-exec")
+        mea, med = statistics.median(ea), statistics.median(ed)
+        tpa, tpd = BIG / 1e6 / statistics.median(sa), BIG / 1e6 / statistics.median(sd)
         print()
         print("| docker run --rm busybox true | median (ms) | min (ms) | max (ms) | runs |")
         print("|---|---:|---:|---:|---:|")
         print(f"| atoll  | {ma*1000:.1f} | {min(ta)*1000:.1f} | {max(ta)*1000:.1f} | {len(ta)} |")
         print(f"| docker | {md*1000:.1f} | {min(td)*1000:.1f} | {max(td)*1000:.1f} | {len(td)} |")
         print(f"| ratio atoll/docker | {ma/md:.3f} | | | |")
+        print()
+        print("| docker exec C true | median (ms) | min (ms) | max (ms) | runs |")
+        print("|---|---:|---:|---:|---:|")
+        print(f"| atoll  | {mea*1000:.1f} | {min(ea)*1000:.1f} | {max(ea)*1000:.1f} | {len(ea)} |")
+        print(f"| docker | {med*1000:.1f} | {min(ed)*1000:.1f} | {max(ed)*1000:.1f} | {len(ed)} |")
+        print(f"| ratio atoll/docker | {mea/med:.3f} (target <= 0.333) | | | |")
+        print()
+        print("| docker exec C cat /big (100 MB) | median MB/s | runs |")
+        print("|---|---:|---:|")
+        print(f"| atoll  | {tpa:.0f} | {len(sa)} |")
+        print(f"| docker | {tpd:.0f} | {len(sd)} |")
+        print(f"| ratio atoll/docker | {tpa/tpd:.2f} (target >= 1) | |")
         print()
         print(f"atoll idle RSS (head + agent, one process): {idle_kb/1024:.1f} MB (target < 60 MB)")
         print()
@@ -139,7 +201,8 @@ def main():
             print(f"| {side} {kind} | {rss/1024:.2f} | {pss/1024:.2f} | {priv/1024:.2f} |")
         shim_kb = shims[("idle", "atoll")][0]
         print(f"atoll idle shim RSS: {shim_kb/1024:.2f} MB (target < 2 MB)")
-        ok = ma <= md / 4 and idle_kb < 60 * 1024 and 0 < shim_kb < 2 * 1024
+        ok = (ma <= md / 4 and idle_kb < 60 * 1024 and 0 < shim_kb < 2 * 1024
+              and mea <= med / 3 and tpa >= tpd)
         print("targets met" if ok else "TARGETS NOT MET")
     finally:
         for p in procs:
