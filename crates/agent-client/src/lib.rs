@@ -1,6 +1,8 @@
 //! The agent's wire protocol: request/response types and the HTTP client the head uses.
 pub mod client;
 mod exec;
+pub mod serve;
+pub mod splice;
 pub mod types;
 pub use client::{AgentAddr, AgentClient, Body, ClientError};
 pub use types::*;

@@ -687,10 +687,7 @@ pub(crate) async fn connect_attach(
     if ack != crate::shim::ATTACH_ACK {
         return Err(AgentError::Internal("the shim refused the attach".into()));
     }
-    tokio::spawn(async move {
-        let mut client = hyper_util::rt::TokioIo::new(p.stream);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut shim).await;
-    });
+    tokio::spawn(agent_client::splice::splice(p.stream, shim));
     Ok(())
 }
 

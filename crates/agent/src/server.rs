@@ -66,9 +66,11 @@ pub async fn serve_unix(
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
-    axum::serve(listener, router(agent))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = tower::ServiceExt::map_request(
+        router(agent),
+        |req: http::Request<hyper::body::Incoming>| req.map(Body::new),
+    );
+    agent_client::serve::serve_unix(listener, app, shutdown).await
 }
 
 async fn info(State(a): State<Arc<Agent>>) -> Json<agent_client::AgentInfo> {

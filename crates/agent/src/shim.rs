@@ -1211,6 +1211,11 @@ impl Shim {
         if c.out.len() > 0 && c.out.flush_to(&mut c.sock).is_err() {
             c.dead = true;
         }
+        // A hang-up (not a half-close, which only ends reading): the client is
+        // gone. poll reports it whatever we asked for, so it must be acted on.
+        if c.read_closed && revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            c.dead = true;
+        }
     }
 
     fn attach_input(&mut self, i: usize, data: &[u8]) {
@@ -1284,6 +1289,10 @@ impl Shim {
             c.dead = true;
         }
         if c.done && c.out.len() == 0 {
+            c.dead = true;
+        }
+        // A waiter that hung up (the agent restarted): reported on every poll.
+        if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
             c.dead = true;
         }
     }

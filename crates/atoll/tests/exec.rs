@@ -328,3 +328,102 @@ fn exec_joins_the_containers_namespaces_cgroups_and_privileges() {
     assert!(exec("ls /").contains("bin"));
     assert_eq!(exec("hostname"), exec("cat /etc/hostname"));
 }
+
+/// Opens a hijacked stream (`POST path` with Upgrade) and returns it once the
+/// 101 has arrived.
+fn hijack(a: &AtollInstance, path: &str, body: &str) -> std::os::unix::net::UnixStream {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(a.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "connection closed early");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn shim_pids(a: &AtollInstance) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("atoll shim .*{}", a.data_dir().display())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn dropped_attach_and_exec_sessions_leave_nothing_behind() {
+    let mut a = with_container();
+    let pid = a.pid().unwrap();
+    let ctr_shim = *shim_pids(&a).first().expect("the container's shim");
+    // Settle: one exec round trip, so lazily created things exist.
+    a.docker_ok(&["exec", "box", "true"]);
+    let (fds0, shim_fds0) = (fd_count(pid), fd_count(ctr_shim));
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let rss0 = rss(pid);
+    let mut streams = Vec::new();
+    for i in 0..100 {
+        // Attach to a container that never writes: only the hang-up is seen.
+        streams.push(hijack(
+            &a,
+            "/containers/box/attach?stream=1&stdout=1&stderr=1",
+            "",
+        ));
+        // An exec reading stdin: the drop is its EOF.
+        let r = a.api(
+            "POST",
+            "/containers/box/exec",
+            Some(&serde_json::json!({"Cmd": ["cat"], "AttachStdin": true, "AttachStdout": true})),
+        );
+        let eid = r.json().unwrap()["Id"].as_str().unwrap().to_string();
+        streams.push(hijack(&a, &format!("/exec/{eid}/start"), "{}"));
+        if i == 99 {
+            assert!(fd_count(pid) > fds0 + 100, "the sessions were not open");
+        }
+    }
+    drop(streams);
+    wait_for(
+        || {
+            let now = (fd_count(pid), fd_count(ctr_shim), shim_pids(&a).len());
+            eprintln!(
+                "fds {} (was {fds0}), container shim fds {} (was {shim_fds0}), shims {}",
+                now.0, now.1, now.2
+            );
+            now.0 <= fds0 && now.1 <= shim_fds0 && now.2 == 1
+        },
+        Duration::from_secs(20),
+        "head, agent and shims to release the dropped sessions",
+    );
+    let grown = rss(pid).saturating_sub(rss0);
+    assert!(grown < 16 * 1024, "atoll up grew by {grown} kB");
+    assert!(a.is_running());
+}

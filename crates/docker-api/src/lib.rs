@@ -130,11 +130,8 @@ pub async fn serve_unix(
     }
     let listener = tokio::net::UnixListener::bind(path)?;
     let app = router(cluster, account);
-    let app = tower::ServiceExt::<Request>::map_request(app, strip_version);
-    axum::serve(
-        listener,
-        axum::ServiceExt::<Request>::into_make_service(app),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let app = tower::ServiceExt::map_request(app, |req: http::Request<hyper::body::Incoming>| {
+        strip_version(req.map(axum::body::Body::new))
+    });
+    agent_client::serve::serve_unix(listener, app, shutdown).await
 }

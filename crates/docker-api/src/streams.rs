@@ -30,7 +30,8 @@ where
 }
 
 /// Answers a hijack request with 101 and splices the client's connection to
-/// `upstream` in both directions, half-closes included.
+/// `upstream` in both directions, half-closes included; a client that goes away
+/// closes `upstream` too (see `agent_client::splice`).
 pub fn hijack(
     req: axum::extract::Request,
     upstream: hyper::upgrade::Upgraded,
@@ -39,13 +40,7 @@ pub fn hijack(
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(client) => {
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!("attach stream ended: {e}");
-                }
-            }
+            Ok(client) => agent_client::splice::splice(client, TokioIo::new(upstream)).await,
             Err(e) => tracing::debug!("client upgrade failed: {e}"),
         }
     });

@@ -1,0 +1,56 @@
+//! The HTTP/1.1 server loop of the head's Docker API and of the agent API, on
+//! unix sockets. Connections are served by hyper directly (not through a
+//! protocol-sniffing wrapper), so a hijacked stream's IO is the plain
+//! `UnixStream` and [`crate::splice`] can notice a client that went away.
+
+use std::convert::Infallible;
+
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixListener;
+use tower::ServiceExt;
+
+/// Serves `svc` on every connection until `shutdown` resolves. Connections in
+/// flight (streams, hijacked sessions) are not waited for: they end with the
+/// process, and the containers behind them keep running.
+pub async fn serve_unix<S, B>(
+    listener: UnixListener,
+    svc: S,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of fds, most likely: back off instead of spinning.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| svc.clone().oneshot(req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!("connection: {e}");
+            }
+        });
+    }
+}
