@@ -193,11 +193,7 @@ async fn attach(
     RawQuery(q): RawQuery,
     req: Request,
 ) -> R<Response> {
-    let p = agent_client_params(q.as_deref().unwrap_or(""));
-    let header = serde_json::json!({
-        "stdin": p("stdin"), "stdout": p("stdout"), "stderr": p("stderr"),
-    })
-    .to_string();
+    let header = attach_header(q.as_deref().unwrap_or(""));
     let on_upgrade = hyper::upgrade::on(req);
     let agent = a.clone();
     tokio::spawn(async move {
@@ -244,11 +240,7 @@ async fn exec_start(
     if !req.headers().contains_key(header::UPGRADE) {
         return Ok(Json(a.exec_run(&id, &eid, None).await?).into_response());
     }
-    let p = agent_client_params(q.as_deref().unwrap_or(""));
-    let header = serde_json::json!({
-        "stdin": p("stdin"), "stdout": p("stdout"), "stderr": p("stderr"),
-    })
-    .to_string();
+    let header = attach_header(q.as_deref().unwrap_or(""));
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -285,6 +277,23 @@ fn switching_protocols() -> Response {
     resp.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static("tcp"));
     resp
+}
+
+/// The shim's attach header from the query: stdin/stdout/stderr flags and
+/// `detach_keys` as comma-separated byte values (the head has parsed Docker's
+/// `ctrl-p,ctrl-q` form).
+fn attach_header(q: &str) -> String {
+    let p = agent_client_params(q);
+    let keys: Vec<u8> = q
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("detach_keys="))
+        .flat_map(|v| v.split(',').filter_map(|b| b.parse::<u8>().ok()))
+        .collect();
+    serde_json::json!({
+        "stdin": p("stdin"), "stdout": p("stdout"), "stderr": p("stderr"),
+        "detach_keys": keys,
+    })
+    .to_string()
 }
 
 /// Docker's lenient booleans over a raw query string.

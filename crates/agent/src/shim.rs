@@ -446,14 +446,54 @@ impl LogWriter {
     }
 }
 
-#[derive(Deserialize, Default, Clone, Copy)]
+#[derive(Default, Clone, Copy)]
 struct AttachOpts {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+}
+
+/// The first line an attach client sends.
+#[derive(Deserialize)]
+struct AttachHeader {
     #[serde(default)]
     stdin: bool,
     #[serde(default)]
     stdout: bool,
     #[serde(default)]
     stderr: bool,
+    /// Docker's detach sequence (e.g. ctrl-p ctrl-q = [16, 17]); only with a tty.
+    #[serde(default)]
+    detach_keys: Vec<u8>,
+}
+
+/// Docker's escape proxy: passes stdin through, holding back a partial match of
+/// the detach sequence. Returns the bytes to forward and whether it completed.
+fn scan_detach(keys: &[u8], matched: &mut usize, data: &[u8]) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(data.len());
+    for &b in data {
+        if b == keys[*matched] {
+            *matched += 1;
+            if *matched == keys.len() {
+                *matched = 0;
+                return (out, true);
+            }
+            continue;
+        }
+        // A broken partial match was ordinary input after all.
+        out.extend_from_slice(&keys[..*matched]);
+        *matched = 0;
+        if b == keys[0] {
+            *matched = 1;
+            if keys.len() == 1 {
+                *matched = 0;
+                return (out, true);
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    (out, false)
 }
 
 /// Bytes waiting to be written to a non-blocking socket or pipe.
@@ -505,6 +545,9 @@ struct AttachClient {
     sock: UnixStream,
     header: Vec<u8>,
     opts: Option<AttachOpts>,
+    detach_keys: Vec<u8>,
+    /// How much of `detach_keys` the input has matched so far.
+    detach_matched: usize,
     out: OutBuf,
     read_closed: bool,
     dead: bool,
@@ -1115,6 +1158,8 @@ impl Shim {
                 sock,
                 header: Vec::new(),
                 opts: None,
+                detach_keys: Vec::new(),
+                detach_matched: 0,
                 out: OutBuf::default(),
                 read_closed: false,
                 dead: false,
@@ -1228,9 +1273,14 @@ impl Shim {
                 }
                 return;
             };
-            match serde_json::from_slice::<AttachOpts>(&c.header[..nl]) {
-                Ok(o) => {
-                    c.opts = Some(o);
+            match serde_json::from_slice::<AttachHeader>(&c.header[..nl]) {
+                Ok(h) => {
+                    c.opts = Some(AttachOpts {
+                        stdin: h.stdin,
+                        stdout: h.stdout,
+                        stderr: h.stderr,
+                    });
+                    c.detach_keys = h.detach_keys;
                     // The ack tells the client that output from now on is its.
                     c.out.push(ATTACH_ACK);
                     if c.out.flush_to(&mut c.sock).is_err() {
@@ -1249,6 +1299,18 @@ impl Shim {
             data.to_vec()
         };
         let wants_stdin = c.opts.is_some_and(|o| o.stdin);
+        // Docker honours the detach sequence on terminals only (binary stdin
+        // without a tty may contain anything).
+        let data = if wants_stdin && self.args.tty && !c.detach_keys.is_empty() {
+            let (data, detached) = scan_detach(&c.detach_keys, &mut c.detach_matched, &data);
+            if detached {
+                // This client leaves; the container keeps running.
+                c.dead = true;
+            }
+            data
+        } else {
+            data
+        };
         // An exec's stdin is kept until its process starts.
         let awaiting_start = self.start_by.is_some();
         if wants_stdin
@@ -1488,6 +1550,27 @@ fn detach_stdio(shim_log: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detach_sequence_is_held_back_and_completes() {
+        let keys = [16u8, 17];
+        let mut m = 0;
+        assert_eq!(scan_detach(&keys, &mut m, b"ab"), (b"ab".to_vec(), false));
+        // A partial match waits for the next read...
+        assert_eq!(scan_detach(&keys, &mut m, b"x\x10"), (b"x".to_vec(), false));
+        assert_eq!(m, 1);
+        // ...and is passed on when it breaks.
+        assert_eq!(scan_detach(&keys, &mut m, b"y"), (b"\x10y".to_vec(), false));
+        assert_eq!(
+            scan_detach(&keys, &mut m, b"\x10\x10\x11rest"),
+            (b"\x10".to_vec(), true)
+        );
+        let mut m = 0;
+        assert_eq!(
+            scan_detach(&[3], &mut m, b"ab\x03c"),
+            (b"ab".to_vec(), true)
+        );
+    }
 
     #[test]
     fn args_round_trip() {

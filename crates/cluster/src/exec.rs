@@ -48,6 +48,34 @@ pub struct ExecRecord {
     pub finished: Option<DateTime<Utc>>,
 }
 
+/// Docker's detach sequence when the client names none.
+pub const DEFAULT_DETACH_KEYS: &str = "ctrl-p,ctrl-q";
+
+/// Docker's `--detach-keys` syntax: comma-separated keys, each a single
+/// character or `ctrl-<c>` for `c` in `a-z @ [ \\ ] ^ _`. Empty means the
+/// default. The bytes, for the shim.
+pub fn parse_detach_keys(s: &str) -> Result<Vec<u8>> {
+    let s = if s.is_empty() { DEFAULT_DETACH_KEYS } else { s };
+    let bad = || Error::InvalidArgument(format!("Invalid detach keys ({s}) provided"));
+    s.split(',')
+        .map(|k| {
+            let lower = k.to_ascii_lowercase();
+            if let Some(c) = lower.strip_prefix("ctrl-") {
+                match c.as_bytes() {
+                    [b @ b'a'..=b'z'] => Ok(b - b'a' + 1),
+                    [b'@'] => Ok(0),
+                    [b @ (b'[' | b'\\' | b']' | b'^' | b'_')] => Ok(b - b'@'),
+                    _ => Err(bad()),
+                }
+            } else if k.len() == 1 {
+                Ok(k.as_bytes()[0])
+            } else {
+                Err(bad())
+            }
+        })
+        .collect()
+}
+
 impl Cluster {
     /// Prepares an exec in a running container; its id.
     pub async fn create_exec(
@@ -81,6 +109,7 @@ impl Cluster {
         if config.cmd.is_empty() || config.cmd.iter().all(|a| a.is_empty()) {
             return Err(Error::InvalidArgument("No exec command specified".into()));
         }
+        parse_detach_keys(&config.detach_keys)?;
         if config.privileged && account != crate::model::OPERATOR {
             return Err(Error::Forbidden("privileged exec is not allowed".into()));
         }
@@ -180,9 +209,16 @@ impl Cluster {
     ) -> Result<(bool, hyper::upgrade::Upgraded)> {
         let rec = self.claim_start(account, eid).await?;
         let c = &rec.config;
+        let keys: Vec<String> = parse_detach_keys(&c.detach_keys)?
+            .iter()
+            .map(|b| b.to_string())
+            .collect();
         let q = format!(
-            "stdin={}&stdout={}&stderr={}",
-            c.attach_stdin, c.attach_stdout, c.attach_stderr
+            "stdin={}&stdout={}&stderr={}&detach_keys={}",
+            c.attach_stdin,
+            c.attach_stdout,
+            c.attach_stderr,
+            keys.join(",")
         );
         match self
             .agent(&rec.node)?
@@ -298,6 +334,24 @@ fn forget_old(execs: &mut std::collections::HashMap<String, ExecRecord>, contain
         mine.sort();
         for (_, id) in mine.iter().take(mine.len() + 1 - MAX_EXECS_PER_CONTAINER) {
             execs.remove(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detach_keys_parse_like_docker() {
+        assert_eq!(parse_detach_keys("").unwrap(), [16, 17]);
+        assert_eq!(parse_detach_keys("ctrl-a,x").unwrap(), [1, b'x']);
+        assert_eq!(
+            parse_detach_keys("ctrl-@,ctrl-[,ctrl-_").unwrap(),
+            [0, 27, 31]
+        );
+        for bad in ["ctrl-", "ctrl-ab", "ab", "ctrl-1", "a,,b"] {
+            assert!(parse_detach_keys(bad).is_err(), "{bad}");
         }
     }
 }

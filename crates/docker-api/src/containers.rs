@@ -583,10 +583,17 @@ pub async fn attach(
     RawQuery(q): RawQuery,
     req: Request,
 ) -> ApiResult<Response> {
-    let (tty, upstream) = st
-        .cluster
-        .attach_container(&acct.0, &id, q.as_deref().unwrap_or(""))
-        .await?;
+    let p = Params::parse(q.as_deref());
+    let keys: Vec<String> = cluster::exec::parse_detach_keys(p.get("detachKeys").unwrap_or(""))?
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
+    let query = format!(
+        "{}&detach_keys={}",
+        q.as_deref().unwrap_or(""),
+        keys.join(",")
+    );
+    let (tty, upstream) = st.cluster.attach_container(&acct.0, &id, &query).await?;
     Ok(hijack(req, upstream, tty))
 }
 
