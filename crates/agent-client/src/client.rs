@@ -230,6 +230,17 @@ impl AgentClient {
         .await
     }
 
+    /// New limits for a running container (applied to its cgroups) and for its
+    /// later starts.
+    pub async fn update(&self, id: &str, resources: &crate::Resources) -> Result<(), ClientError> {
+        self.call_empty(
+            Method::POST,
+            &format!("/v1/containers/{id}/update"),
+            json_body(resources),
+        )
+        .await
+    }
+
     pub async fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), ClientError> {
         self.call_empty(
             Method::POST,

@@ -488,6 +488,43 @@ impl Agent {
         Ok(())
     }
 
+    /// New limits: kept for later starts, and applied to the cgroups now if the
+    /// container runs.
+    pub async fn update(
+        &self,
+        id: &str,
+        resources: agent_client::Resources,
+    ) -> Result<(), AgentError> {
+        let ctr = self
+            .ctr(id)
+            .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
+        let _op = ctr.op.lock().await;
+        let spec = {
+            let mut spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner());
+            spec.resources = resources.clone();
+            spec.clone()
+        };
+        let paths = self.paths(id);
+        if paths.root.exists() {
+            std::fs::write(
+                paths.root.join("spec.json"),
+                serde_json::to_vec(&spec).map_err(|e| AgentError::Internal(e.to_string()))?,
+            )?;
+        }
+        if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running {
+            let swap = Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists();
+            let mut r = crate::bundle::resources(&resources, swap);
+            if let Some(o) = r.as_object_mut() {
+                // Device rules are set at create; runc update leaves them.
+                o.remove("devices");
+            }
+            self.runc
+                .update(id, &r)
+                .map_err(|e| AgentError::Conflict(format!("Cannot update container {id}: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Sends the stop signal, waits up to `timeout` seconds, then SIGKILL.
     pub async fn stop(
         &self,

@@ -70,6 +70,9 @@ pub trait Runtime: Send + Sync {
     fn pause(&self, id: &str) -> Result<(), RuntimeError>;
     /// Thaws a paused container.
     fn resume(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Applies new cgroup limits (an OCI `linux.resources` object) to a
+    /// running container.
+    fn update(&self, id: &str, resources: &serde_json::Value) -> Result<(), RuntimeError>;
 }
 
 /// The real runc binary, with its state in `root` (one per atoll instance, so
@@ -104,14 +107,34 @@ impl Runc {
 
     /// Runs runc with the global flags; returns stdout, or runc's error message.
     fn run(&self, args: &[&str]) -> Result<Vec<u8>, RuntimeError> {
-        let out = Command::new(&self.binary)
+        self.run_with_input(args, None)
+    }
+
+    /// As `run`, with `input` on runc's stdin.
+    fn run_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>, RuntimeError> {
+        let mut child = Command::new(&self.binary)
             .arg("--root")
             .arg(&self.root)
             .arg("--log-format")
             .arg("json")
             .args(args)
-            .stdin(Stdio::null())
-            .output()
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| RuntimeError::io("running runc", e))?;
+        if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+            use std::io::Write;
+            stdin
+                .write_all(data)
+                .map_err(|e| RuntimeError::io("writing to runc", e))?;
+        }
+        let out = child
+            .wait_with_output()
             .map_err(|e| RuntimeError::io("running runc", e))?;
         if out.status.success() {
             Ok(out.stdout)
@@ -188,6 +211,13 @@ impl Runtime for Runc {
         self.run(&["resume", id]).map(|_| ())
     }
 
+    fn update(&self, id: &str, resources: &serde_json::Value) -> Result<(), RuntimeError> {
+        let json = serde_json::to_vec(resources)
+            .map_err(|e| RuntimeError::Runtime(format!("encoding resources: {e}")))?;
+        self.run_with_input(&["update", "--resources", "-", id], Some(&json))
+            .map(|_| ())
+    }
+
     fn kill(&self, id: &str, signal: &str, all: bool) -> Result<(), RuntimeError> {
         let sig = normalize_signal(signal);
         if all {
@@ -258,6 +288,7 @@ pub enum RuntimeCall {
     List,
     Pause(String),
     Resume(String),
+    Update(String, serde_json::Value),
 }
 
 /// A recording fake: remembers every call and keeps a map of container states
@@ -338,6 +369,11 @@ impl Runtime for FakeRuntime {
                 Err(RuntimeError::Runtime("container not paused".into()))
             }
         })?
+    }
+
+    fn update(&self, id: &str, resources: &serde_json::Value) -> Result<(), RuntimeError> {
+        self.record(RuntimeCall::Update(id.into(), resources.clone()))?;
+        self.with_state(id, |_| Ok(()))?
     }
 
     fn start(&self, id: &str) -> Result<(), RuntimeError> {

@@ -49,6 +49,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/containers/{id}/resize", post(resize))
         .route("/v1/containers/{id}/pause", post(pause))
         .route("/v1/containers/{id}/unpause", post(unpause))
+        .route("/v1/containers/{id}/update", post(update))
         .route(
             "/v1/containers/{id}/execs/{eid}",
             put(exec_create).get(exec_state),
@@ -159,6 +160,13 @@ async fn resize(State(a): State<Arc<Agent>>, Path(id): Path<String>, body: Bytes
     let req: agent_client::ResizeRequest = serde_json::from_slice(&body)
         .map_err(|e| AgentError::BadRequest(format!("bad resize request: {e}")))?;
     a.resize(&id, req.rows, req.cols).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn update(State(a): State<Arc<Agent>>, Path(id): Path<String>, body: Bytes) -> R<StatusCode> {
+    let r: agent_client::Resources = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("bad resources: {e}")))?;
+    a.update(&id, r).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

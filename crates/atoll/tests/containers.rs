@@ -624,3 +624,77 @@ fn pause_freezes_and_unpause_thaws() {
     let err = a.docker_err(&["pause", "counter"]);
     assert!(err.contains("is not running"), "{err}");
 }
+
+#[test]
+fn update_changes_limits_of_running_and_stopped_containers() {
+    let a = started();
+    a.docker_ok(&[
+        "run", "-d", "--name", "upd", "-m", "64m", "busybox", "sleep", "1000",
+    ]);
+    let mem = |name: &str| {
+        a.docker_ok(&[
+            "exec",
+            name,
+            "cat",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ])
+    };
+    assert_eq!(mem("upd"), (64u64 << 20).to_string());
+    a.docker_ok(&[
+        "update",
+        "-m",
+        "128m",
+        "--memory-swap",
+        "256m",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "50",
+        "upd",
+    ]);
+    assert_eq!(mem("upd"), (128u64 << 20).to_string());
+    assert_eq!(
+        a.docker_ok(&["exec", "upd", "cat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"]),
+        "50000"
+    );
+    assert_eq!(
+        a.docker_ok(&["exec", "upd", "cat", "/sys/fs/cgroup/pids/pids.max"]),
+        "50"
+    );
+    assert_eq!(
+        a.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+            "upd"
+        ]),
+        format!("{} 500000000", 128u64 << 20)
+    );
+    a.docker_ok(&["update", "--restart", "on-failure:3", "upd"]);
+    assert_eq!(
+        a.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}",
+            "upd"
+        ]),
+        "on-failure:3"
+    );
+    // A stopped container gets the new limits on its next start.
+    a.docker_ok(&["stop", "-t", "1", "upd"]);
+    a.docker_ok(&["update", "-m", "96m", "--memory-swap", "192m", "upd"]);
+    a.docker_ok(&["start", "upd"]);
+    assert_eq!(mem("upd"), (96u64 << 20).to_string());
+
+    let err = a.docker_err(&["update", "-m", "1m", "upd"]);
+    assert!(err.contains("Minimum memory limit allowed is 6MB"), "{err}");
+    let err = a.docker_err(&["update", "-m", "512m", "upd"]);
+    assert!(
+        err.contains("update the memoryswap at the same time"),
+        "{err}"
+    );
+    let err = a.docker_err(&["update", "-m", "64m", "nosuch"]);
+    assert!(err.contains("No such container"), "{err}");
+    let err = a.docker_err(&["update", "--restart", "bogus", "upd"]);
+    assert!(!err.is_empty());
+}

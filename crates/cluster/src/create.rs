@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 /// Docker's minimum memory limit.
-const MIN_MEMORY: i64 = 6 * 1024 * 1024;
+pub const MIN_MEMORY: i64 = 6 * 1024 * 1024;
 
 /// The parts of an image config (`config` object) that create needs.
 #[derive(Debug, Default, Clone)]

@@ -10,6 +10,7 @@ pub mod images;
 pub mod model;
 pub mod names;
 pub mod store;
+pub mod update;
 
 pub use cluster::{Change, Cluster};
 pub use error::{Error, Result, StoreError};

@@ -576,6 +576,18 @@ pub async fn resize(
     Ok(StatusCode::OK.into_response())
 }
 
+pub async fn update(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let u: bollard_stubs::models::ContainerUpdateBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("invalid JSON in request body: {e}")))?;
+    let warnings = st.cluster.update_container(&acct.0, &id, u).await?;
+    Ok(Json(json!({ "Warnings": warnings })))
+}
+
 pub async fn attach(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,
