@@ -66,6 +66,38 @@ pub struct Resources {
     pub pids_limit: i64,
 }
 
+/// A container's healthcheck, resolved by the head from the image and the create
+/// options. Durations in nanoseconds, as Docker's API has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthConfig {
+    /// The probe's argv (Docker's `CMD-SHELL x` is already `/bin/sh -c x`).
+    pub args: Vec<String>,
+    pub interval_ns: i64,
+    pub timeout_ns: i64,
+    pub start_period_ns: i64,
+    pub start_interval_ns: i64,
+    pub retries: i64,
+}
+
+/// One probe's result, as Docker's `State.Health.Log` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResult {
+    /// RFC 3339 with nanoseconds.
+    pub start: String,
+    pub end: String,
+    pub exit_code: i64,
+    pub output: String,
+}
+
+/// A running container's health: `starting`, `healthy` or `unhealthy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthState {
+    pub status: String,
+    pub failing_streak: i64,
+    /// The last few results, oldest first.
+    pub log: Vec<HealthResult>,
+}
+
 /// Everything the agent needs to run a container. Sent in full on every start, so
 /// that the agent holds no state the head cannot re-send (idempotent instructions).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +129,9 @@ pub struct ContainerSpec {
     /// Docker json-file rotation: max bytes per file (0 = unlimited) and file count.
     pub log_max_size: u64,
     pub log_max_files: u32,
+    /// None: no healthcheck (none in the image, or `--no-healthcheck`).
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
 }
 
 /// Actual state of a container as the agent sees it.
@@ -123,6 +158,9 @@ pub struct ContainerStatus {
     pub oom_killed: bool,
     /// Set when starting failed (e.g. executable not found); shown by inspect.
     pub error: Option<String>,
+    /// The healthcheck's state while it runs (None without a healthcheck).
+    #[serde(default)]
+    pub health: Option<HealthState>,
 }
 
 /// Server facts reported to the head.

@@ -156,7 +156,12 @@ pub fn exec_process(
 
 impl Agent {
     fn exec_paths(&self, id: &str, eid: &str) -> ContainerPaths {
-        ContainerPaths::from_root(&exec_root(&self.paths(id)).join(eid))
+        ContainerPaths::from_root(&self.exec_dir(id, eid))
+    }
+
+    /// `<container>/exec/<exec-id>`.
+    pub(crate) fn exec_dir(&self, id: &str, eid: &str) -> PathBuf {
+        exec_root(&self.paths(id)).join(eid)
     }
 
     /// The container must be running and not paused, as for Docker's exec.

@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod error;
 pub mod exec;
+pub mod health;
 pub mod layers;
 pub mod logs;
 pub mod manager;

@@ -44,10 +44,10 @@ pub(crate) struct Ctr {
     /// Held while a finished run's host resources (netns, veth, mount) are torn
     /// down; the exit is reported before that, so callers are not kept waiting.
     cleanup: Arc<Mutex<()>>,
-    spec: StdMutex<ContainerSpec>,
-    status: StdMutex<ContainerStatus>,
+    pub(crate) spec: StdMutex<ContainerSpec>,
+    pub(crate) status: StdMutex<ContainerStatus>,
     /// Bumped on every exit, so stop can wait for "the" exit.
-    exits: watch::Sender<u64>,
+    pub(crate) exits: watch::Sender<u64>,
     pending: StdMutex<Vec<PendingAttach>>,
     /// Frozen by `pause`; signals reach it only after a thaw.
     pub(crate) paused: AtomicBool,
@@ -80,6 +80,7 @@ fn stopped(id: &str, generation: u64) -> ContainerStatus {
         exit_code: None,
         oom_killed: false,
         error: None,
+        health: None,
     }
 }
 
@@ -198,7 +199,7 @@ impl Agent {
             .collect()
     }
 
-    fn set_status(&self, ctr: &Ctr, st: ContainerStatus) {
+    pub(crate) fn set_status(&self, ctr: &Ctr, st: ContainerStatus) {
         *ctr.status.lock().unwrap_or_else(|p| p.into_inner()) = st.clone();
         let _ = self.events.send(st);
     }
@@ -226,7 +227,9 @@ impl Agent {
                     st.state = RunState::Running;
                     st.pid = pid;
                     st.started_at = started;
+                    st.health = spec.health.as_ref().map(|_| crate::health::starting());
                     self.set_status(&ctr, st);
+                    self.spawn_health(ctr.clone(), &spec);
                     self.spawn_waiter(ctr.clone(), spec.clone());
                     tracing::info!("re-adopted running container {id}");
                 }
@@ -298,7 +301,9 @@ impl Agent {
         st.state = RunState::Running;
         st.pid = pid;
         st.started_at = Some(started_at);
+        st.health = spec.health.as_ref().map(|_| crate::health::starting());
         self.set_status(&ctr, st.clone());
+        self.spawn_health(ctr.clone(), &spec);
         self.spawn_waiter(ctr.clone(), spec);
         Ok(st)
     }

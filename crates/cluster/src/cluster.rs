@@ -202,6 +202,7 @@ impl Cluster {
                     exit_code: Some(255),
                     oom_killed: false,
                     error: Some("container lost by its server".into()),
+                    health: None,
                 };
                 self.apply_status(&status).await?;
             }
@@ -219,8 +220,12 @@ impl Cluster {
         if st.generation < c.generation {
             return Ok(()); // a report about an earlier run
         }
+        let health_before = c.state.health.clone();
         let exited = self.record_status(&mut c, st);
         if !exited {
+            if c.state.health != health_before {
+                self.store.update_container(&c).await?;
+            }
             return Ok(());
         }
         self.store.update_container(&c).await?;
@@ -235,6 +240,10 @@ impl Cluster {
     pub(crate) fn record_status(&self, c: &mut ContainerRecord, st: &ContainerStatus) -> bool {
         match st.state {
             RunState::Running => {
+                if st.health.is_some() && matches!(c.state.status, Status::Running | Status::Paused)
+                {
+                    c.state.health = st.health.clone();
+                }
                 if c.state.status != Status::Running && c.state.status != Status::Paused {
                     c.state.status = Status::Running;
                     c.state.pid = st.pid;

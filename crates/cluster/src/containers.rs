@@ -330,6 +330,7 @@ impl Cluster {
                 c.state.error.clear();
                 c.state.oom_killed = false;
                 c.state.stopped_by_user = false;
+                c.state.health = st.health.clone();
                 self.store.update_container(&c).await?;
                 self.notify(&c, false);
                 Ok(())

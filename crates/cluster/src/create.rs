@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use agent_client::{ContainerSpec, PortMapping, ProcessSpec, Resources};
+use agent_client::{ContainerSpec, HealthConfig, PortMapping, ProcessSpec, Resources};
 use bollard_stubs::models::{ContainerCreateBody, RestartPolicyNameEnum};
 use serde_json::Value;
 
@@ -23,6 +23,8 @@ pub struct ImageDefaults {
     pub labels: BTreeMap<String, String>,
     pub exposed_ports: BTreeSet<String>,
     pub stop_signal: String,
+    /// The image's `Healthcheck` object, as in its config.
+    pub healthcheck: Option<Value>,
 }
 
 impl ImageDefaults {
@@ -57,8 +59,85 @@ impl ImageDefaults {
                 .map(|m| m.keys().cloned().collect())
                 .unwrap_or_default(),
             stop_signal: c["StopSignal"].as_str().unwrap_or_default().to_string(),
+            healthcheck: c.get("Healthcheck").filter(|h| h.is_object()).cloned(),
         }
     }
+}
+
+/// Docker's healthcheck defaults.
+const HEALTH_INTERVAL_NS: i64 = 30_000_000_000;
+const HEALTH_TIMEOUT_NS: i64 = 30_000_000_000;
+const HEALTH_START_INTERVAL_NS: i64 = 5_000_000_000;
+const HEALTH_RETRIES: i64 = 3;
+/// Docker refuses durations between 0 and this.
+const HEALTH_MIN_NS: i64 = 1_000_000;
+
+/// The container's healthcheck: the create options over the image's, Docker's
+/// defaults for what neither sets; None without a test or with `NONE`.
+pub fn health_config(
+    image: Option<&Value>,
+    body: Option<&bollard_stubs::models::HealthConfig>,
+) -> Result<Option<HealthConfig>> {
+    let img = |k: &str| image.and_then(|h| h[k].as_i64()).unwrap_or(0);
+    let img_test: Vec<String> = image
+        .and_then(|h| h["Test"].as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let test = body
+        .and_then(|b| b.test.clone())
+        .filter(|t| !t.is_empty())
+        .unwrap_or(img_test);
+    let pick = |v: Option<i64>, key: &str| v.filter(|n| *n != 0).unwrap_or_else(|| img(key));
+    let interval = pick(body.and_then(|b| b.interval), "Interval");
+    let timeout = pick(body.and_then(|b| b.timeout), "Timeout");
+    let start_period = pick(body.and_then(|b| b.start_period), "StartPeriod");
+    let start_interval = pick(body.and_then(|b| b.start_interval), "StartInterval");
+    let retries = pick(body.and_then(|b| b.retries), "Retries");
+    for (name, v) in [
+        ("Interval", interval),
+        ("Timeout", timeout),
+        ("StartPeriod", start_period),
+        ("StartInterval", start_interval),
+    ] {
+        if v != 0 && v < HEALTH_MIN_NS {
+            return Err(Error::InvalidArgument(format!(
+                "{name} in Healthcheck cannot be less than 1ms"
+            )));
+        }
+    }
+    if retries < 0 {
+        return Err(Error::InvalidArgument(
+            "Retries in Healthcheck cannot be negative".into(),
+        ));
+    }
+    let args = match test.split_first() {
+        None => return Ok(None),
+        Some((kind, rest)) => match kind.as_str() {
+            "NONE" => return Ok(None),
+            "CMD" if !rest.is_empty() => rest.to_vec(),
+            "CMD-SHELL" if rest.len() == 1 => {
+                vec!["/bin/sh".into(), "-c".into(), rest[0].clone()]
+            }
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid healthcheck test: {test:?}"
+                )));
+            }
+        },
+    };
+    let or = |v: i64, d: i64| if v == 0 { d } else { v };
+    Ok(Some(HealthConfig {
+        args,
+        interval_ns: or(interval, HEALTH_INTERVAL_NS),
+        timeout_ns: or(timeout, HEALTH_TIMEOUT_NS),
+        start_period_ns: start_period,
+        start_interval_ns: or(start_interval, HEALTH_START_INTERVAL_NS),
+        retries: or(retries, HEALTH_RETRIES),
+    }))
 }
 
 /// Merges `KEY=value` lists; later entries replace earlier ones with the same key.
@@ -393,6 +472,7 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         stop_signal,
         log_max_size,
         log_max_files,
+        health: health_config(image.healthcheck.as_ref(), body.healthcheck.as_ref())?,
     };
     for h in &spec.extra_hosts {
         let ok = h.split_once(':').is_some_and(|(name, ip)| {
@@ -523,6 +603,28 @@ pub fn parse_signal(s: &str) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthcheck_merges_image_and_options() {
+        let image = serde_json::json!({"Test": ["CMD-SHELL", "curl -f localhost"],
+                                       "Interval": 10_000_000_000i64, "Retries": 5});
+        let h = health_config(Some(&image), None).unwrap().unwrap();
+        assert_eq!(h.args, ["/bin/sh", "-c", "curl -f localhost"]);
+        assert_eq!((h.interval_ns, h.retries), (10_000_000_000, 5));
+        assert_eq!(h.timeout_ns, HEALTH_TIMEOUT_NS);
+        let opts = bollard_stubs::models::HealthConfig {
+            interval: Some(2_000_000_000),
+            ..Default::default()
+        };
+        let h = health_config(Some(&image), Some(&opts)).unwrap().unwrap();
+        assert_eq!((h.interval_ns, h.retries), (2_000_000_000, 5));
+        let none = bollard_stubs::models::HealthConfig {
+            test: Some(vec!["NONE".into()]),
+            ..Default::default()
+        };
+        assert!(health_config(Some(&image), Some(&none)).unwrap().is_none());
+        assert!(health_config(None, None).unwrap().is_none());
+    }
     use bollard_stubs::models::HostConfig;
 
     fn body(json: serde_json::Value) -> ContainerCreateBody {

@@ -122,6 +122,10 @@ pub struct ContainerState {
     /// Set by `docker stop`/`kill`/`rm -f`: the exit was asked for, so restart
     /// policies other than `always` do not bring the container back.
     pub stopped_by_user: bool,
+    /// The healthcheck's last known state (kept after the container stops, as
+    /// Docker does; reset by the next start).
+    #[serde(default)]
+    pub health: Option<agent_client::HealthState>,
 }
 
 impl Default for ContainerState {
@@ -136,6 +140,7 @@ impl Default for ContainerState {
             finished_at: None,
             restart_count: 0,
             stopped_by_user: false,
+            health: None,
         }
     }
 }

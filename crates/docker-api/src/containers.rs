@@ -52,14 +52,52 @@ pub fn human_duration(d: chrono::Duration) -> String {
     }
 }
 
+/// `starting`, `healthy`, `unhealthy`, or `none` without a healthcheck.
+fn health_status(c: &ContainerRecord) -> &str {
+    match (&c.spec.health, &c.state.health) {
+        (None, _) => "none",
+        (Some(_), Some(h)) => h.status.as_str(),
+        (Some(_), None) => "starting",
+    }
+}
+
+/// `State.Health` of inspect; absent without a healthcheck.
+fn health_json(c: &ContainerRecord) -> Value {
+    if c.spec.health.is_none() {
+        return Value::Null;
+    }
+    let h = c
+        .state
+        .health
+        .clone()
+        .unwrap_or_else(|| agent_client::HealthState {
+            status: "starting".into(),
+            failing_streak: 0,
+            log: Vec::new(),
+        });
+    json!({
+        "Status": h.status,
+        "FailingStreak": h.failing_streak,
+        "Log": h.log.iter().map(|r| json!({
+            "Start": r.start, "End": r.end, "ExitCode": r.exit_code, "Output": r.output,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// The `Status` column of `docker ps`.
 pub fn status_text(c: &ContainerRecord) -> String {
     let now = Utc::now();
     match c.state.status {
         Status::Created => "Created".into(),
         Status::Running => format!(
-            "Up {}",
-            human_duration(now - c.state.started_at.unwrap_or(now))
+            "Up {}{}",
+            human_duration(now - c.state.started_at.unwrap_or(now)),
+            match health_status(c) {
+                "starting" => " (health: starting)",
+                "healthy" => " (healthy)",
+                "unhealthy" => " (unhealthy)",
+                _ => "",
+            }
         ),
         Status::Paused => format!(
             "Up {} (Paused)",
@@ -196,6 +234,14 @@ pub async fn list(
             }
         }
     }
+    let health: Vec<String> = f.get("health").unwrap_or_default().to_vec();
+    for h in &health {
+        if !["starting", "healthy", "unhealthy", "none"].contains(&h.as_str()) {
+            return Err(ApiError::bad(format!(
+                "Unrecognised filter value for health: {h}"
+            )));
+        }
+    }
     let exited: Vec<i32> = f
         .get("exited")
         .unwrap_or_default()
@@ -252,6 +298,9 @@ pub async fn list(
         if !exited.is_empty()
             && (c.state.status != Status::Exited || !exited.contains(&c.state.exit_code))
         {
+            continue;
+        }
+        if !health.is_empty() && !health.iter().any(|h| h == health_status(c)) {
             continue;
         }
         if f.get("ancestor").is_some() && !ancestors.contains(&c.image_id) {
@@ -333,6 +382,7 @@ pub async fn inspect(
             "Error": c.state.error,
             "StartedAt": ts(&c.state.started_at),
             "FinishedAt": ts(&c.state.finished_at),
+            "Health": health_json(&c),
         },
         "Image": c.image_id,
         "ResolvConfPath": "",
