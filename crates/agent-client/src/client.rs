@@ -241,6 +241,12 @@ impl AgentClient {
         .await
     }
 
+    /// Deletes a volume's data on this server (idempotent).
+    pub async fn remove_volume(&self, volume_id: &str) -> Result<(), ClientError> {
+        self.call_empty(Method::DELETE, &format!("/v1/volumes/{volume_id}"), empty())
+            .await
+    }
+
     pub async fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), ClientError> {
         self.call_empty(
             Method::POST,

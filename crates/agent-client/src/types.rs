@@ -66,6 +66,26 @@ pub struct Resources {
     pub pids_limit: i64,
 }
 
+/// Where a mount's data comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    /// A volume on this server; `source` is its id (the directory name).
+    Volume,
+    /// A host path (operator only; the head checks).
+    Bind,
+}
+
+/// A volume or bind mount of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub kind: MountKind,
+    pub source: String,
+    /// Absolute path inside the container.
+    pub destination: String,
+    pub read_only: bool,
+}
+
 /// A container's healthcheck, resolved by the head from the image and the create
 /// options. Durations in nanoseconds, as Docker's API has them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +152,9 @@ pub struct ContainerSpec {
     /// None: no healthcheck (none in the image, or `--no-healthcheck`).
     #[serde(default)]
     pub health: Option<HealthConfig>,
+    /// Volumes and bind mounts, in Docker's order.
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
 }
 
 /// Actual state of a container as the agent sees it.

@@ -536,6 +536,16 @@ pub fn oci_config(
     if spec.init {
         mounts.push(bind(INIT_PATH, Path::new(INIT_BINARY), true));
     }
+    // Volumes and binds; the agent has turned volume ids into their directories.
+    for m in &spec.mounts {
+        if !m.destination.starts_with('/') || !Path::new(&m.source).is_absolute() {
+            return Err(RuntimeError::Invalid(format!(
+                "invalid mount {} -> {}",
+                m.source, m.destination
+            )));
+        }
+        mounts.push(bind(&m.destination, Path::new(&m.source), m.read_only));
+    }
     let mut network = json!({"type": "network"});
     if let Some(p) = netns {
         network["path"] = json!(p);

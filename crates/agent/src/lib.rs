@@ -16,6 +16,7 @@ pub mod runc;
 pub mod server;
 pub mod shim;
 pub mod user;
+pub mod volumes;
 
 pub use error::AgentError;
 pub use manager::{Agent, AgentConfig};

@@ -186,6 +186,11 @@ impl Agent {
             .clone()
     }
 
+    /// `<agent>/volumes`: one directory per volume id.
+    pub(crate) fn volumes_dir(&self) -> PathBuf {
+        self.cfg.dir.join("volumes")
+    }
+
     pub(crate) fn paths(&self, id: &str) -> ContainerPaths {
         ContainerPaths::new(&self.containers_dir, id)
     }
@@ -343,6 +348,7 @@ impl Agent {
             }
             None => None,
         };
+        let spec = &crate::volumes::prepare_volumes(spec, &self.volumes_dir(), &paths.rootfs)?;
         write_bundle(spec, paths, netns.as_deref(), &self.cgroup_parent)
             .map_err(|e| AgentError::Runtime(e.to_string()))?;
         let args = ShimArgs {

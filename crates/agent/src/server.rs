@@ -40,6 +40,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/layers/{diff_id}", get(has_layer).put(put_layer))
         .route("/v1/containers", get(list))
+        .route("/v1/volumes/{id}", delete(remove_volume))
         .route("/v1/containers/{id}", delete(remove))
         .route("/v1/containers/{id}/start", post(start))
         .route("/v1/containers/{id}/stop", post(stop))
@@ -167,6 +168,11 @@ async fn update(State(a): State<Arc<Agent>>, Path(id): Path<String>, body: Bytes
     let r: agent_client::Resources = serde_json::from_slice(&body)
         .map_err(|e| AgentError::BadRequest(format!("bad resources: {e}")))?;
     a.update(&id, r).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_volume(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<StatusCode> {
+    crate::volumes::remove_volume(&a.volumes_dir(), &id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

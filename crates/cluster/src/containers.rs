@@ -117,6 +117,8 @@ impl Cluster {
         let mut planned = plan(&id, &body, &ImageDefaults::from_config(&image_config))?;
         planned.spec.layers = image.layers.iter().map(|l| l.layer_ref()).collect();
         let node = self.place().await?;
+        let (mounts, anonymous_volumes) = self.resolve_mounts(account, &node.id, &planned).await?;
+        planned.spec.mounts = mounts;
 
         let mut config = serde_json::to_value(&body)
             .map_err(|e| Error::internal("encoding container config", e))?;
@@ -175,6 +177,13 @@ impl Cluster {
             }
             match self.store.insert_container(&rec).await {
                 Ok(()) => {
+                    for v in &anonymous_volumes {
+                        if let Err(e) = self.store.insert_volume(v).await {
+                            // Not half-created: without its volume there is no container.
+                            let _ = self.store.delete_container(account, &id).await;
+                            return Err(e.into());
+                        }
+                    }
                     self.notify(&rec, false);
                     return Ok((id, Vec::new()));
                 }
@@ -604,8 +613,10 @@ impl Cluster {
             .and_then(|h| h.auto_remove)
             .unwrap_or(false)
         {
-            if let Err(e) = self.remove_container(&c.account, &c.id, true).await {
-                tracing::warn!("auto-removing {}: {e}", c.id);
+            match self.remove_container(&c.account, &c.id, true).await {
+                // Docker removes the anonymous volumes of --rm containers.
+                Ok(()) => self.remove_anonymous_volumes(&c).await,
+                Err(e) => tracing::warn!("auto-removing {}: {e}", c.id),
             }
             return;
         }

@@ -23,6 +23,8 @@ pub struct ImageDefaults {
     pub labels: BTreeMap<String, String>,
     pub exposed_ports: BTreeSet<String>,
     pub stop_signal: String,
+    /// `VOLUME` paths.
+    pub volumes: Vec<String>,
     /// The image's `Healthcheck` object, as in its config.
     pub healthcheck: Option<Value>,
 }
@@ -60,6 +62,10 @@ impl ImageDefaults {
                 .unwrap_or_default(),
             stop_signal: c["StopSignal"].as_str().unwrap_or_default().to_string(),
             healthcheck: c.get("Healthcheck").filter(|h| h.is_object()).cloned(),
+            volumes: c["Volumes"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -244,6 +250,193 @@ pub struct Planned {
     /// Ports to publish; host port 0 means "pick one".
     pub ports: Vec<PortMapping>,
     pub network_none: bool,
+    /// Volumes and binds to resolve (names → volume records) before the run.
+    pub mounts: Vec<MountRequest>,
+    /// `--volumes-from`: (container, read-only override).
+    pub volumes_from: Vec<(String, Option<bool>)>,
+}
+
+/// Where a requested mount's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    Named(String),
+    /// A new volume for this container (`-v /path`, image `VOLUME`).
+    Anonymous,
+    /// A host path (operator only).
+    Host(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountRequest {
+    pub source: MountSource,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// Docker's rule for local volume names.
+pub fn validate_volume_name(name: &str) -> Result<()> {
+    let mut b = name.bytes();
+    let ok = name.len() >= 2
+        && b.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "create {name}: \"{name}\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path"
+        )))
+    }
+}
+
+/// Binds (`-v`), `--mount`s, `Config.Volumes` and the image's `VOLUME`s, in
+/// that order of precedence; tmpfs mounts go to `tmpfs`.
+fn mount_requests(
+    body: &ContainerCreateBody,
+    hc: &bollard_stubs::models::HostConfig,
+    image_volumes: &[String],
+    tmpfs: &mut BTreeMap<String, String>,
+) -> Result<Vec<MountRequest>> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    let mut out: Vec<MountRequest> = Vec::new();
+    let push = |out: &mut Vec<MountRequest>, m: MountRequest| -> Result<()> {
+        if !m.destination.starts_with('/') {
+            return Err(Error::InvalidArgument(format!(
+                "invalid mount config: mount path must be absolute: {}",
+                m.destination
+            )));
+        }
+        if m.destination == "/" {
+            return Err(Error::InvalidArgument(
+                "invalid specification: destination can't be '/'".into(),
+            ));
+        }
+        let dest = m.destination.trim_end_matches('/').to_string();
+        if out.iter().any(|o| o.destination == dest) {
+            return Err(Error::InvalidArgument(format!(
+                "Duplicate mount point: {dest}"
+            )));
+        }
+        out.push(MountRequest {
+            destination: dest,
+            ..m
+        });
+        Ok(())
+    };
+    for b in hc.binds.clone().unwrap_or_default() {
+        let parts: Vec<&str> = b.split(':').collect();
+        let (src, dst, opts) = match parts.as_slice() {
+            [s, d] => (*s, *d, ""),
+            [s, d, o] => (*s, *d, *o),
+            _ => return bad(format!("invalid volume specification: '{b}'")),
+        };
+        let mut read_only = false;
+        for o in opts.split(',').filter(|o| !o.is_empty()) {
+            match o {
+                "ro" => read_only = true,
+                "rw" | "z" | "Z" | "nocopy" | "private" | "rprivate" | "shared" | "rshared"
+                | "slave" | "rslave" | "consistent" | "cached" | "delegated" => {}
+                _ => return bad(format!("invalid mode: {o}")),
+            }
+        }
+        let source = if src.starts_with('/') {
+            MountSource::Host(src.to_string())
+        } else {
+            validate_volume_name(src)?;
+            MountSource::Named(src.to_string())
+        };
+        push(
+            &mut out,
+            MountRequest {
+                source,
+                destination: dst.to_string(),
+                read_only,
+            },
+        )?;
+    }
+    for m in hc.mounts.clone().unwrap_or_default() {
+        use bollard_stubs::models::MountType;
+        let target = m.target.clone().unwrap_or_default();
+        if target.is_empty() {
+            return bad("invalid mount config: Target must not be empty".into());
+        }
+        let src = m.source.clone().unwrap_or_default();
+        let read_only = m.read_only.unwrap_or(false);
+        match m.typ {
+            Some(MountType::VOLUME) => {
+                let source = if src.is_empty() {
+                    MountSource::Anonymous
+                } else {
+                    validate_volume_name(&src)?;
+                    MountSource::Named(src)
+                };
+                push(
+                    &mut out,
+                    MountRequest {
+                        source,
+                        destination: target,
+                        read_only,
+                    },
+                )?;
+            }
+            Some(MountType::BIND) => {
+                if !src.starts_with('/') {
+                    return bad(format!(
+                        "invalid mount config for type \"bind\": invalid mount path: '{src}' mount path must be absolute"
+                    ));
+                }
+                if !std::path::Path::new(&src).exists() {
+                    return bad(format!(
+                        "invalid mount config for type \"bind\": bind source path does not exist: {src}"
+                    ));
+                }
+                push(
+                    &mut out,
+                    MountRequest {
+                        source: MountSource::Host(src),
+                        destination: target,
+                        read_only,
+                    },
+                )?;
+            }
+            Some(MountType::TMPFS) => {
+                let mut opts = Vec::new();
+                if let Some(t) = &m.tmpfs_options {
+                    if let Some(sz) = t.size_bytes.filter(|s| *s > 0) {
+                        opts.push(format!("size={sz}"));
+                    }
+                    if let Some(mode) = t.mode.filter(|m| *m > 0) {
+                        opts.push(format!("mode={mode:o}"));
+                    }
+                }
+                if read_only {
+                    opts.push("ro".into());
+                }
+                tmpfs.insert(target, opts.join(","));
+            }
+            _ => return bad("mount type not supported".into()),
+        }
+    }
+    let anonymous = body
+        .volumes
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(image_volumes.iter().cloned());
+    for dest in anonymous {
+        let d = dest.trim_end_matches('/');
+        if out.iter().any(|o| o.destination == d) || tmpfs.contains_key(d) {
+            continue;
+        }
+        push(
+            &mut out,
+            MountRequest {
+                source: MountSource::Anonymous,
+                destination: dest,
+                read_only: false,
+            },
+        )?;
+    }
+    Ok(out)
 }
 
 /// Validates the request and resolves it against the image.
@@ -254,12 +447,6 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
     // Options this server does not offer yet: refuse clearly rather than ignore.
     if hc.privileged == Some(true) {
         return bad("--privileged is not supported".into());
-    }
-    if hc.binds.as_ref().is_some_and(|b| !b.is_empty())
-        || hc.mounts.as_ref().is_some_and(|m| !m.is_empty())
-        || hc.volumes_from.as_ref().is_some_and(|m| !m.is_empty())
-    {
-        return bad("volumes and bind mounts are not supported yet".into());
     }
     for (what, mode) in [
         ("pid", &hc.pid_mode),
@@ -347,6 +534,17 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
             return bad(format!("invalid mount path for tmpfs: {path}"));
         }
         tmpfs.insert(path, opts);
+    }
+    let mounts = mount_requests(body, &hc, &image.volumes, &mut tmpfs)?;
+    let mut volumes_from = Vec::new();
+    for v in hc.volumes_from.clone().unwrap_or_default() {
+        let (name, mode) = match v.split_once(':') {
+            Some((n, "ro")) => (n, Some(true)),
+            Some((n, "rw")) => (n, Some(false)),
+            Some((_, m)) => return bad(format!("invalid mode for volumes-from: {m}")),
+            None => (v.as_str(), None),
+        };
+        volumes_from.push((name.to_string(), mode));
     }
 
     let mut labels = image.labels.clone();
@@ -473,6 +671,8 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         log_max_size,
         log_max_files,
         health: health_config(image.healthcheck.as_ref(), body.healthcheck.as_ref())?,
+        // Resolved by the cluster (volume names → ids) before the first start.
+        mounts: Vec::new(),
     };
     for h in &spec.extra_hosts {
         let ok = h.split_once(':').is_some_and(|(name, ip)| {
@@ -491,6 +691,8 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         auto_remove,
         ports,
         network_none,
+        mounts,
+        volumes_from,
     })
 }
 
@@ -603,6 +805,45 @@ pub fn parse_signal(s: &str) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_from_binds_mounts_config_and_image() {
+        let body: ContainerCreateBody = serde_json::from_value(serde_json::json!({
+            "Volumes": {"/cfg": {}},
+            "HostConfig": {
+                "Binds": ["data:/data:ro", "/host/dir:/h"],
+                "Mounts": [{"Type": "volume", "Target": "/anon"},
+                           {"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 1048576}}],
+            },
+        }))
+        .unwrap();
+        let hc = body.host_config.clone().unwrap();
+        let mut tmpfs = BTreeMap::new();
+        let image_volumes = vec!["/data".to_string(), "/var/lib/x".to_string()];
+        let m = mount_requests(&body, &hc, &image_volumes, &mut tmpfs).unwrap();
+        let got: Vec<(&MountSource, &str, bool)> = m
+            .iter()
+            .map(|r| (&r.source, r.destination.as_str(), r.read_only))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (&MountSource::Named("data".into()), "/data", true),
+                (&MountSource::Host("/host/dir".into()), "/h", false),
+                (&MountSource::Anonymous, "/anon", false),
+                (&MountSource::Anonymous, "/cfg", false),
+                // The image's /data is covered by the bind above.
+                (&MountSource::Anonymous, "/var/lib/x", false),
+            ]
+        );
+        assert_eq!(tmpfs.get("/t").map(String::as_str), Some("size=1048576"));
+        let dup: ContainerCreateBody = serde_json::from_value(serde_json::json!({
+            "HostConfig": {"Binds": ["a1:/x", "b1:/x/"]}})).unwrap();
+        let hc = dup.host_config.clone().unwrap();
+        assert!(mount_requests(&dup, &hc, &[], &mut BTreeMap::new()).is_err());
+        assert!(validate_volume_name("ok-name_1.2").is_ok());
+        assert!(validate_volume_name("x").is_err() && validate_volume_name("-x").is_err());
+    }
 
     #[test]
     fn healthcheck_merges_image_and_options() {

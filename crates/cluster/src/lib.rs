@@ -11,6 +11,7 @@ pub mod model;
 pub mod names;
 pub mod store;
 pub mod update;
+pub mod volumes;
 
 pub use cluster::{Change, Cluster};
 pub use error::{Error, Result, StoreError};

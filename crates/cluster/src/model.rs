@@ -175,3 +175,20 @@ pub struct NodeRecord {
     pub info: agent_client::AgentInfo,
     pub last_seen: DateTime<Utc>,
 }
+
+/// A volume: data that outlives containers, on one server (`node`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VolumeRecord {
+    pub account: String,
+    pub name: String,
+    /// 64 hex chars: the volume's directory on its server (names are per
+    /// account, so they cannot name directories).
+    pub id: String,
+    pub node: String,
+    pub driver: String,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+    pub created: DateTime<Utc>,
+    /// Made for a container (image `VOLUME`, `-v /path`), not by name.
+    pub anonymous: bool,
+}

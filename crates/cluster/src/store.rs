@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 
 use crate::error::StoreError;
-use crate::model::{ContainerRecord, ImageRecord, NodeRecord, TagRecord};
+use crate::model::{ContainerRecord, ImageRecord, NodeRecord, TagRecord, VolumeRecord};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -40,6 +40,13 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_container(&self, account: &str, id: &str) -> StoreResult<()>;
     /// Addresses in use on a node, for IPAM.
     async fn used_ips(&self, node: &str) -> StoreResult<Vec<String>>;
+
+    // volumes
+    /// Fails with `Conflict` when the name is taken in this account.
+    async fn insert_volume(&self, v: &VolumeRecord) -> StoreResult<()>;
+    async fn get_volume(&self, account: &str, name: &str) -> StoreResult<Option<VolumeRecord>>;
+    async fn list_volumes(&self, account: &str) -> StoreResult<Vec<VolumeRecord>>;
+    async fn delete_volume(&self, account: &str, name: &str) -> StoreResult<()>;
 
     // nodes
     async fn upsert_node(&self, n: &NodeRecord) -> StoreResult<()>;

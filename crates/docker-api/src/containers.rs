@@ -160,7 +160,7 @@ fn network_name(c: &ContainerRecord) -> &'static str {
     }
 }
 
-fn summary(c: &ContainerRecord) -> Value {
+fn summary(c: &ContainerRecord, vols: &[cluster::model::VolumeRecord]) -> Value {
     let running = c.state.status.is_running();
     let mut networks = serde_json::Map::new();
     let net = network_json(c, running);
@@ -182,8 +182,36 @@ fn summary(c: &ContainerRecord) -> Value {
         "Status": status_text(c),
         "HostConfig": {"NetworkMode": c.config["HostConfig"]["NetworkMode"].as_str().filter(|s| !s.is_empty()).unwrap_or("bridge")},
         "NetworkSettings": {"Networks": networks},
-        "Mounts": [],
+        "Mounts": mounts_json(c, vols),
     })
+}
+
+/// The `Mounts` of inspect and ps. A volume's host directory is not shown.
+fn mounts_json(c: &ContainerRecord, vols: &[cluster::model::VolumeRecord]) -> Vec<Value> {
+    c.spec
+        .mounts
+        .iter()
+        .map(|m| match m.kind {
+            agent_client::MountKind::Volume => json!({
+                "Type": "volume",
+                "Name": vols.iter().find(|v| v.id == m.source).map(|v| v.name.as_str()).unwrap_or(""),
+                "Source": "",
+                "Destination": m.destination,
+                "Driver": "local",
+                "Mode": "",
+                "RW": !m.read_only,
+                "Propagation": "",
+            }),
+            agent_client::MountKind::Bind => json!({
+                "Type": "bind",
+                "Source": m.source,
+                "Destination": m.destination,
+                "Mode": "",
+                "RW": !m.read_only,
+                "Propagation": "rprivate",
+            }),
+        })
+        .collect()
 }
 
 pub async fn create(
@@ -254,6 +282,7 @@ pub async fn list(
     let all_flag = p.bool("all");
     let limit = p.int("limit")?.unwrap_or(-1);
     let all = st.cluster.list_containers(&acct.0).await?;
+    let vols = st.cluster.list_volumes(&acct.0).await?;
     // before/since refer to other containers of the caller.
     let mut before = None;
     let mut since = None;
@@ -303,6 +332,17 @@ pub async fn list(
         if !health.is_empty() && !health.iter().any(|h| h == health_status(c)) {
             continue;
         }
+        if let Some(want) = f.get("volume") {
+            let mounts = mounts_json(c, &vols);
+            let hit = want.iter().any(|w| {
+                mounts
+                    .iter()
+                    .any(|m| m["Name"] == w.as_str() || m["Destination"] == w.as_str())
+            });
+            if !hit {
+                continue;
+            }
+        }
         if f.get("ancestor").is_some() && !ancestors.contains(&c.image_id) {
             continue;
         }
@@ -314,7 +354,7 @@ pub async fn list(
         {
             continue;
         }
-        out.push(summary(c));
+        out.push(summary(c, &vols));
         if limit > 0 && out.len() as i64 >= limit {
             break;
         }
@@ -399,7 +439,7 @@ pub async fn inspect(
         "ExecIDs": exec_ids,
         "HostConfig": hc,
         "GraphDriver": {"Name": "overlay2", "Data": null},
-        "Mounts": [],
+        "Mounts": mounts_json(&c, &st.cluster.list_volumes(&acct.0).await?),
         "Config": {
             "Hostname": c.spec.hostname,
             "Domainname": c.spec.domainname,
@@ -516,15 +556,16 @@ pub async fn remove(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref());
-    if p.bool("v") {
-        // No volumes exist yet, so there is nothing extra to remove.
-    }
     if p.bool("link") {
         return Err(ApiError::bad("links are not supported"));
     }
+    let c = st.cluster.find_container(&acct.0, &id).await?;
     st.cluster
-        .remove_container(&acct.0, &id, p.bool("force"))
+        .remove_container(&acct.0, &c.id, p.bool("force"))
         .await?;
+    if p.bool("v") {
+        st.cluster.remove_anonymous_volumes(&c).await;
+    }
     Ok(no_content())
 }
 

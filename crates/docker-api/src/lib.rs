@@ -11,6 +11,7 @@ mod images;
 mod params;
 mod streams;
 mod system;
+mod volumes;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -106,6 +107,13 @@ pub fn router(cluster: Arc<Cluster>, account: &str) -> Router {
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/resize", post(exec::resize))
         .route("/exec/{id}/json", get(exec::inspect))
+        .route("/volumes", get(volumes::list))
+        .route("/volumes/create", post(volumes::create))
+        .route("/volumes/prune", post(volumes::prune))
+        .route(
+            "/volumes/{name}",
+            get(volumes::inspect).delete(volumes::remove),
+        )
         .route("/images/json", get(images::list))
         .route("/images/load", post(images::load))
         .route("/images/create", post(images::create))

@@ -39,4 +39,14 @@ pub const MIGRATIONS: &[&str] = &[
         data TEXT NOT NULL
     );
     "#,
+    // 2: volumes (a volume lives on one node).
+    r#"
+    CREATE TABLE volumes (
+        account TEXT NOT NULL,
+        name TEXT NOT NULL,
+        node TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (account, name)
+    );
+    "#,
 ];

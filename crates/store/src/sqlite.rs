@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use cluster::StoreError;
-use cluster::model::{ContainerRecord, ImageRecord, NodeRecord, TagRecord};
+use cluster::model::{ContainerRecord, ImageRecord, NodeRecord, TagRecord, VolumeRecord};
 use cluster::store::{Store, StoreResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -346,6 +346,46 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn insert_volume(&self, v: &VolumeRecord) -> StoreResult<()> {
+        sqlx::query("INSERT INTO volumes (account, name, node, data) VALUES (?, ?, ?, ?)")
+            .bind(&v.account)
+            .bind(&v.name)
+            .bind(&v.node)
+            .bind(to_json(v)?)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_volume(&self, account: &str, name: &str) -> StoreResult<Option<VolumeRecord>> {
+        Ok(self
+            .rows(
+                "SELECT data FROM volumes WHERE account = ? AND name = ?",
+                &[account, name],
+            )
+            .await?
+            .pop())
+    }
+
+    async fn list_volumes(&self, account: &str) -> StoreResult<Vec<VolumeRecord>> {
+        self.rows(
+            "SELECT data FROM volumes WHERE account = ? ORDER BY name",
+            &[account],
+        )
+        .await
+    }
+
+    async fn delete_volume(&self, account: &str, name: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM volumes WHERE account = ? AND name = ?")
+            .bind(account)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     async fn upsert_node(&self, n: &NodeRecord) -> StoreResult<()> {

@@ -116,3 +116,34 @@ async fn images_tags_and_blob_use() {
     assert!(!s.blob_in_use("sha256:l1").await.unwrap());
     assert!(s.list_tags("alice").await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn volumes_are_per_account_and_names_unique() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    let vol = |account: &str, name: &str| cluster::model::VolumeRecord {
+        account: account.into(),
+        name: name.into(),
+        id: format!("{account}-{name}"),
+        node: "n1".into(),
+        driver: "local".into(),
+        labels: Default::default(),
+        options: Default::default(),
+        created: chrono::Utc::now(),
+        anonymous: false,
+    };
+    s.insert_volume(&vol("alice", "data")).await.unwrap();
+    s.insert_volume(&vol("bob", "data")).await.unwrap();
+    assert!(matches!(
+        s.insert_volume(&vol("alice", "data")).await,
+        Err(cluster::StoreError::Conflict(_))
+    ));
+    assert_eq!(s.list_volumes("alice").await.unwrap().len(), 1);
+    assert_eq!(
+        s.get_volume("bob", "data").await.unwrap().unwrap().id,
+        "bob-data"
+    );
+    assert!(s.get_volume("carol", "data").await.unwrap().is_none());
+    s.delete_volume("alice", "data").await.unwrap();
+    assert!(s.get_volume("alice", "data").await.unwrap().is_none());
+    assert!(s.get_volume("bob", "data").await.unwrap().is_some());
+}

@@ -1,0 +1,247 @@
+//! Volumes: named or anonymous, per account, each on one server (where its data
+//! directory is). Containers reference them by id in their spec's mounts; a
+//! volume any container references is in use and cannot be removed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use agent_client::{MountKind, MountSpec};
+use chrono::Utc;
+
+use crate::cluster::Cluster;
+use crate::containers::upstream;
+use crate::create::{MountRequest, MountSource, Planned, validate_volume_name};
+use crate::error::{Error, Result, StoreError};
+use crate::model::{ContainerRecord, OPERATOR, VolumeRecord};
+use crate::names::new_id;
+
+fn no_such_volume(name: &str) -> Error {
+    Error::NotFound(format!("get {name}: no such volume"))
+}
+
+impl Cluster {
+    /// `docker volume create`: idempotent for an existing name, as in Docker.
+    pub async fn create_volume(
+        &self,
+        account: &str,
+        name: Option<&str>,
+        driver: &str,
+        labels: BTreeMap<String, String>,
+        options: BTreeMap<String, String>,
+    ) -> Result<VolumeRecord> {
+        if !(driver.is_empty() || driver == "local") {
+            return Err(Error::NotFound(format!(
+                "error looking up volume plugin {driver}: plugin \"{driver}\" not found"
+            )));
+        }
+        if !options.is_empty() {
+            return Err(Error::InvalidArgument(
+                "volume driver options are not supported".into(),
+            ));
+        }
+        let name = match name.filter(|n| !n.is_empty()) {
+            Some(n) => {
+                validate_volume_name(n)?;
+                n.to_string()
+            }
+            None => new_id(),
+        };
+        if let Some(v) = self.store.get_volume(account, &name).await? {
+            return Ok(v);
+        }
+        let node = self.place().await?;
+        let v = new_volume(account, &name, &node.id, labels, false);
+        match self.store.insert_volume(&v).await {
+            Ok(()) => Ok(v),
+            // Created meanwhile by another request: that one is it.
+            Err(StoreError::Conflict(_)) => self
+                .store
+                .get_volume(account, &name)
+                .await?
+                .ok_or_else(|| no_such_volume(&name)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn get_volume(&self, account: &str, name: &str) -> Result<VolumeRecord> {
+        self.store
+            .get_volume(account, name)
+            .await?
+            .ok_or_else(|| no_such_volume(name))
+    }
+
+    pub async fn list_volumes(&self, account: &str) -> Result<Vec<VolumeRecord>> {
+        Ok(self.store.list_volumes(account).await?)
+    }
+
+    /// Ids of the account's containers that mount the volume.
+    pub async fn volume_users(&self, account: &str, v: &VolumeRecord) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .list_containers(account)
+            .await?
+            .into_iter()
+            .filter(|c| uses_volume(c, &v.id))
+            .map(|c| c.id)
+            .collect())
+    }
+
+    /// `docker volume rm`: refused (409) while any container uses it.
+    pub async fn remove_volume(&self, account: &str, name: &str) -> Result<()> {
+        let v = self.get_volume(account, name).await?;
+        let users = self.volume_users(account, &v).await?;
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "remove {name}: volume is in use - [{}]",
+                users.join(", ")
+            )));
+        }
+        self.agent(&v.node)?
+            .remove_volume(&v.id)
+            .await
+            .map_err(upstream)?;
+        self.store.delete_volume(account, name).await?;
+        Ok(())
+    }
+
+    /// Removes unused volumes (only anonymous ones unless `all`) that `keep`
+    /// does not protect; their names.
+    pub async fn prune_volumes(
+        &self,
+        account: &str,
+        all: bool,
+        keep: impl Fn(&VolumeRecord) -> bool,
+    ) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for v in self.store.list_volumes(account).await? {
+            if (!all && !v.anonymous) || keep(&v) {
+                continue;
+            }
+            match self.remove_volume(account, &v.name).await {
+                Ok(()) => removed.push(v.name),
+                Err(Error::Conflict(_) | Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The container's mounts with volume names resolved to ids (named volumes
+    /// are created on first use, as Docker does) and `--volumes-from` expanded;
+    /// plus the anonymous volumes to record once the container exists.
+    pub(crate) async fn resolve_mounts(
+        &self,
+        account: &str,
+        node: &str,
+        planned: &Planned,
+    ) -> Result<(Vec<MountSpec>, Vec<VolumeRecord>)> {
+        let mut mounts: Vec<MountSpec> = Vec::new();
+        let mut anonymous = Vec::new();
+        for (from, ro) in &planned.volumes_from {
+            let c = self.find_container(account, from).await?;
+            if c.node != node {
+                return Err(Error::Conflict(format!(
+                    "--volumes-from {from}: the container is on another server"
+                )));
+            }
+            for m in &c.spec.mounts {
+                if mounts.iter().any(|x| x.destination == m.destination) {
+                    continue;
+                }
+                mounts.push(MountSpec {
+                    read_only: ro.unwrap_or(m.read_only),
+                    ..m.clone()
+                });
+            }
+        }
+        for MountRequest {
+            source,
+            destination,
+            read_only,
+        } in &planned.mounts
+        {
+            // Explicit mounts win over --volumes-from ones at the same path.
+            mounts.retain(|m| &m.destination != destination);
+            let (kind, source) = match source {
+                MountSource::Host(path) => {
+                    if account != OPERATOR {
+                        return Err(Error::Forbidden(
+                            "host bind mounts are not allowed for this account".into(),
+                        ));
+                    }
+                    (MountKind::Bind, path.clone())
+                }
+                MountSource::Named(name) => {
+                    let v = self
+                        .create_volume(
+                            account,
+                            Some(name),
+                            "local",
+                            BTreeMap::new(),
+                            BTreeMap::new(),
+                        )
+                        .await?;
+                    if v.node != node {
+                        return Err(Error::Conflict(format!(
+                            "volume {name} is on another server"
+                        )));
+                    }
+                    (MountKind::Volume, v.id)
+                }
+                MountSource::Anonymous => {
+                    let v = new_volume(account, &new_id(), node, BTreeMap::new(), true);
+                    let id = v.id.clone();
+                    anonymous.push(v);
+                    (MountKind::Volume, id)
+                }
+            };
+            mounts.push(MountSpec {
+                kind,
+                source,
+                destination: destination.clone(),
+                read_only: *read_only,
+            });
+        }
+        Ok((mounts, anonymous))
+    }
+
+    /// After `docker rm -v` (or an auto-removed container): its anonymous
+    /// volumes that no other container uses.
+    pub async fn remove_anonymous_volumes(self: &Arc<Self>, c: &ContainerRecord) {
+        let Ok(vols) = self.store.list_volumes(&c.account).await else {
+            return;
+        };
+        for v in vols.iter().filter(|v| v.anonymous && uses_volume(c, &v.id)) {
+            if let Err(e) = self.remove_volume(&c.account, &v.name).await {
+                tracing::debug!("keeping volume {}: {e}", v.name);
+            }
+        }
+    }
+}
+
+fn uses_volume(c: &ContainerRecord, id: &str) -> bool {
+    c.spec
+        .mounts
+        .iter()
+        .any(|m| m.kind == MountKind::Volume && m.source == id)
+}
+
+fn new_volume(
+    account: &str,
+    name: &str,
+    node: &str,
+    labels: BTreeMap<String, String>,
+    anonymous: bool,
+) -> VolumeRecord {
+    VolumeRecord {
+        account: account.to_string(),
+        name: name.to_string(),
+        id: new_id(),
+        node: node.to_string(),
+        driver: "local".into(),
+        labels,
+        options: BTreeMap::new(),
+        created: Utc::now(),
+        anonymous,
+    }
+}
