@@ -363,6 +363,11 @@ impl Agent {
             log_max_files: spec.log_max_files,
             exec: false,
         };
+        // runc state left by a run that never reported its end (the server
+        // rebooted, the shim was killed) would block `runc create`.
+        if self.runc.root().join(&spec.id).exists() {
+            let _ = self.runc.delete(&spec.id, true);
+        }
         let exe = self.cfg.exe.clone();
         tokio::task::spawn_blocking(move || spawn_shim(&exe, &args))
             .await

@@ -108,3 +108,62 @@ fn containers_survive_a_restart_of_atoll_and_reset_cleans_up() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(data.to_str().unwrap()));
 }
+
+/// A server reboot: atoll stops, and every shim and container process dies
+/// without a word (runc's state directory survives, as it is on disk).
+#[test]
+fn always_containers_run_again_after_a_server_restart() {
+    let mut a = AtollInstance::start();
+    a.load_busybox();
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "always",
+        "--restart",
+        "always",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    a.docker_ok(&["run", "-d", "--name", "plain", "busybox", "sleep", "1000"]);
+    let ids: Vec<String> = ["always", "plain"]
+        .iter()
+        .map(|n| a.docker_ok(&["inspect", "-f", "{{.Id}}", n]))
+        .collect();
+    a.stop();
+    let data = a.data_dir().to_path_buf();
+    let shims = std::process::Command::new("pgrep")
+        .args(["-f", &format!("atoll shim .*{}", data.display())])
+        .output()
+        .unwrap();
+    for pid in String::from_utf8_lossy(&shims.stdout).split_whitespace() {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status();
+    }
+    for id in &ids {
+        let _ = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(data.join("agent/runc"))
+            .args(["kill", id, "KILL"])
+            .status();
+    }
+    a.restart();
+    testkit::wait_for(
+        || a.docker_ok(&["inspect", "-f", "{{.State.Running}}", "always"]) == "true",
+        std::time::Duration::from_secs(30),
+        "the always container to run again",
+    );
+    assert_eq!(a.docker_ok(&["exec", "always", "echo", "alive"]), "alive");
+    assert_eq!(
+        a.docker_ok(&["inspect", "-f", "{{.State.Running}}", "plain"]),
+        "false"
+    );
+    // It can be started by hand again too.
+    a.docker_ok(&["start", "plain"]);
+    assert_eq!(
+        a.docker_ok(&["inspect", "-f", "{{.State.Running}}", "plain"]),
+        "true"
+    );
+}

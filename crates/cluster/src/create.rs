@@ -838,7 +838,8 @@ mod tests {
         );
         assert_eq!(tmpfs.get("/t").map(String::as_str), Some("size=1048576"));
         let dup: ContainerCreateBody = serde_json::from_value(serde_json::json!({
-            "HostConfig": {"Binds": ["a1:/x", "b1:/x/"]}})).unwrap();
+            "HostConfig": {"Binds": ["a1:/x", "b1:/x/"]}}))
+        .unwrap();
         let hc = dup.host_config.clone().unwrap();
         assert!(mount_requests(&dup, &hc, &[], &mut BTreeMap::new()).is_err());
         assert!(validate_volume_name("ok-name_1.2").is_ok());
