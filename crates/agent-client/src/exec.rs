@@ -43,6 +43,16 @@ impl AgentClient {
         .await
     }
 
+    /// Resolves when the exec has ended.
+    pub async fn exec_wait(&self, id: &str, eid: &str) -> Result<ExecState, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/containers/{id}/execs/{eid}/wait"),
+            empty(),
+        )
+        .await
+    }
+
     pub async fn exec_state(&self, id: &str, eid: &str) -> Result<ExecState, ClientError> {
         self.call(
             Method::GET,

@@ -294,6 +294,23 @@ impl Agent {
         }
     }
 
+    /// Blocks until the exec has ended; its final state.
+    pub async fn exec_wait(&self, id: &str, eid: &str) -> Result<ExecState, AgentError> {
+        check_exec_id(eid)?;
+        let paths = self.exec_paths(id, eid);
+        if let Some(st) = exited(&paths) {
+            return Ok(st);
+        }
+        match control(&paths, "wait").await {
+            Ok(v) if v.get("exit_code").is_some() => Ok(ExecState {
+                running: false,
+                pid: 0,
+                exit_code: v["exit_code"].as_i64().map(|c| c as i32),
+            }),
+            _ => self.exec_state(id, eid).await,
+        }
+    }
+
     /// Sets the window size of an exec's terminal.
     pub async fn exec_resize(
         &self,

@@ -57,6 +57,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route("/v1/containers/{id}/execs/{eid}/start", post(exec_start))
         .route("/v1/containers/{id}/execs/{eid}/resize", post(exec_resize))
+        .route("/v1/containers/{id}/execs/{eid}/wait", get(exec_wait))
         .with_state(agent)
 }
 
@@ -270,6 +271,13 @@ async fn exec_start(
         }
     });
     Ok(switching_protocols())
+}
+
+async fn exec_wait(
+    State(a): State<Arc<Agent>>,
+    Path((id, eid)): Path<(String, String)>,
+) -> R<Json<agent_client::ExecState>> {
+    Ok(Json(a.exec_wait(&id, &eid).await?))
 }
 
 async fn exec_resize(

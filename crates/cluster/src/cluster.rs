@@ -27,12 +27,15 @@ pub struct Change {
 }
 
 pub struct Cluster {
+    /// Itself, for tasks spawned from `&self` methods.
+    pub(crate) me: std::sync::Weak<Cluster>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) blobs: BlobStore,
     pub(crate) registry: images::registry::RegistryClient,
     agents: StdMutex<HashMap<String, AgentClient>>,
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     pub(crate) changes: broadcast::Sender<Change>,
+    pub(crate) events: crate::events::EventLog,
     /// Exec instances (in memory, as Docker keeps them).
     pub(crate) execs: StdMutex<HashMap<String, crate::exec::ExecRecord>>,
     pub name: String,
@@ -44,7 +47,8 @@ impl Cluster {
         let blobs = BlobStore::open(&data_dir.join("blobs"))
             .map_err(|e| Error::internal("opening the blob store", e))?;
         let (changes, _) = broadcast::channel(1024);
-        Ok(Arc::new(Cluster {
+        Ok(Arc::new_cyclic(|me| Cluster {
+            me: me.clone(),
             store,
             blobs,
             registry: images::registry::RegistryClient::new(Vec::new()),
@@ -52,6 +56,7 @@ impl Cluster {
             locks: StdMutex::new(HashMap::new()),
             changes,
             execs: StdMutex::new(HashMap::new()),
+            events: crate::events::EventLog::default(),
             name: name.to_string(),
         }))
     }
@@ -225,6 +230,12 @@ impl Cluster {
         if !exited {
             if c.state.health != health_before {
                 self.store.update_container(&c).await?;
+                let was = health_before.map(|h| h.status);
+                if let Some(h) = &c.state.health
+                    && was.as_deref() != Some(h.status.as_str())
+                {
+                    self.emit_container(&c, format!("health_status: {}", h.status), &[]);
+                }
             }
             return Ok(());
         }
@@ -266,6 +277,10 @@ impl Cluster {
                 if let Some(e) = &st.error {
                     c.state.error = e.clone();
                 }
+                if c.state.oom_killed {
+                    self.emit_container(c, "oom", &[]);
+                }
+                self.emit_container(c, "die", &[("exitCode", c.state.exit_code.to_string())]);
                 true
             }
         }

@@ -183,8 +183,10 @@ impl Cluster {
                             let _ = self.store.delete_container(account, &id).await;
                             return Err(e.into());
                         }
+                        self.emit_volume(v, "create");
                     }
                     self.notify(&rec, false);
+                    self.emit_container(&rec, "create", &[]);
                     return Ok((id, Vec::new()));
                 }
                 Err(StoreError::Conflict(what)) if what == "name" => {
@@ -342,6 +344,7 @@ impl Cluster {
                 c.state.health = st.health.clone();
                 self.store.update_container(&c).await?;
                 self.notify(&c, false);
+                self.emit_container(&c, "start", &[]);
                 Ok(())
             }
             Err(e) => {
@@ -399,14 +402,23 @@ impl Cluster {
             .unwrap_or(10);
         c.state.stopped_by_user = true;
         self.store.update_container(&c).await?;
+        self.emit_container(
+            &c,
+            "kill",
+            &[("signal", parse_signal(&signal)?.to_string())],
+        );
         let st = self
             .agent(&c.node)?
             .stop(&c.id, &StopRequest { timeout, signal })
             .await
             .map_err(upstream)?;
-        if self.record_status(&mut c, &st) {
+        let exited = self.record_status(&mut c, &st);
+        if exited {
             self.store.update_container(&c).await?;
             self.notify(&c, false);
+        }
+        self.emit_container(&c, "stop", &[]);
+        if exited {
             drop(_g);
             self.after_exit(c).await;
         }
@@ -445,7 +457,9 @@ impl Cluster {
         self.agent(&c.node)?
             .kill(&c.id, signal)
             .await
-            .map_err(upstream)
+            .map_err(upstream)?;
+        self.emit_container(&c, "kill", &[("signal", num.to_string())]);
+        Ok(())
     }
 
     pub async fn restart_container(
@@ -468,7 +482,12 @@ impl Cluster {
             return Ok(());
         }
         c.state.status = Status::Exited;
-        self.start_locked(c).await
+        let id = c.id.clone();
+        self.start_locked(c).await?;
+        if let Some(c) = self.store.get_container(account, &id).await? {
+            self.emit_container(&c, "restart", &[]);
+        }
+        Ok(())
     }
 
     pub async fn remove_container(
@@ -507,9 +526,12 @@ impl Cluster {
         }
         if was_running {
             c.state.exit_code = 137;
+            self.emit_container(&c, "kill", &[("signal", "9".into())]);
+            self.emit_container(&c, "die", &[("exitCode", "137".into())]);
         }
         self.store.delete_container(account, &c.id).await?;
         self.notify(&c, true);
+        self.emit_container(&c, "destroy", &[]);
         drop(_g);
         self.forget_lock(&c.id);
         self.forget_execs(&c.id);
@@ -533,10 +555,11 @@ impl Cluster {
                 "Renaming a container with the same name as its current name".to_string(),
             ));
         }
-        c.name = new_name.clone();
+        let old_name = std::mem::replace(&mut c.name, new_name.clone());
         match self.store.update_container(&c).await {
             Ok(()) => {
                 self.notify(&c, false);
+                self.emit_container(&c, "rename", &[("oldName", format!("/{old_name}"))]);
                 Ok(())
             }
             Err(StoreError::Conflict(_)) => {
@@ -711,6 +734,7 @@ impl Cluster {
         };
         self.store.update_container(&c).await?;
         self.notify(&c, false);
+        self.emit_container(&c, if pause { "pause" } else { "unpause" }, &[]);
         Ok(())
     }
 
@@ -738,7 +762,13 @@ impl Cluster {
         self.agent(&c.node)?
             .resize(&c.id, rows, cols)
             .await
-            .map_err(upstream)
+            .map_err(upstream)?;
+        self.emit_container(
+            &c,
+            "resize",
+            &[("height", rows.to_string()), ("width", cols.to_string())],
+        );
+        Ok(())
     }
 
     pub async fn container_logs(
@@ -774,6 +804,7 @@ impl Cluster {
             .attach(&c.id, query)
             .await
             .map_err(upstream)?;
+        self.emit_container(&c, "attach", &[]);
         Ok((c.spec.process.tty, up))
     }
 

@@ -140,9 +140,13 @@ impl Cluster {
             exit_code: None,
             finished: None,
         };
-        let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
-        forget_old(&mut execs, &c.id);
-        execs.insert(id.clone(), rec);
+        let action = format!("exec_create: {}", rec.config.cmd.join(" "));
+        {
+            let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+            forget_old(&mut execs, &c.id);
+            execs.insert(id.clone(), rec);
+        }
+        self.emit_container(&c, action, &[("execID", id.clone())]);
         Ok(id)
     }
 
@@ -225,7 +229,10 @@ impl Cluster {
             .exec_start_attached(&rec.container_id, eid, &q)
             .await
         {
-            Ok(up) => Ok((c.tty, up)),
+            Ok(up) => {
+                self.exec_started(&rec).await;
+                Ok((c.tty, up))
+            }
             Err(e) => {
                 self.update_exec(eid, |r| r.running = false);
                 Err(upstream(e))
@@ -243,6 +250,7 @@ impl Cluster {
         {
             Ok(st) => {
                 self.update_exec(eid, |r| r.pid = st.pid);
+                self.exec_started(&rec).await;
                 Ok(())
             }
             Err(e) => {
@@ -254,6 +262,43 @@ impl Cluster {
                 Err(upstream(e))
             }
         }
+    }
+
+    /// `exec_start` now, and `exec_die` when it ends (a long poll on its server).
+    async fn exec_started(&self, rec: &ExecRecord) {
+        let Ok(c) = self.find_container(&rec.account, &rec.container_id).await else {
+            return;
+        };
+        let cmd = rec.config.cmd.join(" ");
+        self.emit_container(
+            &c,
+            format!("exec_start: {cmd}"),
+            &[("execID", rec.id.clone())],
+        );
+        let Ok(agent) = self.agent(&rec.node) else {
+            return;
+        };
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let (cid, eid) = (rec.container_id.clone(), rec.id.clone());
+        tokio::spawn(async move {
+            let Ok(st) = agent.exec_wait(&cid, &eid).await else {
+                return;
+            };
+            let code = st.exit_code.unwrap_or(137);
+            me.update_exec(&eid, |r| {
+                r.running = false;
+                r.pid = 0;
+                r.exit_code = Some(code);
+                r.finished = Some(Utc::now());
+            });
+            me.emit_container(
+                &c,
+                "exec_die",
+                &[("execID", eid.clone()), ("exitCode", code.to_string())],
+            );
+        });
     }
 
     /// The exec with its current state from its server.

@@ -147,8 +147,16 @@ impl Cluster {
                 "refusing to create a tag with a digest reference".into(),
             ));
         }
-        self.set_tag(account, &r.with_default_tag().to_string(), &image.id)
-            .await
+        let r = r.with_default_tag();
+        self.set_tag(account, &r.to_string(), &image.id).await?;
+        self.emit_image(account, "tag", &image.id, &r.familiar());
+        Ok(())
+    }
+
+    /// An image event; `name` is the reference it concerns.
+    fn emit_image(&self, account: &str, action: &str, id: &str, name: &str) {
+        let attrs = std::collections::BTreeMap::from([("name".to_string(), name.to_string())]);
+        self.emit(account, "image", action, id, attrs);
     }
 
     async fn set_tag(&self, account: &str, reference: &str, image_id: &str) -> Result<()> {
@@ -184,6 +192,13 @@ impl Cluster {
             let rec = self
                 .record_image(account, &img.config, layers, None)
                 .await?;
+            let name = img
+                .repo_tags
+                .first()
+                .and_then(|t| Reference::parse(t).ok())
+                .map(|r| r.with_default_tag().familiar())
+                .unwrap_or_else(|| rec.id.clone());
+            self.emit_image(account, "load", &rec.id, &name);
             if img.repo_tags.is_empty() {
                 lines.push(format!("Loaded image ID: {}", rec.id));
             }
@@ -228,9 +243,12 @@ impl Cluster {
         let rec = self
             .record_image(account, &imported.config, layers, None)
             .await?;
+        let mut name = rec.id.clone();
         if let Some(t) = target {
             self.set_tag(account, &t.to_string(), &rec.id).await?;
+            name = t.familiar();
         }
+        self.emit_image(account, "import", &rec.id, &name);
         Ok(rec.id)
     }
 
@@ -332,6 +350,7 @@ impl Cluster {
             .await?;
         self.set_tag(account, &r.to_string(), &rec.id).await?;
         let newer = old.map(|o| o.image_id != rec.id).unwrap_or(true);
+        self.emit_image(account, "pull", &r.familiar(), &r.familiar());
         send(serde_json::json!({"status": if newer {
             format!("Status: Downloaded newer image for {}", r.familiar())
         } else {
@@ -342,6 +361,23 @@ impl Cluster {
 
     /// `docker rmi`.
     pub async fn remove_image(
+        &self,
+        account: &str,
+        key: &str,
+        force: bool,
+    ) -> Result<Vec<RemovedItem>> {
+        let id = self.find_image(account, key).await?.id;
+        let out = self.remove_image_inner(account, key, force).await?;
+        for item in &out {
+            match item {
+                RemovedItem::Untagged(name) => self.emit_image(account, "untag", &id, name),
+                RemovedItem::Deleted(d) => self.emit_image(account, "delete", d, d),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_image_inner(
         &self,
         account: &str,
         key: &str,

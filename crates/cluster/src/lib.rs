@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod containers;
 pub mod create;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod images;
 pub mod model;

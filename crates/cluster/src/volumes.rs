@@ -52,7 +52,10 @@ impl Cluster {
         let node = self.place().await?;
         let v = new_volume(account, &name, &node.id, labels, false);
         match self.store.insert_volume(&v).await {
-            Ok(()) => Ok(v),
+            Ok(()) => {
+                self.emit_volume(&v, "create");
+                Ok(v)
+            }
             // Created meanwhile by another request: that one is it.
             Err(StoreError::Conflict(_)) => self
                 .store
@@ -101,7 +104,13 @@ impl Cluster {
             .await
             .map_err(upstream)?;
         self.store.delete_volume(account, name).await?;
+        self.emit_volume(&v, "destroy");
         Ok(())
+    }
+
+    pub(crate) fn emit_volume(&self, v: &VolumeRecord, action: &str) {
+        let attrs = BTreeMap::from([("driver".to_string(), v.driver.clone())]);
+        self.emit(&v.account, "volume", action, &v.name, attrs);
     }
 
     /// Removes unused volumes (only anonymous ones unless `all`) that `keep`

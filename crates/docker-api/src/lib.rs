@@ -6,6 +6,7 @@
 
 mod containers;
 mod error;
+mod events;
 mod exec;
 mod images;
 mod params;
@@ -83,6 +84,7 @@ pub fn router(cluster: Arc<Cluster>, account: &str) -> Router {
         .route("/version", get(system::version))
         .route("/info", get(system::info))
         .route("/system/df", get(system::df))
+        .route("/events", get(events::events))
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(containers::list))
         .route("/containers/prune", post(containers::prune))
