@@ -278,6 +278,23 @@ impl AgentClient {
         Ok(resp.into_body())
     }
 
+    /// Stats samples of a running container, one JSON object per line.
+    pub async fn stats(
+        &self,
+        id: &str,
+        stream: bool,
+        one_shot: bool,
+    ) -> Result<Incoming, ClientError> {
+        let resp = self
+            .send(
+                Method::GET,
+                &format!("/v1/containers/{id}/stats?stream={stream}&one-shot={one_shot}"),
+                empty(),
+            )
+            .await?;
+        Ok(resp.into_body())
+    }
+
     /// Opens an attach stream: an upgraded connection carrying Docker frames (or raw
     /// bytes with a TTY) from the container, and stdin to it.
     pub async fn attach(

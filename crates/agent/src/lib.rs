@@ -15,6 +15,7 @@ pub mod rootfs;
 pub mod runc;
 pub mod server;
 pub mod shim;
+pub mod stats;
 pub mod user;
 pub mod volumes;
 

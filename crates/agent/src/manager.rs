@@ -644,6 +644,15 @@ impl Agent {
         Ok(())
     }
 
+    /// The container's init pid if it runs here; NotFound if unknown.
+    pub fn running_pid(&self, id: &str) -> Result<Option<u32>, AgentError> {
+        let ctr = self
+            .ctr(id)
+            .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
+        let st = ctr.status.lock().unwrap_or_else(|p| p.into_inner());
+        Ok((st.state == RunState::Running && st.pid > 0).then_some(st.pid))
+    }
+
     /// Sets the window size of a tty container's terminal.
     pub async fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), AgentError> {
         self.running_ctr(id)?;

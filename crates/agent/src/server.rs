@@ -51,6 +51,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/containers/{id}/pause", post(pause))
         .route("/v1/containers/{id}/unpause", post(unpause))
         .route("/v1/containers/{id}/update", post(update))
+        .route("/v1/containers/{id}/stats", get(stats))
         .route(
             "/v1/containers/{id}/execs/{eid}",
             put(exec_create).get(exec_state),
@@ -170,6 +171,64 @@ async fn update(State(a): State<Arc<Agent>>, Path(id): Path<String>, body: Bytes
         .map_err(|e| AgentError::BadRequest(format!("bad resources: {e}")))?;
     a.update(&id, r).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `stream=1`: one sample per second while the container runs; else one
+/// sample (after a short interval, so CPU use has a delta, unless `one-shot`).
+async fn stats(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> R<Response> {
+    let p = agent_client_params(q.as_deref().unwrap_or(""));
+    let (stream, one_shot) = (p("stream"), p("one-shot"));
+    let line = |v: serde_json::Value| {
+        let mut b = serde_json::to_vec(&v).unwrap_or_default();
+        b.push(b'\n');
+        Bytes::from(b)
+    };
+    let Some(pid) = a.running_pid(&id)? else {
+        return Ok(Response::new(Body::from(line(
+            crate::stats::stopped_sample(&id),
+        ))));
+    };
+    let Some(sampler) = crate::stats::Sampler::new(pid) else {
+        return Ok(Response::new(Body::from(line(
+            crate::stats::stopped_sample(&id),
+        ))));
+    };
+    if !stream {
+        let pre = if one_shot {
+            None
+        } else {
+            let read = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+            let cpu = sampler.cpu();
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            Some((cpu, read))
+        };
+        return Ok(Response::new(Body::from(line(sampler.sample(&id, pre)))));
+    }
+    let s = futures::stream::unfold(
+        (a, id, sampler, None::<(serde_json::Value, String)>, true),
+        move |(a, id, sampler, pre, first)| async move {
+            if !first {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if !matches!(a.running_pid(&id), Ok(Some(_))) {
+                    return None;
+                }
+            }
+            let v = sampler.sample(&id, pre);
+            let next = Some((
+                v["cpu_stats"].clone(),
+                v["read"].as_str().unwrap_or("").to_string(),
+            ));
+            Some((
+                Ok::<_, std::io::Error>(line(v)),
+                (a, id, sampler, next, false),
+            ))
+        },
+    );
+    Ok(Response::new(Body::from_stream(s)))
 }
 
 async fn remove_volume(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<StatusCode> {

@@ -786,6 +786,27 @@ impl Cluster {
         Ok((c.spec.process.tty, body))
     }
 
+    /// The container and, while it runs, its stats samples (JSON lines) from
+    /// its server; None for a container that is not running.
+    pub async fn container_stats(
+        &self,
+        account: &str,
+        key: &str,
+        stream: bool,
+        one_shot: bool,
+    ) -> Result<(ContainerRecord, Option<hyper::body::Incoming>)> {
+        let c = self.find_container(account, key).await?;
+        if !matches!(c.state.status, Status::Running | Status::Paused) {
+            return Ok((c, None));
+        }
+        let body = self
+            .agent(&c.node)?
+            .stats(&c.id, stream, one_shot)
+            .await
+            .map_err(upstream)?;
+        Ok((c, Some(body)))
+    }
+
     /// Opens the container's attach stream on its server. Returns (tty, stream).
     pub async fn attach_container(
         &self,

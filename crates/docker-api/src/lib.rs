@@ -10,6 +10,7 @@ mod events;
 mod exec;
 mod images;
 mod params;
+mod stats;
 mod streams;
 mod system;
 mod volumes;
@@ -105,6 +106,7 @@ pub fn router(cluster: Arc<Cluster>, account: &str) -> Router {
         .route("/containers/{id}/pause", post(containers::pause))
         .route("/containers/{id}/unpause", post(containers::unpause))
         .route("/containers/{id}/update", post(containers::update))
+        .route("/containers/{id}/stats", get(stats::stats))
         .route("/containers/{id}/exec", post(exec::create))
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/resize", post(exec::resize))
