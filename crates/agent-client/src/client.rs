@@ -278,6 +278,20 @@ impl AgentClient {
         Ok(resp.into_body())
     }
 
+    /// `docker top`: Docker's `{Titles, Processes}`. `ps_args` is URL-encoded.
+    pub async fn top(
+        &self,
+        id: &str,
+        ps_args_encoded: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/containers/{id}/top?ps_args={ps_args_encoded}"),
+            empty(),
+        )
+        .await
+    }
+
     /// Stats samples of a running container, one JSON object per line.
     pub async fn stats(
         &self,

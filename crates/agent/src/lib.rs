@@ -16,6 +16,7 @@ pub mod runc;
 pub mod server;
 pub mod shim;
 pub mod stats;
+pub mod top;
 pub mod user;
 pub mod volumes;
 

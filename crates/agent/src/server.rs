@@ -52,6 +52,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/containers/{id}/unpause", post(unpause))
         .route("/v1/containers/{id}/update", post(update))
         .route("/v1/containers/{id}/stats", get(stats))
+        .route("/v1/containers/{id}/top", get(top))
         .route(
             "/v1/containers/{id}/execs/{eid}",
             put(exec_create).get(exec_state),
@@ -229,6 +230,57 @@ async fn stats(
         },
     );
     Ok(Response::new(Body::from_stream(s)))
+}
+
+async fn top(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> R<Json<serde_json::Value>> {
+    let Some(pid) = a.running_pid(&id)? else {
+        return Err(AgentError::Conflict(format!(
+            "Container {id} is not running"
+        )));
+    };
+    let args = q
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("ps_args="))
+        .map(|v| percent_decode(v))
+        .next()
+        .unwrap_or_default();
+    let v = tokio::task::spawn_blocking(move || {
+        let pids = crate::top::container_pids(pid)?;
+        let out = crate::top::run_ps(&args)?;
+        crate::top::filter_ps(&out, &pids)
+    })
+    .await
+    .map_err(|e| AgentError::Internal(e.to_string()))??;
+    Ok(Json(v))
+}
+
+/// `+` and `%XX` of a query value.
+fn percent_decode(v: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn remove_volume(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<StatusCode> {

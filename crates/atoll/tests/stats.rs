@@ -114,3 +114,40 @@ fn stats_show_real_cpu_memory_network_and_pids() {
     let err = a.docker_err(&["stats", "--no-stream", "nosuch"]);
     assert!(err.contains("No such container"), "{err}");
 }
+
+#[test]
+fn top_lists_the_containers_processes() {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "tp",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 1001 & sleep 1002",
+    ]);
+    let out = a.docker_ok(&["top", "tp"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains("PID") && lines[0].contains("CMD"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sleep 1001") && out.contains("sleep 1002"),
+        "{out}"
+    );
+    // Only the container's two (sh exec'd the last sleep): nothing of the host.
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(!out.contains("atoll up"));
+    let out = a.docker_ok(&["top", "tp", "-o", "pid,comm"]);
+    assert!(out.lines().next().unwrap().contains("COMMAND"), "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let err = a.docker_err(&["top", "tp", "-o", "comm"]);
+    assert!(err.contains("Couldn't find PID field"), "{err}");
+    a.docker_ok(&["kill", "tp"]);
+    let err = a.docker_err(&["top", "tp"]);
+    assert!(err.contains("is not running"), "{err}");
+}

@@ -786,6 +786,26 @@ impl Cluster {
         Ok((c.spec.process.tty, body))
     }
 
+    /// `docker top` (`ps_args` URL-encoded, passed through).
+    pub async fn top_container(
+        &self,
+        account: &str,
+        key: &str,
+        ps_args_encoded: &str,
+    ) -> Result<serde_json::Value> {
+        let c = self.find_container(account, key).await?;
+        if !matches!(c.state.status, Status::Running | Status::Paused) {
+            return Err(Error::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
+        }
+        self.agent(&c.node)?
+            .top(&c.id, ps_args_encoded)
+            .await
+            .map_err(upstream)
+    }
+
     /// The container and, while it runs, its stats samples (JSON lines) from
     /// its server; None for a container that is not running.
     pub async fn container_stats(

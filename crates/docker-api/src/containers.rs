@@ -667,6 +667,22 @@ pub async fn resize(
     Ok(StatusCode::OK.into_response())
 }
 
+pub async fn top(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let raw = q
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("ps_args="))
+        .next()
+        .unwrap_or("");
+    Ok(Json(st.cluster.top_container(&acct.0, &id, raw).await?))
+}
+
 pub async fn update(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,

@@ -107,6 +107,7 @@ pub fn router(cluster: Arc<Cluster>, account: &str) -> Router {
         .route("/containers/{id}/unpause", post(containers::unpause))
         .route("/containers/{id}/update", post(containers::update))
         .route("/containers/{id}/stats", get(stats::stats))
+        .route("/containers/{id}/top", get(containers::top))
         .route("/containers/{id}/exec", post(exec::create))
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/resize", post(exec::resize))
