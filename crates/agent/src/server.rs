@@ -247,7 +247,7 @@ async fn top(
         .unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.strip_prefix("ps_args="))
-        .map(|v| percent_decode(v))
+        .map(percent_decode)
         .next()
         .unwrap_or_default();
     let v = tokio::task::spawn_blocking(move || {
