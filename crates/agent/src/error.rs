@@ -10,6 +10,8 @@ pub enum AgentError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
     /// The runtime refused to create/start the process (bad command, bad user...).
     #[error("{0}")]
     Runtime(String),
@@ -29,6 +31,7 @@ impl AgentError {
             AgentError::BadRequest(_) | AgentError::Runtime(_) | AgentError::Image(_) => 400,
             AgentError::NotFound(_) => 404,
             AgentError::Conflict(_) => 409,
+            AgentError::Forbidden(_) => 403,
             _ => 500,
         }
     }

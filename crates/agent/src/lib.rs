@@ -2,9 +2,11 @@
 //! per-container shims, keeps the layer cache, wires the container network (via the
 //! `net` crate), and serves the agent API to the head.
 
+pub mod archive;
 pub mod bundle;
 pub mod error;
 pub mod exec;
+pub mod files;
 pub mod health;
 pub mod layers;
 pub mod logs;

@@ -40,10 +40,10 @@ pub struct PendingAttach {
 /// One container as the agent knows it.
 pub(crate) struct Ctr {
     /// Serialises start/stop/remove.
-    op: Mutex<()>,
+    pub(crate) op: Arc<Mutex<()>>,
     /// Held while a finished run's host resources (netns, veth, mount) are torn
     /// down; the exit is reported before that, so callers are not kept waiting.
-    cleanup: Arc<Mutex<()>>,
+    pub(crate) cleanup: Arc<Mutex<()>>,
     pub(crate) spec: StdMutex<ContainerSpec>,
     pub(crate) status: StdMutex<ContainerStatus>,
     /// Bumped on every exit, so stop can wait for "the" exit.
@@ -58,7 +58,7 @@ pub struct Agent {
     pub(crate) layers: LayerCache,
     net: net::NodeNet,
     pub(crate) runc: Runc,
-    mounter: RealMounter,
+    pub(crate) mounter: RealMounter,
     containers_dir: PathBuf,
     ctrs: StdMutex<HashMap<String, Arc<Ctr>>>,
     events: broadcast::Sender<ContainerStatus>,
@@ -169,12 +169,12 @@ impl Agent {
             .cloned()
     }
 
-    fn ctr_or_insert(&self, spec: &ContainerSpec) -> Arc<Ctr> {
+    pub(crate) fn ctr_or_insert(&self, spec: &ContainerSpec) -> Arc<Ctr> {
         let mut m = self.ctrs.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(spec.id.clone())
             .or_insert_with(|| {
                 Arc::new(Ctr {
-                    op: Mutex::new(()),
+                    op: Arc::new(Mutex::new(())),
                     cleanup: Arc::new(Mutex::new(())),
                     spec: StdMutex::new(spec.clone()),
                     status: StdMutex::new(stopped(&spec.id, spec.generation)),

@@ -53,6 +53,13 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/containers/{id}/update", post(update))
         .route("/v1/containers/{id}/stats", get(stats))
         .route("/v1/containers/{id}/top", get(top))
+        .route("/v1/containers/{id}/prepare", post(prepare))
+        .route(
+            "/v1/containers/{id}/archive",
+            get(archive_get).head(archive_head).put(archive_put),
+        )
+        .route("/v1/containers/{id}/export", get(export))
+        .route("/v1/containers/{id}/changes", get(changes))
         .route(
             "/v1/containers/{id}/execs/{eid}",
             put(exec_create).get(exec_state),
@@ -281,6 +288,161 @@ fn percent_decode(v: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn prepare(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> R<StatusCode> {
+    let spec: ContainerSpec = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("bad container spec: {e}")))?;
+    if spec.id != id {
+        return Err(AgentError::BadRequest("container id mismatch".into()));
+    }
+    a.prepare(spec).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn query_value(q: &Option<String>, key: &str) -> Option<String> {
+    q.as_deref()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(v))
+}
+
+fn archive_error(e: crate::archive::ArchiveError) -> AgentError {
+    use crate::archive::ArchiveError as E;
+    match e {
+        E::NotFound(p) => AgentError::NotFound(format!("no such file or directory: {p}")),
+        E::Invalid(m) => AgentError::BadRequest(m),
+        E::Io(e) => AgentError::Io(e),
+    }
+}
+
+/// The stat of `path`, base64 JSON, as Docker's header wants it.
+async fn path_stat(a: &Arc<Agent>, id: &str, path: &str) -> R<(String, crate::files::RootfsLease)> {
+    let lease = a.lease_rootfs(id).await?;
+    let root = crate::archive::Root::open(&lease.rootfs)?;
+    let st = root.stat(path).map_err(archive_error)?;
+    let json = serde_json::to_vec(&st).map_err(|e| AgentError::Internal(e.to_string()))?;
+    use base64::Engine;
+    Ok((
+        base64::engine::general_purpose::STANDARD.encode(json),
+        lease,
+    ))
+}
+
+const STAT_HEADER: &str = "x-docker-container-path-stat";
+
+async fn archive_head(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> R<Response> {
+    let path = query_value(&q, "path").unwrap_or_default();
+    let (stat, _lease) = path_stat(&a, &id, &path).await?;
+    let mut resp = Response::new(Body::empty());
+    resp.headers_mut().insert(
+        STAT_HEADER,
+        HeaderValue::from_str(&stat).map_err(|e| AgentError::Internal(e.to_string()))?,
+    );
+    Ok(resp)
+}
+
+/// Streams what a blocking writer produces, keeping `hold` alive until done.
+fn blocking_body<T: Send + 'static>(
+    hold: T,
+    write: impl FnOnce(&T, &mut dyn std::io::Write) -> Result<(), crate::archive::ArchiveError>
+    + Send
+    + 'static,
+) -> Body {
+    let (reader, writer) = tokio::io::duplex(256 * 1024);
+    tokio::task::spawn_blocking(move || {
+        let mut w = SyncIoBridge::new(writer);
+        if let Err(e) = write(&hold, &mut w) {
+            tracing::debug!("archive stream: {e}");
+        }
+        drop(hold);
+    });
+    Body::from_stream(tokio_util::io::ReaderStream::new(reader))
+}
+
+async fn archive_get(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> R<Response> {
+    let path = query_value(&q, "path").unwrap_or_default();
+    let (stat, lease) = path_stat(&a, &id, &path).await?;
+    let body = blocking_body(lease, move |lease, w| {
+        crate::archive::Root::open(&lease.rootfs)?.write_tar(&path, w)
+    });
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        STAT_HEADER,
+        HeaderValue::from_str(&stat).map_err(|e| AgentError::Internal(e.to_string()))?,
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
+    Ok(resp)
+}
+
+async fn archive_put(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> R<StatusCode> {
+    let path = query_value(&q, "path").unwrap_or_default();
+    let flag = |k: &str| query_value(&q, k).is_some_and(|v| v == "1" || v == "true");
+    let (no_overwrite, copy_ids) = (flag("noOverwriteDirNonDir"), flag("copyUIDGID"));
+    let lease = a.lease_rootfs(&id).await?;
+    if lease.read_only {
+        return Err(AgentError::Forbidden(
+            "container rootfs is marked read-only".into(),
+        ));
+    }
+    let stream = req
+        .into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other);
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    tokio::task::spawn_blocking(move || {
+        let root = crate::archive::Root::open(&lease.rootfs)?;
+        root.extract(&path, reader, no_overwrite, copy_ids)
+            .map_err(archive_error)
+    })
+    .await
+    .map_err(|e| AgentError::Internal(e.to_string()))??;
+    Ok(StatusCode::OK)
+}
+
+async fn export(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Response> {
+    let lease = a.lease_rootfs(&id).await?;
+    let body = blocking_body(lease, |lease, w| {
+        crate::archive::Root::open(&lease.rootfs)?.write_tar("/", w)
+    });
+    Ok(Response::new(body))
+}
+
+async fn changes(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> R<Json<serde_json::Value>> {
+    let lease = a.lease_rootfs(&id).await?;
+    let list =
+        tokio::task::spawn_blocking(move || crate::archive::changes(&lease.upper, &lease.lowers))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))??;
+    Ok(Json(serde_json::json!(
+        list.into_iter()
+            .map(|(p, k)| serde_json::json!({"Path": p, "Kind": k}))
+            .collect::<Vec<_>>()
+    )))
 }
 
 async fn remove_volume(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<StatusCode> {

@@ -45,6 +45,8 @@ pub(crate) fn upstream(e: ClientError) -> Error {
                 Error::NotFound(message)
             } else if status == 409 {
                 Error::Conflict(message)
+            } else if status == 403 {
+                Error::Forbidden(message)
             } else {
                 Error::InvalidArgument(message)
             }
@@ -254,7 +256,7 @@ impl Cluster {
     }
 
     /// Streams every missing layer of the container's image to its server.
-    async fn ensure_layers(&self, c: &ContainerRecord) -> Result<()> {
+    pub(crate) async fn ensure_layers(&self, c: &ContainerRecord) -> Result<()> {
         let agent = self.agent(&c.node)?;
         for l in &c.spec.layers {
             if agent.has_layer(&l.diff_id).await.map_err(upstream)? {

@@ -7,6 +7,7 @@ pub mod create;
 pub mod error;
 pub mod events;
 pub mod exec;
+pub mod files;
 pub mod images;
 pub mod model;
 pub mod names;

@@ -4,6 +4,7 @@
 
 #![recursion_limit = "256"]
 
+mod archive;
 mod containers;
 mod error;
 mod events;
@@ -108,6 +109,12 @@ pub fn router(cluster: Arc<Cluster>, account: &str) -> Router {
         .route("/containers/{id}/update", post(containers::update))
         .route("/containers/{id}/stats", get(stats::stats))
         .route("/containers/{id}/top", get(containers::top))
+        .route(
+            "/containers/{id}/archive",
+            get(archive::get).head(archive::head).put(archive::put),
+        )
+        .route("/containers/{id}/export", get(archive::export))
+        .route("/containers/{id}/changes", get(archive::changes))
         .route("/containers/{id}/exec", post(exec::create))
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/resize", post(exec::resize))

@@ -1,0 +1,671 @@
+//! Files of a container for `docker cp`, `export` and `diff`, read and written
+//! from the host side of its root filesystem — which its processes control. A
+//! symlink in there may point anywhere ("/etc" is the *host's* /etc from out
+//! here), so every lookup goes through `openat2(RESOLVE_IN_ROOT)` (symlinks
+//! resolve as if the rootfs were `/`), every descent uses `O_NOFOLLOW`, and
+//! every file is created relative to a directory fd. Nothing here follows a
+//! path string through the container's tree.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
+use serde::Serialize;
+
+/// Errors a user can act on; the agent maps them to 404/400.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("no such file or directory: {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Docker's `X-Docker-Container-Path-Stat` (mode in Go's `os.FileMode` bits).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PathStat {
+    pub name: String,
+    pub size: i64,
+    pub mode: u32,
+    pub mtime: String,
+    #[serde(rename = "linkTarget")]
+    pub link_target: String,
+}
+
+const GO_DIR: u32 = 1 << 31;
+const GO_SYMLINK: u32 = 1 << 27;
+const GO_DEVICE: u32 = 1 << 26;
+const GO_PIPE: u32 = 1 << 25;
+const GO_SOCKET: u32 = 1 << 24;
+const GO_SETUID: u32 = 1 << 23;
+const GO_SETGID: u32 = 1 << 22;
+const GO_CHARDEV: u32 = 1 << 21;
+const GO_STICKY: u32 = 1 << 20;
+
+/// A unix mode as Go's FileMode.
+pub fn go_mode(mode: u32) -> u32 {
+    let mut m = mode & 0o777;
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => m |= GO_DIR,
+        libc::S_IFLNK => m |= GO_SYMLINK,
+        libc::S_IFIFO => m |= GO_PIPE,
+        libc::S_IFSOCK => m |= GO_SOCKET,
+        libc::S_IFCHR => m |= GO_DEVICE | GO_CHARDEV,
+        libc::S_IFBLK => m |= GO_DEVICE,
+        _ => {}
+    }
+    if mode & libc::S_ISUID != 0 {
+        m |= GO_SETUID;
+    }
+    if mode & libc::S_ISGID != 0 {
+        m |= GO_SETGID;
+    }
+    if mode & libc::S_ISVTX != 0 {
+        m |= GO_STICKY;
+    }
+    m
+}
+
+/// A container path as clean components: `..` may not climb above `/`.
+fn components(path: &str) -> Result<Vec<CString>, ArchiveError> {
+    let mut out: Vec<CString> = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(
+                CString::new(n.as_bytes())
+                    .map_err(|_| ArchiveError::Invalid("path contains a NUL byte".into()))?,
+            ),
+        }
+    }
+    Ok(out)
+}
+
+fn stat_at(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: zeroed stat is a valid out-parameter.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid dir fd, NUL-terminated name, out-pointer to a stat.
+    let rc = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if rc == 0 {
+        Ok(st)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    // SAFETY: valid dir fd and name; the kernel returns a new fd we own.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: a fresh fd from the kernel.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+fn readlink_at(dir: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: buffer of the given length.
+    let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn rfc3339(secs: i64, nanos: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, nanos as u32)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// A container's root directory, opened once.
+pub struct Root {
+    fd: OwnedFd,
+}
+
+impl Root {
+    pub fn open(rootfs: &Path) -> io::Result<Root> {
+        let fd = nix::fcntl::open(
+            rootfs,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root { fd })
+    }
+
+    /// The directory `comps` inside the root (symlinks resolved inside it).
+    fn dir(&self, comps: &[CString]) -> Result<OwnedFd, ArchiveError> {
+        let mut rel = Vec::new();
+        for (i, c) in comps.iter().enumerate() {
+            if i > 0 {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(c.as_bytes());
+        }
+        if rel.is_empty() {
+            rel.push(b'.');
+        }
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        openat2(self.fd.as_fd(), OsStr::from_bytes(&rel), how).map_err(|e| match e {
+            nix::Error::ENOENT => {
+                ArchiveError::NotFound(String::from_utf8_lossy(&rel).into_owned())
+            }
+            nix::Error::ENOTDIR => ArchiveError::Invalid("not a directory".into()),
+            e => ArchiveError::Io(e.into()),
+        })
+    }
+
+    /// (parent dir fd, final name); the root itself is (root, ".").
+    fn locate(&self, path: &str) -> Result<(OwnedFd, CString), ArchiveError> {
+        let mut comps = components(path)?;
+        match comps.pop() {
+            Some(name) => Ok((self.dir(&comps)?, name)),
+            None => Ok((self.dir(&[])?, c".".to_owned())),
+        }
+    }
+
+    /// `stat` of a path, the final component not followed (Docker's HEAD).
+    pub fn stat(&self, path: &str) -> Result<PathStat, ArchiveError> {
+        let (dir, name) = self.locate(path)?;
+        let st = stat_at(dir.as_raw_fd(), &name).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => ArchiveError::NotFound(path.to_string()),
+            _ => ArchiveError::Io(e),
+        })?;
+        let link_target = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            let t = readlink_at(dir.as_raw_fd(), &name)?;
+            let t = String::from_utf8_lossy(&t).into_owned();
+            if t.starts_with('/') {
+                t
+            } else {
+                let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
+                parent.join(t).to_string_lossy().into_owned()
+            }
+        } else {
+            String::new()
+        };
+        let base = components(path)?
+            .last()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into());
+        Ok(PathStat {
+            name: base,
+            size: st.st_size,
+            mode: go_mode(st.st_mode),
+            mtime: rfc3339(st.st_mtime, st.st_mtime_nsec),
+            link_target,
+        })
+    }
+
+    /// A tar of `path` (its basename as the top entry), or of the root's
+    /// contents with `path` = "/" (export).
+    pub fn write_tar<W: Write>(&self, path: &str, w: W) -> Result<(), ArchiveError> {
+        let mut b = tar::Builder::new(w);
+        b.mode(tar::HeaderMode::Complete);
+        let comps = components(path)?;
+        if comps.is_empty() {
+            let root = self.dir(&[])?;
+            let dir = open_at(
+                root.as_raw_fd(),
+                c".",
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )?;
+            add_children(&mut b, &dir, Path::new(""))?;
+        } else {
+            let (dir, name) = self.locate(path)?;
+            if let Err(e) = stat_at(dir.as_raw_fd(), &name) {
+                return Err(if e.raw_os_error() == Some(libc::ENOENT) {
+                    ArchiveError::NotFound(path.to_string())
+                } else {
+                    e.into()
+                });
+            }
+            let top = PathBuf::from(OsStr::from_bytes(name.as_bytes()));
+            add_entry(&mut b, &dir, &name, &top)?;
+        }
+        b.into_inner()?.flush()?;
+        Ok(())
+    }
+
+    /// Extracts a tar into the directory `dest`. Entries may not leave it;
+    /// ownership is root's unless `copy_uid_gid` (Docker's `cp` vs `cp -a`).
+    pub fn extract<R: Read>(
+        &self,
+        dest: &str,
+        r: R,
+        no_overwrite_dir_non_dir: bool,
+        copy_uid_gid: bool,
+    ) -> Result<(), ArchiveError> {
+        let base = components(dest)?;
+        // The destination must be a directory.
+        self.dir(&base).map_err(|e| match e {
+            ArchiveError::Invalid(_) => {
+                ArchiveError::Invalid("extraction point is not a directory".into())
+            }
+            e => e,
+        })?;
+        let bad_tar = |e: io::Error| ArchiveError::Invalid(format!("invalid tar archive: {e}"));
+        let mut ar = tar::Archive::new(r);
+        for entry in ar.entries().map_err(bad_tar)? {
+            let mut entry = entry.map_err(bad_tar)?;
+            let raw = entry.path_bytes().into_owned();
+            let mut rel = Vec::new();
+            for c in Path::new(OsStr::from_bytes(&raw)).components() {
+                match c {
+                    Component::Normal(n) => rel.push(
+                        CString::new(n.as_bytes())
+                            .map_err(|_| ArchiveError::Invalid("NUL in a path".into()))?,
+                    ),
+                    Component::CurDir | Component::RootDir => {}
+                    _ => {
+                        return Err(ArchiveError::Invalid(format!(
+                            "invalid path in archive: {}",
+                            String::from_utf8_lossy(&raw)
+                        )));
+                    }
+                }
+            }
+            let Some(name) = rel.pop() else { continue };
+            let mut parent_path = base.clone();
+            parent_path.extend(rel);
+            let parent = self.dir(&parent_path)?;
+            let pfd = parent.as_raw_fd();
+            let h = entry.header().clone();
+            let mode = h.mode().unwrap_or(0o644) & 0o7777;
+            let existing = stat_at(pfd, &name).ok().map(|s| s.st_mode & libc::S_IFMT);
+            let kind = h.entry_type();
+            let is_dir = kind.is_dir();
+            if let Some(t) = existing {
+                if t == libc::S_IFDIR && !is_dir {
+                    return Err(ArchiveError::Invalid(format!(
+                        "cannot overwrite directory {:?} with non-directory",
+                        name
+                    )));
+                }
+                if t != libc::S_IFDIR && is_dir && no_overwrite_dir_non_dir {
+                    return Err(ArchiveError::Invalid(format!(
+                        "cannot overwrite non-directory {:?} with directory",
+                        name
+                    )));
+                }
+                if t != libc::S_IFDIR || !is_dir {
+                    // SAFETY: unlinkat relative to our dir fd.
+                    check(unsafe { libc::unlinkat(pfd, name.as_ptr(), 0) })?;
+                }
+            }
+            match kind {
+                tar::EntryType::Directory => {
+                    if existing != Some(libc::S_IFDIR) {
+                        // SAFETY: mkdirat relative to our dir fd.
+                        check(unsafe { libc::mkdirat(pfd, name.as_ptr(), 0o700) })?;
+                    }
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let fd = open_at(
+                        pfd,
+                        &name,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                        0o600,
+                    )?;
+                    let mut f = File::from(fd);
+                    io::copy(&mut entry, &mut f)?;
+                }
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| ArchiveError::Invalid("symlink without a target".into()))?;
+                    let target = CString::new(target.into_owned())
+                        .map_err(|_| ArchiveError::Invalid("NUL in a link".into()))?;
+                    // SAFETY: symlinkat relative to our dir fd.
+                    check(unsafe { libc::symlinkat(target.as_ptr(), pfd, name.as_ptr()) })?;
+                }
+                tar::EntryType::Link => {
+                    let target = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| ArchiveError::Invalid("hard link without a target".into()))?
+                        .into_owned();
+                    let mut tcomps = base.clone();
+                    tcomps.extend(components(&String::from_utf8_lossy(&target))?);
+                    let tname = tcomps
+                        .pop()
+                        .ok_or_else(|| ArchiveError::Invalid("bad hard link".into()))?;
+                    let tdir = self.dir(&tcomps)?;
+                    // SAFETY: linkat between our dir fds, no symlink following.
+                    check(unsafe {
+                        libc::linkat(tdir.as_raw_fd(), tname.as_ptr(), pfd, name.as_ptr(), 0)
+                    })?;
+                    continue;
+                }
+                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                    let t = match kind {
+                        tar::EntryType::Char => libc::S_IFCHR,
+                        tar::EntryType::Block => libc::S_IFBLK,
+                        _ => libc::S_IFIFO,
+                    };
+                    let dev = libc::makedev(
+                        h.device_major().ok().flatten().unwrap_or(0),
+                        h.device_minor().ok().flatten().unwrap_or(0),
+                    );
+                    // SAFETY: mknodat relative to our dir fd.
+                    check(unsafe { libc::mknodat(pfd, name.as_ptr(), t | mode, dev) })?;
+                }
+                _ => continue,
+            }
+            let (uid, gid) = if copy_uid_gid {
+                (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32)
+            } else {
+                (0, 0)
+            };
+            // SAFETY: *at calls on our dir fd, not following a final symlink.
+            unsafe {
+                check(libc::fchownat(
+                    pfd,
+                    name.as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                ))?;
+                if kind != tar::EntryType::Symlink {
+                    check(libc::fchmodat(pfd, name.as_ptr(), mode, 0))?;
+                }
+                let mtime = h.mtime().unwrap_or(0) as i64;
+                let ts = [
+                    libc::timespec {
+                        tv_sec: mtime,
+                        tv_nsec: 0,
+                    },
+                    libc::timespec {
+                        tv_sec: mtime,
+                        tv_nsec: 0,
+                    },
+                ];
+                libc::utimensat(pfd, name.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One entry (and, for a directory, what is below it), never following links.
+fn add_entry<W: Write>(
+    b: &mut tar::Builder<W>,
+    dir: &OwnedFd,
+    name: &CStr,
+    path: &Path,
+) -> io::Result<()> {
+    let st = match stat_at(dir.as_raw_fd(), name) {
+        Ok(st) => st,
+        // Gone meanwhile (the container is running): skip it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(st.st_mode & 0o7777);
+    h.set_uid(st.st_uid as u64);
+    h.set_gid(st.st_gid as u64);
+    h.set_mtime(st.st_mtime.max(0) as u64);
+    h.set_size(0);
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => {
+            h.set_entry_type(tar::EntryType::Directory);
+            b.append_data(&mut h, path, io::empty())?;
+            let sub = open_at(
+                dir.as_raw_fd(),
+                name,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
+            add_children(b, &sub, path)?;
+        }
+        libc::S_IFREG => {
+            let f = File::from(open_at(
+                dir.as_raw_fd(),
+                name,
+                libc::O_RDONLY | libc::O_NOFOLLOW,
+                0,
+            )?);
+            let size = st.st_size.max(0) as u64;
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(size);
+            // A file that changes size meanwhile still fills its declared size.
+            let data = f.take(size).chain(io::repeat(0)).take(size);
+            b.append_data(&mut h, path, data)?;
+        }
+        libc::S_IFLNK => {
+            let target = readlink_at(dir.as_raw_fd(), name)?;
+            h.set_entry_type(tar::EntryType::Symlink);
+            b.append_link(&mut h, path, Path::new(OsStr::from_bytes(&target)))?;
+        }
+        t @ (libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO) => {
+            h.set_entry_type(match t {
+                libc::S_IFCHR => tar::EntryType::Char,
+                libc::S_IFBLK => tar::EntryType::Block,
+                _ => tar::EntryType::Fifo,
+            });
+            h.set_device_major(libc::major(st.st_rdev))?;
+            h.set_device_minor(libc::minor(st.st_rdev))?;
+            b.append_data(&mut h, path, io::empty())?;
+        }
+        // Sockets are not archived (as in Docker).
+        _ => {}
+    }
+    Ok(())
+}
+
+fn add_children<W: Write>(b: &mut tar::Builder<W>, dir: &OwnedFd, path: &Path) -> io::Result<()> {
+    let dup = dir.try_clone()?;
+    let mut d = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
+    let mut names: Vec<CString> = d
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    names.sort();
+    for n in names {
+        let child = path.join(OsStr::from_bytes(n.as_bytes()));
+        add_entry(b, dir, &n, &child)?;
+    }
+    Ok(())
+}
+
+/// Docker's `diff` from a container's upper dir: whiteouts (0:0 char devices)
+/// and opaque dirs are deletions, paths that exist in a lower layer are
+/// modifications, the rest additions. Kinds: 0 modified, 1 added, 2 deleted.
+pub fn changes(upper: &Path, lowers: &[PathBuf]) -> io::Result<Vec<(String, u8)>> {
+    let mut out = Vec::new();
+    let root = File::open(upper)?;
+    walk_upper(&OwnedFd::from(root), Path::new("/"), lowers, &mut out)?;
+    // The mount points of the files we bind in are ours, not the container's;
+    // a directory "changed" only because of them is not a change either.
+    out.retain(|(p, _)| !MOUNT_TARGETS.contains(&p.as_str()));
+    let all: Vec<String> = out.iter().map(|(p, _)| p.clone()).collect();
+    out.retain(|(p, k)| {
+        *k != 0
+            || !MOUNT_TARGETS
+                .iter()
+                .any(|t| t.starts_with(&format!("{p}/")))
+            || all.iter().any(|q| q.starts_with(&format!("{p}/")))
+    });
+    out.sort();
+    Ok(out)
+}
+
+/// Files bind-mounted into every container (runc creates their mount points).
+const MOUNT_TARGETS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"];
+
+fn in_lower(lowers: &[PathBuf], path: &Path) -> bool {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    lowers
+        .iter()
+        .any(|l| std::fs::symlink_metadata(l.join(rel)).is_ok())
+}
+
+fn walk_upper(
+    dir: &OwnedFd,
+    path: &Path,
+    lowers: &[PathBuf],
+    out: &mut Vec<(String, u8)>,
+) -> io::Result<()> {
+    let dup = dir.try_clone()?;
+    let mut d = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
+    let names: Vec<CString> = d
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    for n in names {
+        let child = path.join(OsStr::from_bytes(n.as_bytes()));
+        let st = stat_at(dir.as_raw_fd(), &n)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFCHR && st.st_rdev == 0 {
+            out.push((child.to_string_lossy().into_owned(), 2));
+            continue;
+        }
+        let existed = in_lower(lowers, &child);
+        out.push((
+            child.to_string_lossy().into_owned(),
+            if existed { 0 } else { 1 },
+        ));
+        if kind == libc::S_IFDIR {
+            let sub = open_at(
+                dir.as_raw_fd(),
+                &n,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
+            walk_upper(&sub, &child, lowers, out)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_inside_the_root_even_through_hostile_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "host").unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/secret"), "container").unwrap();
+        // Links that would escape if followed on the host.
+        std::os::unix::fs::symlink(outside.path(), root.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", root.path().join("up")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.path().join("etclink")).unwrap();
+        let r = Root::open(root.path()).unwrap();
+        // "/up/etc/secret" is the container's /etc/secret, not the host's.
+        let mut tar = Vec::new();
+        r.write_tar("/up/etc/secret", &mut tar).unwrap();
+        let mut ar = tar::Archive::new(&tar[..]);
+        let mut e = ar.entries().unwrap().next().unwrap().unwrap();
+        let mut s = String::new();
+        e.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "container");
+        assert!(matches!(
+            r.stat("/abs/secret"),
+            Err(ArchiveError::NotFound(_))
+        ));
+        // Extracting through a link lands inside the root.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o640);
+        b.append_data(&mut h, "new.txt", &b"abc"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        r.extract("/etclink", &data[..], false, false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("etc/new.txt")).unwrap(),
+            "abc"
+        );
+        r.extract("/abs", &data[..], false, false).unwrap_err();
+        assert!(!outside.path().join("new.txt").exists());
+        // Entries climbing out are refused.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_path("x").unwrap();
+        h.as_old_mut().name[..5].copy_from_slice(b"../zz");
+        h.set_cksum();
+        b.append(&h, &b"z"[..]).unwrap();
+        let evil = b.into_inner().unwrap();
+        assert!(matches!(
+            r.extract("/etc", &evil[..], false, false),
+            Err(ArchiveError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn stat_reports_go_modes_and_link_targets() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("d")).unwrap();
+        std::os::unix::fs::symlink("d", root.path().join("l")).unwrap();
+        let r = Root::open(root.path()).unwrap();
+        let d = r.stat("/d").unwrap();
+        assert_eq!(d.mode & GO_DIR, GO_DIR);
+        assert_eq!(d.name, "d");
+        let l = r.stat("/l").unwrap();
+        assert_eq!(l.mode & GO_SYMLINK, GO_SYMLINK);
+        assert_eq!(l.link_target, "/d");
+        assert!(matches!(r.stat("/nope"), Err(ArchiveError::NotFound(_))));
+    }
+
+    #[test]
+    fn changes_classify_upper_entries() {
+        let lower = tempfile::tempdir().unwrap();
+        let upper = tempfile::tempdir().unwrap();
+        std::fs::create_dir(lower.path().join("etc")).unwrap();
+        std::fs::write(lower.path().join("etc/passwd"), "x").unwrap();
+        std::fs::write(lower.path().join("gone"), "x").unwrap();
+        std::fs::create_dir(upper.path().join("etc")).unwrap();
+        std::fs::write(upper.path().join("etc/passwd"), "y").unwrap();
+        std::fs::write(upper.path().join("etc/new"), "y").unwrap();
+        // A whiteout: a 0:0 character device.
+        let c = CString::new(upper.path().join("gone").as_os_str().as_bytes()).unwrap();
+        // SAFETY: mknod of a whiteout in a temp dir (we are root in tests).
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) };
+        let got = changes(upper.path(), &[lower.path().to_path_buf()]).unwrap();
+        assert_eq!(
+            got,
+            [
+                ("/etc".to_string(), 0),
+                ("/etc/new".to_string(), 1),
+                ("/etc/passwd".to_string(), 0),
+                ("/gone".to_string(), 2),
+            ]
+        );
+    }
+}

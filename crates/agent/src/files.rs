@@ -1,0 +1,105 @@
+//! The agent's side of `docker cp`, `export` and `diff`: access to a container's
+//! root filesystem whether it runs or not. A stopped container's overlay is
+//! mounted for the operation and unmounted after, under the container's
+//! operation lock, so a concurrent start waits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agent_client::{ContainerSpec, RunState};
+use tokio::sync::OwnedMutexGuard;
+
+use crate::error::AgentError;
+use crate::manager::Agent;
+use crate::rootfs::Mounter;
+
+/// A container's mounted rootfs, held for one operation.
+pub struct RootfsLease {
+    pub rootfs: PathBuf,
+    pub upper: PathBuf,
+    pub lowers: Vec<PathBuf>,
+    pub read_only: bool,
+    unmount: Option<crate::rootfs::RealMounter>,
+    _op: OwnedMutexGuard<()>,
+}
+
+impl Drop for RootfsLease {
+    fn drop(&mut self) {
+        if let Some(m) = &self.unmount
+            && let Err(e) = m.unmount(&self.rootfs)
+        {
+            tracing::warn!(
+                "unmounting {} after a file operation: {e}",
+                self.rootfs.display()
+            );
+        }
+    }
+}
+
+impl Agent {
+    /// Registers a container that was created but never run here (for file
+    /// operations before its first start). Its layers must be present.
+    pub async fn prepare(&self, spec: ContainerSpec) -> Result<(), AgentError> {
+        let ctr = self.ctr_or_insert(&spec);
+        let _op = ctr.op.lock().await;
+        if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running {
+            return Ok(());
+        }
+        *ctr.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec.clone();
+        let paths = self.paths(&spec.id);
+        std::fs::create_dir_all(&paths.root)?;
+        std::fs::write(
+            paths.root.join("spec.json"),
+            serde_json::to_vec(&spec).map_err(|e| AgentError::Internal(e.to_string()))?,
+        )?;
+        Ok(())
+    }
+
+    /// The container's rootfs, mounted for as long as the lease lives.
+    pub async fn lease_rootfs(self: &Arc<Self>, id: &str) -> Result<RootfsLease, AgentError> {
+        let ctr = self
+            .ctr(id)
+            .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
+        let op = ctr.op.clone().lock_owned().await;
+        // A finished run may still be releasing its mount.
+        drop(ctr.cleanup.lock().await);
+        let spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let paths = self.paths(id);
+        let mut lowers = Vec::new();
+        for l in spec.layers.iter().rev() {
+            let d = images::Digest::parse(&l.diff_id)?;
+            if !self.layers.has(&d) {
+                return Err(AgentError::Conflict(format!(
+                    "layer {} is missing",
+                    l.diff_id
+                )));
+            }
+            lowers.push(self.layers.path(&d));
+        }
+        let running =
+            ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running;
+        let mut unmount = None;
+        if !self.mounter.is_mounted(&paths.rootfs) {
+            if running {
+                return Err(AgentError::Internal(
+                    "the running container has no rootfs".into(),
+                ));
+            }
+            std::fs::create_dir_all(&paths.upper)?;
+            std::fs::create_dir_all(&paths.work)?;
+            std::fs::create_dir_all(&paths.rootfs)?;
+            self.mounter
+                .mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
+                .map_err(|e| AgentError::Internal(e.to_string()))?;
+            unmount = Some(crate::rootfs::RealMounter);
+        }
+        Ok(RootfsLease {
+            rootfs: paths.rootfs,
+            upper: paths.upper,
+            lowers,
+            read_only: spec.read_only,
+            unmount,
+            _op: op,
+        })
+    }
+}
