@@ -73,6 +73,14 @@ impl AgentClient {
             .into_body())
     }
 
+    /// The container's changes as an uncompressed image layer tar.
+    pub async fn diff_layer(&self, id: &str) -> Result<Incoming, ClientError> {
+        Ok(self
+            .send(Method::GET, &format!("/v1/containers/{id}/layer"), empty())
+            .await?
+            .into_body())
+    }
+
     /// Docker's `[{Path, Kind}]`.
     pub async fn changes(&self, id: &str) -> Result<serde_json::Value, ClientError> {
         self.call(

@@ -240,7 +240,7 @@ impl Root {
                 libc::O_RDONLY | libc::O_DIRECTORY,
                 0,
             )?;
-            add_children(&mut b, &dir, Path::new(""))?;
+            add_children(&mut b, &dir, Path::new(""), false)?;
         } else {
             let (dir, name) = self.locate(path)?;
             if let Err(e) = stat_at(dir.as_raw_fd(), &name) {
@@ -251,7 +251,7 @@ impl Root {
                 });
             }
             let top = PathBuf::from(OsStr::from_bytes(name.as_bytes()));
-            add_entry(&mut b, &dir, &name, &top)?;
+            add_entry(&mut b, &dir, &name, &top, false)?;
         }
         b.into_inner()?.flush()?;
         Ok(())
@@ -422,6 +422,7 @@ fn add_entry<W: Write>(
     dir: &OwnedFd,
     name: &CStr,
     path: &Path,
+    layer: bool,
 ) -> io::Result<()> {
     let st = match stat_at(dir.as_raw_fd(), name) {
         Ok(st) => st,
@@ -435,6 +436,25 @@ fn add_entry<W: Write>(
     h.set_gid(st.st_gid as u64);
     h.set_mtime(st.st_mtime.max(0) as u64);
     h.set_size(0);
+    if layer {
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFCHR && st.st_rdev == 0 {
+            // An overlay whiteout becomes the layer format's `.wh.NAME`.
+            let mut wh = OsStr::from_bytes(b".wh.").to_os_string();
+            wh.push(OsStr::from_bytes(name.to_bytes()));
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(0);
+            h.set_mode(0o600);
+            return b.append_data(&mut h, path.with_file_name(wh), io::empty());
+        }
+        if kind == libc::S_IFREG
+            && st.st_size == 0
+            && MOUNT_TARGETS.contains(&format!("/{}", path.display()).as_str())
+        {
+            return Ok(());
+        }
+    }
     match st.st_mode & libc::S_IFMT {
         libc::S_IFDIR => {
             h.set_entry_type(tar::EntryType::Directory);
@@ -445,7 +465,14 @@ fn add_entry<W: Write>(
                 libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
                 0,
             )?;
-            add_children(b, &sub, path)?;
+            if layer && is_opaque(&sub) {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(0);
+                h.set_mode(0o600);
+                b.append_data(&mut h, path.join(".wh..wh..opq"), io::empty())?;
+            }
+            add_children(b, &sub, path, layer)?;
         }
         libc::S_IFREG => {
             let f = File::from(open_at(
@@ -482,7 +509,27 @@ fn add_entry<W: Write>(
     Ok(())
 }
 
-fn add_children<W: Write>(b: &mut tar::Builder<W>, dir: &OwnedFd, path: &Path) -> io::Result<()> {
+/// An overlay dir marked opaque (its lower contents hidden).
+fn is_opaque(dir: &OwnedFd) -> bool {
+    let mut v = [0u8; 4];
+    // SAFETY: fgetxattr on our fd into a small buffer.
+    let n = unsafe {
+        libc::fgetxattr(
+            dir.as_raw_fd(),
+            c"trusted.overlay.opaque".as_ptr(),
+            v.as_mut_ptr().cast(),
+            v.len(),
+        )
+    };
+    n == 1 && v[0] == b'y'
+}
+
+fn add_children<W: Write>(
+    b: &mut tar::Builder<W>,
+    dir: &OwnedFd,
+    path: &Path,
+    layer: bool,
+) -> io::Result<()> {
     let dup = dir.try_clone()?;
     let mut d = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
     let mut names: Vec<CString> = d
@@ -494,9 +541,19 @@ fn add_children<W: Write>(b: &mut tar::Builder<W>, dir: &OwnedFd, path: &Path) -
     names.sort();
     for n in names {
         let child = path.join(OsStr::from_bytes(n.as_bytes()));
-        add_entry(b, dir, &n, &child)?;
+        add_entry(b, dir, &n, &child, layer)?;
     }
     Ok(())
+}
+
+/// The container's changes (its overlay upper dir) as an image layer tar:
+/// whiteouts and opaque dirs in the layer format, our bind-mount points left out.
+pub fn write_layer<W: Write>(upper: &Path, w: W) -> io::Result<()> {
+    let mut b = tar::Builder::new(w);
+    b.mode(tar::HeaderMode::Complete);
+    let root = OwnedFd::from(File::open(upper)?);
+    add_children(&mut b, &root, Path::new(""), true)?;
+    b.into_inner()?.flush()
 }
 
 /// Docker's `diff` from a container's upper dir: whiteouts (0:0 char devices)

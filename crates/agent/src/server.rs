@@ -59,6 +59,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             get(archive_get).head(archive_head).put(archive_put),
         )
         .route("/v1/containers/{id}/export", get(export))
+        .route("/v1/containers/{id}/layer", get(layer))
         .route("/v1/containers/{id}/changes", get(changes))
         .route(
             "/v1/containers/{id}/execs/{eid}",
@@ -425,6 +426,15 @@ async fn export(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Respon
     let lease = a.lease_rootfs(&id).await?;
     let body = blocking_body(lease, |lease, w| {
         crate::archive::Root::open(&lease.rootfs)?.write_tar("/", w)
+    });
+    Ok(Response::new(body))
+}
+
+/// The container's changes as an image layer (for `docker commit`).
+async fn layer(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Response> {
+    let lease = a.lease_rootfs(&id).await?;
+    let body = blocking_body(lease, |lease, w| {
+        crate::archive::write_layer(&lease.upper, w).map_err(crate::archive::ArchiveError::Io)
     });
     Ok(Response::new(body))
 }

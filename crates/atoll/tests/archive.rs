@@ -218,3 +218,86 @@ fn export_and_diff() {
     let err = a.docker_err(&["diff", "nosuch"]);
     assert!(err.contains("No such container"), "{err}");
 }
+
+#[test]
+fn commit_makes_an_image_that_runs_with_the_changes() {
+    let a = started();
+    a.docker_ok(&[
+        "run",
+        "--name",
+        "base",
+        "-e",
+        "KEEP=yes",
+        "busybox",
+        "sh",
+        "-c",
+        "echo committed > /data.txt; rm /etc/group; mkdir /opq; touch /opq/x",
+    ]);
+    let id = a.docker_ok(&[
+        "commit",
+        "-m",
+        "a message",
+        "-a",
+        "me",
+        "-c",
+        "CMD [\"cat\", \"/data.txt\"]",
+        "-c",
+        "ENV ADDED=1",
+        "base",
+        "mine:v1",
+    ]);
+    assert!(id.starts_with("sha256:"), "{id}");
+    assert_eq!(a.docker_ok(&["run", "--rm", "mine:v1"]), "committed");
+    assert_eq!(
+        a.docker_ok(&[
+            "run",
+            "--rm",
+            "mine:v1",
+            "sh",
+            "-c",
+            "echo $KEEP $ADDED; test -e /etc/group || echo gone"
+        ]),
+        "yes 1\ngone"
+    );
+    let hist = a.docker_ok(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.Comment}}",
+        "mine:v1",
+    ]);
+    assert!(hist.lines().next().unwrap().contains("a message"), "{hist}");
+    assert_eq!(
+        a.docker_ok(&["image", "inspect", "-f", "{{.Author}}", "mine:v1"]),
+        "me"
+    );
+    // Committing a running container, and bad changes.
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "live",
+        "busybox",
+        "sh",
+        "-c",
+        "echo live > /l; sleep 1000",
+    ]);
+    wait_for_file(&a, "live", "/l");
+    a.docker_ok(&["commit", "live", "live:snap"]);
+    assert_eq!(
+        a.docker_ok(&["run", "--rm", "live:snap", "cat", "/l"]),
+        "live"
+    );
+    let err = a.docker_err(&["commit", "-c", "RUN rm -rf /", "live", "bad:1"]);
+    assert!(err.contains("not a valid change command"), "{err}");
+    let err = a.docker_err(&["commit", "nosuch", "x:1"]);
+    assert!(err.contains("No such container"), "{err}");
+}
+
+fn wait_for_file(a: &AtollInstance, c: &str, path: &str) {
+    testkit::wait_for(
+        || a.docker(&["exec", c, "test", "-f", path]).status.success(),
+        std::time::Duration::from_secs(10),
+        "the container to write its file",
+    );
+}

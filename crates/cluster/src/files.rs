@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::{ContainerRecord, Status};
 
 impl Cluster {
-    async fn files_target(
+    pub(crate) async fn files_target(
         &self,
         account: &str,
         key: &str,

@@ -100,7 +100,7 @@ impl Cluster {
     }
 
     /// Records an image (config + layers already in the blob store) for an account.
-    async fn record_image(
+    pub(crate) async fn record_image(
         &self,
         account: &str,
         config: &Digest,
@@ -154,12 +154,17 @@ impl Cluster {
     }
 
     /// An image event; `name` is the reference it concerns.
-    fn emit_image(&self, account: &str, action: &str, id: &str, name: &str) {
+    pub(crate) fn emit_image(&self, account: &str, action: &str, id: &str, name: &str) {
         let attrs = std::collections::BTreeMap::from([("name".to_string(), name.to_string())]);
         self.emit(account, "image", action, id, attrs);
     }
 
-    async fn set_tag(&self, account: &str, reference: &str, image_id: &str) -> Result<()> {
+    pub(crate) async fn set_tag(
+        &self,
+        account: &str,
+        reference: &str,
+        image_id: &str,
+    ) -> Result<()> {
         self.store
             .set_tag(&TagRecord {
                 account: account.to_string(),

@@ -667,6 +667,47 @@ pub async fn resize(
     Ok(StatusCode::OK.into_response())
 }
 
+/// `POST /commit`: the container's changes as a new image.
+pub async fn commit(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref());
+    let container = p
+        .get("container")
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad("container is required"))?;
+    let repo = p.get("repo").unwrap_or("");
+    let tag = p.get("tag").unwrap_or("");
+    let reference = match (repo, tag) {
+        ("", _) => String::new(),
+        (r, "") => r.to_string(),
+        (r, t) => format!("{r}:{t}"),
+    };
+    let config = if body.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_slice::<Value>(&body)
+                .map_err(|e| ApiError::bad(format!("invalid JSON in request body: {e}")))?,
+        )
+    };
+    let opts = cluster::commit::CommitOptions {
+        reference,
+        comment: p.get("comment").unwrap_or("").to_string(),
+        author: p.get("author").unwrap_or("").to_string(),
+        changes: p.all("changes"),
+        config,
+    };
+    let id = st
+        .cluster
+        .commit_container(&acct.0, container, opts)
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "Id": id }))).into_response())
+}
+
 pub async fn top(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,

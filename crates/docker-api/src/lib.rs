@@ -89,6 +89,7 @@ pub fn router(cluster: Arc<Cluster>, account: &str) -> Router {
         .route("/events", get(events::events))
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(containers::list))
+        .route("/commit", post(containers::commit))
         .route("/containers/prune", post(containers::prune))
         .route(
             "/containers/{id}",
