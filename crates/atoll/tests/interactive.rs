@@ -253,3 +253,116 @@ fn the_server_honours_detach_keys_on_attach_and_exec() {
     assert_eq!(r.status, 400);
     assert!(a.ping());
 }
+
+#[test]
+fn attachers_share_output_and_the_cli_proxies_signals() {
+    let a = started();
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "talk",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while true; do echo line$i; i=$((i+1)); sleep 0.1; done",
+    ]);
+    let attach = || {
+        let mut c = Command::new(docker_cli())
+            .args(["attach", "--no-stdin", "talk"])
+            .env("DOCKER_HOST", a.docker_host())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = c.stdout.take().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut out = out;
+            let mut b = [0u8; 4096];
+            while let Ok(n) = out.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&b[..n]));
+            }
+        });
+        (c, seen)
+    };
+    let (mut c1, s1) = attach();
+    let (mut c2, s2) = attach();
+    testkit::wait_for(
+        || s1.lock().unwrap().lines().count() > 3 && s2.lock().unwrap().lines().count() > 3,
+        Duration::from_secs(20),
+        "both attachers to see output",
+    );
+    // A late attacher sees what comes after it, not what came before.
+    let (mut c3, s3) = attach();
+    testkit::wait_for(
+        || s3.lock().unwrap().lines().count() > 2,
+        Duration::from_secs(20),
+        "the late attacher to see output",
+    );
+    assert!(!s3.lock().unwrap().contains("line0\n"));
+    for c in [&mut c1, &mut c2, &mut c3] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert_eq!(
+        a.docker_ok(&["inspect", "-f", "{{.State.Running}}", "talk"]),
+        "true"
+    );
+
+    // --sig-proxy (the default): a signal to the CLI reaches the container.
+    let mut run = Command::new(docker_cli())
+        .args([
+            "run",
+            "-i",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .env("DOCKER_HOST", a.docker_host())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = run.stdout.take().unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains("ready") {
+        let n = out.read(&mut b).unwrap();
+        assert!(n > 0, "the container did not start");
+        got.extend_from_slice(&b[..n]);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("got-term"), "{rest}");
+    assert_eq!(run.wait().unwrap().code(), Some(3));
+}
+
+#[test]
+fn a_hundred_megabytes_through_attach_arrive_complete_and_in_order() {
+    let a = started();
+    let out = a.docker_with(
+        &["run", "--rm", "busybox", "seq", "1", "12500000"],
+        None,
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success());
+    let mut want = String::with_capacity(100 << 20);
+    for i in 1..=12_500_000u32 {
+        want.push_str(&i.to_string());
+        want.push('\n');
+    }
+    assert!(want.len() > 95_000_000);
+    assert_eq!(out.stdout.len(), want.len());
+    assert!(out.stdout == want.as_bytes(), "output out of order");
+}
