@@ -65,17 +65,7 @@ impl Agent {
         drop(ctr.cleanup.lock().await);
         let spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let paths = self.paths(id);
-        let mut lowers = Vec::new();
-        for l in spec.layers.iter().rev() {
-            let d = images::Digest::parse(&l.diff_id)?;
-            if !self.layers.has(&d) {
-                return Err(AgentError::Conflict(format!(
-                    "layer {} is missing",
-                    l.diff_id
-                )));
-            }
-            lowers.push(self.layers.path(&d));
-        }
+        let lowers = self.lowers(&spec)?;
         let running =
             ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running;
         let mut unmount = None;

@@ -186,6 +186,23 @@ impl Agent {
             .clone()
     }
 
+    /// The overlay lower dirs of a spec's layers, top first; Conflict if one
+    /// is not in the cache.
+    pub(crate) fn lowers(&self, spec: &ContainerSpec) -> Result<Vec<PathBuf>, AgentError> {
+        let mut lowers = Vec::new();
+        for l in spec.layers.iter().rev() {
+            let d = images::Digest::parse(&l.diff_id)?;
+            if !self.layers.has(&d) {
+                return Err(AgentError::Conflict(format!(
+                    "layer {} is missing",
+                    l.diff_id
+                )));
+            }
+            lowers.push(self.layers.path(&d));
+        }
+        Ok(lowers)
+    }
+
     /// `<agent>/volumes`: one directory per volume id.
     pub(crate) fn volumes_dir(&self) -> PathBuf {
         self.cfg.dir.join("volumes")
@@ -278,17 +295,7 @@ impl Agent {
         )?;
         let _ = std::fs::remove_file(&paths.exit_file);
 
-        let mut lowers = Vec::new();
-        for l in spec.layers.iter().rev() {
-            let d = images::Digest::parse(&l.diff_id)?;
-            if !self.layers.has(&d) {
-                return Err(AgentError::Conflict(format!(
-                    "layer {} is missing",
-                    l.diff_id
-                )));
-            }
-            lowers.push(self.layers.path(&d));
-        }
+        let lowers = self.lowers(&spec)?;
         if let Err(e) = self.prepare_and_run(&ctr, &spec, &paths, &lowers).await {
             self.cleanup_run(&spec).await;
             // Waiting attach clients are told (by closing) that this start failed,

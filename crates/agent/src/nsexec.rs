@@ -677,8 +677,11 @@ fn send_fd(sock: &std::os::unix::net::UnixStream, fd: RawFd) -> std::io::Result<
     .map_err(std::io::Error::from)
 }
 
-fn receive_fd(sock: &std::os::unix::net::UnixStream) -> Result<File, String> {
-    let mut buf = [0u8; 8];
+/// Receives one fd passed over `sock` (SCM_RIGHTS), as runc and our exec
+/// child send a terminal's master.
+pub fn receive_fd(sock: &std::os::unix::net::UnixStream) -> Result<File, String> {
+    // runc sends the terminal's name as the data part.
+    let mut buf = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
     let msg = nix::sys::socket::recvmsg::<()>(

@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -641,28 +641,7 @@ fn receive_console(listener: &UnixListener) -> Result<File, String> {
     let (conn, _) = listener
         .accept()
         .map_err(|e| format!("runc did not send the container's terminal: {e}"))?;
-    let mut buf = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let msg = nix::sys::socket::recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| format!("receiving the container's terminal: {e}"))?;
-    for c in msg
-        .cmsgs()
-        .map_err(|e| format!("receiving the container's terminal: {e}"))?
-    {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
-            && let Some(&fd) = fds.first()
-        {
-            // SAFETY: the kernel just gave us this fd; we own it.
-            return Ok(unsafe { File::from_raw_fd(fd) });
-        }
-    }
-    Err("runc sent no terminal".into())
+    nsexec::receive_fd(&conn)
 }
 
 fn read_runc_log(path: &Path) -> String {

@@ -329,33 +329,6 @@ fn exec_joins_the_containers_namespaces_cgroups_and_privileges() {
     assert_eq!(exec("hostname"), exec("cat /etc/hostname"));
 }
 
-/// Opens a hijacked stream (`POST path` with Upgrade) and returns it once the
-/// 101 has arrived.
-fn hijack(a: &AtollInstance, path: &str, body: &str) -> std::os::unix::net::UnixStream {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(a.socket()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1, "connection closed early");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
-}
-
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -393,11 +366,7 @@ fn dropped_attach_and_exec_sessions_leave_nothing_behind() {
     let mut streams = Vec::new();
     for i in 0..100 {
         // Attach to a container that never writes: only the hang-up is seen.
-        streams.push(hijack(
-            &a,
-            "/containers/box/attach?stream=1&stdout=1&stderr=1",
-            "",
-        ));
+        streams.push(a.hijack("/containers/box/attach?stream=1&stdout=1&stderr=1", ""));
         // An exec reading stdin: the drop is its EOF.
         let r = a.api(
             "POST",
@@ -405,7 +374,7 @@ fn dropped_attach_and_exec_sessions_leave_nothing_behind() {
             Some(&serde_json::json!({"Cmd": ["cat"], "AttachStdin": true, "AttachStdout": true})),
         );
         let eid = r.json().unwrap()["Id"].as_str().unwrap().to_string();
-        streams.push(hijack(&a, &format!("/exec/{eid}/start"), "{}"));
+        streams.push(a.hijack(&format!("/exec/{eid}/start"), "{}"));
         if i == 99 {
             assert!(fd_count(pid) > fds0 + 100, "the sessions were not open");
         }

@@ -82,31 +82,6 @@ impl Term {
     }
 }
 
-/// A hijacked stream (POST with Upgrade), returned after the 101.
-fn hijack(a: &AtollInstance, path: &str, body: &str) -> std::os::unix::net::UnixStream {
-    let mut s = std::os::unix::net::UnixStream::connect(a.socket()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1, "closed before the 101");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
-}
-
 /// Reads until `needle` shows up (or panics after the read timeout).
 fn read_until(s: &mut impl Read, needle: &str) -> String {
     let mut got = Vec::new();
@@ -191,8 +166,7 @@ fn the_server_honours_detach_keys_on_attach_and_exec() {
     let a = started();
     a.docker_ok(&["run", "-dit", "--name", "term", "busybox", "sh"]);
     // Attach (docker-py and other clients rely on the server for this).
-    let mut s = hijack(
-        &a,
+    let mut s = a.hijack(
         "/containers/term/attach?stream=1&stdin=1&stdout=1&stderr=1&detachKeys=ctrl-a,ctrl-b",
         "",
     );
@@ -217,7 +191,7 @@ fn the_server_honours_detach_keys_on_attach_and_exec() {
         })),
     );
     let eid = r.json().unwrap()["Id"].as_str().unwrap().to_string();
-    let mut s = hijack(&a, &format!("/exec/{eid}/start"), r#"{"Tty":true}"#);
+    let mut s = a.hijack(&format!("/exec/{eid}/start"), r#"{"Tty":true}"#);
     s.write_all(b"echo exec-$((1+1))\n").unwrap();
     read_until(&mut s, "exec-2");
     s.write_all(b"\x10\x11").unwrap();

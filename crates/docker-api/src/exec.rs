@@ -72,12 +72,7 @@ pub async fn resize(
     Path(eid): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let p = Params::parse(q.as_deref());
-    let dim = |k: &str| -> ApiResult<u16> {
-        let v = p.int(k)?.unwrap_or(0);
-        u16::try_from(v).map_err(|_| ApiError::bad(format!("invalid value for {k}: {v}")))
-    };
-    let (h, w) = (dim("h")?, dim("w")?);
+    let (h, w) = Params::parse(q.as_deref()).terminal_size()?;
     st.cluster.resize_exec(&acct.0, &eid, h, w).await?;
     Ok(StatusCode::OK.into_response())
 }

@@ -64,6 +64,15 @@ impl Params {
             }),
         }
     }
+    /// `h` and `w` of a resize request.
+    pub fn terminal_size(&self) -> ApiResult<(u16, u16)> {
+        let dim = |k: &str| -> ApiResult<u16> {
+            let v = self.int(k)?.unwrap_or(0);
+            u16::try_from(v).map_err(|_| ApiError::bad(format!("invalid value for {k}: {v}")))
+        };
+        Ok((dim("h")?, dim("w")?))
+    }
+
     pub fn filters(&self) -> ApiResult<Filters> {
         Filters::parse(self.get("filters").unwrap_or(""))
     }

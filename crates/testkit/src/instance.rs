@@ -264,6 +264,37 @@ impl AtollInstance {
         cmd
     }
 
+    /// Opens a hijacked stream (`POST path` with `Upgrade`, JSON `body`) and
+    /// returns the connection once the 101 has arrived; panics otherwise.
+    pub fn hijack(&self, path: &str, body: &str) -> std::os::unix::net::UnixStream {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.socket.display()));
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write request");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                other => panic!("POST {path}: closed before the 101 ({other:?})"),
+            }
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "POST {path}: {}",
+            String::from_utf8_lossy(&head)
+        );
+        s
+    }
+
     /// Runs the docker CLI against this instance; panics only if it cannot run or
     /// takes longer than [`DOCKER_TIMEOUT`].
     pub fn docker(&self, args: &[&str]) -> Output {
