@@ -246,7 +246,7 @@ pub struct Target {
     /// `tasks` of every v1 hierarchy the init is in.
     cgroup_procs: Vec<PathBuf>,
     /// Its v2 cgroup directory, entered at fork (`CLONE_INTO_CGROUP`).
-    unified: Option<(File, PathBuf)>,
+    unified: Option<File>,
 }
 
 /// The mount directory of a v1 hierarchy (or the v2 one) under /sys/fs/cgroup.
@@ -304,7 +304,7 @@ impl Target {
         let cgroup = std::fs::read_to_string(proc.join("cgroup")).map_err(gone)?;
         let (cgroup_procs, unified) = cgroup_files(&cgroup, Path::new("/sys/fs/cgroup"));
         let unified = match unified {
-            Some(dir) => Some((File::open(&dir).map_err(gone)?, dir.join("cgroup.procs"))),
+            Some(dir) => Some(File::open(&dir).map_err(gone)?),
             None => None,
         };
         Ok(Target {
@@ -439,8 +439,8 @@ fn intermediate(
 
 /// Forks, the child born in the v2 cgroup `unified` (clone3 with
 /// CLONE_INTO_CGROUP); where the kernel cannot, forks and moves the child.
-fn fork_into(unified: Option<&(File, PathBuf)>) -> libc::pid_t {
-    let Some((dir, procs)) = unified else {
+fn fork_into(unified: Option<&File>) -> libc::pid_t {
+    let Some(dir) = unified else {
         // SAFETY: single-threaded process.
         return unsafe { libc::fork() };
     };
@@ -479,9 +479,24 @@ fn fork_into(unified: Option<&(File, PathBuf)>) -> libc::pid_t {
     }
     // SAFETY: single-threaded process.
     let pid = unsafe { libc::fork() };
-    if pid == 0 && std::fs::write(procs, b"0").is_err() {
-        // SAFETY: leaving the forked child.
-        unsafe { libc::_exit(126) };
+    if pid == 0 {
+        // Through the directory fd: our mount namespace is the container's now.
+        // SAFETY: openat relative to an open directory fd.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c"cgroup.procs".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            )
+        };
+        // SAFETY: writing to the fd we just opened.
+        let ok = fd >= 0 && unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } == 1;
+        if !ok {
+            // SAFETY: leaving the forked child.
+            unsafe { libc::_exit(126) };
+        }
+        // SAFETY: our fd.
+        unsafe { libc::close(fd) };
     }
     pid
 }
