@@ -32,6 +32,10 @@ DOCKER = "/usr/local/bin/docker"
 SHIM_SETTLE = 2.5
 # Size of the file streamed through `docker exec cat`.
 BIG = 100_000_000
+# Pause after each timed command, on both sides alike, so that one side's
+# trailing background work (dockerd/containerd cleaning up after a container or
+# an exec, atoll's exit bookkeeping) is not charged to the next measurement.
+SETTLE = 0.1
 
 
 def rss_kb(pid):
@@ -75,6 +79,7 @@ def timed_run(sock):
     dt = time.perf_counter() - t
     if r.returncode != 0:
         sys.exit(f"run failed on {sock}: {r.stderr.decode()}")
+    time.sleep(SETTLE)
     return dt
 
 
@@ -84,6 +89,7 @@ def timed(sock, *args):
     dt = time.perf_counter() - t
     if r.returncode != 0:
         sys.exit(f"docker {' '.join(args)} failed on {sock}: {r.stderr.decode()}")
+    time.sleep(SETTLE)
     return dt
 
 

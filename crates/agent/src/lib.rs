@@ -21,6 +21,7 @@ pub mod stats;
 pub mod top;
 pub mod user;
 pub mod volumes;
+pub mod zygote;
 
 pub use error::AgentError;
 pub use manager::{Agent, AgentConfig};

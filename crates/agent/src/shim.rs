@@ -164,21 +164,10 @@ pub struct ExitStatus {
 /// Spawns `exe shim <args>` and waits for its readiness line. Blocking: the
 /// agent calls it from `spawn_blocking`. On failure the error is runc's message.
 pub fn spawn_shim(exe: &Path, args: &ShimArgs) -> Result<ShimHandle, RuntimeError> {
-    let mut child = Command::new(exe)
-        .arg("shim")
-        .args(args.to_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| RuntimeError::io("starting the shim", e))?;
-    let Some(out) = child.stdout.take() else {
-        return Err(RuntimeError::Runtime("shim has no stdout".into()));
+    let line = match spawn_by_zygote(exe, args) {
+        Some(line) => line?,
+        None => spawn_by_exec(exe, args)?,
     };
-    let line = read_line_timeout(out, READY_TIMEOUT);
-    // The first shim process only forks and exits; reap it.
-    let _ = child.wait();
-    let line = line?;
     let paths = ContainerPaths::from_root(&args.state_dir);
     if let Some(rest) = line.strip_prefix("ok ") {
         let pid = rest
@@ -203,6 +192,41 @@ pub fn spawn_shim(exe: &Path, args: &ShimArgs) -> Result<ShimHandle, RuntimeErro
             }
         )))
     }
+}
+
+/// Forks the shim from the zygote (see [`crate::zygote`]); `None` when there is
+/// none. Its readiness line.
+fn spawn_by_zygote(exe: &Path, args: &ShimArgs) -> Option<Result<String, RuntimeError>> {
+    let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(RuntimeError::io("a pipe for the shim", e.into()))),
+    };
+    let mut argv = vec![exe.display().to_string(), "shim".to_string()];
+    argv.extend(args.to_args());
+    if let Err(e) = crate::zygote::spawn(&argv, &write)? {
+        return Some(Err(RuntimeError::io("starting the shim", e)));
+    }
+    drop(write);
+    Some(read_line_timeout(File::from(read), READY_TIMEOUT))
+}
+
+/// Execs `exe shim <args>`; its readiness line.
+fn spawn_by_exec(exe: &Path, args: &ShimArgs) -> Result<String, RuntimeError> {
+    let mut child = Command::new(exe)
+        .arg("shim")
+        .args(args.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| RuntimeError::io("starting the shim", e))?;
+    let Some(out) = child.stdout.take() else {
+        return Err(RuntimeError::Runtime("shim has no stdout".into()));
+    };
+    let line = read_line_timeout(out, READY_TIMEOUT);
+    // The first shim process only forks and exits; reap it.
+    let _ = child.wait();
+    line
 }
 
 /// Reads one line (without the newline); empty if the writer closed first.

@@ -53,6 +53,12 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     raise_nofile();
+    if matches!(cli.cmd, Cmd::Up { .. }) {
+        // Before any thread exists: the zygote forks every shim (see agent::zygote).
+        if let Err(e) = agent::zygote::start() {
+            eprintln!("atoll: no shim zygote ({e}); shims will be exec'd");
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG")

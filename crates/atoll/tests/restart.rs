@@ -52,12 +52,44 @@ fn containers_survive_a_restart_of_atoll_and_reset_cleans_up() {
         .parse()
         .unwrap();
     assert!(pid > 0);
+    // Shims are forked by the zygote, a child of `atoll up`, yet show as
+    // `atoll shim …` and are nobody's children but init's.
+    let up = a.pid().expect("atoll up runs");
+    let zygotes: Vec<u32> = children_of(up)
+        .into_iter()
+        .filter(|p| proc_field(*p, "comm").trim() == "atoll-zygote")
+        .collect();
+    assert_eq!(zygotes.len(), 1, "one zygote under atoll up");
+    let shims = std::process::Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("atoll shim id={id} .*state-dir={}", a.data_dir().display()),
+        ])
+        .output()
+        .unwrap();
+    let shims: Vec<u32> = String::from_utf8_lossy(&shims.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim for the container");
+    assert_eq!(proc_field(shims[0], "comm").trim(), "atoll");
 
     a.stop();
+    wait_for(
+        || !std::path::Path::new(&format!("/proc/{}", zygotes[0])).exists(),
+        Duration::from_secs(10),
+        "the zygote to die with atoll up",
+    );
     assert!(
         std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "container died with atoll"
     );
+    for s in &shims {
+        assert!(
+            std::path::Path::new(&format!("/proc/{s}")).exists(),
+            "shim {s} died with atoll"
+        );
+    }
     // "short" exits while atoll is down.
     std::thread::sleep(Duration::from_millis(1500));
     a.restart();
@@ -166,4 +198,27 @@ fn always_containers_run_again_after_a_server_restart() {
         a.docker_ok(&["inspect", "-f", "{{.State.Running}}", "plain"]),
         "true"
     );
+}
+
+fn proc_field(pid: u32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{name}")).unwrap_or_default()
+}
+
+/// Direct children of `pid` (from /proc/*/stat).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = proc_field(p, "stat");
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
 }
