@@ -200,6 +200,9 @@ pub struct AgentInfo {
     /// CIDR of the local bridge network, e.g. "10.213.7.0/24".
     pub subnet: String,
     pub gateway: String,
+    /// Size of the filesystem of the agent's data directory.
+    #[serde(default)]
+    pub disk_bytes: u64,
 }
 
 /// Body of `POST /v1/containers/{id}/stop`.

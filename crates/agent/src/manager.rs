@@ -154,6 +154,9 @@ impl Agent {
             bridge: self.net.bridge().to_string(),
             subnet: self.net.subnet().to_string(),
             gateway: self.net.gateway().to_string(),
+            disk_bytes: nix::sys::statvfs::statvfs(&self.cfg.dir)
+                .map(|s| s.blocks() * s.fragment_size())
+                .unwrap_or(0),
         }
     }
 

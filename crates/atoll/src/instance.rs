@@ -27,6 +27,10 @@ impl Instance {
     pub fn head_dir(&self) -> PathBuf {
         self.data_dir.join("head")
     }
+    /// The head's operator API (root only).
+    pub fn operator_socket(&self) -> PathBuf {
+        self.head_dir().join("operator.sock")
+    }
     pub fn agent_dir(&self) -> PathBuf {
         self.data_dir.join("agent")
     }

@@ -2,6 +2,7 @@
 //! `reset`. Wiring only; the logic lives in the crates.
 
 mod instance;
+mod operator;
 mod up;
 
 use std::path::PathBuf;
@@ -34,6 +35,27 @@ enum Cmd {
     Reset {
         #[arg(long, default_value = "/var/lib/atoll")]
         data_dir: PathBuf,
+    },
+    /// Servers of the datacenter: list, drain, enable, forget (operator).
+    Server {
+        #[command(flatten)]
+        target: operator::Target,
+        #[command(subcommand)]
+        cmd: operator::ServerCmd,
+    },
+    /// Packages that size containers: list, create, update, rm (operator).
+    Package {
+        #[command(flatten)]
+        target: operator::Target,
+        #[command(subcommand)]
+        cmd: operator::PackageCmd,
+    },
+    /// Where containers run, every account (operator).
+    Container {
+        #[command(flatten)]
+        target: operator::Target,
+        #[command(subcommand)]
+        cmd: operator::ContainerCmd,
     },
 }
 
@@ -84,6 +106,9 @@ fn main() -> std::process::ExitCode {
                 docker_socket,
             } => up::run(&data_dir, &docker_socket).await,
             Cmd::Reset { data_dir } => up::reset(&data_dir).await,
+            Cmd::Server { target, cmd } => operator::server(&target, cmd).await,
+            Cmd::Package { target, cmd } => operator::package(&target, cmd).await,
+            Cmd::Container { target, cmd } => operator::container(&target, cmd).await,
         }
     });
     match res {

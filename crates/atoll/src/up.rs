@@ -45,9 +45,24 @@ pub async fn run(data_dir: &Path, docker_socket: &Path) -> Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     cluster
+        .seed_packages()
+        .await
+        .map_err(|e| anyhow::anyhow!("writing the sample packages: {e}"))?;
+    cluster
         .add_node("local", &format!("unix://{}", agent_sock.display()))
         .await
         .map_err(|e| anyhow::anyhow!("registering the local agent: {e}"))?;
+    let mut rx = stop_rx.clone();
+    let operator_task = tokio::spawn({
+        let sock = inst.operator_socket();
+        let cluster = cluster.clone();
+        async move {
+            operator_api::serve_unix(&sock, cluster, async move {
+                let _ = rx.changed().await;
+            })
+            .await
+        }
+    });
     let mut rx = stop_rx.clone();
     let head_task = tokio::spawn({
         let sock = docker_socket.to_path_buf();
@@ -69,6 +84,7 @@ pub async fn run(data_dir: &Path, docker_socket: &Path) -> Result<()> {
         _ = term.recv() => {}
         _ = int.recv() => {}
         r = head_task => { r??; anyhow::bail!("the Docker API server stopped"); }
+        r = operator_task => { r??; anyhow::bail!("the operator API server stopped"); }
     }
     tracing::info!("stopping (containers keep running)");
     let _ = stop_tx.send(true);

@@ -33,6 +33,8 @@ pub struct Cluster {
     pub(crate) blobs: BlobStore,
     pub(crate) registry: images::registry::RegistryClient,
     agents: StdMutex<HashMap<String, AgentClient>>,
+    /// Servers whose agent's event stream is open: the others are down.
+    connected: StdMutex<std::collections::HashSet<String>>,
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     pub(crate) changes: broadcast::Sender<Change>,
     pub(crate) events: crate::events::EventLog,
@@ -53,6 +55,7 @@ impl Cluster {
             blobs,
             registry: images::registry::RegistryClient::new(Vec::new()),
             agents: StdMutex::new(HashMap::new()),
+            connected: StdMutex::new(Default::default()),
             locks: StdMutex::new(HashMap::new()),
             changes,
             execs: StdMutex::new(HashMap::new()),
@@ -112,39 +115,57 @@ impl Cluster {
             .info()
             .await
             .map_err(|e| Error::Upstream(format!("agent {address}: {e}")))?;
+        let draining = self
+            .store
+            .list_nodes()
+            .await?
+            .iter()
+            .any(|n| n.id == id && n.draining);
         self.store
             .upsert_node(&NodeRecord {
                 id: id.to_string(),
                 address: address.to_string(),
                 info,
                 last_seen: Utc::now(),
+                draining,
             })
             .await?;
         self.agents
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.to_string(), client.clone());
+        // It just answered; follow_node keeps this current from now on.
+        self.set_connected(id, true);
         let me = self.clone();
         let node = id.to_string();
         tokio::spawn(async move { me.follow_node(node, client).await });
         Ok(())
     }
 
-    /// Picks the server for a new container. One server for now; the scheduler
-    /// (filters + scores) replaces this when there are many.
-    pub(crate) async fn place(&self) -> Result<NodeRecord> {
-        let nodes = self.store.list_nodes().await?;
-        let agents: Vec<String> = self
-            .agents
+    fn set_connected(&self, node: &str, up: bool) {
+        let mut c = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if up {
+            c.insert(node.to_string());
+        } else {
+            c.remove(node);
+        }
+    }
+
+    /// Whether the head holds a live event stream from the server's agent.
+    pub(crate) fn agent_connected(&self, node: &str) -> bool {
+        self.connected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        nodes
-            .into_iter()
-            .find(|n| agents.contains(&n.id))
-            .ok_or_else(|| Error::Upstream("no server is available to run containers".into()))
+            .contains(node)
+    }
+
+    /// Stops talking to a forgotten server's agent.
+    pub(crate) fn remove_agent(&self, node: &str) {
+        self.agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+        self.set_connected(node, false);
     }
 
     /// Follows an agent's event stream forever, reconciling after every (re)connect.
@@ -154,6 +175,7 @@ impl Cluster {
             match client.events().await {
                 Ok(mut events) => {
                     backoff = Duration::from_millis(100);
+                    self.set_connected(&node, true);
                     // The stream is open: whatever changes from now on arrives on it,
                     // so a listing taken now cannot miss anything.
                     if let Err(e) = self.reconcile(&node, &client).await {
@@ -174,6 +196,16 @@ impl Cluster {
                     }
                 }
                 Err(e) => tracing::debug!("node {node} unreachable: {e}"),
+            }
+            self.set_connected(&node, false);
+            if !self
+                .agents
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&node)
+            {
+                // Forgotten by the operator.
+                return;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));

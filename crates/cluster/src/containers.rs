@@ -1,6 +1,7 @@
 //! Container commands: create, start, stop, kill, restart, rm, rename, wait, logs,
 //! attach, prune, and what happens after an exit (auto-remove, restart policies).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,12 +114,26 @@ impl Cluster {
             .filter(|n| !n.is_empty())
             .map(names::validate_container_name)
             .transpose()?;
+        // `affinity:` entries are for the scheduler, not the program.
+        let mut body = body;
+        let labels: BTreeMap<String, String> = body
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let had_env = body.env.is_some();
+        let mut env = body.env.take().unwrap_or_default();
+        let rules = placement::affinity::rules_from(&mut env, &labels)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        body.env = had_env.then_some(env);
         let image = self.find_image(account, &image_ref).await?;
         let image_config = self.image_config(&image.id)?;
         let id = names::new_id();
         let mut planned = plan(&id, &body, &ImageDefaults::from_config(&image_config))?;
         planned.spec.layers = image.layers.iter().map(|l| l.layer_ref()).collect();
-        let node = self.place().await?;
+        let (node, package, reservation) =
+            self.place_container(account, &rules, &mut planned).await?;
         let (mounts, anonymous_volumes) = self.resolve_mounts(account, &node.id, &planned).await?;
         planned.spec.mounts = mounts;
 
@@ -145,7 +160,11 @@ impl Cluster {
             state: ContainerState::default(),
             labels: planned.labels,
             generation: 0,
+            package,
+            reservation,
         };
+        // The package's limits show in inspect, as the user's own would.
+        crate::update::set_host_config_resources(&mut rec.config, &rec.spec.resources);
 
         // Name and address are both unique: retry on clashes with other creates.
         let subnet: Vec<&str> = node.info.subnet.split('/').collect();

@@ -12,6 +12,7 @@ pub mod files;
 pub mod images;
 pub mod model;
 pub mod names;
+pub mod servers;
 pub mod store;
 pub mod update;
 pub mod volumes;

@@ -164,6 +164,20 @@ pub struct ContainerRecord {
     pub labels: BTreeMap<String, String>,
     /// Bumped on each instruction to the agent.
     pub generation: u64,
+    /// The package that sized it (empty for records older than packages).
+    #[serde(default)]
+    pub package: String,
+    /// What it holds on its server for placement.
+    #[serde(default)]
+    pub reservation: Reservation,
+}
+
+/// The memory and disk a container's package reserves on its server: what
+/// placement counts, whatever the container uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub memory: u64,
+    pub disk: u64,
 }
 
 /// A server running an agent.
@@ -174,6 +188,9 @@ pub struct NodeRecord {
     pub address: String,
     pub info: agent_client::AgentInfo,
     pub last_seen: DateTime<Utc>,
+    /// The operator drains it: it keeps its containers and takes no new ones.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A volume: data that outlives containers, on one server (`node`).

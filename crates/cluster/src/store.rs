@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::model::{ContainerRecord, ImageRecord, NodeRecord, TagRecord, VolumeRecord};
+pub use placement::Package;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -51,4 +52,22 @@ pub trait Store: Send + Sync + 'static {
     // nodes
     async fn upsert_node(&self, n: &NodeRecord) -> StoreResult<()>;
     async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>>;
+    /// Forgets a server (the caller checks it holds nothing).
+    async fn delete_node(&self, id: &str) -> StoreResult<()>;
+    /// What is reserved on each server that holds containers, all accounts.
+    async fn node_allocations(&self) -> StoreResult<Vec<NodeAllocation>>;
+
+    // packages (operator objects, not per account)
+    async fn put_package(&self, p: &Package) -> StoreResult<()>;
+    async fn list_packages(&self) -> StoreResult<Vec<Package>>;
+    async fn delete_package(&self, name: &str) -> StoreResult<()>;
+}
+
+/// The sum of the reservations of the containers on one server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeAllocation {
+    pub node: String,
+    pub memory: u64,
+    pub disk: u64,
+    pub containers: u64,
 }

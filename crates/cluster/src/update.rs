@@ -107,6 +107,16 @@ impl Cluster {
             }
             c.config["HostConfig"]["RestartPolicy"] = json!(rp);
         }
+        // The package reserved the container's place on its server: limits
+        // may shrink within it, not grow past it.
+        if c.reservation.memory > 0 && resources.memory as u64 > c.reservation.memory {
+            return Err(Error::InvalidArgument(format!(
+                "Memory limit {} is more than the container's package {} holds ({}); create the container with a larger package",
+                placement::human(resources.memory as u64),
+                c.package,
+                placement::human(c.reservation.memory)
+            )));
+        }
         if matches!(c.state.status, Status::Running | Status::Paused)
             && resources != c.spec.resources
         {
@@ -115,21 +125,29 @@ impl Cluster {
                 .await
                 .map_err(upstream)?;
         }
-        let hc = &mut c.config["HostConfig"];
-        for (k, v) in [
-            ("Memory", resources.memory),
-            ("MemorySwap", resources.memory_swap),
-            ("NanoCpus", resources.nano_cpus),
-            ("CpuShares", resources.cpu_shares),
-            ("CpuQuota", resources.cpu_quota),
-            ("CpuPeriod", resources.cpu_period),
-            ("PidsLimit", resources.pids_limit),
-        ] {
-            hc[k] = json!(v);
-        }
+        set_host_config_resources(&mut c.config, &resources);
         c.spec.resources = resources;
         self.store.update_container(&c).await?;
         Ok(Vec::new())
+    }
+}
+
+/// Writes the limits into the `HostConfig` that inspect shows.
+pub(crate) fn set_host_config_resources(
+    config: &mut serde_json::Value,
+    resources: &agent_client::Resources,
+) {
+    let hc = &mut config["HostConfig"];
+    for (k, v) in [
+        ("Memory", resources.memory),
+        ("MemorySwap", resources.memory_swap),
+        ("NanoCpus", resources.nano_cpus),
+        ("CpuShares", resources.cpu_shares),
+        ("CpuQuota", resources.cpu_quota),
+        ("CpuPeriod", resources.cpu_period),
+        ("PidsLimit", resources.pids_limit),
+    ] {
+        hc[k] = json!(v);
     }
 }
 

@@ -29,6 +29,21 @@ impl Cluster {
         labels: BTreeMap<String, String>,
         options: BTreeMap<String, String>,
     ) -> Result<VolumeRecord> {
+        self.create_volume_on(account, name, driver, labels, options, None)
+            .await
+    }
+
+    /// `create_volume` on `node` (a container's server), or on a server chosen
+    /// by placement.
+    pub(crate) async fn create_volume_on(
+        &self,
+        account: &str,
+        name: Option<&str>,
+        driver: &str,
+        labels: BTreeMap<String, String>,
+        options: BTreeMap<String, String>,
+        node: Option<&str>,
+    ) -> Result<VolumeRecord> {
         if !(driver.is_empty() || driver == "local") {
             return Err(Error::NotFound(format!(
                 "error looking up volume plugin {driver}: plugin \"{driver}\" not found"
@@ -49,8 +64,11 @@ impl Cluster {
         if let Some(v) = self.store.get_volume(account, &name).await? {
             return Ok(v);
         }
-        let node = self.place().await?;
-        let v = new_volume(account, &name, &node.id, labels, false);
+        let node = match node {
+            Some(n) => n.to_string(),
+            None => self.place_volume(account).await?.id,
+        };
+        let v = new_volume(account, &name, &node, labels, false);
         match self.store.insert_volume(&v).await {
             Ok(()) => {
                 self.emit_volume(&v, "create");
@@ -182,12 +200,13 @@ impl Cluster {
                 }
                 MountSource::Named(name) => {
                     let v = self
-                        .create_volume(
+                        .create_volume_on(
                             account,
                             Some(name),
                             "local",
                             BTreeMap::new(),
                             BTreeMap::new(),
+                            Some(node),
                         )
                         .await?;
                     if v.node != node {

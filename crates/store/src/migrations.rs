@@ -49,4 +49,14 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, name)
     );
     "#,
+    // 3: packages, and each container's reservation (its package's memory and
+    // disk) in columns, so per-server allocations are one aggregate query.
+    r#"
+    CREATE TABLE packages (
+        name TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    );
+    ALTER TABLE containers ADD COLUMN memory INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE containers ADD COLUMN disk INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use cluster::StoreError;
 use cluster::model::{ContainerRecord, ImageRecord, NodeRecord, TagRecord, VolumeRecord};
-use cluster::store::{Store, StoreResult};
+use cluster::store::{NodeAllocation, Package, Store, StoreResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::sqlite::{
@@ -130,9 +130,9 @@ impl SqliteStore {
         let ip = c.spec.network.as_ref().map(|n| n.ip.to_string());
         let data = to_json(c)?;
         let sql = if insert {
-            "INSERT INTO containers (account, name, node, ip, data, id) VALUES (?, ?, ?, ?, ?, ?)"
+            "INSERT INTO containers (account, name, node, ip, data, memory, disk, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         } else {
-            "UPDATE containers SET account = ?, name = ?, node = ?, ip = ?, data = ? WHERE id = ?"
+            "UPDATE containers SET account = ?, name = ?, node = ?, ip = ?, data = ?, memory = ?, disk = ? WHERE id = ?"
         };
         let r = sqlx::query(sql)
             .bind(&c.account)
@@ -140,6 +140,8 @@ impl SqliteStore {
             .bind(&c.node)
             .bind(ip)
             .bind(data)
+            .bind(c.reservation.memory as i64)
+            .bind(c.reservation.disk as i64)
             .bind(&c.id)
             .execute(&mut **tx)
             .await
@@ -400,5 +402,82 @@ impl Store for SqliteStore {
 
     async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
         self.rows("SELECT data FROM nodes ORDER BY id", &[]).await
+    }
+
+    async fn delete_node(&self, id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM nodes WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn node_allocations(&self) -> StoreResult<Vec<NodeAllocation>> {
+        let rows = sqlx::query(
+            "SELECT node, SUM(memory), SUM(disk), COUNT(*) FROM containers GROUP BY node ORDER BY node",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeAllocation {
+                node: r.get(0),
+                memory: r.get::<i64, _>(1).max(0) as u64,
+                disk: r.get::<i64, _>(2).max(0) as u64,
+                containers: r.get::<i64, _>(3).max(0) as u64,
+            })
+            .collect())
+    }
+
+    async fn put_package(&self, p: &Package) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        if p.default {
+            // One default at a time.
+            let others: Vec<Package> = {
+                let rows = sqlx::query("SELECT data FROM packages WHERE name != ?")
+                    .bind(&p.name)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                rows.iter()
+                    .map(|r| from_json(r.get::<&str, _>(0)))
+                    .collect::<StoreResult<_>>()?
+            };
+            for mut o in others.into_iter().filter(|o| o.default) {
+                o.default = false;
+                sqlx::query("UPDATE packages SET data = ? WHERE name = ?")
+                    .bind(to_json(&o)?)
+                    .bind(&o.name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
+        }
+        sqlx::query("INSERT INTO packages (name, data) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data")
+            .bind(&p.name)
+            .bind(to_json(p)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list_packages(&self) -> StoreResult<Vec<Package>> {
+        self.rows("SELECT data FROM packages ORDER BY name", &[])
+            .await
+    }
+
+    async fn delete_package(&self, name: &str) -> StoreResult<()> {
+        let r = sqlx::query("DELETE FROM packages WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 }

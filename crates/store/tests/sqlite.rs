@@ -3,7 +3,9 @@
 use agent_client::{ContainerSpec, NetworkSpec};
 use chrono::Utc;
 use cluster::StoreError;
-use cluster::model::{ContainerRecord, ContainerState, ImageLayer, ImageRecord, TagRecord};
+use cluster::model::{
+    ContainerRecord, ContainerState, ImageLayer, ImageRecord, Reservation, TagRecord,
+};
 use cluster::store::Store;
 use store::SqliteStore;
 
@@ -31,6 +33,11 @@ fn container(account: &str, id: &str, name: &str, ip: Option<&str>) -> Container
         state: ContainerState::default(),
         labels: Default::default(),
         generation: 0,
+        package: "p".into(),
+        reservation: Reservation {
+            memory: 512 << 20,
+            disk: 1 << 30,
+        },
     }
 }
 
@@ -146,4 +153,53 @@ async fn volumes_are_per_account_and_names_unique() {
     s.delete_volume("alice", "data").await.unwrap();
     assert!(s.get_volume("alice", "data").await.unwrap().is_none());
     assert!(s.get_volume("bob", "data").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn allocations_add_up_per_server_and_packages_keep_one_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    let mut c = container("alice", "a1", "web", None);
+    s.insert_container(&c).await.unwrap();
+    c = container("bob", "b1", "web", None);
+    c.reservation.memory = 1 << 30;
+    s.insert_container(&c).await.unwrap();
+    c = container("bob", "b2", "db", None);
+    c.node = "n2".into();
+    s.insert_container(&c).await.unwrap();
+    let a = s.node_allocations().await.unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        (a[0].node.as_str(), a[0].memory, a[0].disk, a[0].containers),
+        ("n1", (512 << 20) + (1 << 30), 2 << 30, 2)
+    );
+    assert_eq!((a[1].node.as_str(), a[1].containers), ("n2", 1));
+    // An update moves the reservation with it; a removal frees it.
+    c.reservation.memory = 64 << 20;
+    s.update_container(&c).await.unwrap();
+    assert_eq!(s.node_allocations().await.unwrap()[1].memory, 64 << 20);
+    s.delete_container("bob", "b2").await.unwrap();
+    assert_eq!(s.node_allocations().await.unwrap().len(), 1);
+
+    let mut p = cluster::servers::sample_packages();
+    for x in &p {
+        s.put_package(x).await.unwrap();
+    }
+    p[0].default = true;
+    s.put_package(&p[0]).await.unwrap();
+    let all = s.list_packages().await.unwrap();
+    assert_eq!(all.len(), p.len());
+    let defaults: Vec<&str> = all
+        .iter()
+        .filter(|x| x.default)
+        .map(|x| x.name.as_str())
+        .collect();
+    assert_eq!(defaults, [p[0].name.as_str()]);
+    s.delete_package(&p[0].name).await.unwrap();
+    assert!(matches!(
+        s.delete_package(&p[0].name).await,
+        Err(StoreError::NotFound)
+    ));
 }

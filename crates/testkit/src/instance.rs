@@ -332,6 +332,33 @@ impl AtollInstance {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// Runs an operator command (`atoll server ls`, …) against this instance's
+    /// data dir.
+    pub fn operator(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).arg("--data-dir").arg(&self.data_dir);
+        run_with_timeout(cmd, None, DOCKER_TIMEOUT)
+            .unwrap_or_else(|e| panic!("atoll {}: {e}", args.join(" ")))
+    }
+
+    /// [`operator`](Self::operator) that must succeed; its stdout, trimmed.
+    pub fn operator_ok(&self, args: &[&str]) -> String {
+        let out = self.operator(args);
+        expect_success(args, &out)
+    }
+
+    /// [`operator`](Self::operator) that must fail; its stderr.
+    pub fn operator_err(&self, args: &[&str]) -> String {
+        let out = self.operator(args);
+        assert!(
+            !out.status.success(),
+            "atoll {} succeeded but should have failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// `docker load -i <archive>`; returns the CLI's output.
     pub fn load_image(&self, image: &ImageFacts) -> String {
         let path = image.path.to_string_lossy();

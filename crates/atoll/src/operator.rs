@@ -1,0 +1,427 @@
+//! Operator commands (`atoll server|package|container …`): a client of the
+//! head's operator API on `<data>/head/operator.sock`. Tables for people,
+//! `--json` for programs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use placement::Package;
+use serde_json::Value;
+
+use crate::instance::Instance;
+
+/// How operator commands find their instance.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// The instance's data dir (its head serves `head/operator.sock` there).
+    #[arg(long, default_value = "/var/lib/atoll", global = true)]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerCmd {
+    /// List servers: state, capacity, what is reserved, containers.
+    Ls,
+    /// Stop placing new containers on a server; its containers keep running.
+    Drain { id: String },
+    /// Place containers on a drained server again.
+    Enable { id: String },
+    /// Forget a server that is down and holds no containers.
+    Forget { id: String },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PackageSpec {
+    /// Memory, e.g. 512M, 2G.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Relative CPU weight (cpu.shares).
+    #[arg(long)]
+    pub cpu_shares: Option<u64>,
+    /// CPU cap in percent of one CPU (0: none).
+    #[arg(long)]
+    pub cpu_cap: Option<u32>,
+    /// Disk, e.g. 10G.
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Most processes (0: no limit).
+    #[arg(long)]
+    pub pids: Option<u64>,
+    /// Accounts that may use it (repeat; none: every account).
+    #[arg(long = "account")]
+    pub accounts: Vec<String>,
+    /// Make it the package of containers that ask for nothing.
+    #[arg(long)]
+    pub default: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PackageCmd {
+    /// List packages.
+    Ls,
+    /// Create a package (`--memory` is required).
+    Create {
+        name: String,
+        #[command(flatten)]
+        spec: PackageSpec,
+    },
+    /// Change a package; unset options keep their values.
+    Update {
+        name: String,
+        #[command(flatten)]
+        spec: PackageSpec,
+    },
+    /// Delete a package (containers sized by it keep their limits).
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCmd {
+    /// Where every container runs: account, name, server, package, status.
+    Ls,
+}
+
+pub async fn server(t: &Target, cmd: ServerCmd) -> Result<()> {
+    let c = Client::new(&t.data_dir)?;
+    let v = match &cmd {
+        ServerCmd::Ls => c.call("GET", "/v1/servers", None).await?,
+        ServerCmd::Drain { id } => {
+            c.call("POST", &format!("/v1/servers/{}/drain", segment(id)), None)
+                .await?
+        }
+        ServerCmd::Enable { id } => {
+            c.call("POST", &format!("/v1/servers/{}/enable", segment(id)), None)
+                .await?
+        }
+        ServerCmd::Forget { id } => {
+            c.call("DELETE", &format!("/v1/servers/{}", segment(id)), None)
+                .await?;
+            println!("forgot {id}");
+            return Ok(());
+        }
+    };
+    let list = match v {
+        Value::Array(a) => a,
+        one => vec![one],
+    };
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let mut rows = vec![vec![
+        "ID".into(),
+        "STATE".into(),
+        "CPUS".into(),
+        "MEMORY".into(),
+        "RESERVED".into(),
+        "DISK".into(),
+        "CONTAINERS".into(),
+    ]];
+    for s in &list {
+        rows.push(vec![
+            str_of(&s["id"]),
+            str_of(&s["state"]),
+            s["cpus"].to_string(),
+            size(&s["memory_bytes"]),
+            size(&s["memory_reserved"]),
+            format!("{} / {}", size(&s["disk_reserved"]), size(&s["disk_bytes"])),
+            s["containers"].to_string(),
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+pub async fn package(t: &Target, cmd: PackageCmd) -> Result<()> {
+    let c = Client::new(&t.data_dir)?;
+    let list: Vec<Package> = match cmd {
+        PackageCmd::Ls => serde_json::from_value(c.call("GET", "/v1/packages", None).await?)?,
+        PackageCmd::Create { name, spec } => {
+            let existing: Vec<Package> =
+                serde_json::from_value(c.call("GET", "/v1/packages", None).await?)?;
+            if existing.iter().any(|p| p.name == name) {
+                bail!("package {name} exists already (use `atoll package update`)");
+            }
+            let Some(mem) = &spec.memory else {
+                bail!("--memory is required");
+            };
+            let memory = parse_size(mem)?;
+            let p = Package {
+                name: name.clone(),
+                memory_bytes: memory,
+                cpu_shares: spec.cpu_shares.unwrap_or(1024),
+                cpu_cap: spec.cpu_cap.unwrap_or(0),
+                disk_bytes: match &spec.disk {
+                    Some(d) => parse_size(d)?,
+                    None => (memory * 10).max(1 << 30),
+                },
+                pids: spec.pids.unwrap_or(0),
+                accounts: spec.accounts.clone(),
+                default: spec.default,
+            };
+            vec![put(&c, &p).await?]
+        }
+        PackageCmd::Update { name, spec } => {
+            let existing: Vec<Package> =
+                serde_json::from_value(c.call("GET", "/v1/packages", None).await?)?;
+            let Some(mut p) = existing.into_iter().find(|p| p.name == name) else {
+                bail!("No such package: {name}");
+            };
+            if let Some(m) = &spec.memory {
+                p.memory_bytes = parse_size(m)?;
+            }
+            if let Some(d) = &spec.disk {
+                p.disk_bytes = parse_size(d)?;
+            }
+            if let Some(v) = spec.cpu_shares {
+                p.cpu_shares = v;
+            }
+            if let Some(v) = spec.cpu_cap {
+                p.cpu_cap = v;
+            }
+            if let Some(v) = spec.pids {
+                p.pids = v;
+            }
+            if !spec.accounts.is_empty() {
+                p.accounts = spec.accounts.clone();
+            }
+            if spec.default {
+                p.default = true;
+            }
+            vec![put(&c, &p).await?]
+        }
+        PackageCmd::Rm { name } => {
+            c.call("DELETE", &format!("/v1/packages/{}", segment(&name)), None)
+                .await?;
+            println!("deleted {name}");
+            return Ok(());
+        }
+    };
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let mut rows = vec![vec![
+        "NAME".into(),
+        "MEMORY".into(),
+        "CPU SHARES".into(),
+        "CPU CAP".into(),
+        "DISK".into(),
+        "PIDS".into(),
+        "ACCOUNTS".into(),
+        "DEFAULT".into(),
+    ]];
+    for p in &list {
+        rows.push(vec![
+            p.name.clone(),
+            placement::human(p.memory_bytes),
+            p.cpu_shares.to_string(),
+            if p.cpu_cap == 0 {
+                "-".into()
+            } else {
+                format!("{}%", p.cpu_cap)
+            },
+            placement::human(p.disk_bytes),
+            if p.pids == 0 {
+                "-".into()
+            } else {
+                p.pids.to_string()
+            },
+            if p.accounts.is_empty() {
+                "*".into()
+            } else {
+                p.accounts.join(",")
+            },
+            if p.default {
+                "yes".into()
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+pub async fn container(t: &Target, cmd: ContainerCmd) -> Result<()> {
+    let c = Client::new(&t.data_dir)?;
+    let ContainerCmd::Ls = cmd;
+    let v = c.call("GET", "/v1/containers", None).await?;
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut rows = vec![vec![
+        "CONTAINER ID".into(),
+        "ACCOUNT".into(),
+        "NAME".into(),
+        "SERVER".into(),
+        "PACKAGE".into(),
+        "STATUS".into(),
+    ]];
+    for x in v.as_array().into_iter().flatten() {
+        let id = str_of(&x["id"]);
+        rows.push(vec![
+            id.chars().take(12).collect(),
+            str_of(&x["account"]),
+            str_of(&x["name"]),
+            str_of(&x["server"]),
+            str_of(&x["package"]),
+            str_of(&x["status"]),
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+async fn put(c: &Client, p: &Package) -> Result<Package> {
+    let body = serde_json::to_vec(p)?;
+    Ok(serde_json::from_value(
+        c.call(
+            "PUT",
+            &format!("/v1/packages/{}", segment(&p.name)),
+            Some(body),
+        )
+        .await?,
+    )?)
+}
+
+/// A name as one URL path segment (the head validates it).
+fn segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
+}
+
+fn size(v: &Value) -> String {
+    v.as_u64()
+        .map(placement::human)
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `512M`, `2G`, `1.5G`, `1024` (bytes); K, M, G, T, binary.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'B' => 1,
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => bail!("invalid size {s:?}: use a number with K, M, G or T"),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("invalid size {s:?}: use a number with K, M, G or T"))?;
+    if !n.is_finite() || n <= 0.0 {
+        bail!("invalid size {s:?}: must be more than 0");
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map(|c| c.chars().count()).unwrap_or(0))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
+
+/// One request per connection to the operator socket.
+struct Client {
+    sock: PathBuf,
+}
+
+impl Client {
+    fn new(data_dir: &Path) -> Result<Client> {
+        if !data_dir.is_dir() {
+            bail!("no atoll instance at {}", data_dir.display());
+        }
+        let inst = Instance::open(data_dir)?;
+        Ok(Client {
+            sock: inst.operator_socket(),
+        })
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
+        let stream = tokio::net::UnixStream::connect(&self.sock)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the head at {} (is `atoll up` running with this --data-dir?)",
+                    self.sock.display()
+                )
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("talking to the head")?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "atoll")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("talking to the head")?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let v: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).context("the head's answer")?
+        };
+        if !status.is_success() {
+            let msg = v["message"].as_str().unwrap_or("request failed");
+            bail!("{msg}");
+        }
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

@@ -1,0 +1,107 @@
+//! The operator API, served on `<data>/head/operator.sock` (root only): servers
+//! (list, drain, enable, forget), packages (list, create or replace, delete) and
+//! where each container runs. JSON in and out; errors are `{"message": …}` with
+//! the same status mapping as the Docker API (`docker_api::ApiError`).
+//! The `atoll server|package|container` commands are its client.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use cluster::Cluster;
+use cluster::servers::{PlacementView, ServerView};
+use docker_api::{ApiError, ApiResult};
+use placement::Package;
+
+pub fn router(cluster: Arc<Cluster>) -> Router {
+    Router::new()
+        .route("/v1/servers", get(list_servers))
+        .route("/v1/servers/{id}", axum::routing::delete(forget_server))
+        .route("/v1/servers/{id}/drain", post(drain))
+        .route("/v1/servers/{id}/enable", post(enable))
+        .route("/v1/packages", get(list_packages))
+        .route(
+            "/v1/packages/{name}",
+            put(put_package).delete(delete_package),
+        )
+        .route("/v1/containers", get(list_containers))
+        .with_state(cluster)
+}
+
+/// Serves the operator API on a unix socket that only root may open.
+pub async fn serve_unix(
+    path: &Path,
+    cluster: Arc<Cluster>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let app = tower::ServiceExt::map_request(
+        router(cluster),
+        |req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
+    );
+    agent_client::serve::serve_unix(listener, app, shutdown).await
+}
+
+async fn list_servers(State(c): State<Arc<Cluster>>) -> ApiResult<Json<Vec<ServerView>>> {
+    Ok(Json(c.list_servers().await?))
+}
+
+async fn drain(
+    State(c): State<Arc<Cluster>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<ServerView>> {
+    Ok(Json(c.set_draining(&id, true).await?))
+}
+
+async fn enable(
+    State(c): State<Arc<Cluster>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<ServerView>> {
+    Ok(Json(c.set_draining(&id, false).await?))
+}
+
+async fn forget_server(
+    State(c): State<Arc<Cluster>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    c.forget_server(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_packages(State(c): State<Arc<Cluster>>) -> ApiResult<Json<Vec<Package>>> {
+    Ok(Json(c.list_packages().await?))
+}
+
+async fn put_package(
+    State(c): State<Arc<Cluster>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<Package>> {
+    let mut p: Package =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("bad package: {e}")))?;
+    p.name = name;
+    Ok(Json(c.put_package(p).await?))
+}
+
+async fn delete_package(
+    State(c): State<Arc<Cluster>>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    c.delete_package(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_containers(State(c): State<Arc<Cluster>>) -> ApiResult<Json<Vec<PlacementView>>> {
+    Ok(Json(c.list_placements().await?))
+}
