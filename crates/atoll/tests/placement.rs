@@ -116,16 +116,17 @@ fn packages_size_containers() {
     );
     let e = a.docker_err(&["create", "--label", "com.joyent.package=nope", "busybox"]);
     assert!(e.contains("no such package: nope"), "{e}");
-    // A limit may shrink within the package, not grow past it.
-    let e = a.docker_err(&["update", "-m", "200m", "small"]);
-    assert!(
-        e.contains("more than the container's package sample-128M holds"),
-        "{e}"
-    );
+    // A limit grows past the package by moving to a larger one, which the
+    // server must hold; it shrinks within the package.
+    a.docker_ok(&["update", "-m", "200m", "small"]);
+    assert_eq!(placement_of(&a, "small").0, "sample-256M");
+    let e = a.docker_err(&["update", "-m", "64g", "small"]);
+    assert!(e.contains("no package offers 64 GB memory or more"), "{e}");
     a.docker_ok(&["update", "-m", "64m", "small"]);
-    // The server's reservations add up the packages: 128M + 512M + 1G.
+    assert_eq!(placement_of(&a, "small").0, "sample-256M");
+    // The server's reservations add up the packages: 256M + 512M + 1G.
     let servers = json(&a.operator_ok(&["server", "ls", "--json"]));
-    assert_eq!(servers[0]["memory_reserved"], (128 + 512 + 1024) * MB);
+    assert_eq!(servers[0]["memory_reserved"], (256 + 512 + 1024) * MB);
     assert_eq!(servers[0]["containers"], 3);
     let names = a.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]);
     assert!(!names.contains("huge"), "{names}");

@@ -255,6 +255,35 @@ impl Cluster {
         Ok((node, pkg.name, reservation))
     }
 
+    /// Moves `c` to the smallest package holding `memory` (`docker update -m`
+    /// past its package), if its server can hold the larger reservation.
+    pub(crate) async fn grow_package(&self, c: &mut ContainerRecord, memory: u64) -> Result<()> {
+        let packages = self.store.list_packages().await?;
+        let pkg = placement::choose_package(&packages, &c.account, None, Some(memory))
+            .map_err(package_error)?;
+        let servers = self.servers().await?;
+        let Some((_, s)) = servers.iter().find(|(n, _)| n.id == c.node) else {
+            return Err(Error::Conflict("the container's server is gone".into()));
+        };
+        let extra_mem = pkg.memory_bytes.saturating_sub(c.reservation.memory);
+        let extra_disk = pkg.disk_bytes.saturating_sub(c.reservation.disk);
+        if s.allocated.memory + extra_mem > s.capacity.memory
+            || s.allocated.disk.saturating_add(extra_disk) > s.capacity.disk
+        {
+            return Err(Error::Conflict(format!(
+                "the container's server has no capacity for package {} ({} memory)",
+                pkg.name,
+                placement::human(pkg.memory_bytes)
+            )));
+        }
+        c.package = pkg.name.clone();
+        c.reservation = Reservation {
+            memory: pkg.memory_bytes,
+            disk: pkg.disk_bytes.max(c.reservation.disk),
+        };
+        Ok(())
+    }
+
     /// The server for a new volume nobody uses yet: spread by the account's volumes.
     pub(crate) async fn place_volume(&self, account: &str) -> Result<NodeRecord> {
         let servers = self.servers().await?;

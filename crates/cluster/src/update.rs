@@ -107,15 +107,10 @@ impl Cluster {
             }
             c.config["HostConfig"]["RestartPolicy"] = json!(rp);
         }
-        // The package reserved the container's place on its server: limits
-        // may shrink within it, not grow past it.
+        // Growing past its package moves the container to a larger package,
+        // if its server has room for the difference.
         if c.reservation.memory > 0 && resources.memory as u64 > c.reservation.memory {
-            return Err(Error::InvalidArgument(format!(
-                "Memory limit {} is more than the container's package {} holds ({}); create the container with a larger package",
-                placement::human(resources.memory as u64),
-                c.package,
-                placement::human(c.reservation.memory)
-            )));
+            self.grow_package(&mut c, resources.memory as u64).await?;
         }
         if matches!(c.state.status, Status::Running | Status::Paused)
             && resources != c.spec.resources
