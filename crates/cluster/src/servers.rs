@@ -33,7 +33,8 @@ pub fn sample_packages() -> Vec<Package> {
                 format!("sample-{mb}M")
             },
             memory_bytes: mb * MB,
-            cpu_shares: (mb * 1024 / 1024).max(2),
+            // One share per MB: 1 GB weighs what Docker's default (1024) does.
+            cpu_shares: mb.max(2),
             cpu_cap: 100 * (mb / 1024).max(1) as u32,
             disk_bytes: (mb * 10 * MB).max(GB),
             pids: 4096,
