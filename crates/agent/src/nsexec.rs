@@ -340,39 +340,40 @@ pub fn spawn(
     target: &Target,
     stdio: Option<[RawFd; 3]>,
 ) -> Result<Spawned, String> {
-    let (mut pid_r, pid_w) = pipe_cloexec()?;
     let (mut err_r, err_w) = pipe_cloexec()?;
     let (sock_parent, sock_child) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| format!("cannot create a socket pair: {e}"))?;
-    // SAFETY: the shim is single-threaded, so the child may run any code.
-    match unsafe { libc::fork() } {
-        -1 => Err(format!("cannot fork: {}", errno())),
+    // Children are born in the container's pid namespace (this process stays
+    // in its own), so one fork suffices: no intermediate process.
+    for (f, flag) in &target.namespaces {
+        // SAFETY: setns with an open namespace fd; CLONE_NEWPID only changes
+        // the namespace of our future children.
+        if *flag == libc::CLONE_NEWPID && unsafe { libc::setns(f.as_raw_fd(), *flag) } != 0 {
+            return Err(format!(
+                "cannot join the container's pid namespace: {}",
+                errno()
+            ));
+        }
+    }
+    match fork_into(target.unified.as_ref()) {
+        -1 => Err(format!("cannot fork in the container: {}", errno())),
         0 => {
-            drop(pid_r);
             drop(err_r);
             drop(sock_parent);
-            let code = intermediate(plan, target, stdio, pid_w, &err_w, sock_child);
+            let code = child(plan, target, stdio, &err_w, &sock_child);
             // SAFETY: leaving the forked child without unwinding or atexit.
             unsafe { libc::_exit(code) }
         }
-        child => {
-            drop(pid_w);
+        pid => {
             drop(err_w);
             drop(sock_child);
-            let mut buf = Vec::new();
-            let _ = pid_r.read_to_end(&mut buf);
-            let mut status = 0;
-            // SAFETY: reaping our own child.
-            unsafe { libc::waitpid(child, &mut status, 0) };
+            // EOF when the process has exec'd (the pipe is close-on-exec), or
+            // why it could not; a child that failed is reaped by the shim.
             let mut err = String::new();
             let _ = err_r.read_to_string(&mut err);
-            let pid = <[u8; 4]>::try_from(buf.as_slice()).map(i32::from_ne_bytes);
             if !err.is_empty() {
                 return Err(err);
             }
-            let Ok(pid) = pid else {
-                return Err("the exec process did not start".into());
-            };
             let pty_master = if plan.tty {
                 Some(receive_fd(&sock_parent)?)
             } else {
@@ -383,20 +384,18 @@ pub fn spawn(
     }
 }
 
-/// First child: joins cgroups and namespaces, forks the real process (so that
-/// it is inside the pid namespace), reports its pid and exits; the process is
-/// then reparented to the shim, a subreaper.
-fn intermediate(
+/// The forked process before `execve`: joins the v1 cgroups and the other
+/// namespaces, then becomes the exec's program. Returns only on failure.
+fn child(
     plan: &ExecPlan,
     target: &Target,
     stdio: Option<[RawFd; 3]>,
-    mut pid_w: File,
     err_w: &File,
-    sock: std::os::unix::net::UnixStream,
+    sock: &std::os::unix::net::UnixStream,
 ) -> i32 {
-    let fail = |msg: String| {
+    let fail = |code: i32, msg: String| {
         let _ = (&*err_w).write_all(msg.as_bytes());
-        1
+        code
     };
     // Not dumpable: processes in the container cannot open our /proc entries
     // (the host binary behind /proc/<pid>/exe) while we are in their namespaces.
@@ -404,36 +403,24 @@ fn intermediate(
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     for f in &target.cgroup_procs {
         if let Err(e) = std::fs::write(f, b"0") {
-            return fail(format!("cannot join the container's cgroup: {e}"));
+            return fail(1, format!("cannot join the container's cgroup: {e}"));
         }
     }
     for (f, flag) in &target.namespaces {
+        if *flag == libc::CLONE_NEWPID {
+            continue;
+        }
         // SAFETY: setns with an open namespace fd.
         if unsafe { libc::setns(f.as_raw_fd(), *flag) } != 0 {
-            return fail(format!(
-                "cannot join the container's namespaces: {}",
-                errno()
-            ));
+            return fail(
+                1,
+                format!("cannot join the container's namespaces: {}", errno()),
+            );
         }
     }
-    match fork_into(target.unified.as_ref()) {
-        -1 => fail(format!("cannot fork in the container: {}", errno())),
-        0 => {
-            drop(pid_w);
-            let code = match exec_child(plan, target, stdio, &sock) {
-                Ok(never) => match never {},
-                Err((code, msg)) => {
-                    let _ = (&*err_w).write_all(msg.as_bytes());
-                    code
-                }
-            };
-            // SAFETY: leaving the forked child.
-            unsafe { libc::_exit(code) }
-        }
-        pid => {
-            let _ = pid_w.write_all(&pid.to_ne_bytes());
-            0
-        }
+    match exec_child(plan, target, stdio, sock) {
+        Ok(never) => match never {},
+        Err((code, msg)) => fail(code, msg),
     }
 }
 

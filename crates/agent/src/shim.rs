@@ -292,6 +292,12 @@ pub fn shim_main(args: ShimArgs) -> i32 {
             return 1;
         }
     }
+    run_shim(args)
+}
+
+/// The shim proper, in this process: a new session, setup, the loop. The
+/// zygote's child calls it directly (it is nobody's to reap already).
+pub(crate) fn run_shim(args: ShimArgs) -> i32 {
     let _ = nix::unistd::setsid();
     match Shim::setup(args) {
         Ok(mut shim) => {

@@ -9,8 +9,8 @@
 //!
 //! Protocol: one SOCK_SEQPACKET message per shim, the shim's argv (NUL
 //! separated) with the write end of the readiness pipe attached (SCM_RIGHTS).
-//! The zygote's child runs [`crate::shim::shim_main`] exactly as `atoll shim`
-//! does; the readiness line arrives on the pipe as before. When the zygote is
+//! The zygote's child runs the shim ([`crate::shim::run_shim`]) as `atoll shim`
+//! does, minus its detaching fork; the readiness line arrives on the pipe as before. When the zygote is
 //! missing or gone, [`spawn`] says so and the caller execs the binary instead.
 
 use std::io::{IoSlice, IoSliceMut, Write};
@@ -21,7 +21,7 @@ use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
 };
 
-use crate::shim::{ShimArgs, shim_main};
+use crate::shim::ShimArgs;
 
 static ZYGOTE: OnceLock<Mutex<OwnedFd>> = OnceLock::new();
 
@@ -145,7 +145,7 @@ fn serve(sock: OwnedFd) -> ! {
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
                 drop(sock);
-                let code = run_shim(&argv, ready);
+                let code = become_shim(&argv, ready);
                 // SAFETY: as above.
                 unsafe { libc::_exit(code) };
             }
@@ -159,7 +159,7 @@ fn serve(sock: OwnedFd) -> ! {
 }
 
 /// In the zygote's child: becomes `argv[0] shim <args>` and runs the shim.
-fn run_shim(argv: &[String], ready: OwnedFd) -> i32 {
+fn become_shim(argv: &[String], ready: OwnedFd) -> i32 {
     // SAFETY: dispositions and fd plumbing of this single-threaded child; the
     // shim waits for its own children, so SIGCHLD must not stay ignored.
     unsafe {
@@ -179,8 +179,10 @@ fn run_shim(argv: &[String], ready: OwnedFd) -> i32 {
     // SAFETY: plain prctl. The name an exec'd shim has.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"atoll".as_ptr()) };
     set_cmdline(argv);
+    // No second fork (as `atoll shim` does): this process is the zygote's
+    // child, which ignores SIGCHLD, so nobody has to reap it.
     match argv.get(2..).map(ShimArgs::parse) {
-        Some(Ok(a)) => shim_main(a),
+        Some(Ok(a)) => crate::shim::run_shim(a),
         Some(Err(e)) => {
             let _ = writeln!(std::io::stdout(), "err {e}");
             2
