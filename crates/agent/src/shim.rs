@@ -743,9 +743,12 @@ impl Shim {
         let control_listener = bind_socket(&paths.control_sock, "control.sock")?;
         let ino = |name: &str| std::fs::symlink_metadata(name).ok().map(|m| m.ino());
         let socket_inodes = (ino("attach.sock"), ino("control.sock"));
-        let _ = std::fs::remove_file(&paths.pid_file);
-        let _ = std::fs::remove_file(&paths.runc_log);
-        let _ = std::fs::remove_file(&paths.exit_file);
+        if !args.exec {
+            // Leftovers of the container's previous run (an exec's directory is new).
+            let _ = std::fs::remove_file(&paths.pid_file);
+            let _ = std::fs::remove_file(&paths.runc_log);
+            let _ = std::fs::remove_file(&paths.exit_file);
+        }
 
         let mut shim = Shim {
             args,

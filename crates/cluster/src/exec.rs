@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::cluster::Cluster;
 use crate::containers::upstream;
 use crate::error::{Error, Result};
-use crate::model::Status;
+use crate::model::{ContainerRecord, Status};
 use crate::names::new_id;
 
 /// How long a finished exec can still be inspected.
@@ -174,7 +174,12 @@ impl Cluster {
     }
 
     /// Marks the exec started (once); Conflict if it already was.
-    async fn claim_start(&self, account: &str, eid: &str) -> Result<ExecRecord> {
+    /// Marks the exec started; it and its (running) container.
+    async fn claim_start(
+        &self,
+        account: &str,
+        eid: &str,
+    ) -> Result<(ExecRecord, ContainerRecord)> {
         let rec = self.exec_record(account, eid)?;
         let c = self.find_container(account, &rec.container_id).await?;
         if c.state.status == Status::Paused {
@@ -202,7 +207,7 @@ impl Cluster {
         }
         e.started = true;
         e.running = true;
-        Ok(e.clone())
+        Ok((e.clone(), c))
     }
 
     /// Starts an exec attached; (tty, stream). The stream ends when it exits.
@@ -211,7 +216,7 @@ impl Cluster {
         account: &str,
         eid: &str,
     ) -> Result<(bool, hyper::upgrade::Upgraded)> {
-        let rec = self.claim_start(account, eid).await?;
+        let (rec, ctr) = self.claim_start(account, eid).await?;
         let c = &rec.config;
         let keys: Vec<String> = parse_detach_keys(&c.detach_keys)?
             .iter()
@@ -230,7 +235,7 @@ impl Cluster {
             .await
         {
             Ok(up) => {
-                self.exec_started(&rec).await;
+                self.exec_started(&rec, ctr);
                 Ok((c.tty, up))
             }
             Err(e) => {
@@ -242,7 +247,7 @@ impl Cluster {
 
     /// Starts an exec detached (`docker exec -d`).
     pub async fn start_exec_detached(&self, account: &str, eid: &str) -> Result<()> {
-        let rec = self.claim_start(account, eid).await?;
+        let (rec, ctr) = self.claim_start(account, eid).await?;
         match self
             .agent(&rec.node)?
             .exec_start_detached(&rec.container_id, eid)
@@ -250,7 +255,7 @@ impl Cluster {
         {
             Ok(st) => {
                 self.update_exec(eid, |r| r.pid = st.pid);
-                self.exec_started(&rec).await;
+                self.exec_started(&rec, ctr);
                 Ok(())
             }
             Err(e) => {
@@ -265,10 +270,7 @@ impl Cluster {
     }
 
     /// `exec_start` now, and `exec_die` when it ends (a long poll on its server).
-    async fn exec_started(&self, rec: &ExecRecord) {
-        let Ok(c) = self.find_container(&rec.account, &rec.container_id).await else {
-            return;
-        };
+    fn exec_started(&self, rec: &ExecRecord, c: ContainerRecord) {
         let cmd = rec.config.cmd.join(" ");
         self.emit_container(
             &c,
