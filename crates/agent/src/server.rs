@@ -86,6 +86,21 @@ pub async fn serve_unix(
     agent_client::serve::serve_unix(listener, app, shutdown).await
 }
 
+/// Serves the agent API on TCP (`addr` like `10.200.3.11:7070`): a server
+/// reached by a remote head.
+pub async fn serve_tcp(
+    addr: String,
+    agent: Arc<Agent>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let app = tower::ServiceExt::map_request(
+        router(agent),
+        |req: http::Request<hyper::body::Incoming>| req.map(Body::new),
+    );
+    agent_client::serve::serve_tcp(listener, app, shutdown).await
+}
+
 async fn info(State(a): State<Arc<Agent>>) -> Json<agent_client::AgentInfo> {
     Json(a.info())
 }

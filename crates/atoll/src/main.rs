@@ -2,6 +2,7 @@
 //! `reset`. Wiring only; the logic lives in the crates.
 
 mod instance;
+mod nodes;
 mod operator;
 mod up;
 
@@ -29,6 +30,18 @@ enum Cmd {
         data_dir: PathBuf,
         #[arg(long, default_value = "/run/atoll/docker.sock")]
         docker_socket: PathBuf,
+        /// Simulate a datacenter of N servers, each agent in its own network
+        /// namespace on an underlay bridge (0: one agent in this process).
+        #[arg(long, default_value_t = 0)]
+        nodes: usize,
+    },
+    /// Run one server's agent in the foreground (`atoll up --nodes` starts these).
+    Agent {
+        #[arg(long, default_value = "/var/lib/atoll")]
+        data_dir: PathBuf,
+        /// Where the head reaches it: tcp://ADDR:PORT or unix:///PATH.
+        #[arg(long)]
+        listen: String,
     },
     /// Stop everything an instance created (containers, mounts, network devices)
     /// and remove its state.
@@ -75,7 +88,7 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     raise_nofile();
-    if matches!(cli.cmd, Cmd::Up { .. }) {
+    if matches!(cli.cmd, Cmd::Up { .. } | Cmd::Agent { .. }) {
         // Before any thread exists: the zygote forks every shim (see agent::zygote).
         if let Err(e) = agent::zygote::start() {
             eprintln!("atoll: no shim zygote ({e}); shims will be exec'd");
@@ -104,7 +117,9 @@ fn main() -> std::process::ExitCode {
             Cmd::Up {
                 data_dir,
                 docker_socket,
-            } => up::run(&data_dir, &docker_socket).await,
+                nodes,
+            } => up::run(&data_dir, &docker_socket, nodes).await,
+            Cmd::Agent { data_dir, listen } => up::agent(&data_dir, &listen).await,
             Cmd::Reset { data_dir } => up::reset(&data_dir).await,
             Cmd::Server { target, cmd } => operator::server(&target, cmd).await,
             Cmd::Package { target, cmd } => operator::package(&target, cmd).await,

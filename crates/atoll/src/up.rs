@@ -1,6 +1,6 @@
 //! `atoll up` and `atoll reset`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -10,28 +10,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::instance::Instance;
 
-/// Runs the head and a local agent until SIGTERM/SIGINT. Containers keep running
-/// when it stops: their shims are separate processes.
-pub async fn run(data_dir: &Path, docker_socket: &Path) -> Result<()> {
+/// Runs the head and its servers until SIGTERM/SIGINT: one agent in this
+/// process, or (`nodes` > 0) a simulated datacenter of agent processes (see
+/// `nodes.rs`). Containers keep running when it stops: their shims are
+/// separate processes.
+pub async fn run(data_dir: &Path, docker_socket: &Path, nodes: usize) -> Result<()> {
     let inst = Instance::open(data_dir)?;
     let exe = std::env::current_exe().context("locating the atoll binary")?;
-
-    // The agent: the head reaches it only through its socket, as it would reach a
-    // remote server.
-    let agent = agent::Agent::start(agent::AgentConfig {
-        dir: inst.agent_dir(),
-        instance: inst.id.clone(),
-        exe,
-    })
-    .await
-    .context("starting the agent")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let agent_sock = inst.agent_socket();
-    let mut rx = stop_rx.clone();
-    let agent_task = tokio::spawn(agent::serve_unix(agent_sock.clone(), agent, async move {
-        let _ = rx.changed().await;
-    }));
-    wait_for_socket(&agent_sock).await?;
 
     // The head.
     std::fs::create_dir_all(inst.head_dir())?;
@@ -48,10 +34,51 @@ pub async fn run(data_dir: &Path, docker_socket: &Path) -> Result<()> {
         .seed_packages()
         .await
         .map_err(|e| anyhow::anyhow!("writing the sample packages: {e}"))?;
-    cluster
-        .add_node("local", &format!("unix://{}", agent_sock.display()))
+
+    // The servers. The head reaches each only through its agent's socket, as it
+    // would reach a remote machine.
+    let mut agent_task = None;
+    let mut simulated = None;
+    if nodes == 0 {
+        let agent = agent::Agent::start(agent::AgentConfig {
+            dir: inst.agent_dir(),
+            instance: inst.id.clone(),
+            exe,
+        })
         .await
-        .map_err(|e| anyhow::anyhow!("registering the local agent: {e}"))?;
+        .context("starting the agent")?;
+        let agent_sock = inst.agent_socket();
+        let mut rx = stop_rx.clone();
+        agent_task = Some(tokio::spawn(agent::serve_unix(
+            agent_sock.clone(),
+            agent,
+            async move {
+                let _ = rx.changed().await;
+            },
+        )));
+        wait_for_socket(&agent_sock).await?;
+        cluster
+            .add_node("local", &format!("unix://{}", agent_sock.display()))
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the local agent: {e}"))?;
+    } else {
+        let mut servers = crate::nodes::setup(&inst, nodes)
+            .await
+            .context("setting up the simulated datacenter")?;
+        for n in &mut servers {
+            let ip_port = n.ip_port().to_string();
+            n.spawn(&exe, &ip_port)?;
+        }
+        crate::nodes::register(&cluster, &servers).await?;
+        let servers = Arc::new(std::sync::Mutex::new(servers));
+        tokio::spawn(crate::nodes::supervise(
+            servers.clone(),
+            exe.clone(),
+            stop_rx.clone(),
+        ));
+        simulated = Some(servers);
+    }
+
     let mut rx = stop_rx.clone();
     let operator_task = tokio::spawn({
         let sock = inst.operator_socket();
@@ -80,15 +107,59 @@ pub async fn run(data_dir: &Path, docker_socket: &Path) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let res = tokio::select! {
+        _ = term.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
+        r = head_task => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into))
+            .and_then(|()| Err(anyhow::anyhow!("the Docker API server stopped"))),
+        r = operator_task => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into))
+            .and_then(|()| Err(anyhow::anyhow!("the operator API server stopped"))),
+    };
+    tracing::info!("stopping (containers keep running)");
+    let _ = stop_tx.send(true);
+    if let Some(t) = agent_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
+    }
+    if let Some(servers) = simulated {
+        let mut servers = servers.lock().unwrap_or_else(|p| p.into_inner());
+        for n in servers.iter_mut() {
+            n.stop();
+        }
+    }
+    res
+}
+
+/// `atoll agent`: one server's agent, serving until SIGTERM/SIGINT.
+pub async fn agent(data_dir: &Path, listen: &str) -> Result<()> {
+    let inst = Instance::open(data_dir)?;
+    let exe = std::env::current_exe().context("locating the atoll binary")?;
+    let agent = agent::Agent::start(agent::AgentConfig {
+        dir: inst.agent_dir(),
+        instance: inst.id.clone(),
+        exe,
+    })
+    .await
+    .context("starting the agent")?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        let _ = stop_rx.changed().await;
+    };
+    let task = if let Some(addr) = listen.strip_prefix("tcp://") {
+        tokio::spawn(agent::serve_tcp(addr.to_string(), agent, shutdown))
+    } else if let Some(path) = listen.strip_prefix("unix://") {
+        tokio::spawn(agent::serve_unix(PathBuf::from(path), agent, shutdown))
+    } else {
+        anyhow::bail!("--listen: expected tcp://ADDR:PORT or unix:///PATH, got {listen}");
+    };
+    tracing::info!("agent of {} is up on {listen}", inst.data_dir.display());
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-        r = head_task => { r??; anyhow::bail!("the Docker API server stopped"); }
-        r = operator_task => { r??; anyhow::bail!("the operator API server stopped"); }
+        r = task => { r??; anyhow::bail!("the agent API server stopped"); }
     }
-    tracing::info!("stopping (containers keep running)");
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), agent_task).await;
     Ok(())
 }
 
@@ -108,6 +179,10 @@ pub async fn reset(data_dir: &Path) -> Result<()> {
         return Ok(());
     }
     let inst = Instance::open(data_dir)?;
+    let exe = std::env::current_exe().context("locating the atoll binary")?;
+    crate::nodes::reset(&inst, &exe)
+        .await
+        .context("removing the simulated servers")?;
     agent::reset(&inst.agent_dir(), &inst.id)
         .await
         .context("removing containers and network")?;

@@ -175,11 +175,7 @@ impl Cluster {
 
     /// Marks the exec started (once); Conflict if it already was.
     /// Marks the exec started; it and its (running) container.
-    async fn claim_start(
-        &self,
-        account: &str,
-        eid: &str,
-    ) -> Result<(ExecRecord, ContainerRecord)> {
+    async fn claim_start(&self, account: &str, eid: &str) -> Result<(ExecRecord, ContainerRecord)> {
         let rec = self.exec_record(account, eid)?;
         let c = self.find_container(account, &rec.container_id).await?;
         if c.state.status == Status::Paused {

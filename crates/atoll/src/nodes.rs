@@ -1,0 +1,293 @@
+//! `atoll up --nodes N`: a simulated datacenter on one machine. Every server is an
+//! `atoll agent` process in its own network namespace, with its own underlay
+//! address (a veth on the instance's underlay bridge), data dir and layer cache;
+//! the head reaches it over TCP exactly as it would reach a remote machine.
+//!
+//! Layout: `<data>/nodes/node-<i>/` is server i's data dir (its own instance id,
+//! hence its own cgroup, bridge and nft names), `<data>/nodes/node-<i>.netns` its
+//! pinned network namespace; the underlay bridge is `au<inst>` on the host, the
+//! host side of server i's veth `au<inst>n<i>`.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use net::{Ipv4Net, LinkOps, NetnsOps, RealNetns, RtLinks, VethSpec};
+
+use crate::instance::Instance;
+
+/// The port every simulated server's agent listens on, at its underlay address.
+pub const AGENT_PORT: u16 = 7070;
+
+pub fn nodes_dir(inst: &Instance) -> PathBuf {
+    inst.data_dir.join("nodes")
+}
+
+fn node_name(i: usize) -> String {
+    format!("node-{i}")
+}
+
+fn bridge_name(inst: &Instance) -> String {
+    format!("au{}", inst.id)
+}
+
+fn veth_name(inst: &Instance, i: usize) -> String {
+    format!("au{}n{i}", inst.id)
+}
+
+fn netns_path(inst: &Instance, i: usize) -> PathBuf {
+    nodes_dir(inst).join(format!("{}.netns", node_name(i)))
+}
+
+/// One simulated server: where the head reaches it and its agent process.
+pub struct Node {
+    pub name: String,
+    pub address: String,
+    data_dir: PathBuf,
+    netns: PathBuf,
+    child: Option<Child>,
+}
+
+/// The underlay (bridge + one namespace and veth per server), created or found.
+pub async fn setup(inst: &Instance, count: usize) -> Result<Vec<Node>> {
+    if count > 200 {
+        bail!("--nodes: at most 200 simulated servers");
+    }
+    let links = RtLinks::new().context("opening netlink")?;
+    let bridge = bridge_name(inst);
+    // The same subnet across restarts: what the bridge has, else a free one.
+    let subnet = match links.link_ipv4(&bridge).await? {
+        Some(addrs) if !addrs.is_empty() => Ipv4Net::new(addrs[0].0, addrs[0].1)?,
+        _ => {
+            let used = links.host_ipv4_nets().await?;
+            net::names::pick_subnet(&format!("u{}", inst.id), &used)?
+        }
+    };
+    let gateway = subnet.host(1).context("underlay gateway")?;
+    let mut mac = net::names::bridge_mac(&bridge);
+    mac[5] ^= 0x55;
+    links
+        .ensure_bridge(&bridge, mac, gateway, subnet.prefix())
+        .await
+        .context("creating the underlay bridge")?;
+    let mut nodes = Vec::new();
+    for i in 1..=count {
+        let ip = subnet.host(10 + i as u32).context("underlay address")?;
+        let ns = netns_path(inst, i);
+        RealNetns
+            .create(&ns)
+            .context("creating a server's namespace")?;
+        let spec = VethSpec {
+            host: veth_name(inst, i),
+            alias: format!("{}-{}", inst.id, node_name(i)),
+            bridge: bridge.clone(),
+            netns: ns.clone(),
+            ip,
+            prefix: subnet.prefix(),
+            mac: node_mac(inst, i),
+            gateway,
+        };
+        match links.veth_state(&spec).await? {
+            net::VethState::Complete => {}
+            net::VethState::Absent => links.create_veth(&spec).await?,
+            _ => {
+                links.delete_link(&spec.host).await?;
+                links.create_veth(&spec).await?;
+            }
+        }
+        nodes.push(Node {
+            name: node_name(i),
+            address: format!("tcp://{ip}:{AGENT_PORT}"),
+            data_dir: nodes_dir(inst).join(node_name(i)),
+            netns: ns,
+            child: None,
+        });
+    }
+    Ok(nodes)
+}
+
+fn node_mac(inst: &Instance, i: usize) -> [u8; 6] {
+    let h = net::names::fnv1a(format!("{}-{i}", inst.id).as_bytes());
+    let b = h.to_be_bytes();
+    [0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
+impl Node {
+    /// Starts (or restarts) the server's agent inside its namespace.
+    pub fn spawn(&mut self, exe: &Path, ip_port: &str) -> Result<()> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        let ns = std::fs::File::open(&self.netns)
+            .with_context(|| format!("opening {}", self.netns.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("agent.log"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("agent")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(format!("tcp://{ip_port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let fd = ns.as_raw_fd();
+        // SAFETY: between fork and exec only async-signal-safe calls: setns and
+        // prctl on the child itself; `ns` outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // A simulated server goes when the datacenter (`atoll up`) goes;
+                // its containers do not (their shims are not its children).
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().context("starting a server's agent")?);
+        Ok(())
+    }
+
+    pub fn ip_port(&self) -> &str {
+        self.address.trim_start_matches("tcp://")
+    }
+
+    /// Reaps the agent if it ended; whether it is gone.
+    pub fn exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+            None => true,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            for _ in 0..100 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Registers every server with the head once its agent answers.
+pub async fn register(cluster: &Arc<cluster::Cluster>, nodes: &[Node]) -> Result<()> {
+    for n in nodes {
+        let mut last = String::new();
+        let mut ok = false;
+        for _ in 0..300 {
+            match cluster.add_node(&n.name, &n.address).await {
+                Ok(()) => {
+                    ok = true;
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !ok {
+            bail!("server {} did not come up: {last}", n.name);
+        }
+    }
+    Ok(())
+}
+
+/// How long a dead server stays down before its agent is started again: long
+/// enough for the head (and a test) to see it down, as after a real reboot.
+const RESTART_AFTER: Duration = Duration::from_secs(3);
+
+/// Restarts agents that died (a crashed or killed server comes back after
+/// [`RESTART_AFTER`]), until `stop` is set.
+pub async fn supervise(
+    nodes: Arc<std::sync::Mutex<Vec<Node>>>,
+    exe: PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut dead_since: std::collections::HashMap<String, std::time::Instant> = Default::default();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let mut ns = nodes.lock().unwrap_or_else(|p| p.into_inner());
+        for n in ns.iter_mut() {
+            if !n.exited() {
+                continue;
+            }
+            let since = *dead_since.entry(n.name.clone()).or_insert_with(|| {
+                tracing::warn!("server {}: its agent ended", n.name);
+                std::time::Instant::now()
+            });
+            if since.elapsed() >= RESTART_AFTER {
+                dead_since.remove(&n.name);
+                tracing::warn!("server {}: starting its agent again", n.name);
+                let ip_port = n.ip_port().to_string();
+                if let Err(e) = n.spawn(&exe, &ip_port) {
+                    tracing::warn!("server {}: {e:#}", n.name);
+                }
+            }
+        }
+    }
+}
+
+/// Removes what `setup` made and every server's containers (each reset inside
+/// its own namespace, where its devices and rules live).
+pub async fn reset(inst: &Instance, exe: &Path) -> Result<()> {
+    let dir = nodes_dir(inst);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let mut indexes = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(i) = name
+            .strip_prefix("node-")
+            .filter(|r| !r.contains('.'))
+            .and_then(|r| r.parse::<usize>().ok())
+        {
+            indexes.push(i);
+        }
+    }
+    for &i in &indexes {
+        let ns = netns_path(inst, i);
+        let data = dir.join(node_name(i));
+        if let Ok(f) = std::fs::File::open(&ns) {
+            let fd = f.as_raw_fd();
+            let mut cmd = Command::new(exe);
+            cmd.arg("reset").arg("--data-dir").arg(&data);
+            // SAFETY: setns only, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let st = cmd.status().context("resetting a server")?;
+            if !st.success() {
+                tracing::warn!("resetting server {i} failed ({st})");
+            }
+        }
+        RealNetns.remove(&ns)?;
+    }
+    let links = RtLinks::new()?;
+    for &i in &indexes {
+        let _ = links.delete_link(&veth_name(inst, i)).await;
+    }
+    let _ = links.delete_link(&bridge_name(inst)).await;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! A simulated 3-server datacenter (`atoll up --nodes 3`): every agent its own
+//! process in its own network namespace, reached over TCP on the underlay.
+//! Containers spread over servers, affinity and drain are honoured, everything
+//! a user does works on every server, a killed server shows down and comes
+//! back, and `atoll reset` leaves no namespace or device behind.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use testkit::{AtollInstance, StartOptions, wait_for};
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn server_of(a: &AtollInstance, name: &str) -> String {
+    let list = json(&a.operator_ok(&["container", "ls", "--json"]));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .and_then(|c| c["server"].as_str())
+        .unwrap_or_else(|| panic!("{name} not in {list}"))
+        .to_string()
+}
+
+fn server_state(a: &AtollInstance, id: &str) -> String {
+    let list = json(&a.operator_ok(&["server", "ls", "--json"]));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .and_then(|s| s["state"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Underlay links on the host (`au<instance>…`).
+fn underlay_links() -> BTreeSet<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-br", "link"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("au"))
+        .collect()
+}
+
+#[test]
+fn a_three_server_datacenter() {
+    let before = underlay_links();
+    let mut a = AtollInstance::start_with(StartOptions {
+        args: vec!["--nodes".into(), "3".into()],
+        ..Default::default()
+    });
+    let servers = json(&a.operator_ok(&["server", "ls", "--json"]));
+    let ids: Vec<String> = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["node-1", "node-2", "node-3"]);
+    assert!(
+        servers
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "up")
+    );
+    let created = underlay_links();
+    assert_eq!(
+        created.difference(&before).count(),
+        4,
+        "bridge and 3 veths: {created:?}"
+    );
+    a.load_busybox();
+
+    // Spread: three containers, three servers.
+    for n in ["dc1", "dc2", "dc3"] {
+        a.docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            n,
+            "busybox",
+            "sh",
+            "-c",
+            &format!("echo hello from {n}; sleep 600"),
+        ]);
+    }
+    let placed: BTreeSet<String> = ["dc1", "dc2", "dc3"]
+        .iter()
+        .map(|n| server_of(&a, n))
+        .collect();
+    assert_eq!(placed.len(), 3, "spread over every server: {placed:?}");
+
+    // Affinity across servers. (The docker CLI keeps one `-e` per key, so two
+    // rules on containers go in the label.)
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "apart",
+        "--label",
+        r#"com.docker.swarm.affinities=["container!=dc1","container!=dc2"]"#,
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(server_of(&a, "apart"), server_of(&a, "dc3"));
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "with-dc2",
+        "-e",
+        "affinity:container==dc2",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(server_of(&a, "with-dc2"), server_of(&a, "dc2"));
+
+    // Everything works on every server: logs, exec, cp, stdin, attach-less run.
+    for n in ["dc1", "dc2", "dc3"] {
+        wait_for(
+            || {
+                a.docker_ok(&["logs", n])
+                    .contains(&format!("hello from {n}"))
+            },
+            Duration::from_secs(10),
+            "the log line",
+        );
+        assert_eq!(a.docker_ok(&["exec", n, "sh", "-c", "echo $((6*7))"]), "42");
+        let src = a.data_dir().join(format!("{n}.txt"));
+        std::fs::write(&src, n).unwrap();
+        a.docker_ok(&["cp", src.to_str().unwrap(), &format!("{n}:/copied")]);
+        assert_eq!(a.docker_ok(&["exec", n, "cat", "/copied"]), n);
+    }
+    let out = a.docker_stdin(
+        &["run", "-i", "--rm", "busybox", "sh", "-c", "cat; hostname"],
+        b"piped\n",
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("piped\n"));
+
+    // Drain: no new containers there; what runs there keeps running.
+    let drained = server_of(&a, "dc1");
+    a.operator_ok(&["server", "drain", &drained]);
+    for i in 0..4 {
+        let n = format!("after-drain-{i}");
+        a.docker_ok(&["run", "-d", "--name", &n, "busybox", "sleep", "600"]);
+        assert_ne!(server_of(&a, &n), drained);
+    }
+    assert_eq!(a.docker_ok(&["exec", "dc1", "echo", "alive"]), "alive");
+    a.operator_ok(&["server", "enable", &drained]);
+
+    // A killed server shows down, placement avoids it, and it comes back with
+    // its containers.
+    let victim = server_of(&a, "dc2");
+    let pattern = format!(
+        "atoll agent --data-dir {}/nodes/{victim} ",
+        a.data_dir().display()
+    );
+    let st = std::process::Command::new("pkill")
+        .args(["-9", "-f", &pattern])
+        .status()
+        .unwrap();
+    assert!(st.success(), "no agent matched {pattern}");
+    wait_for(
+        || server_state(&a, &victim) == "down",
+        Duration::from_secs(3),
+        "the killed server to show down",
+    );
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "while-down",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    assert_ne!(server_of(&a, "while-down"), victim);
+    wait_for(
+        || server_state(&a, &victim) == "up",
+        Duration::from_secs(20),
+        "the server to come back",
+    );
+    assert_eq!(a.docker_ok(&["exec", "dc2", "echo", "back"]), "back");
+    assert_eq!(
+        a.docker_ok(&["inspect", "-f", "{{.State.Running}}", "with-dc2"]),
+        "true"
+    );
+
+    // A restart of `atoll up` keeps every container, on its server.
+    a.restart();
+    for n in ["dc1", "dc2", "dc3", "apart"] {
+        assert_eq!(
+            a.docker_ok(&["inspect", "-f", "{{.State.Running}}", n]),
+            "true"
+        );
+        assert_eq!(a.docker_ok(&["exec", n, "echo", "ok"]), "ok");
+    }
+    assert_eq!(server_of(&a, "apart"), server_of(&a, "dc3"));
+
+    // Reset removes the servers' namespaces, links and data.
+    a.stop();
+    let out = a.operator(&["reset"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(underlay_links(), before);
+    assert!(!a.data_dir().exists());
+}
