@@ -352,17 +352,30 @@ impl AgentClient {
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    /// The agent's stream of state changes, one JSON `ContainerStatus` per line.
+    /// The agent's stream of state changes, one JSON `ContainerStatus` per line,
+    /// with an empty line as heartbeat every [`HEARTBEAT_INTERVAL`]. A stream
+    /// silent for [`HEARTBEAT_TIMEOUT`] (a hung or partitioned server) ends with
+    /// an error, and so does an agent that does not answer within it.
     pub async fn events(
         &self,
     ) -> Result<impl Stream<Item = Result<ContainerStatus, ClientError>> + Unpin + use<>, ClientError>
     {
-        let resp = self.send(Method::GET, "/v1/events", empty()).await?;
+        let resp = tokio::time::timeout(
+            HEARTBEAT_TIMEOUT,
+            self.send(Method::GET, "/v1/events", empty()),
+        )
+        .await
+        .map_err(|_| ClientError::Unreachable("the agent did not answer".into()))??;
         let body = resp.into_body();
         let frames = body.into_data_stream();
         Ok(Box::pin(json_lines(frames)))
     }
 }
+
+/// How often an agent's event stream carries a heartbeat (an empty line).
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Silence after which the head takes a server for down.
+pub const HEARTBEAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
 
 /// The agent's error answer as a `ClientError`.
 async fn status_error(resp: http::Response<Incoming>) -> ClientError {
@@ -396,7 +409,17 @@ where
                     .map_err(|e| ClientError::Protocol(e.to_string()));
                 return Some((item, (s, buf)));
             }
-            match s.next().await {
+            let next = match tokio::time::timeout(HEARTBEAT_TIMEOUT, s.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    let e = ClientError::Unreachable(format!(
+                        "no heartbeat for {} s",
+                        HEARTBEAT_TIMEOUT.as_secs()
+                    ));
+                    return Some((Err(e), (s, buf)));
+                }
+            };
+            match next {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
                 Some(Err(e)) => {
                     return Some((Err(ClientError::Unreachable(e.to_string())), (s, buf)));

@@ -112,12 +112,18 @@ async fn list(State(a): State<Arc<Agent>>) -> Json<Vec<agent_client::ContainerSt
 /// Every state change as one JSON line, for as long as the head listens.
 async fn events(State(a): State<Arc<Agent>>) -> Response {
     let rx = a.subscribe();
-    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| async move {
+    let changes = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| async move {
         let st = r.ok()?;
         let mut b = serde_json::to_vec(&st).ok()?;
         b.push(b'\n');
         Some(Ok::<_, std::io::Error>(Bytes::from(b)))
     });
+    // Heartbeats: the head takes a silent server for down.
+    let beats = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(
+        agent_client::client::HEARTBEAT_INTERVAL,
+    ))
+    .map(|_| Ok::<_, std::io::Error>(Bytes::from_static(b"\n")));
+    let stream = futures::stream::select(changes, beats);
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(stream))

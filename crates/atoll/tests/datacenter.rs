@@ -186,6 +186,15 @@ fn a_three_server_datacenter() {
         "600",
     ]);
     assert_ne!(server_of(&a, "while-down"), victim);
+    // Answered from the head's store, saying why.
+    let err = a.docker_ok(&["inspect", "-f", "{{.State.Error}}", "dc2"]);
+    assert!(err.contains("server is down"), "{err}");
+    let status = a.docker_ok(&["ps", "--filter", "name=dc2", "--format", "{{.Status}}"]);
+    assert!(status.ends_with("(server down)"), "{status}");
+    assert_eq!(
+        a.docker_ok(&["info", "--format", "{{.NCPU}}"]),
+        (2 * host_cpus()).to_string()
+    );
     wait_for(
         || server_state(&a, &victim) == "up",
         Duration::from_secs(20),
@@ -196,6 +205,45 @@ fn a_three_server_datacenter() {
         a.docker_ok(&["inspect", "-f", "{{.State.Running}}", "with-dc2"]),
         "true"
     );
+
+    assert_eq!(
+        a.docker_ok(&["info", "--format", "{{.NCPU}}"]),
+        (3 * host_cpus()).to_string()
+    );
+
+    // A hung server (its agent stopped, its connections open) stops
+    // heartbeating and is marked down within the bound; it is up again once it
+    // answers.
+    let hung = server_of(&a, "dc3");
+    let pattern = format!(
+        "atoll agent --data-dir {}/nodes/{hung} ",
+        a.data_dir().display()
+    );
+    assert!(
+        std::process::Command::new("pkill")
+            .args(["-STOP", "-f", &pattern])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for(
+        || server_state(&a, &hung) == "down",
+        Duration::from_secs(10),
+        "the hung server to show down",
+    );
+    assert!(
+        std::process::Command::new("pkill")
+            .args(["-CONT", "-f", &pattern])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for(
+        || server_state(&a, &hung) == "up",
+        Duration::from_secs(15),
+        "the hung server to come back",
+    );
+    assert_eq!(a.docker_ok(&["exec", "dc3", "echo", "awake"]), "awake");
 
     // A restart of `atoll up` keeps every container, on its server.
     a.restart();
@@ -218,4 +266,10 @@ fn a_three_server_datacenter() {
     );
     assert_eq!(underlay_links(), before);
     assert!(!a.data_dir().exists());
+}
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -151,6 +151,15 @@ impl Cluster {
         }
     }
 
+    /// What inspect says of a container whose server is down.
+    pub const SERVER_DOWN: &str =
+        "the container's server is down: this is the last state it reported";
+
+    /// Whether the server is down (its agent's heartbeats stopped).
+    pub fn server_down(&self, node: &str) -> bool {
+        !self.agent_connected(node)
+    }
+
     /// Whether the head holds a live event stream from the server's agent.
     pub(crate) fn agent_connected(&self, node: &str) -> bool {
         self.connected

@@ -354,7 +354,11 @@ pub async fn list(
         {
             continue;
         }
-        out.push(summary(c, &vols));
+        let mut v = summary(c, &vols);
+        if st.cluster.server_down(&c.node) && c.state.status.is_running() {
+            v["Status"] = json!(format!("{} (server down)", status_text(c)));
+        }
+        out.push(v);
         if limit > 0 && out.len() as i64 >= limit {
             break;
         }
@@ -419,7 +423,11 @@ pub async fn inspect(
             "Dead": c.state.status == Status::Dead,
             "Pid": c.state.pid,
             "ExitCode": c.state.exit_code,
-            "Error": c.state.error,
+            "Error": if st.cluster.server_down(&c.node) {
+                json!(cluster::Cluster::SERVER_DOWN)
+            } else {
+                json!(c.state.error)
+            },
             "StartedAt": ts(&c.state.started_at),
             "FinishedAt": ts(&c.state.finished_at),
             "Health": health_json(&c),

@@ -53,8 +53,10 @@ pub async fn info(
     let c = &st.cluster;
     let (total, running, paused, stopped, images) = c.counts(&acct.0).await?;
     let nodes = c.store().list_nodes().await?;
-    let cpus: u32 = nodes.iter().map(|n| n.info.cpus).sum();
-    let mem: u64 = nodes.iter().map(|n| n.info.memory_bytes).sum();
+    // The datacenter's capacity: servers that are up.
+    let up: Vec<_> = nodes.iter().filter(|n| !c.server_down(&n.id)).collect();
+    let cpus: u32 = up.iter().map(|n| n.info.cpus).sum();
+    let mem: u64 = up.iter().map(|n| n.info.memory_bytes).sum();
     let first = nodes.first().map(|n| n.info.clone());
     Ok(Json(json!({
         "ID": c.name,
@@ -65,8 +67,8 @@ pub async fn info(
         "ContainersStopped": stopped,
         "Images": images,
         "Driver": "overlay2",
-        "DriverStatus": [["Servers", nodes.len().to_string()]],
-        "SystemStatus": [["Servers", nodes.len().to_string()]],
+        "DriverStatus": [["Servers", nodes.len().to_string()], ["Servers up", up.len().to_string()]],
+        "SystemStatus": [["Servers", nodes.len().to_string()], ["Servers up", up.len().to_string()]],
         "Plugins": {"Volume": [], "Network": ["bridge", "null"], "Authorization": null, "Log": ["json-file"]},
         "MemoryLimit": true,
         "SwapLimit": true,
