@@ -63,6 +63,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: operator::PackageCmd,
     },
+    /// Show or set how new containers are placed: spread (default) or pack (operator).
+    Placement {
+        #[command(flatten)]
+        target: operator::Target,
+        /// spread: fewest of the account's containers first; pack: fullest server that fits.
+        #[arg(long)]
+        strategy: Option<String>,
+    },
     /// Where containers run, every account (operator).
     Container {
         #[command(flatten)]
@@ -124,6 +132,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Server { target, cmd } => operator::server(&target, cmd).await,
             Cmd::Package { target, cmd } => operator::package(&target, cmd).await,
             Cmd::Container { target, cmd } => operator::container(&target, cmd).await,
+            Cmd::Placement { target, strategy } => operator::placement(&target, strategy).await,
         }
     });
     match res {

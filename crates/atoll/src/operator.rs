@@ -281,6 +281,23 @@ pub async fn container(t: &Target, cmd: ContainerCmd) -> Result<()> {
     Ok(())
 }
 
+pub async fn placement(t: &Target, strategy: Option<String>) -> Result<()> {
+    let c = Client::new(&t.data_dir)?;
+    let v = match strategy {
+        Some(s) => {
+            let body = serde_json::to_vec(&serde_json::json!({ "strategy": s }))?;
+            c.call("PUT", "/v1/placement", Some(body)).await?
+        }
+        None => c.call("GET", "/v1/placement", None).await?,
+    };
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("strategy: {}", str_of(&v["strategy"]));
+    }
+    Ok(())
+}
+
 async fn put(c: &Client, p: &Package) -> Result<Package> {
     let body = serde_json::to_vec(p)?;
     Ok(serde_json::from_value(

@@ -148,6 +148,20 @@ fn a_three_server_datacenter() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("piped\n"));
 
+    // Pack: the operator's choice fills one server before the next.
+    assert_eq!(a.operator_ok(&["placement"]), "strategy: spread");
+    let e = a.operator_err(&["placement", "--strategy", "random"]);
+    assert!(
+        e.contains("unknown placement strategy \"random\": spread or pack"),
+        "{e}"
+    );
+    a.operator_ok(&["placement", "--strategy", "pack"]);
+    for n in ["pack1", "pack2"] {
+        a.docker_ok(&["run", "-d", "--name", n, "busybox", "sleep", "600"]);
+    }
+    assert_eq!(server_of(&a, "pack1"), server_of(&a, "pack2"));
+    a.operator_ok(&["placement", "--strategy", "spread"]);
+
     // Drain: no new containers there; what runs there keeps running.
     let drained = server_of(&a, "dc1");
     a.operator_ok(&["server", "drain", &drained]);

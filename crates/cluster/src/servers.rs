@@ -18,6 +18,7 @@ use crate::error::{Error, Result, StoreError};
 use crate::model::{ContainerRecord, NodeRecord, Reservation};
 
 const MB: u64 = 1024 * 1024;
+const STRATEGY_KEY: &str = "placement.strategy";
 const GB: u64 = 1024 * MB;
 
 /// Packages of a new datacenter (Triton ships "sample" packages too): every
@@ -248,7 +249,7 @@ impl Cluster {
             },
             rules,
             pinned,
-            strategy: Strategy::Spread,
+            strategy: self.placement_strategy().await?,
         };
         let i = placement::place(&plain, &mine, &req).map_err(placement_error)?;
         let node = servers.into_iter().nth(i).map(|(n, _)| n);
@@ -309,6 +310,30 @@ impl Cluster {
     }
 
     // Operator commands.
+
+    /// How new containers are placed: `spread` (the default) or `pack`.
+    pub async fn placement_strategy(&self) -> Result<Strategy> {
+        Ok(
+            match self.store.get_setting(STRATEGY_KEY).await?.as_deref() {
+                Some("pack") => Strategy::Pack,
+                _ => Strategy::Spread,
+            },
+        )
+    }
+
+    pub async fn set_placement_strategy(&self, name: &str) -> Result<Strategy> {
+        let s = match name {
+            "spread" => Strategy::Spread,
+            "pack" => Strategy::Pack,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown placement strategy {other:?}: spread or pack"
+                )));
+            }
+        };
+        self.store.put_setting(STRATEGY_KEY, name).await?;
+        Ok(s)
+    }
 
     pub async fn list_servers(&self) -> Result<Vec<ServerView>> {
         Ok(self

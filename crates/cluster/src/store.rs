@@ -61,6 +61,10 @@ pub trait Store: Send + Sync + 'static {
     async fn put_package(&self, p: &Package) -> StoreResult<()>;
     async fn list_packages(&self) -> StoreResult<Vec<Package>>;
     async fn delete_package(&self, name: &str) -> StoreResult<()>;
+
+    // operator settings
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
 }
 
 /// The sum of the reservations of the containers on one server.

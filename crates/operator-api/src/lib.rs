@@ -30,6 +30,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
             put(put_package).delete(delete_package),
         )
         .route("/v1/containers", get(list_containers))
+        .route("/v1/placement", get(get_placement).put(put_placement))
         .with_state(cluster)
 }
 
@@ -104,4 +105,33 @@ async fn delete_package(
 
 async fn list_containers(State(c): State<Arc<Cluster>>) -> ApiResult<Json<Vec<PlacementView>>> {
     Ok(Json(c.list_placements().await?))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PlacementSetting {
+    strategy: String,
+}
+
+fn strategy_name(s: placement::Strategy) -> String {
+    match s {
+        placement::Strategy::Spread => "spread".into(),
+        placement::Strategy::Pack => "pack".into(),
+    }
+}
+
+async fn get_placement(State(c): State<Arc<Cluster>>) -> ApiResult<Json<PlacementSetting>> {
+    Ok(Json(PlacementSetting {
+        strategy: strategy_name(c.placement_strategy().await?),
+    }))
+}
+
+async fn put_placement(
+    State(c): State<Arc<Cluster>>,
+    body: Bytes,
+) -> ApiResult<Json<PlacementSetting>> {
+    let p: PlacementSetting = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("bad placement setting: {e}")))?;
+    Ok(Json(PlacementSetting {
+        strategy: strategy_name(c.set_placement_strategy(&p.strategy).await?),
+    }))
 }

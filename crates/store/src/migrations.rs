@@ -59,4 +59,11 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE containers ADD COLUMN memory INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE containers ADD COLUMN disk INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 4: operator settings of the datacenter (e.g. the placement strategy).
+    r#"
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
 ];

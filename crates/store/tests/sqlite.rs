@@ -197,6 +197,13 @@ async fn allocations_add_up_per_server_and_packages_keep_one_default() {
         .map(|x| x.name.as_str())
         .collect();
     assert_eq!(defaults, [p[0].name.as_str()]);
+    assert_eq!(s.get_setting("placement.strategy").await.unwrap(), None);
+    s.put_setting("placement.strategy", "pack").await.unwrap();
+    s.put_setting("placement.strategy", "spread").await.unwrap();
+    assert_eq!(
+        s.get_setting("placement.strategy").await.unwrap().as_deref(),
+        Some("spread")
+    );
     s.delete_package(&p[0].name).await.unwrap();
     assert!(matches!(
         s.delete_package(&p[0].name).await,
