@@ -1,6 +1,7 @@
 //! The agent's wire protocol: request/response types and the HTTP client the head uses.
 pub mod client;
 mod exec;
+pub mod faults;
 pub mod files;
 pub mod serve;
 pub mod splice;

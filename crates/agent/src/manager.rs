@@ -387,6 +387,7 @@ impl Agent {
                     "failed to create task for container: OCI runtime create failed: {e}"
                 ))
             })?;
+        agent_client::faults::crash_point("agent:start:after-shim");
         // Attach clients that were waiting for this start see all output.
         let pending: Vec<PendingAttach> =
             std::mem::take(&mut *ctr.pending.lock().unwrap_or_else(|p| p.into_inner()));

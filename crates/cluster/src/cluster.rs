@@ -267,9 +267,16 @@ impl Cluster {
             return Ok(()); // a report about an earlier run
         }
         let health_before = c.state.health.clone();
+        let status_before = c.state.status;
         let exited = self.record_status(&mut c, st);
         if !exited {
-            if c.state.health != health_before {
+            if c.state.status != status_before && status_before != Status::Removing {
+                // Running without the head having recorded the start (it died
+                // between the agent's answer and its own write): the truth wins.
+                self.store.update_container(&c).await?;
+                self.notify(&c, false);
+                self.emit_container(&c, "start", &[]);
+            } else if c.state.health != health_before {
                 self.store.update_container(&c).await?;
                 let was = health_before.map(|h| h.status);
                 if let Some(h) = &c.state.health

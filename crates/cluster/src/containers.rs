@@ -198,6 +198,7 @@ impl Cluster {
             }
             match self.store.insert_container(&rec).await {
                 Ok(()) => {
+                    agent_client::faults::crash_point("head:create:after-insert");
                     for v in &anonymous_volumes {
                         if let Err(e) = self.store.insert_volume(v).await {
                             // Not half-created: without its volume there is no container.
@@ -352,8 +353,10 @@ impl Cluster {
         c.spec.generation = c.generation;
         self.store.update_container(&c).await?;
         let agent = self.agent(&c.node)?;
+        agent_client::faults::crash_point("head:start:before-agent");
         match agent.start(&c.spec).await {
             Ok(st) => {
+                agent_client::faults::crash_point("head:start:after-agent");
                 c.state.status = Status::Running;
                 c.state.pid = st.pid;
                 c.state.started_at =
@@ -433,6 +436,7 @@ impl Cluster {
             .stop(&c.id, &StopRequest { timeout, signal })
             .await
             .map_err(upstream)?;
+        agent_client::faults::crash_point("head:stop:after-agent");
         let exited = self.record_status(&mut c, &st);
         if exited {
             self.store.update_container(&c).await?;
@@ -528,17 +532,14 @@ impl Cluster {
                 c.name
             )));
         }
-        if c.state.status == Status::Removing {
-            return Err(Error::Conflict(format!(
-                "removal of container {} is already in progress",
-                c.id
-            )));
-        }
+        // `Removing` seen under the container's lock is a removal that a crash
+        // interrupted (a live one would hold the lock): carry it out.
         let was_running = c.state.status.is_running();
         c.state.status = Status::Removing;
         c.state.stopped_by_user = true;
         self.store.update_container(&c).await?;
         self.notify(&c, false);
+        agent_client::faults::crash_point("head:rm:before-agent");
         if let Err(e) = self.agent(&c.node)?.remove(&c.id).await {
             // Leave it visible as dead rather than half-removed; `rm -f` again retries.
             c.state.status = Status::Dead;
@@ -550,6 +551,7 @@ impl Cluster {
             self.emit_container(&c, "kill", &[("signal", "9".into())]);
             self.emit_container(&c, "die", &[("exitCode", "137".into())]);
         }
+        agent_client::faults::crash_point("head:rm:after-agent");
         self.store.delete_container(account, &c.id).await?;
         self.notify(&c, true);
         self.emit_container(&c, "destroy", &[]);

@@ -201,7 +201,10 @@ async fn allocations_add_up_per_server_and_packages_keep_one_default() {
     s.put_setting("placement.strategy", "pack").await.unwrap();
     s.put_setting("placement.strategy", "spread").await.unwrap();
     assert_eq!(
-        s.get_setting("placement.strategy").await.unwrap().as_deref(),
+        s.get_setting("placement.strategy")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("spread")
     );
     s.delete_package(&p[0].name).await.unwrap();

@@ -76,6 +76,7 @@ pub struct AtollInstance {
     socket: PathBuf,
     log_path: PathBuf,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
     docker_config: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -87,6 +88,9 @@ pub struct StartOptions {
     pub bin: Option<PathBuf>,
     /// Extra arguments to `atoll up`.
     pub args: Vec<String>,
+    /// Extra environment of `atoll up` (e.g. `ATOLL_CRASH_AT`); see
+    /// [`AtollInstance::set_env`] to change it for the next start.
+    pub env: Vec<(String, String)>,
 }
 
 impl AtollInstance {
@@ -116,6 +120,7 @@ impl AtollInstance {
             log_path: data_dir.join("atoll-test.log"),
             data_dir,
             extra_args: opts.args,
+            extra_env: opts.env,
             docker_config,
             child: None,
         };
@@ -139,6 +144,7 @@ impl AtollInstance {
             .arg("--docker-socket")
             .arg(&self.socket)
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -397,6 +403,11 @@ impl AtollInstance {
     }
 
     /// Stops atoll (if running) and starts it again on the same data dir and socket.
+    /// The extra environment of the next (re)start.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.extra_env = env;
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn_and_wait();

@@ -24,6 +24,7 @@ fn start_fake(args: &[&str]) -> AtollInstance {
     AtollInstance::start_with(StartOptions {
         bin: Some(fake_bin()),
         args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     })
 }
 
