@@ -142,3 +142,30 @@ fn crash_in_the_middle_of_a_removal() {
         remove_cleanly(&a, "rr");
     }
 }
+
+#[test]
+fn a_server_that_dies_while_starting_a_container_converges() {
+    // One simulated server: its agent is its own process, and dies alone.
+    let point = "agent:start:after-shim";
+    let a = AtollInstance::start_with(StartOptions {
+        args: vec!["--nodes".into(), "1".into()],
+        env: vec![("ATOLL_CRASH_AT".into(), point.into())],
+        ..Default::default()
+    });
+    a.load_busybox();
+    let out = a.docker(&["run", "-d", "--name", "ac", "busybox", "sleep", "300"]);
+    assert!(!out.status.success(), "the start should have been cut off");
+    // The head lives on; the server comes back (after 3 s) and reports the
+    // run it adopted, which the head had never recorded.
+    wait_for(
+        || state(&a, "ac") == "running",
+        Duration::from_secs(20),
+        "the adopted run to show",
+    );
+    assert_eq!(a.docker_ok(&["ps", "-q"]).lines().count(), 1);
+    let log = std::fs::read_to_string(a.data_dir().join("nodes/node-1/agent.log")).unwrap();
+    assert!(log.contains(&format!("crash injected at {point}")), "{log}");
+    // Removal needs no start: it completes on the restarted server.
+    a.docker_ok(&["rm", "-f", "ac"]);
+    assert_eq!(a.docker_ok(&["ps", "-aq"]), "");
+}
