@@ -162,6 +162,85 @@ fn a_three_server_datacenter() {
     assert_eq!(server_of(&a, "pack1"), server_of(&a, "pack2"));
     a.operator_ok(&["placement", "--strategy", "spread"]);
 
+    // Volumes tie containers to their server: a named volume, --volumes-from;
+    // two volumes on different servers cannot meet in one container.
+    a.docker_ok(&["volume", "create", "va"]);
+    a.docker_ok(&["volume", "create", "vb"]);
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "use-va",
+        "-v",
+        "va:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /data/f; sleep 600",
+    ]);
+    a.docker_ok(&[
+        "run", "-d", "--name", "use-vb", "-v", "vb:/data", "busybox", "sleep", "600",
+    ]);
+    let va_server = server_of(&a, "use-va");
+    for i in 0..3 {
+        let n = format!("va-again-{i}");
+        a.docker_ok(&[
+            "run", "-d", "--name", &n, "-v", "va:/data", "busybox", "sleep", "600",
+        ]);
+        assert_eq!(server_of(&a, &n), va_server);
+    }
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "from-va",
+        "--volumes-from",
+        "use-va",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(server_of(&a, "from-va"), va_server);
+    assert_eq!(a.docker_ok(&["exec", "from-va", "cat", "/data/f"]), "kept");
+    // New volumes spread too, so va and vb are on different servers.
+    assert_ne!(server_of(&a, "use-vb"), va_server);
+    let e = a.docker_err(&["run", "-d", "-v", "va:/a", "-v", "vb:/b", "busybox"]);
+    assert!(e.contains("are on different servers"), "{e}");
+
+    // Wait, stats and events work wherever the container runs.
+    for n in ["dc1", "dc2", "dc3"] {
+        let stats = a.docker_ok(&["stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", n]);
+        assert!(stats.starts_with(n), "{stats}");
+    }
+    a.docker_ok(&[
+        "run", "-d", "--name", "short", "busybox", "sh", "-c", "exit 3",
+    ]);
+    assert_eq!(a.docker_ok(&["wait", "short"]), "3");
+    let until = format!(
+        "{:.3}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+            + 0.5
+    );
+    let events = a.docker_ok(&[
+        "events",
+        "--since",
+        "1",
+        "--until",
+        &until,
+        "--filter",
+        "container=short",
+        "--format",
+        "{{.Action}}",
+    ]);
+    let actions: Vec<&str> = events.lines().collect();
+    assert!(
+        actions.contains(&"create") && actions.contains(&"start") && actions.contains(&"die"),
+        "{actions:?}"
+    );
+
     // Drain: no new containers there; what runs there keeps running.
     let drained = server_of(&a, "dc1");
     a.operator_ok(&["server", "drain", &drained]);
