@@ -15,16 +15,13 @@ scripts/install-deps.sh and `cargo build --release` first)
 import argparse
 import concurrent.futures
 import os
-import signal
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_docker import DOCKER, ROOT, docker, wait_socket  # noqa: E402
+from compare_docker import DOCKER, docker, side_by_side  # noqa: E402
 
 
 def burst(sock, n, clients):
@@ -63,30 +60,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
-    atoll = os.environ.get("ATOLL_BIN", os.path.join(ROOT, "target/release/atoll"))
-    images = os.environ.get("ATOLL_TEST_IMAGES") or subprocess.run(
-        [os.path.join(os.path.dirname(atoll), "make-test-images")], capture_output=True, check=True, text=True
-    ).stdout.strip().splitlines()[-1]
-    busybox_tar = os.path.join(images, "busybox.tar")
-
-    tmp = tempfile.mkdtemp(prefix="atoll-burst-")
-    a_data, a_sock = os.path.join(tmp, "atoll"), os.path.join(tmp, "atoll.sock")
-    d_root, d_exec, d_sock = os.path.join(tmp, "docker"), os.path.join(tmp, "dexec"), os.path.join(tmp, "docker.sock")
-    had_docker0 = os.path.exists("/sys/class/net/docker0")
-    procs = []
-    try:
-        a = subprocess.Popen([atoll, "up", "--nodes", "3", "--data-dir", a_data, "--docker-socket", a_sock],
-                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "atoll.log"), "w"))
-        procs.append(a)
-        d = subprocess.Popen(["dockerd", "--host", f"unix://{d_sock}", "--data-root", d_root,
-                              "--exec-root", d_exec, "--pidfile", os.path.join(tmp, "docker.pid")],
-                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "dockerd.log"), "w"))
-        procs.append(d)
-        wait_socket(a_sock, a, "atoll")
-        wait_socket(d_sock, d, "dockerd")
-        for s in (a_sock, d_sock):
-            docker(s, "load", "-i", busybox_tar)
-            docker(s, "run", "--rm", "busybox", "true")  # warm up: layer unpack, caches
+    with side_by_side("atoll-burst-", ("--nodes", "3")) as pair:
+        a_sock, d_sock = pair.a_sock, pair.d_sock
         # Every atoll server gets the layers once before timing (Docker has one host).
         for i in range(3):
             docker(a_sock, "run", "-d", "--name", f"warm-{i}", "-m", "64m", "busybox", "true")
@@ -112,20 +87,6 @@ def main():
         ratio = med["atoll"] / med["docker"]
         print(f"| ratio atoll/docker (rate) | {ratio:.2f} (target >= 2) | | | |")
         print("targets met" if ratio >= 2 else "TARGETS NOT MET")
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        subprocess.run([atoll, "reset", "--data-dir", a_data], capture_output=True)
-        if not had_docker0 and os.path.exists("/sys/class/net/docker0"):
-            subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
-        subprocess.run(["umount", "-R", "-l", d_root], capture_output=True)
-        subprocess.run(["umount", "-R", "-l", d_exec], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Usage: bench/compare_docker.py [--runs N]   (needs root; run scripts/install-dep
 """
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -110,24 +111,31 @@ def stream_seconds(sock, *args):
     return dt
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=20)
-    args = ap.parse_args()
 
+class Pair:
+    """A temporary `atoll up` and a temporary dockerd, busybox loaded in both."""
+    atoll_proc = None
+    a_sock = d_sock = None
+
+
+@contextlib.contextmanager
+def side_by_side(prefix, atoll_args=()):
+    """Starts `atoll up [atoll_args]` and a dockerd (Debian's docker.io) on their
+    own sockets and data dirs, loads the same busybox image into both and warms
+    them up; stops and removes everything afterwards."""
     atoll = os.environ.get("ATOLL_BIN", os.path.join(ROOT, "target/release/atoll"))
     images = os.environ.get("ATOLL_TEST_IMAGES") or subprocess.run(
         [os.path.join(os.path.dirname(atoll), "make-test-images")], capture_output=True, check=True, text=True
     ).stdout.strip().splitlines()[-1]
     busybox_tar = os.path.join(images, "busybox.tar")
 
-    tmp = tempfile.mkdtemp(prefix="atoll-bench-")
+    tmp = tempfile.mkdtemp(prefix=prefix)
     a_data, a_sock = os.path.join(tmp, "atoll"), os.path.join(tmp, "atoll.sock")
     d_root, d_exec, d_sock = os.path.join(tmp, "docker"), os.path.join(tmp, "dexec"), os.path.join(tmp, "docker.sock")
     had_docker0 = os.path.exists("/sys/class/net/docker0")
     procs = []
     try:
-        a = subprocess.Popen([atoll, "up", "--data-dir", a_data, "--docker-socket", a_sock],
+        a = subprocess.Popen([atoll, "up", *atoll_args, "--data-dir", a_data, "--docker-socket", a_sock],
                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "atoll.log"), "w"))
         procs.append(a)
         d = subprocess.Popen(["dockerd", "--host", f"unix://{d_sock}", "--data-root", d_root,
@@ -139,7 +147,32 @@ def main():
         for s in (a_sock, d_sock):
             docker(s, "load", "-i", busybox_tar)
             docker(s, "run", "--rm", "busybox", "true")  # warm up: layer unpack, caches
+        pair = Pair()
+        pair.atoll_proc, pair.a_sock, pair.d_sock = a, a_sock, d_sock
+        yield pair
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run([atoll, "reset", "--data-dir", a_data], capture_output=True)
+        if not had_docker0 and os.path.exists("/sys/class/net/docker0"):
+            subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
+        subprocess.run(["umount", "-R", "-l", d_root], capture_output=True)
+        subprocess.run(["umount", "-R", "-l", d_exec], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    args = ap.parse_args()
+
+    with side_by_side("atoll-bench-") as pair:
+        a, a_sock, d_sock = pair.atoll_proc, pair.a_sock, pair.d_sock
         time.sleep(1)
         idle_kb = rss_kb(a.pid)
 
@@ -210,20 +243,6 @@ def main():
         ok = (ma <= md / 4 and idle_kb < 60 * 1024 and 0 < shim_kb < 2 * 1024
               and mea <= med / 3 and tpa >= tpd)
         print("targets met" if ok else "TARGETS NOT MET")
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        subprocess.run([atoll, "reset", "--data-dir", a_data], capture_output=True)
-        if not had_docker0 and os.path.exists("/sys/class/net/docker0"):
-            subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
-        subprocess.run(["umount", "-R", "-l", d_root], capture_output=True)
-        subprocess.run(["umount", "-R", "-l", d_exec], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-//! The HTTP/1.1 server loop of the head's Docker API and of the agent API, on
-//! unix sockets. Connections are served by hyper directly (not through a
+//! The HTTP/1.1 server loop of the head's Docker and operator APIs and of the
+//! agent API, on unix sockets or TCP. Connections are served by hyper directly (not through a
 //! protocol-sniffing wrapper), so a hijacked stream's IO is the plain
 //! `UnixStream` and [`crate::splice`] can notice a client that went away.
 
@@ -10,48 +10,19 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, UnixListener};
 use tower::ServiceExt;
 
-/// Serves `svc` on every connection until `shutdown` resolves. Connections in
-/// flight (streams, hijacked sessions) are not waited for: they end with the
-/// process, and the containers behind them keep running.
-pub async fn serve_unix<S, B>(
-    listener: UnixListener,
-    svc: S,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()>
-where
-    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    serve(listener, svc, shutdown).await
+/// Binds a unix socket at `path`, replacing a stale one and creating its
+/// directory.
+pub fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    UnixListener::bind(path)
 }
 
-/// [`serve_unix`] on TCP: an agent on its server's underlay address.
-pub async fn serve_tcp<S, B>(
-    listener: TcpListener,
-    svc: S,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()>
-where
-    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    serve(listener, svc, shutdown).await
-}
-
-/// A listener whose connections hyper can serve.
-trait Accept {
+/// A listener whose connections hyper can serve: a unix socket (head, local
+/// agent) or TCP (an agent on its server's underlay address).
+pub trait Accept {
     type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
     fn accept(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
 }
@@ -72,7 +43,10 @@ impl Accept for TcpListener {
     }
 }
 
-async fn serve<L: Accept, S, B>(
+/// Serves `svc` on every connection until `shutdown` resolves. Connections in
+/// flight (streams, hijacked sessions) are not waited for: they end with the
+/// process, and the containers behind them keep running.
+pub async fn serve<L: Accept, S, B>(
     listener: L,
     svc: S,
     shutdown: impl Future<Output = ()>,

@@ -26,4 +26,4 @@ pub mod zygote;
 pub use error::AgentError;
 pub use manager::{Agent, AgentConfig};
 pub use reset::reset;
-pub use server::{serve_tcp, serve_unix};
+pub use server::serve;

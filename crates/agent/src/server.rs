@@ -1,6 +1,5 @@
 //! The agent's HTTP API (see agent-client for the client side and wire types).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use agent_client::{AgentErrorBody, ContainerSpec, KillRequest, StopRequest};
@@ -71,34 +70,18 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-/// Serves the agent API on a unix socket until `shutdown` resolves.
-pub async fn serve_unix(
-    path: PathBuf,
+/// Serves the agent API on `listener` (a unix socket for the local agent, TCP
+/// on a server's underlay address) until `shutdown` resolves.
+pub async fn serve<L: agent_client::serve::Accept>(
+    listener: L,
     agent: Arc<Agent>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
     let app = tower::ServiceExt::map_request(
         router(agent),
         |req: http::Request<hyper::body::Incoming>| req.map(Body::new),
     );
-    agent_client::serve::serve_unix(listener, app, shutdown).await
-}
-
-/// Serves the agent API on TCP (`addr` like `10.200.3.11:7070`): a server
-/// reached by a remote head.
-pub async fn serve_tcp(
-    addr: String,
-    agent: Arc<Agent>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
-    let app = tower::ServiceExt::map_request(
-        router(agent),
-        |req: http::Request<hyper::body::Incoming>| req.map(Body::new),
-    );
-    agent_client::serve::serve_tcp(listener, app, shutdown).await
+    agent_client::serve::serve(listener, app, shutdown).await
 }
 
 async fn info(State(a): State<Arc<Agent>>) -> Json<agent_client::AgentInfo> {

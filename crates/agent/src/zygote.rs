@@ -56,8 +56,9 @@ pub fn start() -> std::io::Result<()> {
             // `atoll zygote up --data-dir …`: tells it apart from its parent in `ps`.
             let mut argv: Vec<String> = std::env::args().collect();
             argv.insert(1.min(argv.len()), "zygote".into());
-            set_cmdline(&argv);
-            serve(child)
+            let layout = MmLayout::read();
+            set_cmdline(&argv, layout);
+            serve(child, layout)
         }
         nix::unistd::ForkResult::Parent { .. } => {
             drop(child);
@@ -93,7 +94,7 @@ pub fn spawn(argv: &[String], ready: &OwnedFd) -> Option<std::io::Result<()>> {
 }
 
 /// The zygote's loop: one fork per request; children are reaped by the kernel.
-fn serve(sock: OwnedFd) -> ! {
+fn serve(sock: OwnedFd, layout: Option<MmLayout>) -> ! {
     // SAFETY: signal dispositions of this single-threaded process.
     unsafe {
         libc::signal(libc::SIGCHLD, libc::SIG_IGN);
@@ -145,7 +146,7 @@ fn serve(sock: OwnedFd) -> ! {
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
                 drop(sock);
-                let code = become_shim(&argv, ready);
+                let code = become_shim(&argv, ready, layout);
                 // SAFETY: as above.
                 unsafe { libc::_exit(code) };
             }
@@ -159,7 +160,7 @@ fn serve(sock: OwnedFd) -> ! {
 }
 
 /// In the zygote's child: becomes `argv[0] shim <args>` and runs the shim.
-fn become_shim(argv: &[String], ready: OwnedFd) -> i32 {
+fn become_shim(argv: &[String], ready: OwnedFd, layout: Option<MmLayout>) -> i32 {
     // SAFETY: dispositions and fd plumbing of this single-threaded child; the
     // shim waits for its own children, so SIGCHLD must not stay ignored.
     unsafe {
@@ -178,7 +179,7 @@ fn become_shim(argv: &[String], ready: OwnedFd) -> i32 {
     drop(ready);
     // SAFETY: plain prctl. The name an exec'd shim has.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"atoll".as_ptr()) };
-    set_cmdline(argv);
+    set_cmdline(argv, layout);
     // No second fork (as `atoll shim` does): this process is the zygote's
     // child, which ignores SIGCHLD, so nobody has to reap it.
     match argv.get(2..).map(ShimArgs::parse) {
@@ -194,11 +195,50 @@ fn become_shim(argv: &[String], ready: OwnedFd) -> i32 {
     }
 }
 
+/// The memory layout fields of `prctl_mm_map` that a cmdline change passes back
+/// unchanged, read from /proc/self/stat once by the zygote: its children
+/// inherit the same layout, so no shim start pays for reading it again.
+#[derive(Clone, Copy)]
+struct MmLayout {
+    start_code: u64,
+    end_code: u64,
+    start_stack: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    env_start: u64,
+    env_end: u64,
+}
+
+impl MmLayout {
+    fn read() -> Option<MmLayout> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the parenthesised command name; field n is at index n - 3.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let fields: Vec<u64> = rest
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+        let l = MmLayout {
+            start_code: field(26),
+            end_code: field(27),
+            start_stack: field(28),
+            start_data: field(45),
+            end_data: field(46),
+            start_brk: field(47),
+            env_start: field(50),
+            env_end: field(51),
+        };
+        (l.start_code != 0 && l.env_end != 0).then_some(l)
+    }
+}
+
 /// Points /proc/self/cmdline at `argv` so that `ps` and `pgrep -f` show
 /// `atoll shim id=…` like an exec'd shim. PR_SET_MM_MAP (unlike the single-field
 /// PR_SET_MM options) needs no CAP_SYS_RESOURCE; every other field is passed
-/// back unchanged, read from /proc/self/stat. Cosmetic: failure is ignored.
-fn set_cmdline(argv: &[String]) {
+/// back unchanged. Cosmetic: failure is ignored.
+fn set_cmdline(argv: &[String], layout: Option<MmLayout>) {
     /// The kernel's `struct prctl_mm_map`.
     #[repr(C)]
     struct PrctlMmMap {
@@ -217,18 +257,9 @@ fn set_cmdline(argv: &[String]) {
         auxv_size: u32,
         exe_fd: u32,
     }
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    let Some(l) = layout else {
         return;
     };
-    // Fields after the parenthesised command name; field n is at index n - 3.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return;
-    };
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
     let mut v = Vec::new();
     for a in argv {
         v.extend_from_slice(a.as_bytes());
@@ -237,25 +268,22 @@ fn set_cmdline(argv: &[String]) {
     let buf: &'static mut [u8] = v.leak();
     let start = buf.as_ptr() as u64;
     let map = PrctlMmMap {
-        start_code: field(26),
-        end_code: field(27),
-        start_stack: field(28),
-        start_data: field(45),
-        end_data: field(46),
-        start_brk: field(47),
+        start_code: l.start_code,
+        end_code: l.end_code,
+        start_stack: l.start_stack,
+        start_data: l.start_data,
+        end_data: l.end_data,
+        start_brk: l.start_brk,
         // SAFETY: sbrk(0) only reads the current program break.
         brk: unsafe { libc::sbrk(0) } as u64,
         arg_start: start,
         arg_end: start + buf.len() as u64,
-        env_start: field(50),
-        env_end: field(51),
+        env_start: l.env_start,
+        env_end: l.env_end,
         auxv: 0,
         auxv_size: 0,
         exe_fd: u32::MAX,
     };
-    if map.start_code == 0 || map.env_end == 0 {
-        return;
-    }
     // SAFETY: a complete prctl_mm_map of this process's own values; the new
     // argv buffer is leaked, so it stays valid for the process's life.
     unsafe {

@@ -23,6 +23,9 @@ use crate::instance::Instance;
 /// The port every simulated server's agent listens on, at its underlay address.
 pub const AGENT_PORT: u16 = 7070;
 
+/// Server i's address is `.10+i` of the underlay /24.
+pub const MAX_NODES: usize = 200;
+
 pub fn nodes_dir(inst: &Instance) -> PathBuf {
     inst.data_dir.join("nodes")
 }
@@ -54,9 +57,6 @@ pub struct Node {
 
 /// The underlay (bridge + one namespace and veth per server), created or found.
 pub async fn setup(inst: &Instance, count: usize) -> Result<Vec<Node>> {
-    if count > 200 {
-        bail!("--nodes: at most 200 simulated servers");
-    }
     let links = RtLinks::new().context("opening netlink")?;
     let bridge = bridge_name(inst);
     // The same subnet across restarts: what the bridge has, else a free one.

@@ -15,6 +15,12 @@ use crate::instance::Instance;
 /// `nodes.rs`). Containers keep running when it stops: their shims are
 /// separate processes.
 pub async fn run(data_dir: &Path, docker_socket: &Path, nodes: usize) -> Result<()> {
+    if nodes > crate::nodes::MAX_NODES {
+        anyhow::bail!(
+            "--nodes: at most {} simulated servers",
+            crate::nodes::MAX_NODES
+        );
+    }
     let inst = Instance::open(data_dir)?;
     let exe = std::env::current_exe().context("locating the atoll binary")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -40,23 +46,14 @@ pub async fn run(data_dir: &Path, docker_socket: &Path, nodes: usize) -> Result<
     let mut agent_task = None;
     let mut simulated = None;
     if nodes == 0 {
-        let agent = agent::Agent::start(agent::AgentConfig {
-            dir: inst.agent_dir(),
-            instance: inst.id.clone(),
-            exe,
-        })
-        .await
-        .context("starting the agent")?;
         let agent_sock = inst.agent_socket();
+        let listener = agent_client::serve::bind_unix(&agent_sock)
+            .with_context(|| format!("binding {}", agent_sock.display()))?;
+        let agent = start_agent(&inst, exe).await?;
         let mut rx = stop_rx.clone();
-        agent_task = Some(tokio::spawn(agent::serve_unix(
-            agent_sock.clone(),
-            agent,
-            async move {
-                let _ = rx.changed().await;
-            },
-        )));
-        wait_for_socket(&agent_sock).await?;
+        agent_task = Some(tokio::spawn(agent::serve(listener, agent, async move {
+            let _ = rx.changed().await;
+        })));
         cluster
             .add_node("local", &format!("unix://{}", agent_sock.display()))
             .await
@@ -131,25 +128,35 @@ pub async fn run(data_dir: &Path, docker_socket: &Path, nodes: usize) -> Result<
 
 /// `atoll agent`: one server's agent, serving until SIGTERM/SIGINT.
 pub async fn agent(data_dir: &Path, listen: &str) -> Result<()> {
+    // The address first: a bad one must not leave a half-started server behind.
+    enum Listener {
+        Tcp(tokio::net::TcpListener),
+        Unix(tokio::net::UnixListener),
+    }
+    let listener = if let Some(addr) = listen.strip_prefix("tcp://") {
+        Listener::Tcp(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?,
+        )
+    } else if let Some(path) = listen.strip_prefix("unix://") {
+        Listener::Unix(
+            agent_client::serve::bind_unix(Path::new(path))
+                .with_context(|| format!("binding {path}"))?,
+        )
+    } else {
+        anyhow::bail!("--listen: expected tcp://ADDR:PORT or unix:///PATH, got {listen}");
+    };
     let inst = Instance::open(data_dir)?;
     let exe = std::env::current_exe().context("locating the atoll binary")?;
-    let agent = agent::Agent::start(agent::AgentConfig {
-        dir: inst.agent_dir(),
-        instance: inst.id.clone(),
-        exe,
-    })
-    .await
-    .context("starting the agent")?;
+    let agent = start_agent(&inst, exe).await?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         let _ = stop_rx.changed().await;
     };
-    let task = if let Some(addr) = listen.strip_prefix("tcp://") {
-        tokio::spawn(agent::serve_tcp(addr.to_string(), agent, shutdown))
-    } else if let Some(path) = listen.strip_prefix("unix://") {
-        tokio::spawn(agent::serve_unix(PathBuf::from(path), agent, shutdown))
-    } else {
-        anyhow::bail!("--listen: expected tcp://ADDR:PORT or unix:///PATH, got {listen}");
+    let task = match listener {
+        Listener::Tcp(l) => tokio::spawn(agent::serve(l, agent, shutdown)),
+        Listener::Unix(l) => tokio::spawn(agent::serve(l, agent, shutdown)),
     };
     tracing::info!("agent of {} is up on {listen}", inst.data_dir.display());
     let mut term = signal(SignalKind::terminate())?;
@@ -163,14 +170,15 @@ pub async fn agent(data_dir: &Path, listen: &str) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_socket(path: &Path) -> Result<()> {
-    for _ in 0..200 {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    anyhow::bail!("the agent did not come up on {}", path.display())
+/// The agent of the server whose instance is `inst` (adopting what still runs).
+async fn start_agent(inst: &Instance, exe: PathBuf) -> Result<Arc<agent::Agent>> {
+    agent::Agent::start(agent::AgentConfig {
+        dir: inst.agent_dir(),
+        instance: inst.id.clone(),
+        exe,
+    })
+    .await
+    .context("starting the agent")
 }
 
 /// Stops and removes everything the instance of `data_dir` created.

@@ -370,3 +370,39 @@ fn host_cpus() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
 }
+
+#[test]
+fn bad_server_options_are_refused_before_anything_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    let out = std::process::Command::new(testkit::atoll_bin())
+        .args(["agent", "--listen", "http://10.0.0.1:1"])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--listen: expected tcp://ADDR:PORT or unix:///PATH"),
+        "{err}"
+    );
+    assert!(!data.exists(), "a refused agent made its data dir");
+
+    let data = dir.path().join("dc");
+    let out = std::process::Command::new(testkit::atoll_bin())
+        .args(["up", "--nodes", "201"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--docker-socket")
+        .arg(dir.path().join("dc.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--nodes: at most 200 simulated servers"),
+        "{err}"
+    );
+    assert!(!data.exists(), "a refused datacenter made its data dir");
+}

@@ -146,14 +146,10 @@ pub async fn serve_unix(
     account: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let listener = tokio::net::UnixListener::bind(path)?;
+    let listener = agent_client::serve::bind_unix(path)?;
     let app = router(cluster, account);
     let app = tower::ServiceExt::map_request(app, |req: http::Request<hyper::body::Incoming>| {
         strip_version(req.map(axum::body::Body::new))
     });
-    agent_client::serve::serve_unix(listener, app, shutdown).await
+    agent_client::serve::serve(listener, app, shutdown).await
 }

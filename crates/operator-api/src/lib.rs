@@ -41,17 +41,13 @@ pub async fn serve_unix(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::remove_file(path);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let listener = tokio::net::UnixListener::bind(path)?;
+    let listener = agent_client::serve::bind_unix(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let app = tower::ServiceExt::map_request(
         router(cluster),
         |req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
     );
-    agent_client::serve::serve_unix(listener, app, shutdown).await
+    agent_client::serve::serve(listener, app, shutdown).await
 }
 
 async fn list_servers(State(c): State<Arc<Cluster>>) -> ApiResult<Json<Vec<ServerView>>> {
