@@ -46,6 +46,7 @@ want hyperfine hyperfine
 want sqlite3 sqlite3
 want procps ps # docker top runs ps on the server
 want util-linux script # the terminal tests give the CLI a pty
+want curl curl # the join test speaks TLS to agents with a client certificate
 # The docker CLI: any will do; Debian's comes with docker.io.
 if ! command -v docker >/dev/null 2>&1 && [ ! -x /usr/local/bin/docker ]; then
 	missing+=(docker.io)

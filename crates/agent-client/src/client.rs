@@ -1,8 +1,12 @@
 //! The head's client for one agent. One HTTP/1.1 connection per request over a unix
-//! socket (local agent) or TCP (remote agents, TLS in a later step): cheap, and it
-//! makes upgrades (attach) and long streams (logs, events) independent.
+//! socket (local agent) or TLS over TCP (remote agents, mutual TLS with the cluster
+//! CA): cheap, and it makes upgrades (attach) and long streams (logs, events)
+//! independent. The same client serves an agent's calls to the head when it joins.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls_pki_types::ServerName;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -70,15 +74,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     addr: AgentAddr,
+    /// For TCP: the TLS configuration and the name the server's certificate must carry.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
-pub(crate) fn empty() -> Body {
+pub fn empty() -> Body {
     Full::new(Bytes::new())
         .map_err(|never| match never {})
         .boxed()
 }
 
-pub(crate) fn json_body<T: Serialize>(v: &T) -> Body {
+pub fn json_body<T: Serialize>(v: &T) -> Body {
     let bytes = serde_json::to_vec(v).unwrap_or_default();
     Full::new(Bytes::from(bytes))
         .map_err(|never| match never {})
@@ -87,19 +93,41 @@ pub(crate) fn json_body<T: Serialize>(v: &T) -> Body {
 
 impl AgentClient {
     pub fn new(addr: AgentAddr) -> Self {
-        AgentClient { addr }
+        AgentClient { addr, tls: None }
+    }
+
+    /// TCP connections use TLS with `config`; the server must prove it is
+    /// `server_name` (a DNS name in its certificate).
+    pub fn with_tls(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Result<Self, ClientError> {
+        let name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| ClientError::Protocol(format!("server name {server_name}: {e}")))?;
+        self.tls = Some((config, name));
+        Ok(self)
     }
 
     async fn connect(&self) -> Result<Box<dyn Duplex>, ClientError> {
+        let unreachable = |e: std::io::Error| ClientError::Unreachable(e.to_string());
         match &self.addr {
             AgentAddr::Unix(p) => UnixStream::connect(p)
                 .await
                 .map(|s| Box::new(s) as Box<dyn Duplex>)
-                .map_err(|e| ClientError::Unreachable(e.to_string())),
-            AgentAddr::Tcp(a) => TcpStream::connect(a)
-                .await
-                .map(|s| Box::new(s) as Box<dyn Duplex>)
-                .map_err(|e| ClientError::Unreachable(e.to_string())),
+                .map_err(unreachable),
+            AgentAddr::Tcp(a) => {
+                let tcp = TcpStream::connect(a).await.map_err(unreachable)?;
+                let _ = tcp.set_nodelay(true);
+                match &self.tls {
+                    None => Ok(Box::new(tcp)),
+                    Some((cfg, name)) => tokio_rustls::TlsConnector::from(cfg.clone())
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map(|s| Box::new(s) as Box<dyn Duplex>)
+                        .map_err(unreachable),
+                }
+            }
         }
     }
 
@@ -136,7 +164,8 @@ impl AgentClient {
         Err(status_error(resp).await)
     }
 
-    pub(crate) async fn call<T: DeserializeOwned>(
+    /// Sends a JSON request and decodes the JSON answer.
+    pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

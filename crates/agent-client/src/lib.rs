@@ -3,6 +3,7 @@ pub mod client;
 mod exec;
 pub mod faults;
 pub mod files;
+pub mod join;
 pub mod serve;
 pub mod splice;
 pub mod types;

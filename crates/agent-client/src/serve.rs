@@ -1,9 +1,11 @@
 //! The HTTP/1.1 server loop of the head's Docker and operator APIs and of the
-//! agent API, on unix sockets or TCP. Connections are served by hyper directly (not through a
+//! agent API, on unix sockets, TCP or TLS. Connections are served by hyper directly (not through a
 //! protocol-sniffing wrapper), so a hijacked stream's IO is the plain
 //! `UnixStream` and [`crate::splice`] can notice a client that went away.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -20,26 +22,125 @@ pub fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
+/// In the extensions of every request that came over TLS: the client
+/// certificate it showed (DER, verified against the cluster CA), if any.
+/// Requests on unix sockets carry none: their callers are local, and the
+/// socket's file mode says who may connect.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub certificate: Option<Arc<[u8]>>,
+}
+
 /// A listener whose connections hyper can serve: a unix socket (head, local
-/// agent) or TCP (an agent on its server's underlay address).
+/// agent), TCP, or TLS over TCP ([`TlsListener`]).
 pub trait Accept {
     type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+    fn accept(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, Option<Remote>)>> + Send;
 }
 
 impl Accept for UnixListener {
     type Stream = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Self::Stream> {
-        UnixListener::accept(self).await.map(|(s, _)| s)
+    async fn accept(&self) -> std::io::Result<(Self::Stream, Option<Remote>)> {
+        UnixListener::accept(self).await.map(|(s, _)| (s, None))
     }
 }
 
 impl Accept for TcpListener {
     type Stream = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<Self::Stream> {
+    async fn accept(&self) -> std::io::Result<(Self::Stream, Option<Remote>)> {
         let (s, _) = TcpListener::accept(self).await?;
         let _ = s.set_nodelay(true);
-        Ok(s)
+        Ok((s, None))
+    }
+}
+
+/// How long a TLS client has to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type TlsConn = (
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Remote,
+);
+
+/// TLS over a TCP listener. Handshakes run in their own tasks, so a slow or
+/// silent client delays nobody; `admit` sees each client's certificate and
+/// decides whether the connection is served at all.
+pub struct TlsListener {
+    ready: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<TlsConn>>,
+}
+
+impl TlsListener {
+    pub fn new(
+        tcp: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        admit: impl Fn(Option<&[u8]>) -> bool + Send + Sync + 'static,
+    ) -> TlsListener {
+        let (tx, rx) = tokio::sync::mpsc::channel::<TlsConn>(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let admit = Arc::new(admit);
+        tokio::spawn(async move {
+            loop {
+                let (s, peer) = tokio::select! {
+                    r = tcp.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!("accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    // The listener was dropped: stop accepting.
+                    _ = tx.closed() => return,
+                };
+                let _ = s.set_nodelay(true);
+                let (acceptor, tx, admit) = (acceptor.clone(), tx.clone(), admit.clone());
+                tokio::spawn(async move {
+                    let tls =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(s)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::info!("TLS handshake with {peer} failed: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::info!("TLS handshake with {peer} timed out");
+                                return;
+                            }
+                        };
+                    let certificate: Option<Arc<[u8]>> = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| Arc::from(c.as_ref()));
+                    if !admit(certificate.as_deref()) {
+                        tracing::info!(
+                            "refused {peer}: its certificate does not allow this service"
+                        );
+                        return;
+                    }
+                    let _ = tx.send((tls, Remote { certificate })).await;
+                });
+            }
+        });
+        TlsListener {
+            ready: tokio::sync::Mutex::new(rx),
+        }
+    }
+}
+
+impl Accept for TlsListener {
+    type Stream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    async fn accept(&self) -> std::io::Result<(Self::Stream, Option<Remote>)> {
+        self.ready
+            .lock()
+            .await
+            .recv()
+            .await
+            .map(|(s, r)| (s, Some(r)))
+            .ok_or_else(|| std::io::Error::other("TLS listener stopped"))
     }
 }
 
@@ -63,7 +164,7 @@ where
 {
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -77,7 +178,12 @@ where
         };
         let svc = svc.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| svc.clone().oneshot(req));
+            let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+                if let Some(r) = &remote {
+                    req.extensions_mut().insert(r.clone());
+                }
+                svc.clone().oneshot(req)
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();

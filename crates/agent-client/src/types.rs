@@ -187,7 +187,7 @@ pub struct ContainerStatus {
 }
 
 /// Server facts reported to the head.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {
     pub hostname: String,
     pub cpus: u32,
@@ -255,4 +255,32 @@ pub struct ResizeRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentErrorBody {
     pub message: String,
+}
+
+/// An agent asks the head to admit its server (`POST /v1/join` on the head's
+/// cluster port, before the agent has a certificate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The one-time join token the operator got from the head.
+    pub token: String,
+    /// The server's name in the datacenter.
+    pub name: String,
+    /// Where the head reaches its agent: `tcp://ADDR:PORT`.
+    pub address: String,
+    /// A PEM signing request for the key the agent made; only the key is used.
+    pub csr: String,
+}
+
+/// The head's answer: the agent's certificate and the cluster CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub certificate: String,
+    pub ca: String,
+}
+
+/// The cluster CA certificate (`GET /v1/ca`), checked by a joining agent
+/// against the fingerprint in its token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaResponse {
+    pub ca: String,
 }

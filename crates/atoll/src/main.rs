@@ -34,14 +34,42 @@ enum Cmd {
         /// namespace on an underlay bridge (0: one agent in this process).
         #[arg(long, default_value_t = 0)]
         nodes: usize,
+        /// Also open the cluster port (ADDR:PORT) for servers joining over the
+        /// network and remote operators (with --nodes: on the underlay bridge).
+        #[arg(long)]
+        cluster_listen: Option<String>,
     },
-    /// Run one server's agent in the foreground (`atoll up --nodes` starts these).
+    /// Run a head alone: servers join it with `atoll agent --head` over the network.
+    Head {
+        #[arg(long, default_value = "/var/lib/atoll")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "/run/atoll/docker.sock")]
+        docker_socket: PathBuf,
+        /// The cluster port (ADDR:PORT): agents join here and the head reaches
+        /// them back over mutual TLS; operators with a certificate connect here.
+        #[arg(long, default_value = "0.0.0.0:7071")]
+        cluster_listen: String,
+    },
+    /// Run one server's agent in the foreground.
     Agent {
         #[arg(long, default_value = "/var/lib/atoll")]
         data_dir: PathBuf,
-        /// Where the head reaches it: tcp://ADDR:PORT or unix:///PATH.
+        /// Where the head reaches it: tcp://ADDR:PORT (mutual TLS, needs --head)
+        /// or unix:///PATH.
         #[arg(long)]
         listen: String,
+        /// The head's cluster port, ADDR:PORT.
+        #[arg(long)]
+        head: Option<String>,
+        /// A one-time join token from `atoll server token` (first start only).
+        #[arg(long, env = "ATOLL_JOIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The server's name in the datacenter (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// tcp://ADDR:PORT where the head reaches this agent, if not --listen's.
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Stop everything an instance created (containers, mounts, network devices)
     /// and remove its state.
@@ -70,6 +98,18 @@ enum Cmd {
         /// spread: fewest of the account's containers first; pack: fullest server that fits.
         #[arg(long)]
         strategy: Option<String>,
+    },
+    /// Write an operator certificate (ca.pem, cert.pem, key.pem) for operator
+    /// commands from another machine (`--head ADDR:PORT --cert-dir DIR`).
+    Cert {
+        #[command(flatten)]
+        target: operator::Target,
+        /// Who it is for (shown in the head's log).
+        #[arg(long)]
+        name: String,
+        /// The directory to write it to.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Where containers run, every account (operator).
     Container {
@@ -126,13 +166,57 @@ fn main() -> std::process::ExitCode {
                 data_dir,
                 docker_socket,
                 nodes,
-            } => up::run(&data_dir, &docker_socket, nodes).await,
-            Cmd::Agent { data_dir, listen } => up::agent(&data_dir, &listen).await,
+                cluster_listen,
+            } => {
+                up::run(up::HeadOptions {
+                    data_dir,
+                    docker_socket,
+                    cluster_listen,
+                    servers: if nodes == 0 {
+                        up::Servers::Local
+                    } else {
+                        up::Servers::Simulated(nodes)
+                    },
+                })
+                .await
+            }
+            Cmd::Head {
+                data_dir,
+                docker_socket,
+                cluster_listen,
+            } => {
+                up::run(up::HeadOptions {
+                    data_dir,
+                    docker_socket,
+                    cluster_listen: Some(cluster_listen),
+                    servers: up::Servers::Remote,
+                })
+                .await
+            }
+            Cmd::Agent {
+                data_dir,
+                listen,
+                head,
+                token,
+                name,
+                advertise,
+            } => {
+                up::agent(up::AgentOptions {
+                    data_dir,
+                    listen,
+                    head,
+                    token,
+                    name,
+                    advertise,
+                })
+                .await
+            }
             Cmd::Reset { data_dir } => up::reset(&data_dir).await,
             Cmd::Server { target, cmd } => operator::server(&target, cmd).await,
             Cmd::Package { target, cmd } => operator::package(&target, cmd).await,
             Cmd::Container { target, cmd } => operator::container(&target, cmd).await,
             Cmd::Placement { target, strategy } => operator::placement(&target, strategy).await,
+            Cmd::Cert { target, name, out } => operator::cert(&target, &name, &out).await,
         }
     });
     match res {

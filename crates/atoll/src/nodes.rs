@@ -1,7 +1,9 @@
 //! `atoll up --nodes N`: a simulated datacenter on one machine. Every server is an
 //! `atoll agent` process in its own network namespace, with its own underlay
-//! address (a veth on the instance's underlay bridge), data dir and layer cache;
-//! the head reaches it over TCP exactly as it would reach a remote machine.
+//! address (a veth on the instance's underlay bridge), data dir and layer cache.
+//! Each joins with a one-time token and is then reached over mutual TLS, exactly
+//! as a remote machine (`atoll agent --head …`); the head's cluster port is on
+//! the bridge's address.
 //!
 //! Layout: `<data>/nodes/node-<i>/` is server i's data dir (its own instance id,
 //! hence its own cgroup, bridge and nft names), `<data>/nodes/node-<i>.netns` its
@@ -55,8 +57,18 @@ pub struct Node {
     child: Option<Child>,
 }
 
+/// The port of the head's cluster port on the underlay bridge.
+pub const HEAD_PORT: u16 = 7071;
+
+/// The simulated servers, and where they reach the head.
+pub struct Underlay {
+    /// `ADDR:PORT` of the head's cluster port (the bridge's address).
+    pub head_address: String,
+    pub nodes: Vec<Node>,
+}
+
 /// The underlay (bridge + one namespace and veth per server), created or found.
-pub async fn setup(inst: &Instance, count: usize) -> Result<Vec<Node>> {
+pub async fn setup(inst: &Instance, count: usize) -> Result<Underlay> {
     let links = RtLinks::new().context("opening netlink")?;
     let bridge = bridge_name(inst);
     // The same subnet across restarts: what the bridge has, else a free one.
@@ -107,7 +119,10 @@ pub async fn setup(inst: &Instance, count: usize) -> Result<Vec<Node>> {
             child: None,
         });
     }
-    Ok(nodes)
+    Ok(Underlay {
+        head_address: format!("{gateway}:{HEAD_PORT}"),
+        nodes,
+    })
 }
 
 fn node_mac(inst: &Instance, i: usize) -> [u8; 6] {
@@ -116,9 +131,40 @@ fn node_mac(inst: &Instance, i: usize) -> [u8; 6] {
     [0x02, b[1], b[2], b[3], b[4], b[5]]
 }
 
+/// What servers need to join: the head's cluster port and fresh tokens.
+#[derive(Clone)]
+pub struct Joiner {
+    pub cluster: Arc<cluster::Cluster>,
+    pub ca: Arc<pki::Ca>,
+    /// `ADDR:PORT` of the head's cluster port.
+    pub head: String,
+}
+
+impl Joiner {
+    /// A one-time token for `node`, if it has not joined yet (no certificate).
+    async fn token_for(&self, data_dir: &Path) -> Result<Option<String>> {
+        let dir = crate::up::agent_pki_dir(&Instance::open(data_dir)?);
+        if pki::Credentials::load(&dir)?.is_some() {
+            return Ok(None);
+        }
+        let token = pki::JoinToken::generate(self.ca.fingerprint());
+        self.cluster
+            .add_join_token(&token.secret_hash(), Duration::from_secs(600))
+            .await
+            .map_err(|e| anyhow::anyhow!("making a join token: {e}"))?;
+        Ok(Some(token.to_string()))
+    }
+}
+
 impl Node {
-    /// Starts (or restarts) the server's agent inside its namespace.
-    pub fn spawn(&mut self, exe: &Path, ip_port: &str) -> Result<()> {
+    /// Starts (or restarts) the server's agent inside its namespace, joining
+    /// the datacenter first if it never did.
+    pub async fn spawn(&mut self, exe: &Path, join: &Joiner) -> Result<()> {
+        let token = join.token_for(&self.data_dir).await?;
+        self.spawn_with(exe, &join.head, token)
+    }
+
+    fn spawn_with(&mut self, exe: &Path, head: &str, token: Option<String>) -> Result<()> {
         std::fs::create_dir_all(&self.data_dir)?;
         let ns = std::fs::File::open(&self.netns)
             .with_context(|| format!("opening {}", self.netns.display()))?;
@@ -131,10 +177,18 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
-            .arg(format!("tcp://{ip_port}"))
+            .arg(&self.address)
+            .arg("--head")
+            .arg(head)
+            .arg("--name")
+            .arg(&self.name)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if let Some(t) = token {
+            // In the environment, not argv: argv is world-readable in /proc.
+            cmd.env("ATOLL_JOIN_TOKEN", t);
+        }
         let fd = ns.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe calls: setns and
         // prctl on the child itself; `ns` outlives the spawn.
@@ -151,10 +205,6 @@ impl Node {
         }
         self.child = Some(cmd.spawn().context("starting a server's agent")?);
         Ok(())
-    }
-
-    pub fn ip_port(&self) -> &str {
-        self.address.trim_start_matches("tcp://")
     }
 
     /// Reaps the agent if it ended; whether it is gone.
@@ -183,23 +233,22 @@ impl Node {
     }
 }
 
-/// Registers every server with the head once its agent answers.
-pub async fn register(cluster: &Arc<cluster::Cluster>, nodes: &[Node]) -> Result<()> {
+/// How long servers have to start, join and answer the head.
+const COME_UP_WITHIN: Duration = Duration::from_secs(30);
+
+/// Waits until the head follows every server's agent.
+pub async fn wait_up(cluster: &Arc<cluster::Cluster>, nodes: &[Node]) -> Result<()> {
+    let deadline = std::time::Instant::now() + COME_UP_WITHIN;
     for n in nodes {
-        let mut last = String::new();
-        let mut ok = false;
-        for _ in 0..300 {
-            match cluster.add_node(&n.name, &n.address).await {
-                Ok(()) => {
-                    ok = true;
-                    break;
-                }
-                Err(e) => last = e.to_string(),
+        while cluster.server_down(&n.name) {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "server {} did not come up (see {})",
+                    n.name,
+                    n.data_dir.join("agent.log").display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !ok {
-            bail!("server {} did not come up: {last}", n.name);
         }
     }
     Ok(())
@@ -214,6 +263,7 @@ const RESTART_AFTER: Duration = Duration::from_secs(3);
 pub async fn supervise(
     nodes: Arc<std::sync::Mutex<Vec<Node>>>,
     exe: PathBuf,
+    join: Joiner,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut dead_since: std::collections::HashMap<String, std::time::Instant> = Default::default();
@@ -222,22 +272,34 @@ pub async fn supervise(
             _ = stop.changed() => return,
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
-        let mut ns = nodes.lock().unwrap_or_else(|p| p.into_inner());
-        for n in ns.iter_mut() {
-            if !n.exited() {
-                continue;
-            }
-            let since = *dead_since.entry(n.name.clone()).or_insert_with(|| {
-                tracing::warn!("server {}: its agent ended", n.name);
-                std::time::Instant::now()
-            });
-            if since.elapsed() >= RESTART_AFTER {
-                dead_since.remove(&n.name);
-                tracing::warn!("server {}: starting its agent again", n.name);
-                let ip_port = n.ip_port().to_string();
-                if let Err(e) = n.spawn(&exe, &ip_port) {
-                    tracing::warn!("server {}: {e:#}", n.name);
+        let mut due = Vec::new();
+        {
+            let mut ns = nodes.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, n) in ns.iter_mut().enumerate() {
+                if !n.exited() {
+                    continue;
                 }
+                let since = *dead_since.entry(n.name.clone()).or_insert_with(|| {
+                    tracing::warn!("server {}: its agent ended", n.name);
+                    std::time::Instant::now()
+                });
+                if since.elapsed() >= RESTART_AFTER {
+                    dead_since.remove(&n.name);
+                    due.push(i);
+                }
+            }
+        }
+        for i in due {
+            // A token (if it never joined) outside the lock: it takes the store.
+            let (name, dir) = {
+                let ns = nodes.lock().unwrap_or_else(|p| p.into_inner());
+                (ns[i].name.clone(), ns[i].data_dir.clone())
+            };
+            tracing::warn!("server {name}: starting its agent again");
+            let token = join.token_for(&dir).await;
+            let mut ns = nodes.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = token.and_then(|t| ns[i].spawn_with(&exe, &join.head, t)) {
+                tracing::warn!("server {name}: {e:#}");
             }
         }
     }

@@ -1,6 +1,7 @@
-//! Operator commands (`atoll server|package|container …`): a client of the
-//! head's operator API on `<data>/head/operator.sock`. Tables for people,
-//! `--json` for programs.
+//! Operator commands (`atoll server|package|container|placement|cert …`): a
+//! client of the head's operator API, on `<data>/head/operator.sock` on the
+//! head's machine, or on its cluster port over TLS with an operator certificate
+//! (`--head ADDR:PORT --cert-dir DIR`). Tables for people, `--json` for programs.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use placement::Package;
 use serde_json::Value;
 
@@ -20,6 +20,12 @@ pub struct Target {
     /// The instance's data dir (its head serves `head/operator.sock` there).
     #[arg(long, default_value = "/var/lib/atoll", global = true)]
     pub data_dir: PathBuf,
+    /// A remote head's cluster port, ADDR:PORT (instead of --data-dir).
+    #[arg(long, env = "ATOLL_HEAD", global = true)]
+    pub head: Option<String>,
+    /// With --head: the directory of an operator certificate (`atoll cert`).
+    #[arg(long, env = "ATOLL_CERT_DIR", global = true)]
+    pub cert_dir: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -35,6 +41,13 @@ pub enum ServerCmd {
     Enable { id: String },
     /// Forget a server that is down and holds no containers.
     Forget { id: String },
+    /// Print a one-time token for a new server to join with
+    /// (`atoll agent --head ADDR:PORT --token TOKEN …`).
+    Token {
+        /// How long it stays valid, e.g. 30m, 1h, 7d (at most 7 days).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -89,8 +102,24 @@ pub enum ContainerCmd {
 }
 
 pub async fn server(t: &Target, cmd: ServerCmd) -> Result<()> {
-    let c = Client::new(&t.data_dir)?;
+    let c = Client::new(t)?;
     let v = match &cmd {
+        ServerCmd::Token { ttl } => {
+            let body = serde_json::json!({ "ttl_seconds": parse_duration(ttl)? });
+            let v = c
+                .call("POST", "/v1/join-tokens", Some(serde_json::to_vec(&body)?))
+                .await?;
+            if t.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", str_of(&v["token"]));
+                eprintln!(
+                    "valid once, until {}: atoll agent --head <this head's cluster port> --token <it> --listen tcp://ADDR:7070",
+                    str_of(&v["expires_at"])
+                );
+            }
+            return Ok(());
+        }
         ServerCmd::Ls => c.call("GET", "/v1/servers", None).await?,
         ServerCmd::Drain { id } => {
             c.call("POST", &format!("/v1/servers/{}/drain", segment(id)), None)
@@ -140,7 +169,7 @@ pub async fn server(t: &Target, cmd: ServerCmd) -> Result<()> {
 }
 
 pub async fn package(t: &Target, cmd: PackageCmd) -> Result<()> {
-    let c = Client::new(&t.data_dir)?;
+    let c = Client::new(t)?;
     let list: Vec<Package> = match cmd {
         PackageCmd::Ls => serde_json::from_value(c.call("GET", "/v1/packages", None).await?)?,
         PackageCmd::Create { name, spec } => {
@@ -251,7 +280,7 @@ pub async fn package(t: &Target, cmd: PackageCmd) -> Result<()> {
 }
 
 pub async fn container(t: &Target, cmd: ContainerCmd) -> Result<()> {
-    let c = Client::new(&t.data_dir)?;
+    let c = Client::new(t)?;
     let ContainerCmd::Ls = cmd;
     let v = c.call("GET", "/v1/containers", None).await?;
     if t.json {
@@ -282,7 +311,7 @@ pub async fn container(t: &Target, cmd: ContainerCmd) -> Result<()> {
 }
 
 pub async fn placement(t: &Target, strategy: Option<String>) -> Result<()> {
-    let c = Client::new(&t.data_dir)?;
+    let c = Client::new(t)?;
     let v = match strategy {
         Some(s) => {
             let body = serde_json::to_vec(&serde_json::json!({ "strategy": s }))?;
@@ -325,6 +354,45 @@ fn size(v: &Value) -> String {
     v.as_u64()
         .map(placement::human)
         .unwrap_or_else(|| "-".into())
+}
+
+/// Writes an operator certificate for `name` into `out` (`ca.pem`, `cert.pem`,
+/// `key.pem`), for operator commands from another machine.
+pub async fn cert(t: &Target, name: &str, out: &Path) -> Result<()> {
+    let c = Client::new(t)?;
+    let body = serde_json::json!({ "name": name });
+    let v: operator_api::CertificateResponse = serde_json::from_value(
+        c.call("POST", "/v1/certificates", Some(serde_json::to_vec(&body)?))
+            .await?,
+    )?;
+    pki::Credentials {
+        ca_pem: v.ca,
+        cert_pem: v.cert,
+        key_pem: v.key,
+    }
+    .save(out)?;
+    println!(
+        "wrote {}/{{ca,cert,key}}.pem: atoll server ls --head <ADDR:PORT> --cert-dir {}",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `30s`, `15m`, `1h`, `7d`, or seconds.
+pub fn parse_duration(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('s') => (&t[..t.len() - 1], 1),
+        Some('m') => (&t[..t.len() - 1], 60),
+        Some('h') => (&t[..t.len() - 1], 3600),
+        Some('d') => (&t[..t.len() - 1], 86400),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("invalid duration {s:?}: use e.g. 30m, 1h, 7d"))?;
+    Ok(n.saturating_mul(mult))
 }
 
 /// `512M`, `2G`, `1.5G`, `1024` (bytes); K, M, G, T, binary.
@@ -373,57 +441,59 @@ fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-/// One request per connection to the operator socket.
+/// One request per connection, to the operator socket or a remote cluster port.
 struct Client {
-    sock: PathBuf,
+    inner: agent_client::AgentClient,
+    place: String,
 }
 
 impl Client {
-    fn new(data_dir: &Path) -> Result<Client> {
-        if !data_dir.is_dir() {
-            bail!("no atoll instance at {}", data_dir.display());
+    fn new(t: &Target) -> Result<Client> {
+        if let Some(head) = &t.head {
+            let Some(dir) = &t.cert_dir else {
+                bail!(
+                    "--head needs --cert-dir: the directory of an operator certificate (`atoll cert`)"
+                );
+            };
+            let creds = pki::Credentials::load(dir)?
+                .with_context(|| format!("no ca.pem, cert.pem and key.pem in {}", dir.display()))?;
+            let inner = agent_client::AgentClient::new(agent_client::AgentAddr::Tcp(head.clone()))
+                .with_tls(pki::client_config(&creds)?, pki::HEAD_NAME)?;
+            return Ok(Client {
+                inner,
+                place: format!("the head at {head}"),
+            });
         }
-        let inst = Instance::open(data_dir)?;
+        if !t.data_dir.is_dir() {
+            bail!("no atoll instance at {}", t.data_dir.display());
+        }
+        let sock = Instance::open(&t.data_dir)?.operator_socket();
         Ok(Client {
-            sock: inst.operator_socket(),
+            place: format!(
+                "the head at {} (is `atoll up` running with this --data-dir?)",
+                sock.display()
+            ),
+            inner: agent_client::AgentClient::new(agent_client::AgentAddr::Unix(sock)),
         })
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
-        let stream = tokio::net::UnixStream::connect(&self.sock)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach the head at {} (is `atoll up` running with this --data-dir?)",
-                    self.sock.display()
-                )
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("talking to the head")?;
-        tokio::spawn(conn);
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "atoll")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .context("talking to the head")?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let v: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).context("the head's answer")?
+        let body = Full::new(Bytes::from(body.unwrap_or_default()))
+            .map_err(|never| match never {})
+            .boxed();
+        let method = http::Method::from_bytes(method.as_bytes())?;
+        let resp = match self.inner.send(method, path, body).await {
+            Ok(r) => r,
+            Err(agent_client::ClientError::Unreachable(e)) => {
+                bail!("cannot reach {}: {e}", self.place)
+            }
+            Err(e) => bail!("{e}"),
         };
-        if !status.is_success() {
-            let msg = v["message"].as_str().unwrap_or("request failed");
-            bail!("{msg}");
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if bytes.is_empty() {
+            return Ok(Value::Null);
         }
-        Ok(v)
+        serde_json::from_slice(&bytes).context("the head's answer")
     }
 }
 

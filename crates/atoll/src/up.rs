@@ -1,4 +1,4 @@
-//! `atoll up` and `atoll reset`.
+//! `atoll up`, `atoll head`, `atoll agent` and `atoll reset`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,155 +10,254 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::instance::Instance;
 
-/// Runs the head and its servers until SIGTERM/SIGINT: one agent in this
-/// process, or (`nodes` > 0) a simulated datacenter of agent processes (see
-/// `nodes.rs`). Containers keep running when it stops: their shims are
-/// separate processes.
-pub async fn run(data_dir: &Path, docker_socket: &Path, nodes: usize) -> Result<()> {
-    if nodes > crate::nodes::MAX_NODES {
+/// What a head process runs beside the head itself.
+pub struct HeadOptions {
+    pub data_dir: PathBuf,
+    pub docker_socket: PathBuf,
+    /// The cluster port (`ADDR:PORT`): agents join and the head's operator API is
+    /// served there over TLS. `atoll up --nodes` puts it on the underlay bridge.
+    pub cluster_listen: Option<String>,
+    /// Servers: one agent in this process (`atoll up`), a simulated datacenter
+    /// of N agent processes (`atoll up --nodes N`), or none (`atoll head`:
+    /// servers join over the network).
+    pub servers: Servers,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Servers {
+    Local,
+    Simulated(usize),
+    Remote,
+}
+
+/// Runs the head and its servers until SIGTERM/SIGINT. Containers keep running
+/// when it stops: their shims are separate processes.
+pub async fn run(o: HeadOptions) -> Result<()> {
+    if let Servers::Simulated(n) = o.servers
+        && n > crate::nodes::MAX_NODES
+    {
         anyhow::bail!(
             "--nodes: at most {} simulated servers",
             crate::nodes::MAX_NODES
         );
     }
-    let inst = Instance::open(data_dir)?;
+    let inst = Instance::open(&o.data_dir)?;
     let exe = std::env::current_exe().context("locating the atoll binary")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.changed().await;
+    };
 
-    // The head.
+    // The head: store, CA, and the certificate it shows agents (reissued at
+    // every start, so it never expires under a running cluster).
     std::fs::create_dir_all(inst.head_dir())?;
     let store = store::SqliteStore::open(&inst.head_dir().join("atoll.db"))
         .await
         .map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
-    let cluster = Cluster::new(
-        Arc::new(store),
-        &inst.head_dir(),
-        &format!("atoll-{}", inst.id),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dc_name = format!("atoll-{}", inst.id);
+    let cluster = Cluster::new(Arc::new(store), &inst.head_dir(), &dc_name)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     cluster
         .seed_packages()
         .await
         .map_err(|e| anyhow::anyhow!("writing the sample packages: {e}"))?;
+    let ca = Arc::new(
+        pki::Ca::load_or_create(&inst.head_dir().join("pki"), &dc_name)
+            .context("opening the cluster CA")?,
+    );
+    let head_creds = ca
+        .issue_with_key(pki::Role::Head, "head", &[pki::HEAD_NAME.to_string()])
+        .context("issuing the head's certificate")?;
+    cluster.set_agent_tls(pki::client_config(&head_creds).context("the head's TLS")?);
+    cluster
+        .resume_servers()
+        .await
+        .map_err(|e| anyhow::anyhow!("following the known servers: {e}"))?;
+    let operator_app = operator_api::router(cluster.clone(), ca.clone());
 
-    // The servers. The head reaches each only through its agent's socket, as it
-    // would reach a remote machine.
-    let mut agent_task = None;
+    // The simulated datacenter's underlay decides where the cluster port is.
     let mut simulated = None;
-    if nodes == 0 {
-        let agent_sock = inst.agent_socket();
-        let listener = agent_client::serve::bind_unix(&agent_sock)
-            .with_context(|| format!("binding {}", agent_sock.display()))?;
-        let agent = start_agent(&inst, exe).await?;
-        let mut rx = stop_rx.clone();
-        agent_task = Some(tokio::spawn(agent::serve(listener, agent, async move {
-            let _ = rx.changed().await;
-        })));
-        cluster
-            .add_node("local", &format!("unix://{}", agent_sock.display()))
-            .await
-            .map_err(|e| anyhow::anyhow!("registering the local agent: {e}"))?;
-    } else {
-        let mut servers = crate::nodes::setup(&inst, nodes)
+    let mut cluster_listen = o.cluster_listen.clone();
+    if let Servers::Simulated(n) = o.servers {
+        let servers = crate::nodes::setup(&inst, n)
             .await
             .context("setting up the simulated datacenter")?;
-        for n in &mut servers {
-            let ip_port = n.ip_port().to_string();
-            n.spawn(&exe, &ip_port)?;
-        }
-        crate::nodes::register(&cluster, &servers).await?;
-        let servers = Arc::new(std::sync::Mutex::new(servers));
-        tokio::spawn(crate::nodes::supervise(
-            servers.clone(),
-            exe.clone(),
-            stop_rx.clone(),
-        ));
+        cluster_listen.get_or_insert(servers.head_address.clone());
         simulated = Some(servers);
     }
+    let mut cluster_task = None;
+    if let Some(addr) = &cluster_listen {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (the cluster port)"))?;
+        let app = operator_app.clone();
+        let shutdown = stopped(stop_rx.clone());
+        cluster_task = Some(tokio::spawn(async move {
+            operator_api::serve_tls(tcp, &head_creds, app, shutdown).await
+        }));
+        tracing::info!("cluster port (agents join, remote operators) on {addr}");
+    }
 
-    let mut rx = stop_rx.clone();
+    // The servers.
+    let mut agent_task = None;
+    let mut supervised = None;
+    match (o.servers, simulated) {
+        (Servers::Local, _) => {
+            let agent_sock = inst.agent_socket();
+            let listener = agent_client::serve::bind_unix(&agent_sock)
+                .with_context(|| format!("binding {}", agent_sock.display()))?;
+            let agent = start_agent(&inst, exe).await?;
+            agent_task = Some(tokio::spawn(agent::serve(
+                listener,
+                agent,
+                stopped(stop_rx.clone()),
+            )));
+            cluster
+                .add_node("local", &format!("unix://{}", agent_sock.display()))
+                .await
+                .map_err(|e| anyhow::anyhow!("registering the local agent: {e}"))?;
+        }
+        (Servers::Simulated(_), Some(mut servers)) => {
+            let join = crate::nodes::Joiner {
+                cluster: cluster.clone(),
+                ca: ca.clone(),
+                head: cluster_listen.clone().unwrap_or_default(),
+            };
+            for n in &mut servers.nodes {
+                n.spawn(&exe, &join).await?;
+            }
+            crate::nodes::wait_up(&cluster, &servers.nodes).await?;
+            let nodes = Arc::new(std::sync::Mutex::new(servers.nodes));
+            tokio::spawn(crate::nodes::supervise(
+                nodes.clone(),
+                exe.clone(),
+                join,
+                stop_rx.clone(),
+            ));
+            supervised = Some(nodes);
+        }
+        _ => {}
+    }
+
     let operator_task = tokio::spawn({
         let sock = inst.operator_socket();
-        let cluster = cluster.clone();
-        async move {
-            operator_api::serve_unix(&sock, cluster, async move {
-                let _ = rx.changed().await;
-            })
-            .await
-        }
+        let shutdown = stopped(stop_rx.clone());
+        async move { operator_api::serve_unix(&sock, operator_app, shutdown).await }
     });
-    let mut rx = stop_rx.clone();
     let head_task = tokio::spawn({
-        let sock = docker_socket.to_path_buf();
-        async move {
-            docker_api::serve_unix(&sock, cluster, OPERATOR, async move {
-                let _ = rx.changed().await;
-            })
-            .await
-        }
+        let sock = o.docker_socket.clone();
+        let shutdown = stopped(stop_rx.clone());
+        async move { docker_api::serve_unix(&sock, cluster, OPERATOR, shutdown).await }
     });
     tracing::info!(
         "atoll is up: export DOCKER_HOST=unix://{}",
-        docker_socket.display()
+        o.docker_socket.display()
     );
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let ended = |what: &'static str| {
+        move |r: Result<std::io::Result<()>, tokio::task::JoinError>| -> Result<()> {
+            r??;
+            anyhow::bail!("the {what} stopped")
+        }
+    };
+    let cluster_port = async {
+        match cluster_task {
+            Some(t) => t.await,
+            None => std::future::pending().await,
+        }
+    };
     let res = tokio::select! {
         _ = term.recv() => Ok(()),
         _ = int.recv() => Ok(()),
-        r = head_task => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into))
-            .and_then(|()| Err(anyhow::anyhow!("the Docker API server stopped"))),
-        r = operator_task => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into))
-            .and_then(|()| Err(anyhow::anyhow!("the operator API server stopped"))),
+        r = head_task => ended("Docker API server")(r),
+        r = operator_task => ended("operator API server")(r),
+        r = cluster_port => ended("cluster port")(r),
     };
     tracing::info!("stopping (containers keep running)");
     let _ = stop_tx.send(true);
     if let Some(t) = agent_task {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
     }
-    if let Some(servers) = simulated {
-        let mut servers = servers.lock().unwrap_or_else(|p| p.into_inner());
-        for n in servers.iter_mut() {
+    if let Some(nodes) = supervised {
+        let mut nodes = nodes.lock().unwrap_or_else(|p| p.into_inner());
+        for n in nodes.iter_mut() {
             n.stop();
         }
     }
     res
 }
 
-/// `atoll agent`: one server's agent, serving until SIGTERM/SIGINT.
-pub async fn agent(data_dir: &Path, listen: &str) -> Result<()> {
+/// How `atoll agent` finds its head and names its server.
+pub struct AgentOptions {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub head: Option<String>,
+    pub token: Option<String>,
+    pub name: Option<String>,
+    pub advertise: Option<String>,
+}
+
+/// `atoll agent`: one server's agent, serving until SIGTERM/SIGINT. On TCP it
+/// serves only the head, over mutual TLS; it joins first if it has no certificate.
+pub async fn agent(o: AgentOptions) -> Result<()> {
     // The address first: a bad one must not leave a half-started server behind.
     enum Listener {
         Tcp(tokio::net::TcpListener),
         Unix(tokio::net::UnixListener),
     }
-    let listener = if let Some(addr) = listen.strip_prefix("tcp://") {
+    let listener = if let Some(addr) = o.listen.strip_prefix("tcp://") {
+        if o.head.is_none() {
+            anyhow::bail!(
+                "--listen tcp://… needs --head: an agent on the network serves only its head, over TLS"
+            );
+        }
         Listener::Tcp(
             tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?,
         )
-    } else if let Some(path) = listen.strip_prefix("unix://") {
+    } else if let Some(path) = o.listen.strip_prefix("unix://") {
         Listener::Unix(
             agent_client::serve::bind_unix(Path::new(path))
                 .with_context(|| format!("binding {path}"))?,
         )
     } else {
-        anyhow::bail!("--listen: expected tcp://ADDR:PORT or unix:///PATH, got {listen}");
+        anyhow::bail!(
+            "--listen: expected tcp://ADDR:PORT or unix:///PATH, got {}",
+            o.listen
+        );
     };
-    let inst = Instance::open(data_dir)?;
+    let inst = Instance::open(&o.data_dir)?;
+    enum Serving {
+        Tls(agent_client::serve::TlsListener),
+        Unix(tokio::net::UnixListener),
+    }
+    let serving = match listener {
+        Listener::Tcp(l) => {
+            let head = o.head.as_deref().unwrap_or_default();
+            let creds = agent_credentials(&inst, &o, &l, head).await?;
+            let config = pki::server_config(&creds, pki::ClientAuth::Required)?;
+            // Only the head: another agent's or a tenant's certificate is refused.
+            Serving::Tls(agent_client::serve::TlsListener::new(l, config, |cert| {
+                cert.and_then(pki::identify)
+                    .is_some_and(|id| id.role == pki::Role::Head)
+            }))
+        }
+        Listener::Unix(l) => Serving::Unix(l),
+    };
     let exe = std::env::current_exe().context("locating the atoll binary")?;
     let agent = start_agent(&inst, exe).await?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         let _ = stop_rx.changed().await;
     };
-    let task = match listener {
-        Listener::Tcp(l) => tokio::spawn(agent::serve(l, agent, shutdown)),
-        Listener::Unix(l) => tokio::spawn(agent::serve(l, agent, shutdown)),
+    let task = match serving {
+        Serving::Tls(l) => tokio::spawn(agent::serve(l, agent, shutdown)),
+        Serving::Unix(l) => tokio::spawn(agent::serve(l, agent, shutdown)),
     };
-    tracing::info!("agent of {} is up on {listen}", inst.data_dir.display());
+    tracing::info!("agent of {} is up on {}", inst.data_dir.display(), o.listen);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
@@ -168,6 +267,62 @@ pub async fn agent(data_dir: &Path, listen: &str) -> Result<()> {
     }
     let _ = stop_tx.send(true);
     Ok(())
+}
+
+/// Where an agent keeps its certificate, key and the cluster CA.
+pub fn agent_pki_dir(inst: &Instance) -> PathBuf {
+    inst.agent_dir().join("pki")
+}
+
+/// The agent's credentials: those it has, or new ones from joining with `--token`.
+async fn agent_credentials(
+    inst: &Instance,
+    o: &AgentOptions,
+    listener: &tokio::net::TcpListener,
+    head: &str,
+) -> Result<pki::Credentials> {
+    let dir = agent_pki_dir(inst);
+    if let Some(c) = pki::Credentials::load(&dir)? {
+        let id = c.identity()?;
+        if let Some(name) = &o.name
+            && *name != id.name
+        {
+            anyhow::bail!(
+                "this server joined as {} (its certificate says so), not {name}",
+                id.name
+            );
+        }
+        return Ok(c);
+    }
+    let Some(token) = o.token.as_deref() else {
+        anyhow::bail!(
+            "this server has not joined yet: pass --token (from `atoll server token` on the head)"
+        );
+    };
+    let name = match &o.name {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()?.to_string_lossy().to_lowercase(),
+    };
+    let address = match &o.advertise {
+        Some(a) => a.clone(),
+        None => {
+            let local = listener.local_addr()?;
+            if local.ip().is_unspecified() {
+                anyhow::bail!(
+                    "--listen on every address needs --advertise tcp://ADDR:PORT (where the head reaches this server)"
+                );
+            }
+            format!("tcp://{local}")
+        }
+    };
+    let creds = agent_client::join::join(head, token, &name, &address)
+        .await
+        .with_context(|| format!("joining the datacenter at {head}"))?;
+    creds
+        .save(&dir)
+        .with_context(|| format!("saving the certificate in {}", dir.display()))?;
+    tracing::info!("joined the datacenter at {head} as {name}");
+    Ok(creds)
 }
 
 /// The agent of the server whose instance is `inst` (adopting what still runs).

@@ -33,6 +33,8 @@ pub struct Cluster {
     pub(crate) blobs: BlobStore,
     pub(crate) registry: images::registry::RegistryClient,
     agents: StdMutex<HashMap<String, AgentClient>>,
+    /// How the head shows itself to agents on TCP (mutual TLS, cluster CA).
+    agent_tls: StdMutex<Option<Arc<rustls::ClientConfig>>>,
     /// Servers whose agent's event stream is open: the others are down.
     connected: StdMutex<std::collections::HashSet<String>>,
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -55,6 +57,7 @@ impl Cluster {
             blobs,
             registry: images::registry::RegistryClient::new(Vec::new()),
             agents: StdMutex::new(HashMap::new()),
+            agent_tls: StdMutex::new(None),
             connected: StdMutex::new(Default::default()),
             locks: StdMutex::new(HashMap::new()),
             changes,
@@ -107,10 +110,36 @@ impl Cluster {
             .ok_or_else(|| Error::Upstream("the server of this container is not available".into()))
     }
 
-    /// Registers an agent and starts following its state changes.
-    pub async fn add_node(self: &Arc<Self>, id: &str, address: &str) -> Result<()> {
+    /// The TLS configuration (the head's certificate, the cluster CA) for agents on TCP.
+    pub fn set_agent_tls(&self, config: Arc<rustls::ClientConfig>) {
+        *self.agent_tls.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
+    }
+
+    /// A client for server `id`'s agent at `address`: plain on a unix socket
+    /// (the local agent), mutual TLS on TCP, where the agent must prove it is `id`.
+    pub(crate) fn client_for(&self, id: &str, address: &str) -> Result<AgentClient> {
         let addr = AgentAddr::parse(address).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let client = AgentClient::new(addr);
+        match addr {
+            AgentAddr::Unix(_) => Ok(AgentClient::new(addr)),
+            AgentAddr::Tcp(_) => {
+                let tls = self
+                    .agent_tls
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .ok_or_else(|| {
+                        Error::InvalidArgument("servers on TCP need the cluster's TLS".into())
+                    })?;
+                AgentClient::new(addr)
+                    .with_tls(tls, &pki::agent_dns_name(id))
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))
+            }
+        }
+    }
+
+    /// Registers an agent that answers now and starts following its state changes.
+    pub async fn add_node(self: &Arc<Self>, id: &str, address: &str) -> Result<()> {
+        let client = self.client_for(id, address)?;
         let info = client
             .info()
             .await
@@ -130,16 +159,25 @@ impl Cluster {
                 draining,
             })
             .await?;
-        self.agents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), client.clone());
         // It just answered; follow_node keeps this current from now on.
         self.set_connected(id, true);
-        let me = self.clone();
-        let node = id.to_string();
-        tokio::spawn(async move { me.follow_node(node, client).await });
+        self.follow(id, client);
         Ok(())
+    }
+
+    /// Starts following server `id` (once), whether or not it answers yet.
+    pub(crate) fn follow(self: &Arc<Self>, id: &str, client: AgentClient) {
+        let fresh = self
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), client.clone())
+            .is_none();
+        if fresh {
+            let me = self.clone();
+            let node = id.to_string();
+            tokio::spawn(async move { me.follow_node(node, client).await });
+        }
     }
 
     fn set_connected(&self, node: &str, up: bool) {
@@ -184,6 +222,16 @@ impl Cluster {
             match client.events().await {
                 Ok(mut events) => {
                     backoff = Duration::from_millis(100);
+                    // A server may come back with other resources (or report
+                    // them for the first time, after joining).
+                    match client.info().await {
+                        Ok(info) => {
+                            if let Err(e) = self.refresh_node_info(&node, info).await {
+                                tracing::warn!("recording node {node}: {e}");
+                            }
+                        }
+                        Err(e) => tracing::warn!("node {node}: info: {e}"),
+                    }
                     self.set_connected(&node, true);
                     // The stream is open: whatever changes from now on arrives on it,
                     // so a listing taken now cannot miss anything.

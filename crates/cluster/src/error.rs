@@ -18,6 +18,9 @@ pub enum Error {
     /// 403: forbidden for this account.
     #[error("{0}")]
     Forbidden(String),
+    /// 401: the caller did not prove who it is (a bad join token, no certificate).
+    #[error("{0}")]
+    Unauthorized(String),
     /// 304-style "nothing to do" (e.g. starting a running container).
     #[error("{0}")]
     NotModified(String),

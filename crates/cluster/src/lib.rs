@@ -10,6 +10,7 @@ pub mod events;
 pub mod exec;
 pub mod files;
 pub mod images;
+pub mod membership;
 pub mod model;
 pub mod names;
 pub mod servers;

@@ -65,6 +65,12 @@ pub trait Store: Send + Sync + 'static {
     // operator settings
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+
+    // join tokens (hashes; `expires_at` in seconds since the epoch)
+    async fn put_join_token(&self, hash: &str, expires_at: i64) -> StoreResult<()>;
+    /// Deletes the token if it exists and has not expired at `now`: whether it did.
+    /// One statement, so two agents racing with one token cannot both win.
+    async fn take_join_token(&self, hash: &str, now: i64) -> StoreResult<bool>;
 }
 
 /// The sum of the reservations of the containers on one server.

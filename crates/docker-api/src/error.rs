@@ -31,6 +31,7 @@ impl ApiError {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotModified(_) => StatusCode::NOT_MODIFIED,
             Error::Upstream(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

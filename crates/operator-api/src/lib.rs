@@ -1,8 +1,17 @@
-//! The operator API, served on `<data>/head/operator.sock` (root only): servers
-//! (list, drain, enable, forget), packages (list, create or replace, delete) and
-//! where each container runs. JSON in and out; errors are `{"message": …}` with
-//! the same status mapping as the Docker API (`docker_api::ApiError`).
-//! The `atoll server|package|container` commands are its client.
+//! The operator API: servers (list, drain, enable, forget, join tokens),
+//! packages (list, create or replace, delete), where each container runs, and
+//! operator certificates. JSON in and out; errors are `{"message": …}` with the
+//! same status mapping as the Docker API (`docker_api::ApiError`). The `atoll
+//! server|package|container|placement` commands are its client.
+//!
+//! Served twice: on `<data>/head/operator.sock` (root only, so every caller is
+//! the operator) and on the head's cluster port over TLS ([`serve_tls`]), where
+//! a caller must show an operator certificate, except for the two routes of
+//! joining agents (`GET /v1/ca`, `POST /v1/join`), which a join token guards.
+
+mod join;
+
+pub use join::{CertificateResponse, TokenResponse};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +27,14 @@ use cluster::servers::{PlacementView, ServerView};
 use docker_api::{ApiError, ApiResult};
 use placement::Package;
 
-pub fn router(cluster: Arc<Cluster>) -> Router {
+/// The operator API and the join routes. `ca` signs agents' and operators' certificates.
+pub fn router(cluster: Arc<Cluster>, ca: Arc<pki::Ca>) -> Router {
+    operator_routes(cluster.clone())
+        .merge(join::routes(cluster, ca))
+        .layer(axum::middleware::from_fn(join::authorize))
+}
+
+fn operator_routes(cluster: Arc<Cluster>) -> Router {
     Router::new()
         .route("/v1/servers", get(list_servers))
         .route("/v1/servers/{id}", axum::routing::delete(forget_server))
@@ -37,16 +53,37 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
 /// Serves the operator API on a unix socket that only root may open.
 pub async fn serve_unix(
     path: &Path,
-    cluster: Arc<Cluster>,
+    app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let listener = agent_client::serve::bind_unix(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let app = tower::ServiceExt::map_request(
-        router(cluster),
-        |req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
-    );
+    serve(listener, app, shutdown).await
+}
+
+/// Serves the head's cluster port: TLS with the head's certificate; client
+/// certificates from the cluster CA are checked per route ([`router`]).
+pub async fn serve_tls(
+    tcp: tokio::net::TcpListener,
+    head: &pki::Credentials,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let config =
+        pki::server_config(head, pki::ClientAuth::Optional).map_err(std::io::Error::other)?;
+    let listener = agent_client::serve::TlsListener::new(tcp, config, |_| true);
+    serve(listener, app, shutdown).await
+}
+
+async fn serve(
+    listener: impl agent_client::serve::Accept,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = tower::ServiceExt::map_request(app, |req: http::Request<hyper::body::Incoming>| {
+        req.map(axum::body::Body::new)
+    });
     agent_client::serve::serve(listener, app, shutdown).await
 }
 

@@ -66,4 +66,11 @@ pub const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 5: one-time join tokens for servers (only the secret's hash is kept).
+    r#"
+    CREATE TABLE join_tokens (
+        hash TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    );
+    "#,
 ];

@@ -488,6 +488,32 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn put_join_token(&self, hash: &str, expires_at: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO join_tokens (hash, expires_at) VALUES (?, ?)")
+            .bind(hash)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn take_join_token(&self, hash: &str, now: i64) -> StoreResult<bool> {
+        // Expired tokens go as well, whoever asks.
+        sqlx::query("DELETE FROM join_tokens WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        let r = sqlx::query("DELETE FROM join_tokens WHERE hash = ? AND expires_at > ?")
+            .bind(hash)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn delete_package(&self, name: &str) -> StoreResult<()> {
         let r = sqlx::query("DELETE FROM packages WHERE name = ?")
             .bind(name)

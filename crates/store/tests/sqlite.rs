@@ -213,3 +213,25 @@ async fn allocations_add_up_per_server_and_packages_keep_one_default() {
         Err(StoreError::NotFound)
     ));
 }
+
+#[tokio::test]
+async fn a_join_token_is_taken_once_and_not_after_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    s.put_join_token("h1", 1000).await.unwrap();
+    s.put_join_token("h2", 1000).await.unwrap();
+    assert!(!s.take_join_token("nope", 10).await.unwrap());
+    assert!(s.take_join_token("h1", 10).await.unwrap());
+    assert!(!s.take_join_token("h1", 10).await.unwrap(), "one time only");
+    assert!(!s.take_join_token("h2", 1000).await.unwrap(), "expired");
+    assert!(
+        !s.take_join_token("h2", 10).await.unwrap(),
+        "expired ones are gone"
+    );
+    // Racing takers: exactly one wins.
+    s.put_join_token("h3", 1000).await.unwrap();
+    let (a, b) = tokio::join!(s.take_join_token("h3", 10), s.take_join_token("h3", 10));
+    assert!(a.unwrap() ^ b.unwrap());
+}

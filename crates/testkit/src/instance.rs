@@ -75,6 +75,7 @@ pub struct AtollInstance {
     data_dir: PathBuf,
     socket: PathBuf,
     log_path: PathBuf,
+    command: String,
     extra_args: Vec<String>,
     extra_env: Vec<(String, String)>,
     docker_config: tempfile::TempDir,
@@ -86,6 +87,8 @@ pub struct AtollInstance {
 pub struct StartOptions {
     /// The binary to run instead of [`atoll_bin`].
     pub bin: Option<PathBuf>,
+    /// The subcommand instead of `up` (e.g. `head`).
+    pub command: Option<String>,
     /// Extra arguments to `atoll up`.
     pub args: Vec<String>,
     /// Extra environment of `atoll up` (e.g. `ATOLL_CRASH_AT`); see
@@ -119,6 +122,7 @@ impl AtollInstance {
             socket: data_dir.join("docker.sock"),
             log_path: data_dir.join("atoll-test.log"),
             data_dir,
+            command: opts.command.unwrap_or_else(|| "up".into()),
             extra_args: opts.args,
             extra_env: opts.env,
             docker_config,
@@ -138,7 +142,7 @@ impl AtollInstance {
             .try_clone()
             .unwrap_or_else(|e| panic!("cloning the log handle: {e}"));
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("up")
+        cmd.arg(&self.command)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--docker-socket")
