@@ -81,7 +81,14 @@ fn a_three_server_datacenter() {
     let data_dir = a.data_dir().canonicalize().unwrap();
     let links = underlay_links(&data_dir);
     assert_eq!(links.len(), 4, "bridge and 3 veths: {links:?}");
-    a.load_busybox();
+    // Images come from the registry once per datacenter (the head pulls;
+    // servers fetch layers from the head).
+    let reg = testkit::Registry::start();
+    let image = reg.push_archive(&testkit::test_images().busybox.path, "test/busybox:1");
+    a.docker_ok(&["pull", &image]);
+    let downloads = reg.blob_downloads();
+    assert!(downloads >= 2, "config and layers: {downloads}");
+    a.docker_ok(&["tag", &image, "busybox"]);
 
     // Spread: three containers, three servers.
     for n in ["dc1", "dc2", "dc3"] {
@@ -101,6 +108,11 @@ fn a_three_server_datacenter() {
         .map(|n| server_of(&a, n))
         .collect();
     assert_eq!(placed.len(), 3, "spread over every server: {placed:?}");
+    assert_eq!(
+        reg.blob_downloads(),
+        downloads,
+        "servers starting the image did not touch the registry"
+    );
 
     // Affinity across servers. (The docker CLI keeps one `-e` per key, so two
     // rules on containers go in the label.)

@@ -56,7 +56,7 @@ impl Registry {
             &config,
             format!(
                 "version: 0.1\n\
-                 log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                 log:\n  level: warn\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
                  http:\n  addr: 127.0.0.1:{}\n",
                 storage.display(),
@@ -109,6 +109,16 @@ impl Registry {
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("registry.log")
+    }
+
+    /// How many blobs (layers, configs) were downloaded from it so far, by
+    /// anyone: the access log's `GET /v2/…/blobs/…` lines.
+    pub fn blob_downloads(&self) -> usize {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
+            .count()
     }
 
     /// The port it listens on (127.0.0.1).
