@@ -135,7 +135,7 @@ def side_by_side(prefix, atoll_args=()):
     had_docker0 = os.path.exists("/sys/class/net/docker0")
     procs = []
     try:
-        a = subprocess.Popen([atoll, "up", *atoll_args, "--data-dir", a_data, "--docker-socket", a_sock],
+        a = subprocess.Popen([atoll, "up", "--tls-listen", "127.0.0.1:0", *atoll_args, "--data-dir", a_data, "--docker-socket", a_sock],
                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "atoll.log"), "w"))
         procs.append(a)
         d = subprocess.Popen(["dockerd", "--host", f"unix://{d_sock}", "--data-root", d_root,

@@ -154,7 +154,9 @@ class Atoll:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(self.bin), "up", "--data-dir", str(self.data_dir),
-                 "--docker-socket", str(self.socket), *self.extra_args],
+                 "--docker-socket", str(self.socket),
+                 # any free port for the TLS API: tests run beside other instances
+                 "--tls-listen", "127.0.0.1:0", *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, preexec_fn=_pdeathsig,
             )
@@ -182,6 +184,25 @@ class Atoll:
         if self._client is None:
             self._client = docker.DockerClient(base_url=self.base_url, timeout=120)
         return self._client
+
+    def operator(self, *args):
+        """Runs an `atoll` operator command against this instance; its stdout."""
+        out = subprocess.run([str(self.bin), *args, "--data-dir", str(self.data_dir)],
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError("atoll %s: %s" % (" ".join(args), out.stderr))
+        return out.stdout
+
+    def tenant_client(self, account, cert_dir):
+        """A docker-py client over TLS as `account` (created, with a new
+        certificate written to `cert_dir`)."""
+        self.operator("account", "create", account)
+        self.operator("account", "cert", account, "--out", str(cert_dir))
+        addr = (self.data_dir / "head" / "docker-tls.addr").read_text().strip()
+        tls = docker.tls.TLSConfig(
+            client_cert=(str(cert_dir / "cert.pem"), str(cert_dir / "key.pem")),
+            ca_cert=str(cert_dir / "ca.pem"), verify=True)
+        return docker.DockerClient(base_url="https://%s" % addr, tls=tls, timeout=120)
 
     def api_client(self):
         """A low-level docker.APIClient for raw calls."""

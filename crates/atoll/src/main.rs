@@ -1,6 +1,7 @@
 //! The single `atoll` binary: `up` (head + local agent), `head`, `agent`, `shim`,
 //! `reset`. Wiring only; the logic lives in the crates.
 
+mod accounts;
 mod instance;
 mod nodes;
 mod operator;
@@ -38,6 +39,8 @@ enum Cmd {
         /// network and remote operators (with --nodes: on the underlay bridge).
         #[arg(long)]
         cluster_listen: Option<String>,
+        #[command(flatten)]
+        tls: up::TlsArgs,
     },
     /// Run a head alone: servers join it with `atoll agent --head` over the network.
     Head {
@@ -49,6 +52,8 @@ enum Cmd {
         /// them back over mutual TLS; operators with a certificate connect here.
         #[arg(long, default_value = "0.0.0.0:7071")]
         cluster_listen: String,
+        #[command(flatten)]
+        tls: up::TlsArgs,
     },
     /// Run one server's agent in the foreground.
     Agent {
@@ -111,6 +116,14 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Tenant accounts and their certificates: ls, create, disable, enable,
+    /// limit, rm, cert, certs, revoke (operator).
+    Account {
+        #[command(flatten)]
+        target: operator::Target,
+        #[command(subcommand)]
+        cmd: accounts::AccountCmd,
+    },
     /// Where containers run, every account (operator).
     Container {
         #[command(flatten)]
@@ -167,11 +180,13 @@ fn main() -> std::process::ExitCode {
                 docker_socket,
                 nodes,
                 cluster_listen,
+                tls,
             } => {
                 up::run(up::HeadOptions {
                     data_dir,
                     docker_socket,
                     cluster_listen,
+                    tls,
                     servers: if nodes == 0 {
                         up::Servers::Local
                     } else {
@@ -184,11 +199,13 @@ fn main() -> std::process::ExitCode {
                 data_dir,
                 docker_socket,
                 cluster_listen,
+                tls,
             } => {
                 up::run(up::HeadOptions {
                     data_dir,
                     docker_socket,
                     cluster_listen: Some(cluster_listen),
+                    tls,
                     servers: up::Servers::Remote,
                 })
                 .await
@@ -217,6 +234,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Container { target, cmd } => operator::container(&target, cmd).await,
             Cmd::Placement { target, strategy } => operator::placement(&target, strategy).await,
             Cmd::Cert { target, name, out } => operator::cert(&target, &name, &out).await,
+            Cmd::Account { target, cmd } => accounts::account(&target, cmd).await,
         }
     });
     match res {

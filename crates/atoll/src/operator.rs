@@ -340,17 +340,17 @@ async fn put(c: &Client, p: &Package) -> Result<Package> {
 }
 
 /// A name as one URL path segment (the head validates it).
-fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-fn str_of(v: &Value) -> String {
+pub(crate) fn str_of(v: &Value) -> String {
     v.as_str()
         .map(str::to_string)
         .unwrap_or_else(|| v.to_string())
 }
 
-fn size(v: &Value) -> String {
+pub(crate) fn size(v: &Value) -> String {
     v.as_u64()
         .map(placement::human)
         .unwrap_or_else(|| "-".into())
@@ -421,7 +421,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok((n * mult as f64) as u64)
 }
 
-fn print_table(rows: &[Vec<String>]) {
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|i| {
@@ -442,13 +442,13 @@ fn print_table(rows: &[Vec<String>]) {
 }
 
 /// One request per connection, to the operator socket or a remote cluster port.
-struct Client {
+pub(crate) struct Client {
     inner: agent_client::AgentClient,
     place: String,
 }
 
 impl Client {
-    fn new(t: &Target) -> Result<Client> {
+    pub(crate) fn new(t: &Target) -> Result<Client> {
         if let Some(head) = &t.head {
             let Some(dir) = &t.cert_dir else {
                 bail!(
@@ -477,7 +477,12 @@ impl Client {
         })
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Value> {
         let body = Full::new(Bytes::from(body.unwrap_or_default()))
             .map_err(|never| match never {})
             .boxed();

@@ -10,10 +10,24 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::instance::Instance;
 
+/// The Docker API over TLS, for tenants (and operators) with certificates.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// Serve the Docker API over TLS on ADDR:PORT (`none`: do not; port 0: any
+    /// free port, written to `<data>/head/docker-tls.addr`).
+    #[arg(long, default_value = "127.0.0.1:2376")]
+    pub tls_listen: String,
+    /// More names or addresses clients use to reach the API (repeat); the
+    /// certificate always has localhost, 127.0.0.1 and this host's name.
+    #[arg(long = "tls-san")]
+    pub tls_sans: Vec<String>,
+}
+
 /// What a head process runs beside the head itself.
 pub struct HeadOptions {
     pub data_dir: PathBuf,
     pub docker_socket: PathBuf,
+    pub tls: TlsArgs,
     /// The cluster port (`ADDR:PORT`): agents join and the head's operator API is
     /// served there over TLS. `atoll up --nodes` puts it on the underlay bridge.
     pub cluster_listen: Option<String>,
@@ -139,6 +153,11 @@ pub async fn run(o: HeadOptions) -> Result<()> {
         _ => {}
     }
 
+    let tls_task =
+        match serve_docker_tls(&inst, &o.tls, &ca, &cluster, stopped(stop_rx.clone())).await? {
+            Some(t) => t,
+            None => tokio::spawn(std::future::pending()),
+        };
     let operator_task = tokio::spawn({
         let sock = inst.operator_socket();
         let shutdown = stopped(stop_rx.clone());
@@ -174,6 +193,7 @@ pub async fn run(o: HeadOptions) -> Result<()> {
         r = head_task => ended("Docker API server")(r),
         r = operator_task => ended("operator API server")(r),
         r = cluster_port => ended("cluster port")(r),
+        r = tls_task => ended("Docker API TLS server")(r),
     };
     tracing::info!("stopping (containers keep running)");
     let _ = stop_tx.send(true);
@@ -187,6 +207,48 @@ pub async fn run(o: HeadOptions) -> Result<()> {
         }
     }
     res
+}
+
+type ServeTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Starts the Docker API over TLS, if asked: a certificate for the names
+/// clients use (issued at every start), the port written where tests and
+/// scripts find it.
+async fn serve_docker_tls(
+    inst: &Instance,
+    tls: &TlsArgs,
+    ca: &pki::Ca,
+    cluster: &Arc<Cluster>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Option<ServeTask>> {
+    if tls.tls_listen == "none" {
+        return Ok(None);
+    }
+    let tcp = tokio::net::TcpListener::bind(&tls.tls_listen)
+        .await
+        .with_context(|| format!("--tls-listen {}", tls.tls_listen))?;
+    let local = tcp.local_addr()?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(h) = nix::unistd::gethostname() {
+        names.push(h.to_string_lossy().into_owned());
+    }
+    if !local.ip().is_unspecified() {
+        names.push(local.ip().to_string());
+    }
+    names.extend(tls.tls_sans.iter().cloned());
+    names.sort();
+    names.dedup();
+    let creds = ca
+        .issue_with_key(pki::Role::Head, "docker-api", &names)
+        .context("issuing the Docker API's certificate")?;
+    let addr_file = inst.head_dir().join("docker-tls.addr");
+    std::fs::write(&addr_file, local.to_string())
+        .with_context(|| format!("writing {}", addr_file.display()))?;
+    tracing::info!("Docker API over TLS on {local} (client certificates: atoll account cert)");
+    let cluster = cluster.clone();
+    Ok(Some(tokio::spawn(async move {
+        docker_api::serve_tls(tcp, cluster, &creds, shutdown).await
+    })))
 }
 
 /// How `atoll agent` finds its head and names its server.

@@ -40,6 +40,8 @@ pub struct Cluster {
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     pub(crate) changes: broadcast::Sender<Change>,
     pub(crate) events: crate::events::EventLog,
+    /// Recent answers of `authenticate`, by certificate serial.
+    pub(crate) auth_cache: StdMutex<HashMap<String, (std::time::Instant, Result<String, String>)>>,
     /// Exec instances (in memory, as Docker keeps them).
     pub(crate) execs: StdMutex<HashMap<String, crate::exec::ExecRecord>>,
     pub name: String,
@@ -62,6 +64,7 @@ impl Cluster {
             locks: StdMutex::new(HashMap::new()),
             changes,
             execs: StdMutex::new(HashMap::new()),
+            auth_cache: StdMutex::new(HashMap::new()),
             events: crate::events::EventLog::default(),
             name: name.to_string(),
         }))

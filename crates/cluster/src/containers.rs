@@ -134,6 +134,9 @@ impl Cluster {
         planned.spec.layers = image.layers.iter().map(|l| l.layer_ref()).collect();
         let (node, package, reservation) =
             self.place_container(account, &rules, &mut planned).await?;
+        let _limits = self
+            .check_account_limits(account, reservation.memory)
+            .await?;
         let (mounts, anonymous_volumes) = self.resolve_mounts(account, &node.id, &planned).await?;
         planned.spec.mounts = mounts;
 

@@ -1,6 +1,7 @@
 //! The head's domain: accounts' containers and images, their commands, the `Store`
 //! trait, and the link to agents. No HTTP here: `docker-api` translates.
 
+pub mod accounts;
 pub mod cluster;
 pub mod commit;
 pub mod containers;

@@ -209,3 +209,42 @@ pub struct VolumeRecord {
     /// Made for a container (image `VOLUME`, `-v /path`), not by name.
     pub anonymous: bool,
 }
+
+/// A tenant account. Its name is the CN of its certificates.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccountRecord {
+    pub name: String,
+    pub created: DateTime<Utc>,
+    /// A disabled account's certificates are refused; its containers keep running.
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub limits: AccountLimits,
+}
+
+/// What one account may hold at most (none: no limit beyond the servers').
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccountLimits {
+    /// Containers, in any state.
+    #[serde(default)]
+    pub containers: Option<u64>,
+    /// The sum of its containers' package memory.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+}
+
+/// A certificate the cluster CA issued to an account or an operator; a revoked
+/// one is refused (checked on every request, whatever its expiry).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CertificateRecord {
+    /// Hex, as `pki::Identity::serial`.
+    pub serial: String,
+    /// The account (or operator name) it names.
+    pub holder: String,
+    /// `account` or `operator`.
+    pub role: String,
+    pub issued: DateTime<Utc>,
+    pub expires: DateTime<Utc>,
+    #[serde(default)]
+    pub revoked: Option<DateTime<Utc>>,
+}

@@ -5,7 +5,10 @@
 use async_trait::async_trait;
 
 use crate::error::StoreError;
-use crate::model::{ContainerRecord, ImageRecord, NodeRecord, TagRecord, VolumeRecord};
+use crate::model::{
+    AccountRecord, CertificateRecord, ContainerRecord, ImageRecord, NodeRecord, TagRecord,
+    VolumeRecord,
+};
 pub use placement::Package;
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -71,6 +74,20 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the token if it exists and has not expired at `now`: whether it did.
     /// One statement, so two agents racing with one token cannot both win.
     async fn take_join_token(&self, hash: &str, now: i64) -> StoreResult<bool>;
+
+    // accounts and the certificates issued to them (operator objects)
+    /// Creates the account; `Conflict("account")` if the name is taken.
+    async fn insert_account(&self, a: &AccountRecord) -> StoreResult<()>;
+    async fn update_account(&self, a: &AccountRecord) -> StoreResult<()>;
+    async fn get_account(&self, name: &str) -> StoreResult<Option<AccountRecord>>;
+    async fn list_accounts(&self) -> StoreResult<Vec<AccountRecord>>;
+    /// Deletes the account and its certificate records.
+    async fn delete_account(&self, name: &str) -> StoreResult<()>;
+    async fn put_certificate(&self, c: &CertificateRecord) -> StoreResult<()>;
+    async fn get_certificate(&self, serial: &str) -> StoreResult<Option<CertificateRecord>>;
+    async fn list_certificates(&self, holder: &str) -> StoreResult<Vec<CertificateRecord>>;
+    /// How many containers an account has, and the sum of their reservations' memory.
+    async fn account_usage(&self, account: &str) -> StoreResult<(u64, u64)>;
 }
 
 /// The sum of the reservations of the containers on one server.

@@ -33,8 +33,8 @@ pub use error::{ApiError, ApiResult};
 pub const API_VERSION: &str = "1.50";
 pub const MIN_API_VERSION: &str = "1.24";
 
-/// Who is calling. The unix socket is the operator's; TLS client certificates name
-/// tenants (a later step).
+/// Who is calling. The unix socket is the operator's; over TLS, the client
+/// certificate names the account ([`serve_tls`]).
 #[derive(Debug, Clone)]
 pub struct Account(pub String);
 
@@ -80,7 +80,46 @@ async fn not_found() -> ApiError {
 
 /// The whole API for callers acting as `account`.
 pub fn router(cluster: Arc<Cluster>, account: &str) -> Router {
-    let account = Account(account.to_string());
+    routes(cluster).layer(axum::Extension(Account(account.to_string())))
+}
+
+/// The whole API for callers over TLS: each acts as the account its client
+/// certificate names (checked on every request: revoked certificates and
+/// disabled accounts get 401).
+pub fn tls_router(cluster: Arc<Cluster>) -> Router {
+    routes(cluster.clone()).layer(middleware::from_fn_with_state(
+        cluster,
+        account_of_certificate,
+    ))
+}
+
+async fn account_of_certificate(
+    axum::extract::State(cluster): axum::extract::State<Arc<Cluster>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    let id = req
+        .extensions()
+        .get::<agent_client::serve::Remote>()
+        .and_then(|r| r.certificate.as_deref())
+        .and_then(pki::identify);
+    let Some(id) = id else {
+        return ApiError(cluster::Error::Unauthorized(
+            "a client certificate of this cluster is required".into(),
+        ))
+        .into_response();
+    };
+    match cluster.authenticate(&id).await {
+        Ok(account) => {
+            req.extensions_mut().insert(Account(account));
+            next.run(req).await
+        }
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+fn routes(cluster: Arc<Cluster>) -> Router {
     Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
@@ -135,7 +174,6 @@ pub fn router(cluster: Arc<Cluster>, account: &str) -> Router {
         .route("/images/{*rest}", any(images::dispatch))
         .fallback(not_found)
         .layer(middleware::from_fn(docker_headers))
-        .layer(axum::Extension(account))
         .with_state(AppState { cluster })
 }
 
@@ -147,7 +185,28 @@ pub async fn serve_unix(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = agent_client::serve::bind_unix(path)?;
-    let app = router(cluster, account);
+    serve(listener, router(cluster, account), shutdown).await
+}
+
+/// Serves the API over TLS on `tcp` with the head's API certificate `creds`:
+/// clients must show a certificate from the cluster CA ([`tls_router`]).
+pub async fn serve_tls(
+    tcp: tokio::net::TcpListener,
+    cluster: Arc<Cluster>,
+    creds: &pki::Credentials,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let config =
+        pki::server_config(creds, pki::ClientAuth::Required).map_err(std::io::Error::other)?;
+    let listener = agent_client::serve::TlsListener::new(tcp, config, |_| true);
+    serve(listener, tls_router(cluster), shutdown).await
+}
+
+async fn serve(
+    listener: impl agent_client::serve::Accept,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = tower::ServiceExt::map_request(app, |req: http::Request<hyper::body::Incoming>| {
         strip_version(req.map(axum::body::Body::new))
     });

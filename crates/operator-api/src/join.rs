@@ -18,36 +18,44 @@ use docker_api::{ApiError, ApiResult};
 use pki::{Ca, Role};
 use serde::{Deserialize, Serialize};
 
-struct Pki {
-    cluster: Arc<Cluster>,
-    ca: Arc<Ca>,
+pub(crate) struct Pki {
+    pub cluster: Arc<Cluster>,
+    pub ca: Arc<Ca>,
 }
 
-pub(crate) fn routes(cluster: Arc<Cluster>, ca: Arc<Ca>) -> Router {
+pub(crate) fn routes(pki: Arc<Pki>) -> Router {
     Router::new()
         .route("/v1/ca", get(ca_certificate))
         .route("/v1/join", post(join))
         .route("/v1/join-tokens", post(new_join_token))
         .route("/v1/certificates", post(new_operator_certificate))
-        .with_state(Arc::new(Pki { cluster, ca }))
+        .with_state(pki)
 }
 
 /// The routes a caller without a certificate may use (a joining agent).
 const OPEN_ROUTES: [&str; 2] = ["/v1/ca", "/v1/join"];
 
 /// Over TLS, everything but [`OPEN_ROUTES`] needs an operator certificate of
-/// this cluster (the TLS layer verified it against the CA). On the unix socket
-/// (no [`Remote`]) the caller is root.
-pub(crate) async fn authorize(req: Request, next: Next) -> Response {
+/// this cluster: verified against the CA by the TLS layer, on record and not
+/// revoked. On the unix socket (no [`Remote`]) the caller is root.
+pub(crate) async fn authorize(State(p): State<Arc<Pki>>, req: Request, next: Next) -> Response {
     if let Some(remote) = req.extensions().get::<Remote>()
         && !OPEN_ROUTES.contains(&req.uri().path())
     {
-        let who = remote.certificate.as_deref().and_then(pki::identify);
-        if !matches!(who, Some(ref id) if id.role == Role::Operator) {
-            return ApiError(Error::Unauthorized(
+        let refused = || {
+            ApiError(Error::Unauthorized(
                 "this needs an operator certificate of this cluster".into(),
             ))
-            .into_response();
+            .into_response()
+        };
+        let Some(id) = remote.certificate.as_deref().and_then(pki::identify) else {
+            return refused();
+        };
+        if id.role != Role::Operator {
+            return refused();
+        }
+        if let Err(e) = p.cluster.authenticate(&id).await {
+            return ApiError(e).into_response();
         }
     }
     next.run(req).await
@@ -136,6 +144,8 @@ async fn new_join_token(State(p): State<Arc<Pki>>, body: Bytes) -> ApiResult<Jso
 #[derive(Deserialize)]
 struct CertificateRequest {
     name: String,
+    /// Days; a year if absent.
+    days: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -143,6 +153,53 @@ pub struct CertificateResponse {
     pub ca: String,
     pub cert: String,
     pub key: String,
+    pub serial: String,
+    pub expires: String,
+}
+
+/// How long certificates for people and programs last unless asked otherwise.
+pub(crate) const DEFAULT_DAYS: i64 = 365;
+
+impl Pki {
+    /// Issues a certificate and key for `name` in `role`, and records it.
+    pub(crate) async fn issue(
+        &self,
+        role: Role,
+        name: &str,
+        days: Option<i64>,
+    ) -> ApiResult<CertificateResponse> {
+        let c = self
+            .ca
+            .issue_with_key_for_days(role, name, &[], days.unwrap_or(DEFAULT_DAYS))
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+        let id = c
+            .identity()
+            .map_err(|e| ApiError(Error::internal("reading an issued certificate", e)))?;
+        let expires = chrono::DateTime::from_timestamp(id.not_after, 0).unwrap_or_default();
+        self.cluster
+            .record_certificate(&cluster::model::CertificateRecord {
+                serial: id.serial.clone(),
+                holder: name.to_string(),
+                role: if role == Role::Operator {
+                    "operator"
+                } else {
+                    "account"
+                }
+                .into(),
+                issued: chrono::Utc::now(),
+                expires,
+                revoked: None,
+            })
+            .await?;
+        tracing::info!("issued certificate {} for {name}", id.serial);
+        Ok(CertificateResponse {
+            ca: c.ca_pem,
+            cert: c.cert_pem,
+            key: c.key_pem,
+            serial: id.serial,
+            expires: expires.to_rfc3339(),
+        })
+    }
 }
 
 /// A certificate and key for an operator working from another machine.
@@ -152,13 +209,5 @@ async fn new_operator_certificate(
 ) -> ApiResult<Json<CertificateResponse>> {
     let req: CertificateRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("bad request: {e}")))?;
-    let c =
-        p.ca.issue_with_key(Role::Operator, &req.name, &[])
-            .map_err(|e| ApiError::bad(e.to_string()))?;
-    tracing::info!("issued an operator certificate for {}", req.name);
-    Ok(Json(CertificateResponse {
-        ca: c.ca_pem,
-        cert: c.cert_pem,
-        key: c.key_pem,
-    }))
+    Ok(Json(p.issue(Role::Operator, &req.name, req.days).await?))
 }

@@ -9,6 +9,7 @@
 //! a caller must show an operator certificate, except for the two routes of
 //! joining agents (`GET /v1/ca`, `POST /v1/join`), which a join token guards.
 
+mod accounts;
 mod join;
 
 pub use join::{CertificateResponse, TokenResponse};
@@ -29,9 +30,14 @@ use placement::Package;
 
 /// The operator API and the join routes. `ca` signs agents' and operators' certificates.
 pub fn router(cluster: Arc<Cluster>, ca: Arc<pki::Ca>) -> Router {
-    operator_routes(cluster.clone())
-        .merge(join::routes(cluster, ca))
-        .layer(axum::middleware::from_fn(join::authorize))
+    let pki = Arc::new(join::Pki {
+        cluster: cluster.clone(),
+        ca,
+    });
+    operator_routes(cluster)
+        .merge(join::routes(pki.clone()))
+        .merge(accounts::routes(pki.clone()))
+        .layer(axum::middleware::from_fn_with_state(pki, join::authorize))
 }
 
 fn operator_routes(cluster: Arc<Cluster>) -> Router {

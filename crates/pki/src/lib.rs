@@ -103,6 +103,8 @@ pub struct Identity {
     pub name: String,
     /// Hex, for revocation lists.
     pub serial: String,
+    /// Seconds since the epoch.
+    pub not_after: i64,
 }
 
 /// Reads the holder out of a certificate (DER). `None` for a certificate that is
@@ -125,6 +127,7 @@ pub fn identify(der: &[u8]) -> Option<Identity> {
         role,
         name,
         serial: hex::encode(cert.raw_serial()),
+        not_after: cert.validity().not_after.timestamp(),
     })
 }
 
@@ -188,7 +191,7 @@ impl Ca {
         &self.fingerprint
     }
 
-    /// Issues a certificate for `public_key`.
+    /// Issues a certificate for `public_key`, valid for [`LEAF_DAYS`].
     pub fn issue(
         &self,
         role: Role,
@@ -196,6 +199,23 @@ impl Ca {
         dns_names: &[String],
         public_key: &impl PublicKeyData,
     ) -> Result<String> {
+        self.issue_for_days(role, name, dns_names, public_key, LEAF_DAYS)
+    }
+
+    /// Issues a certificate for `public_key`, valid for `days`.
+    pub fn issue_for_days(
+        &self,
+        role: Role,
+        name: &str,
+        dns_names: &[String],
+        public_key: &impl PublicKeyData,
+        days: i64,
+    ) -> Result<String> {
+        if !(1..=LEAF_DAYS).contains(&days) {
+            return Err(PkiError::Invalid(format!(
+                "a certificate lasts 1 to {LEAF_DAYS} days"
+            )));
+        }
         check_name(name)?;
         let mut params = CertificateParams::new(dns_names.to_vec())?;
         params.distinguished_name = subject(role, name);
@@ -208,7 +228,7 @@ impl Ca {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, LEAF_DAYS);
+        validity(&mut params, days);
         Ok(params.signed_by(public_key, &self.issuer)?.pem())
     }
 
@@ -220,8 +240,19 @@ impl Ca {
         name: &str,
         dns_names: &[String],
     ) -> Result<Credentials> {
+        self.issue_with_key_for_days(role, name, dns_names, LEAF_DAYS)
+    }
+
+    /// [`issue_with_key`](Self::issue_with_key), valid for `days`.
+    pub fn issue_with_key_for_days(
+        &self,
+        role: Role,
+        name: &str,
+        dns_names: &[String],
+        days: i64,
+    ) -> Result<Credentials> {
         let key = KeyPair::generate()?;
-        let cert_pem = self.issue(role, name, dns_names, &key)?;
+        let cert_pem = self.issue_for_days(role, name, dns_names, &key, days)?;
         Ok(Credentials {
             ca_pem: self.cert_pem.clone(),
             cert_pem,

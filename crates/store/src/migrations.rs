@@ -73,4 +73,17 @@ pub const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     "#,
+    // 6: tenant accounts and the certificates issued to them.
+    r#"
+    CREATE TABLE accounts (
+        name TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE certificates (
+        serial TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX certificates_holder ON certificates (holder);
+    "#,
 ];

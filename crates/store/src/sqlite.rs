@@ -5,7 +5,10 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use cluster::StoreError;
-use cluster::model::{ContainerRecord, ImageRecord, NodeRecord, TagRecord, VolumeRecord};
+use cluster::model::{
+    AccountRecord, CertificateRecord, ContainerRecord, ImageRecord, NodeRecord, TagRecord,
+    VolumeRecord,
+};
 use cluster::store::{NodeAllocation, Package, Store, StoreResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -29,6 +32,8 @@ fn backend(e: sqlx::Error) -> StoreError {
             "name"
         } else if msg.contains("containers.ip") || msg.contains("containers.node") {
             "ip"
+        } else if msg.contains("accounts.name") {
+            "account"
         } else {
             "unique"
         };
@@ -512,6 +517,99 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn insert_account(&self, a: &AccountRecord) -> StoreResult<()> {
+        sqlx::query("INSERT INTO accounts (name, data) VALUES (?, ?)")
+            .bind(&a.name)
+            .bind(to_json(a)?)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn update_account(&self, a: &AccountRecord) -> StoreResult<()> {
+        let r = sqlx::query("UPDATE accounts SET data = ? WHERE name = ?")
+            .bind(to_json(a)?)
+            .bind(&a.name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn get_account(&self, name: &str) -> StoreResult<Option<AccountRecord>> {
+        Ok(self
+            .rows("SELECT data FROM accounts WHERE name = ?", &[name])
+            .await?
+            .pop())
+    }
+
+    async fn list_accounts(&self) -> StoreResult<Vec<AccountRecord>> {
+        self.rows("SELECT data FROM accounts ORDER BY name", &[])
+            .await
+    }
+
+    async fn delete_account(&self, name: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let r = sqlx::query("DELETE FROM accounts WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query("DELETE FROM certificates WHERE holder = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn put_certificate(&self, c: &CertificateRecord) -> StoreResult<()> {
+        sqlx::query("INSERT INTO certificates (serial, holder, data) VALUES (?, ?, ?) ON CONFLICT (serial) DO UPDATE SET data = excluded.data")
+            .bind(&c.serial)
+            .bind(&c.holder)
+            .bind(to_json(c)?)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_certificate(&self, serial: &str) -> StoreResult<Option<CertificateRecord>> {
+        Ok(self
+            .rows("SELECT data FROM certificates WHERE serial = ?", &[serial])
+            .await?
+            .pop())
+    }
+
+    async fn list_certificates(&self, holder: &str) -> StoreResult<Vec<CertificateRecord>> {
+        self.rows(
+            "SELECT data FROM certificates WHERE holder = ? ORDER BY serial",
+            &[holder],
+        )
+        .await
+    }
+
+    async fn account_usage(&self, account: &str) -> StoreResult<(u64, u64)> {
+        let r = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(memory), 0) FROM containers WHERE account = ?",
+        )
+        .bind(account)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok((
+            r.get::<i64, _>(0).max(0) as u64,
+            r.get::<i64, _>(1).max(0) as u64,
+        ))
     }
 
     async fn delete_package(&self, name: &str) -> StoreResult<()> {

@@ -152,6 +152,10 @@ impl AtollInstance {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
+        if !self.extra_args.iter().any(|a| a == "--tls-listen") {
+            // Tests run side by side: any free port (see `tls_address`).
+            cmd.args(["--tls-listen", "127.0.0.1:0"]);
+        }
         if std::env::var_os("ATOLL_LOG").is_none() {
             cmd.env("ATOLL_LOG", "info");
         }
@@ -260,6 +264,30 @@ impl AtollInstance {
         });
         http::unix_request(&self.socket, method, path, body, DOCKER_TIMEOUT)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// `ADDR:PORT` of the Docker API over TLS (as atoll wrote it).
+    pub fn tls_address(&self) -> String {
+        let f = self.data_dir.join("head/docker-tls.addr");
+        std::fs::read_to_string(&f)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", f.display()))
+            .trim()
+            .to_string()
+    }
+
+    /// A new account `name` with a client certificate, to drive the Docker
+    /// API over TLS as that tenant.
+    pub fn tenant(&self, name: &str) -> crate::Tenant {
+        self.operator_ok(&["account", "create", name]);
+        let tenant = crate::Tenant::new(name, &self.tls_address());
+        self.operator_ok(&[
+            "account",
+            "cert",
+            name,
+            "--out",
+            tenant.cert_dir().to_str().expect("a UTF-8 path"),
+        ]);
+        tenant
     }
 
     fn docker_command(&self, args: &[&str]) -> Command {

@@ -6,10 +6,12 @@
 pub mod http;
 pub mod instance;
 pub mod registry;
+pub mod tenant;
 pub mod testimages;
 pub mod wait;
 
 pub use instance::{AtollInstance, StartOptions, atoll_bin, docker_cli};
 pub use registry::Registry;
+pub use tenant::Tenant;
 pub use testimages::{ImageFacts, TestImages, sha256_hex, test_images};
 pub use wait::{try_wait_for_some, wait_for, wait_for_some};

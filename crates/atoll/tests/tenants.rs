@@ -1,0 +1,260 @@
+//! Tenants over TLS: accounts and their client certificates (`atoll account …`),
+//! the Docker API on the TLS port, driven by the real docker CLI as each tenant.
+//! Two tenants use the same names and never see each other's objects; revoked
+//! certificates and disabled accounts are refused; limits hold.
+
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::{AtollInstance, Tenant, test_images};
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn load_busybox(t: &Tenant) {
+    let path = test_images().busybox.path.to_string_lossy().into_owned();
+    t.docker_ok(&["load", "-i", &path]);
+}
+
+/// `curl` against the TLS port with optional client credentials; whether it
+/// got an HTTP answer, and the answer.
+fn curl(
+    a: &AtollInstance,
+    ca: &std::path::Path,
+    client: Option<&std::path::Path>,
+) -> (bool, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-m", "10", "--cacert"]).arg(ca);
+    if let Some(dir) = client {
+        cmd.arg("--cert")
+            .arg(dir.join("cert.pem"))
+            .arg("--key")
+            .arg(dir.join("key.pem"));
+    }
+    let out = cmd
+        .arg(format!("https://{}/_ping", a.tls_address()))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn two_tenants_share_names_and_see_only_their_own() {
+    let a = AtollInstance::start();
+    let alice = a.tenant("alice");
+    let bob = a.tenant("bob");
+    for t in [&alice, &bob] {
+        load_busybox(t);
+        t.docker_ok(&["tag", "busybox", "app:1"]);
+        t.docker_ok(&["volume", "create", "data"]);
+        t.docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-v",
+            "data:/data",
+            "app:1",
+            "sh",
+            "-c",
+            &format!(
+                "echo {} > /data/owner; echo I am {}; sleep 600",
+                t.name, t.name
+            ),
+        ]);
+    }
+    let alice_id = alice.docker_ok(&["inspect", "-f", "{{.Id}}", "web"]);
+    let bob_id = bob.docker_ok(&["inspect", "-f", "{{.Id}}", "web"]);
+    assert_ne!(alice_id, bob_id);
+    assert_eq!(alice.docker_ok(&["ps", "-q", "--no-trunc"]), alice_id);
+    assert_eq!(bob.docker_ok(&["ps", "-q", "--no-trunc"]), bob_id);
+    assert_eq!(
+        alice.docker_ok(&["exec", "web", "cat", "/data/owner"]),
+        "alice"
+    );
+    assert_eq!(bob.docker_ok(&["exec", "web", "cat", "/data/owner"]), "bob");
+    testkit::wait_for(
+        || alice.docker_ok(&["logs", "web"]) == "I am alice",
+        Duration::from_secs(10),
+        "alice's log",
+    );
+    assert_eq!(
+        json(&alice.docker_ok(&["info", "--format", "{{json .Containers}}"])),
+        serde_json::json!(1)
+    );
+
+    // Bob names alice's container by full id and by prefix: it does not exist for him.
+    for reference in [alice_id.as_str(), &alice_id[..12], &alice_id[..4]] {
+        if bob_id.starts_with(reference) {
+            continue; // a prefix both ids share would name bob's own
+        }
+        for args in [
+            vec!["container", "inspect", reference],
+            vec!["logs", reference],
+            vec!["exec", reference, "true"],
+            vec!["stop", reference],
+            vec!["rm", reference],
+        ] {
+            let err = bob.docker_err(&args);
+            assert!(
+                err.contains(&format!("No such container: {reference}")),
+                "bob {args:?}: {err}"
+            );
+            assert!(!err.contains("alice"), "{err}");
+        }
+        // `rm -f` of a missing container succeeds quietly in the docker CLI.
+        bob.docker_ok(&["rm", "-f", reference]);
+    }
+    assert!(
+        alice.docker_ok(&["ps", "-q"]).len() >= 12,
+        "alice's container survived bob's attempts"
+    );
+    // The unix socket is the operator's: it sees neither tenant's objects.
+    assert_eq!(a.docker_ok(&["ps", "-aq"]), "");
+    let placed = json(&a.operator_ok(&["container", "ls", "--json"]));
+    let accounts: std::collections::BTreeSet<&str> = placed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["account"].as_str().unwrap())
+        .collect();
+    assert_eq!(accounts, ["alice", "bob"].into_iter().collect());
+
+    // `docker context` with the same settings.
+    let ctx = format!(
+        "host={},ca={}/ca.pem,cert={}/cert.pem,key={}/key.pem",
+        alice.docker_host(),
+        alice.cert_dir().display(),
+        alice.cert_dir().display(),
+        alice.cert_dir().display()
+    );
+    alice.docker_ok(&["context", "create", "atoll-alice", "--docker", &ctx]);
+    let out = Command::new(testkit::docker_cli())
+        .args(["--context", "atoll-alice", "ps", "--format", "{{.Names}}"])
+        .env(
+            "DOCKER_CONFIG",
+            &alice
+                .env()
+                .iter()
+                .find(|(k, _)| k == "DOCKER_CONFIG")
+                .unwrap()
+                .1,
+        )
+        .env_remove("DOCKER_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "web");
+}
+
+#[test]
+fn certificates_are_checked_revoked_and_accounts_disabled() {
+    let a = AtollInstance::start();
+    let alice = a.tenant("alice");
+    let ca = alice.cert_dir().join("ca.pem");
+    // With a certificate: served. Without one, or with another CA's: not even a handshake.
+    let (ok, body) = curl(&a, &ca, Some(alice.cert_dir()));
+    assert!(ok && body == "OK", "{body}");
+    let (ok, _) = curl(&a, &ca, None);
+    assert!(!ok, "served without a client certificate");
+    let other = AtollInstance::start();
+    let mallory = other.tenant("alice"); // same name, another cluster's CA
+    let (ok, _) = curl(&a, &ca, Some(mallory.cert_dir()));
+    assert!(!ok, "served a certificate of another cluster");
+
+    // Operator commands: accounts, certificates, bad input.
+    let err = a.operator_err(&["account", "create", "alice"]);
+    assert!(err.contains("account alice exists already"), "{err}");
+    for bad in ["Alice", "_x", "operator", "a/b"] {
+        let err = a.operator_err(&["account", "create", bad]);
+        assert!(
+            err.contains("account name") || err.contains("operator's own"),
+            "{bad}: {err}"
+        );
+    }
+    let err = a.operator_err(&["account", "cert", "nobody", "--out", "/tmp/x-never"]);
+    assert!(err.contains("No such account: nobody"), "{err}");
+    assert!(!std::path::Path::new("/tmp/x-never").exists());
+    let certs = json(&a.operator_ok(&["account", "certs", "alice", "--json"]));
+    assert_eq!(certs.as_array().unwrap().len(), 1);
+    let serial = certs[0]["serial"].as_str().unwrap().to_string();
+
+    // Disabled: refused; enabled: served again.
+    a.operator_ok(&["account", "disable", "alice"]);
+    let err = alice.docker_err(&["ps"]);
+    assert!(err.contains("certificate refused"), "{err}");
+    a.operator_ok(&["account", "enable", "alice"]);
+    alice.docker_ok(&["ps"]);
+
+    // Revoked: refused at once, whatever its expiry; a new certificate works.
+    a.operator_ok(&["account", "revoke", &serial]);
+    let err = alice.docker_err(&["ps"]);
+    assert!(err.contains("certificate refused"), "{err}");
+    let certs = json(&a.operator_ok(&["account", "certs", "alice", "--json"]));
+    assert!(certs[0]["revoked"].is_string(), "{certs}");
+    let fresh = Tenant::new("alice", &a.tls_address());
+    a.operator_ok(&[
+        "account",
+        "cert",
+        "alice",
+        "--out",
+        fresh.cert_dir().to_str().unwrap(),
+    ]);
+    fresh.docker_ok(&["ps"]);
+
+    // An account that holds something is not deleted.
+    load_busybox(&fresh);
+    let err = a.operator_err(&["account", "rm", "alice"]);
+    assert!(err.contains("still holds"), "{err}");
+    fresh.docker_ok(&["rmi", "busybox"]);
+    a.operator_ok(&["account", "rm", "alice"]);
+    let err = fresh.docker_err(&["ps"]);
+    assert!(err.contains("certificate refused"), "{err}");
+}
+
+#[test]
+fn account_limits_hold() {
+    let a = AtollInstance::start();
+    let alice = a.tenant("alice");
+    load_busybox(&alice);
+    a.operator_ok(&["account", "limit", "alice", "--containers", "2"]);
+    alice.docker_ok(&["create", "--name", "c1", "busybox", "true"]);
+    alice.docker_ok(&["create", "--name", "c2", "busybox", "true"]);
+    let err = alice.docker_err(&["create", "--name", "c3", "busybox", "true"]);
+    assert!(
+        err.contains("account limit reached: at most 2 containers"),
+        "{err}"
+    );
+    assert!(
+        alice
+            .docker_err(&["container", "inspect", "c3"])
+            .contains("No such container")
+    );
+    // Memory: the packages' memory counts (the default package is 512 MB).
+    a.operator_ok(&[
+        "account",
+        "limit",
+        "alice",
+        "--containers",
+        "none",
+        "--memory",
+        "1536M",
+    ]);
+    alice.docker_ok(&["create", "--name", "c3", "busybox", "true"]);
+    let err = alice.docker_err(&["create", "-m", "1g", "busybox", "true"]);
+    assert!(err.contains("account limit reached"), "{err}");
+    alice.docker_ok(&["rm", "c1"]);
+    alice.docker_ok(&["create", "--name", "c4", "busybox", "true"]);
+    let ls = json(&a.operator_ok(&["account", "ls", "--json"]));
+    assert_eq!(ls[0]["containers"], 3);
+    assert_eq!(ls[0]["limits"]["memory_bytes"], 1536u64 << 20);
+    // Another account is not limited by alice's limits.
+    let bob = a.tenant("bob");
+    load_busybox(&bob);
+    for i in 0..4 {
+        bob.docker_ok(&["create", "--name", &format!("b{i}"), "busybox", "true"]);
+    }
+}
