@@ -17,6 +17,10 @@ use crate::model::{AccountLimits, AccountRecord, CertificateRecord, OPERATOR};
 /// and within this time on other heads.
 const AUTH_CACHE_TTL: Duration = Duration::from_secs(2);
 
+/// An answer of [`Cluster::authenticate`] and when it was given: the account,
+/// or the refusal the caller is shown.
+pub(crate) type CachedAuth = (Instant, Result<String, String>);
+
 /// An account as the operator sees it: the record and what it holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccountView {

@@ -41,7 +41,7 @@ pub struct Cluster {
     pub(crate) changes: broadcast::Sender<Change>,
     pub(crate) events: crate::events::EventLog,
     /// Recent answers of `authenticate`, by certificate serial.
-    pub(crate) auth_cache: StdMutex<HashMap<String, (std::time::Instant, Result<String, String>)>>,
+    pub(crate) auth_cache: StdMutex<HashMap<String, crate::accounts::CachedAuth>>,
     /// Exec instances (in memory, as Docker keeps them).
     pub(crate) execs: StdMutex<HashMap<String, crate::exec::ExecRecord>>,
     pub name: String,
