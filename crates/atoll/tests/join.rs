@@ -326,4 +326,23 @@ fn a_server_joins_with_a_one_time_token_and_serves_only_its_head() {
         "running"
     );
     head.docker_ok(&["rm", "-f", "far"]);
+
+    // A dead server is forgotten; a new machine may then join under its name.
+    a.stop();
+    wait_for(
+        || server_state(&head, "srv-a") == "down",
+        Duration::from_secs(15),
+        "srv-a down",
+    );
+    head.operator_ok(&["server", "forget", "srv-a"]);
+    assert_eq!(server_state(&head, "srv-a"), "absent");
+    let token3 = head.operator_ok(&["server", "token"]);
+    let mut c = Agent::new(&head_addr);
+    c.start("srv-a", Some(&token3));
+    wait_for(
+        || server_state(&head, "srv-a") == "up",
+        Duration::from_secs(30),
+        "the new srv-a up",
+    );
+    head.docker_ok(&["run", "--rm", "busybox", "true"]);
 }

@@ -32,7 +32,11 @@ pub struct Cluster {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) blobs: BlobStore,
     pub(crate) registry: images::registry::RegistryClient,
-    agents: StdMutex<HashMap<String, AgentClient>>,
+    /// The client of every followed server, with the serial of its follower
+    /// task (a server forgotten and joined again gets a new follower; the old
+    /// one sees its serial gone and ends).
+    agents: StdMutex<HashMap<String, (u64, AgentClient)>>,
+    followers: std::sync::atomic::AtomicU64,
     /// How the head shows itself to agents on TCP (mutual TLS, cluster CA).
     agent_tls: StdMutex<Option<Arc<rustls::ClientConfig>>>,
     /// Servers whose agent's event stream is open: the others are down.
@@ -59,6 +63,7 @@ impl Cluster {
             blobs,
             registry: images::registry::RegistryClient::new(Vec::new()),
             agents: StdMutex::new(HashMap::new()),
+            followers: Default::default(),
             agent_tls: StdMutex::new(None),
             connected: StdMutex::new(Default::default()),
             locks: StdMutex::new(HashMap::new()),
@@ -109,7 +114,7 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(node)
-            .cloned()
+            .map(|(_, c)| c.clone())
             .ok_or_else(|| Error::Upstream("the server of this container is not available".into()))
     }
 
@@ -170,17 +175,29 @@ impl Cluster {
 
     /// Starts following server `id` (once), whether or not it answers yet.
     pub(crate) fn follow(self: &Arc<Self>, id: &str, client: AgentClient) {
-        let fresh = self
-            .agents
+        let serial = {
+            let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+            if agents.contains_key(id) {
+                return;
+            }
+            let serial = self
+                .followers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            agents.insert(id.to_string(), (serial, client.clone()));
+            serial
+        };
+        let me = self.clone();
+        let node = id.to_string();
+        tokio::spawn(async move { me.follow_node(node, serial, client).await });
+    }
+
+    /// Whether `serial` is still the follower of `node`.
+    fn current_follower(&self, node: &str, serial: u64) -> bool {
+        self.agents
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), client.clone())
-            .is_none();
-        if fresh {
-            let me = self.clone();
-            let node = id.to_string();
-            tokio::spawn(async move { me.follow_node(node, client).await });
-        }
+            .get(node)
+            .is_some_and(|(s, _)| *s == serial)
     }
 
     fn set_connected(&self, node: &str, up: bool) {
@@ -219,11 +236,14 @@ impl Cluster {
     }
 
     /// Follows an agent's event stream forever, reconciling after every (re)connect.
-    async fn follow_node(self: Arc<Self>, node: String, client: AgentClient) {
+    async fn follow_node(self: Arc<Self>, node: String, serial: u64, client: AgentClient) {
         let mut backoff = Duration::from_millis(100);
         loop {
             match client.events().await {
                 Ok(mut events) => {
+                    if !self.current_follower(&node, serial) {
+                        return;
+                    }
                     backoff = Duration::from_millis(100);
                     // A server may come back with other resources (or report
                     // them for the first time, after joining).
@@ -257,16 +277,11 @@ impl Cluster {
                 }
                 Err(e) => tracing::debug!("node {node} unreachable: {e}"),
             }
-            self.set_connected(&node, false);
-            if !self
-                .agents
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&node)
-            {
-                // Forgotten by the operator.
+            if !self.current_follower(&node, serial) {
+                // Forgotten by the operator (and maybe joined again since).
                 return;
             }
+            self.set_connected(&node, false);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
