@@ -1,4 +1,5 @@
 //! The agent's wire protocol: request/response types and the HTTP client the head uses.
+pub mod caps;
 pub mod client;
 mod exec;
 pub mod faults;

@@ -129,6 +129,13 @@ pub struct ContainerSpec {
     /// Bottom layer first.
     pub layers: Vec<LayerRef>,
     pub process: ProcessSpec,
+    /// The process's capabilities by OCI name (`--cap-add`/`--cap-drop` applied
+    /// by the head); none: Docker's default set.
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+    /// `--security-opt no-new-privileges`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
     pub hostname: String,
     pub domainname: String,
     pub read_only: bool,

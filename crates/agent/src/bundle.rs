@@ -18,22 +18,7 @@ pub const INIT_PATH: &str = "/sbin/docker-init";
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Docker's default capability set.
-pub const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+pub const DEFAULT_CAPS: &[&str] = agent_client::caps::DOCKER_DEFAULT;
 
 const MASKED_PATHS: &[&str] = &[
     "/proc/asound",
@@ -550,6 +535,11 @@ pub fn oci_config(
     if let Some(p) = netns {
         network["path"] = json!(p);
     }
+    // The head computed the set from --cap-add/--cap-drop; none means Docker's.
+    let caps: Vec<&str> = match &spec.capabilities {
+        Some(c) => c.iter().map(String::as_str).collect(),
+        None => DEFAULT_CAPS.to_vec(),
+    };
     let mut config = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -563,12 +553,12 @@ pub fn oci_config(
             "env": process_env(spec, &hostname),
             "cwd": cwd(spec),
             "capabilities": {
-                "bounding": DEFAULT_CAPS,
-                "effective": DEFAULT_CAPS,
-                "permitted": DEFAULT_CAPS,
+                "bounding": caps,
+                "effective": caps,
+                "permitted": caps,
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
-            "noNewPrivileges": false,
+            "noNewPrivileges": spec.no_new_privileges,
             "oomScoreAdj": 0,
         },
         "root": {"path": paths.rootfs, "readonly": spec.read_only},

@@ -32,51 +32,6 @@ const NAMESPACES: &[(&str, libc::c_int)] = &[
     ("mnt", libc::CLONE_NEWNS),
 ];
 
-/// Linux capability numbers by OCI name.
-const CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
-
 const RLIMITS: &[(&str, libc::__rlimit_resource_t)] = &[
     ("RLIMIT_CPU", libc::RLIMIT_CPU),
     ("RLIMIT_FSIZE", libc::RLIMIT_FSIZE),
@@ -131,9 +86,7 @@ fn cap_mask(v: &Value) -> Result<u64, String> {
     let mut m = 0u64;
     for c in v.as_array().into_iter().flatten() {
         let name = c.as_str().unwrap_or("");
-        let bit = CAPS
-            .iter()
-            .position(|n| *n == name)
+        let bit = agent_client::caps::number(name)
             .ok_or_else(|| format!("unknown capability {name:?}"))?;
         m |= 1 << bit;
     }

@@ -258,3 +258,105 @@ fn account_limits_hold() {
         bob.docker_ok(&["create", "--name", &format!("b{i}"), "busybox", "true"]);
     }
 }
+
+/// `CapEff` and `NoNewPrivs` of the container's process, from /proc/self/status.
+fn cap_eff_and_nnp(status: &str) -> (u64, String) {
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {status}"))
+            .trim()
+            .to_string()
+    };
+    (
+        u64::from_str_radix(&field("CapEff:"), 16).unwrap(),
+        field("NoNewPrivs:"),
+    )
+}
+
+#[test]
+fn tenants_cannot_reach_outside_their_containers() {
+    let a = AtollInstance::start();
+    let alice = a.tenant("alice");
+    load_busybox(&alice);
+    for opts in [
+        vec!["--privileged"],
+        vec!["--pid", "host"],
+        vec!["--ipc", "host"],
+        vec!["--uts", "host"],
+        vec!["--userns", "host"],
+        vec!["--network", "host"],
+        vec!["--device", "/dev/kmsg"],
+        vec!["--cap-add", "SYS_ADMIN"],
+        vec!["--cap-add", "ALL"],
+        vec!["--cap-add", "NET_ADMIN"],
+        vec!["--security-opt", "seccomp=unconfined"],
+        vec!["--cgroup-parent", "/escape"],
+        vec!["-v", "/etc:/host-etc"],
+    ] {
+        let mut args = vec!["run", "--rm"];
+        args.extend(&opts);
+        args.extend(["busybox", "true"]);
+        let err = alice.docker_err(&args);
+        assert!(err.contains("not allowed"), "{opts:?}: {err}");
+        assert!(!err.contains("/var/lib") && !err.contains("node-"), "{err}");
+    }
+    assert_eq!(alice.docker_ok(&["ps", "-aq"]), "", "nothing half-created");
+
+    // What tenants may do: drop capabilities, forbid new privileges; execs too.
+    alice.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "tight",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let (caps, nnp) =
+        cap_eff_and_nnp(&alice.docker_ok(&["exec", "tight", "cat", "/proc/1/status"]));
+    assert_eq!((caps, nnp.as_str()), (0, "1"));
+    let (caps, nnp) =
+        cap_eff_and_nnp(&alice.docker_ok(&["exec", "tight", "cat", "/proc/self/status"]));
+    assert_eq!(
+        (caps, nnp.as_str()),
+        (0, "1"),
+        "the exec has the container's limits"
+    );
+    let (caps, _) = cap_eff_and_nnp(&alice.docker_ok(&[
+        "run",
+        "--rm",
+        "--cap-drop",
+        "NET_RAW",
+        "busybox",
+        "cat",
+        "/proc/self/status",
+    ]));
+    assert_eq!(
+        caps.count_ones(),
+        13,
+        "Docker's 14 defaults less NET_RAW: {caps:x}"
+    );
+    assert_eq!(caps & (1 << 13), 0);
+
+    // The operator's account keeps what tenants may not.
+    a.load_busybox();
+    let (caps, nnp) = cap_eff_and_nnp(&a.docker_ok(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "NET_ADMIN",
+        "busybox",
+        "cat",
+        "/proc/self/status",
+    ]));
+    assert_ne!(caps & (1 << 12), 0, "CAP_NET_ADMIN: {caps:x}");
+    assert_eq!(nnp, "0");
+    let err = a.docker_err(&["run", "--rm", "--privileged", "busybox", "true"]);
+    assert!(err.contains("--privileged is not supported"), "{err}");
+}

@@ -127,10 +127,14 @@ impl Cluster {
         let rules = placement::affinity::rules_from(&mut env, &labels)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         body.env = had_env.then_some(env);
+        let security =
+            crate::security::check(account, &body.host_config.clone().unwrap_or_default())?;
         let image = self.find_image(account, &image_ref).await?;
         let image_config = self.image_config(&image.id)?;
         let id = names::new_id();
         let mut planned = plan(&id, &body, &ImageDefaults::from_config(&image_config))?;
+        planned.spec.capabilities = security.capabilities;
+        planned.spec.no_new_privileges = security.no_new_privileges;
         planned.spec.layers = image.layers.iter().map(|l| l.layer_ref()).collect();
         let (node, package, reservation) =
             self.place_container(account, &rules, &mut planned).await?;

@@ -444,21 +444,8 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
     let hc = body.host_config.clone().unwrap_or_default();
     let bad = |m: String| Err(Error::InvalidArgument(m));
 
-    // Options this server does not offer yet: refuse clearly rather than ignore.
-    if hc.privileged == Some(true) {
-        return bad("--privileged is not supported".into());
-    }
-    for (what, mode) in [
-        ("pid", &hc.pid_mode),
-        ("ipc", &hc.ipc_mode),
-        ("uts", &hc.uts_mode),
-    ] {
-        if let Some(m) = mode.as_deref().filter(|m| !m.is_empty() && *m != "private")
-            && !(what == "ipc" && m == "shareable")
-        {
-            return bad(format!("--{what}={m} is not supported"));
-        }
-    }
+    // Privileges, host namespaces and devices: `security::check`, which knows
+    // the account, runs before this.
     let network_mode = hc.network_mode.clone().unwrap_or_default();
     let network_none = match network_mode.as_str() {
         "" | "default" | "bridge" => false,
@@ -648,6 +635,9 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
             tty: body.tty.unwrap_or(false),
             open_stdin: body.open_stdin.unwrap_or(false),
         },
+        // Set by the caller from `security::check`.
+        capabilities: None,
+        no_new_privileges: false,
         hostname,
         domainname: body.domainname.clone().unwrap_or_default(),
         read_only: hc.readonly_rootfs.unwrap_or(false),

@@ -1,0 +1,317 @@
+//! What a container may ask of its server's kernel: capabilities, privileges,
+//! host namespaces, devices. Tenants share servers, so options that reach
+//! outside a container are refused for them with 403, whatever the server could
+//! do; the operator's account keeps what atoll implements. Pure, unit-tested.
+
+use bollard_stubs::models::HostConfig;
+
+use crate::error::{Error, Result};
+use crate::model::OPERATOR;
+use agent_client::caps;
+
+/// The security settings of a container's process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// None: Docker's default set.
+    pub capabilities: Option<Vec<String>>,
+    pub no_new_privileges: bool,
+}
+
+fn forbidden(what: &str) -> Error {
+    Error::Forbidden(format!(
+        "{what} is not allowed: containers share their servers with other accounts"
+    ))
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::InvalidArgument(format!("{what} is not supported"))
+}
+
+/// Checks `hc` for `account` and derives the process's security settings.
+pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
+    let tenant = account != OPERATOR;
+    // Refused for tenants (403) before anything else is looked at; for the
+    // operator, refused (400) where atoll does not implement them yet.
+    let refuse = |what: &str| {
+        Err(if tenant {
+            forbidden(what)
+        } else {
+            unsupported(what)
+        })
+    };
+    if hc.privileged == Some(true) {
+        return refuse("--privileged");
+    }
+    for (what, mode) in [
+        ("pid", &hc.pid_mode),
+        ("ipc", &hc.ipc_mode),
+        ("uts", &hc.uts_mode),
+        ("userns", &hc.userns_mode),
+    ] {
+        let Some(m) = mode.as_deref().filter(|m| !m.is_empty()) else {
+            continue;
+        };
+        if m == "private" || (what == "ipc" && m == "shareable") {
+            continue;
+        }
+        if m == "host" {
+            return refuse(&format!("--{what}=host"));
+        }
+        return Err(unsupported(&format!("--{what}={m}")));
+    }
+    if hc.network_mode.as_deref() == Some("host") && tenant {
+        return Err(forbidden("--network=host"));
+    }
+    if hc.devices.as_ref().is_some_and(|d| !d.is_empty()) {
+        return refuse("--device");
+    }
+    if hc
+        .device_cgroup_rules
+        .as_ref()
+        .is_some_and(|d| !d.is_empty())
+    {
+        return refuse("--device-cgroup-rule");
+    }
+    if hc.device_requests.as_ref().is_some_and(|d| !d.is_empty()) {
+        return refuse("--gpus");
+    }
+    if hc.cgroup_parent.as_deref().is_some_and(|c| !c.is_empty()) {
+        return refuse("--cgroup-parent");
+    }
+    if hc.sysctls.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(unsupported("--sysctl"));
+    }
+    let mut no_new_privileges = false;
+    for opt in hc.security_opt.iter().flatten() {
+        let (key, value) = opt
+            .split_once(['=', ':'])
+            .map(|(k, v)| (k, Some(v)))
+            .unwrap_or((opt.as_str(), None));
+        match (key, value) {
+            ("no-new-privileges", None | Some("true")) => no_new_privileges = true,
+            ("no-new-privileges", Some("false")) => no_new_privileges = false,
+            ("seccomp", Some("unconfined")) => return refuse("--security-opt seccomp=unconfined"),
+            ("apparmor", Some("unconfined")) => {
+                return refuse("--security-opt apparmor=unconfined");
+            }
+            ("label", Some("disable")) => return refuse("--security-opt label=disable"),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "--security-opt {opt} is not supported"
+                )));
+            }
+        }
+    }
+    Ok(Security {
+        capabilities: capabilities(tenant, hc)?,
+        no_new_privileges,
+    })
+}
+
+/// Docker's rules: the default set, minus drops, plus adds (`ALL` in either
+/// list means every capability); tenants may only add back Docker's defaults.
+fn capabilities(tenant: bool, hc: &HostConfig) -> Result<Option<Vec<String>>> {
+    let add = names(hc.cap_add.as_deref().unwrap_or_default())?;
+    let drop = names(hc.cap_drop.as_deref().unwrap_or_default())?;
+    if add.is_empty() && drop.is_empty() {
+        return Ok(None);
+    }
+    if tenant {
+        let beyond: Vec<&str> = match &add {
+            a if a.contains(&None) => vec!["ALL"],
+            a => a
+                .iter()
+                .flatten()
+                .filter(|c| !caps::DOCKER_DEFAULT.contains(c))
+                .copied()
+                .collect(),
+        };
+        if !beyond.is_empty() {
+            return Err(forbidden(&format!("--cap-add {}", beyond.join(","))));
+        }
+    }
+    let mut set: Vec<&str> = if add.contains(&None) {
+        caps::ALL.to_vec()
+    } else if drop.contains(&None) {
+        Vec::new()
+    } else {
+        caps::DOCKER_DEFAULT.to_vec()
+    };
+    if !add.contains(&None) {
+        set.retain(|c| !drop.contains(&Some(*c)));
+    }
+    for c in add.iter().flatten() {
+        if !set.contains(c) {
+            set.push(c);
+        }
+    }
+    if add.contains(&None) {
+        set.retain(|c| !drop.contains(&Some(*c)));
+    }
+    Ok(Some(set.into_iter().map(str::to_string).collect()))
+}
+
+/// Capability names as users write them; `None` stands for `ALL`.
+fn names(list: &[String]) -> Result<Vec<Option<&'static str>>> {
+    list.iter()
+        .map(|n| {
+            if n.eq_ignore_ascii_case("ALL") {
+                Ok(None)
+            } else {
+                caps::canonical(n)
+                    .map(Some)
+                    .ok_or_else(|| Error::InvalidArgument(format!("unknown capability: \"{n}\"")))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hc(v: serde_json::Value) -> HostConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn status(r: Result<Security>) -> &'static str {
+        match r {
+            Ok(_) => "ok",
+            Err(Error::Forbidden(_)) => "403",
+            Err(Error::InvalidArgument(_)) => "400",
+            Err(_) => "other",
+        }
+    }
+
+    #[test]
+    fn tenants_are_refused_what_reaches_outside_their_containers() {
+        for v in [
+            serde_json::json!({"Privileged": true}),
+            serde_json::json!({"PidMode": "host"}),
+            serde_json::json!({"IpcMode": "host"}),
+            serde_json::json!({"UTSMode": "host"}),
+            serde_json::json!({"UsernsMode": "host"}),
+            serde_json::json!({"NetworkMode": "host"}),
+            serde_json::json!({"Devices": [{"PathOnHost": "/dev/kmsg", "PathInContainer": "/dev/kmsg", "CgroupPermissions": "rwm"}]}),
+            serde_json::json!({"DeviceCgroupRules": ["c 1:3 rwm"]}),
+            serde_json::json!({"CgroupParent": "/"}),
+            serde_json::json!({"SecurityOpt": ["seccomp=unconfined"]}),
+            serde_json::json!({"SecurityOpt": ["apparmor:unconfined"]}),
+            serde_json::json!({"CapAdd": ["SYS_ADMIN"]}),
+            serde_json::json!({"CapAdd": ["ALL"]}),
+            serde_json::json!({"CapAdd": ["CAP_SYS_MODULE"]}),
+            serde_json::json!({"CapAdd": ["sys_ptrace"]}),
+            serde_json::json!({"CapAdd": ["NET_ADMIN"]}),
+        ] {
+            let h = hc(v.clone());
+            assert_eq!(status(check("alice", &h)), "403", "{v}");
+            // The message names the option, never a host detail.
+            if let Err(Error::Forbidden(m)) = check("alice", &h) {
+                assert!(m.contains("not allowed"), "{m}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_operator_keeps_capabilities_and_gets_400_for_what_is_not_built() {
+        let s = check(
+            OPERATOR,
+            &hc(serde_json::json!({"CapAdd": ["NET_ADMIN", "sys_admin"]})),
+        )
+        .unwrap();
+        let caps = s.capabilities.unwrap();
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(caps.contains(&"CAP_SYS_ADMIN".to_string()));
+        assert_eq!(
+            status(check(
+                OPERATOR,
+                &hc(serde_json::json!({"Privileged": true}))
+            )),
+            "400"
+        );
+        assert_eq!(
+            status(check(OPERATOR, &hc(serde_json::json!({"PidMode": "host"})))),
+            "400"
+        );
+        // Host networking is the network layer's to refuse (it knows the networks).
+        assert_eq!(
+            status(check(
+                OPERATOR,
+                &hc(serde_json::json!({"NetworkMode": "host"}))
+            )),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn capabilities_follow_dockers_rules() {
+        let caps = |v| check("alice", &hc(v)).unwrap().capabilities;
+        assert_eq!(caps(serde_json::json!({})), None);
+        assert_eq!(caps(serde_json::json!({"CapDrop": ["ALL"]})), Some(vec![]));
+        assert_eq!(
+            caps(serde_json::json!({"CapDrop": ["ALL"], "CapAdd": ["chown", "NET_BIND_SERVICE"]})),
+            Some(vec![
+                "CAP_CHOWN".to_string(),
+                "CAP_NET_BIND_SERVICE".to_string()
+            ])
+        );
+        let c = caps(serde_json::json!({"CapDrop": ["NET_RAW", "mknod"]})).unwrap();
+        assert_eq!(c.len(), caps::DOCKER_DEFAULT.len() - 2);
+        assert!(!c.iter().any(|x| x == "CAP_NET_RAW" || x == "CAP_MKNOD"));
+        // Adding a default back is allowed for tenants.
+        let c = caps(serde_json::json!({"CapAdd": ["KILL"]})).unwrap();
+        assert_eq!(c.len(), caps::DOCKER_DEFAULT.len());
+        let all = check(
+            OPERATOR,
+            &hc(serde_json::json!({"CapAdd": ["ALL"], "CapDrop": ["SYS_ADMIN"]})),
+        )
+        .unwrap()
+        .capabilities
+        .unwrap();
+        assert_eq!(all.len(), caps::ALL.len() - 1);
+        assert_eq!(
+            status(check("alice", &hc(serde_json::json!({"CapAdd": ["FLY"]})))),
+            "400"
+        );
+    }
+
+    #[test]
+    fn security_options() {
+        let s = |v| check("alice", &hc(v));
+        assert!(
+            s(serde_json::json!({"SecurityOpt": ["no-new-privileges"]}))
+                .unwrap()
+                .no_new_privileges
+        );
+        assert!(
+            s(serde_json::json!({"SecurityOpt": ["no-new-privileges:true"]}))
+                .unwrap()
+                .no_new_privileges
+        );
+        assert!(
+            !s(serde_json::json!({"SecurityOpt": ["no-new-privileges=false"]}))
+                .unwrap()
+                .no_new_privileges
+        );
+        assert_eq!(
+            status(s(serde_json::json!({"SecurityOpt": ["seccomp=/x.json"]}))),
+            "400"
+        );
+        assert_eq!(
+            status(s(
+                serde_json::json!({"Sysctls": {"net.ipv4.ip_forward": "1"}})
+            )),
+            "400"
+        );
+        assert_eq!(
+            status(s(
+                serde_json::json!({"IpcMode": "shareable", "PidMode": "private"})
+            )),
+            "ok"
+        );
+        assert_eq!(
+            status(s(serde_json::json!({"PidMode": "container:x"}))),
+            "400"
+        );
+    }
+}
