@@ -119,59 +119,129 @@ async fn account_of_certificate(
     }
 }
 
+/// Every route of the API, with its methods: the router is built only from
+/// here, so [`route_table`] lists every route (the tenant-isolation test walks
+/// them all with another tenant's ids).
+struct Table {
+    router: Router<AppState>,
+    routes: Vec<(&'static [&'static str], &'static str)>,
+}
+
+impl Table {
+    fn add(
+        mut self,
+        methods: &'static [&'static str],
+        path: &'static str,
+        handler: axum::routing::MethodRouter<AppState>,
+    ) -> Table {
+        self.routes.push((methods, path));
+        self.router = self.router.route(path, handler);
+        self
+    }
+}
+
+fn table() -> Table {
+    Table {
+        router: Router::new(),
+        routes: Vec::new(),
+    }
+    .add(
+        &["GET", "HEAD"],
+        "/_ping",
+        get(system::ping).head(system::ping),
+    )
+    .add(&["GET"], "/version", get(system::version))
+    .add(&["GET"], "/info", get(system::info))
+    .add(&["GET"], "/system/df", get(system::df))
+    .add(&["GET"], "/events", get(events::events))
+    .add(&["POST"], "/containers/create", post(containers::create))
+    .add(&["GET"], "/containers/json", get(containers::list))
+    .add(&["POST"], "/commit", post(containers::commit))
+    .add(&["POST"], "/containers/prune", post(containers::prune))
+    .add(
+        &["DELETE"],
+        "/containers/{id}",
+        axum::routing::delete(containers::remove),
+    )
+    .add(&["GET"], "/containers/{id}/json", get(containers::inspect))
+    .add(&["POST"], "/containers/{id}/start", post(containers::start))
+    .add(&["POST"], "/containers/{id}/stop", post(containers::stop))
+    .add(&["POST"], "/containers/{id}/kill", post(containers::kill))
+    .add(
+        &["POST"],
+        "/containers/{id}/restart",
+        post(containers::restart),
+    )
+    .add(
+        &["POST"],
+        "/containers/{id}/rename",
+        post(containers::rename),
+    )
+    .add(&["POST"], "/containers/{id}/wait", post(containers::wait))
+    .add(&["GET"], "/containers/{id}/logs", get(containers::logs))
+    .add(
+        &["POST"],
+        "/containers/{id}/attach",
+        post(containers::attach),
+    )
+    .add(
+        &["POST"],
+        "/containers/{id}/resize",
+        post(containers::resize),
+    )
+    .add(&["POST"], "/containers/{id}/pause", post(containers::pause))
+    .add(
+        &["POST"],
+        "/containers/{id}/unpause",
+        post(containers::unpause),
+    )
+    .add(
+        &["POST"],
+        "/containers/{id}/update",
+        post(containers::update),
+    )
+    .add(&["GET"], "/containers/{id}/stats", get(stats::stats))
+    .add(&["GET"], "/containers/{id}/top", get(containers::top))
+    .add(
+        &["GET", "HEAD", "PUT"],
+        "/containers/{id}/archive",
+        get(archive::get).head(archive::head).put(archive::put),
+    )
+    .add(&["GET"], "/containers/{id}/export", get(archive::export))
+    .add(&["GET"], "/containers/{id}/changes", get(archive::changes))
+    .add(&["POST"], "/containers/{id}/exec", post(exec::create))
+    .add(&["POST"], "/exec/{id}/start", post(exec::start))
+    .add(&["POST"], "/exec/{id}/resize", post(exec::resize))
+    .add(&["GET"], "/exec/{id}/json", get(exec::inspect))
+    .add(&["GET"], "/volumes", get(volumes::list))
+    .add(&["POST"], "/volumes/create", post(volumes::create))
+    .add(&["POST"], "/volumes/prune", post(volumes::prune))
+    .add(
+        &["GET", "DELETE"],
+        "/volumes/{name}",
+        get(volumes::inspect).delete(volumes::remove),
+    )
+    .add(&["GET"], "/images/json", get(images::list))
+    .add(&["POST"], "/images/load", post(images::load))
+    .add(&["POST"], "/images/create", post(images::create))
+    .add(&["POST"], "/images/prune", post(images::prune))
+    .add(&["GET"], "/images/get", get(images::save))
+    .add(&["ANY"], "/images/{*rest}", any(images::dispatch))
+}
+
+/// `(method, path template)` of every route (`ANY` for the image routes, whose
+/// handler dispatches on method and suffix).
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    table()
+        .routes
+        .into_iter()
+        .flat_map(|(methods, path)| methods.iter().map(move |m| (*m, path)))
+        .collect()
+}
+
 fn routes(cluster: Arc<Cluster>) -> Router {
-    Router::new()
-        .route("/_ping", get(system::ping).head(system::ping))
-        .route("/version", get(system::version))
-        .route("/info", get(system::info))
-        .route("/system/df", get(system::df))
-        .route("/events", get(events::events))
-        .route("/containers/create", post(containers::create))
-        .route("/containers/json", get(containers::list))
-        .route("/commit", post(containers::commit))
-        .route("/containers/prune", post(containers::prune))
-        .route(
-            "/containers/{id}",
-            axum::routing::delete(containers::remove),
-        )
-        .route("/containers/{id}/json", get(containers::inspect))
-        .route("/containers/{id}/start", post(containers::start))
-        .route("/containers/{id}/stop", post(containers::stop))
-        .route("/containers/{id}/kill", post(containers::kill))
-        .route("/containers/{id}/restart", post(containers::restart))
-        .route("/containers/{id}/rename", post(containers::rename))
-        .route("/containers/{id}/wait", post(containers::wait))
-        .route("/containers/{id}/logs", get(containers::logs))
-        .route("/containers/{id}/attach", post(containers::attach))
-        .route("/containers/{id}/resize", post(containers::resize))
-        .route("/containers/{id}/pause", post(containers::pause))
-        .route("/containers/{id}/unpause", post(containers::unpause))
-        .route("/containers/{id}/update", post(containers::update))
-        .route("/containers/{id}/stats", get(stats::stats))
-        .route("/containers/{id}/top", get(containers::top))
-        .route(
-            "/containers/{id}/archive",
-            get(archive::get).head(archive::head).put(archive::put),
-        )
-        .route("/containers/{id}/export", get(archive::export))
-        .route("/containers/{id}/changes", get(archive::changes))
-        .route("/containers/{id}/exec", post(exec::create))
-        .route("/exec/{id}/start", post(exec::start))
-        .route("/exec/{id}/resize", post(exec::resize))
-        .route("/exec/{id}/json", get(exec::inspect))
-        .route("/volumes", get(volumes::list))
-        .route("/volumes/create", post(volumes::create))
-        .route("/volumes/prune", post(volumes::prune))
-        .route(
-            "/volumes/{name}",
-            get(volumes::inspect).delete(volumes::remove),
-        )
-        .route("/images/json", get(images::list))
-        .route("/images/load", post(images::load))
-        .route("/images/create", post(images::create))
-        .route("/images/prune", post(images::prune))
-        .route("/images/get", get(images::save))
-        .route("/images/{*rest}", any(images::dispatch))
+    table()
+        .router
         .fallback(not_found)
         .layer(middleware::from_fn(docker_headers))
         .with_state(AppState { cluster })
