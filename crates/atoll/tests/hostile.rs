@@ -1,0 +1,167 @@
+//! A tenant trying to get out, or to hurt a neighbour on the same server: what a
+//! hostile second tenant would try from inside its own container, over TLS with
+//! the real docker CLI. Every attempt fails inside the container; the neighbour
+//! stays healthy.
+
+use std::time::{Duration, Instant};
+
+use testkit::{AtollInstance, Tenant, test_images};
+
+fn load_busybox(t: &Tenant) {
+    let path = test_images().busybox.path.to_string_lossy().into_owned();
+    t.docker_ok(&["load", "-i", &path]);
+}
+
+/// Runs `script` in a fresh container of `t`; its combined output and exit code.
+fn attempt(t: &Tenant, script: &str) -> (String, i32) {
+    let out = t.docker(&["run", "--rm", "busybox", "sh", "-c", script]);
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn escape_attempts_fail_inside_the_container() {
+    let a = AtollInstance::start();
+    let mallory = a.tenant("mallory");
+    load_busybox(&mallory);
+    for (what, script) in [
+        ("mount a filesystem", "mount -t tmpfs none /mnt"),
+        (
+            "mount the host's proc again",
+            "mkdir -p /p && mount -t proc proc /p",
+        ),
+        (
+            "remount / read-write elsewhere",
+            "mount -o remount,rw /proc/sys",
+        ),
+        ("write a kernel setting", "echo 1 > /proc/sys/kernel/sysrq"),
+        (
+            "write the kernel's core pattern",
+            "echo '|/bin/sh' > /proc/sys/kernel/core_pattern",
+        ),
+        ("make a cgroup", "mkdir /sys/fs/cgroup/memory/escape"),
+        (
+            "raise its own pids limit",
+            "echo max > /sys/fs/cgroup/pids/pids.max",
+        ),
+        ("raise its file limit", "ulimit -n 99999999"),
+        (
+            "read the kernel log through a device node",
+            "mknod /tmp/kmsg c 1 11 && head -c 1 /tmp/kmsg",
+        ),
+        (
+            "read raw memory",
+            "mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem",
+        ),
+        // (busybox `date -s` reports the refusal but exits 0)
+        (
+            "set the clock",
+            "date -s 2000-01-01 2>&1 | grep -q 'not permitted' && exit 1; exit 0",
+        ),
+        // CAP_SYS_MODULE is bit 16 of the effective set.
+        (
+            "hold the right to load kernel modules",
+            "test $(( 0x$(awk '/CapEff/{print $2}' /proc/self/status) >> 16 & 1 )) = 1",
+        ),
+    ] {
+        let (out, code) = attempt(&mallory, script);
+        assert_ne!(code, 0, "{what} succeeded: {out}");
+    }
+    // Only its own processes are visible (pid namespace): the host's are not.
+    let (out, code) = attempt(&mallory, "ls /proc | grep -c '^[0-9]'");
+    assert_eq!(code, 0, "{out}");
+    let n: u32 = out.trim().parse().unwrap_or(99);
+    assert!(n <= 3, "sees {n} processes: {out}");
+    let atoll_pid = a.pid().unwrap();
+    let (_, code) = attempt(
+        &mallory,
+        &format!("test -e /proc/{atoll_pid}/cmdline && grep -q atoll /proc/{atoll_pid}/cmdline"),
+    );
+    assert_ne!(code, 0, "sees the host's atoll process");
+    // Host bind mounts are refused before anything runs.
+    let err = mallory.docker_err(&["run", "--rm", "-v", "/:/host", "busybox", "true"]);
+    assert!(err.contains("not allowed"), "{err}");
+}
+
+#[test]
+fn a_noisy_neighbour_does_not_hurt_the_other_tenant() {
+    let a = AtollInstance::start();
+    let mallory = a.tenant("mallory");
+    let alice = a.tenant("alice");
+    load_busybox(&mallory);
+    load_busybox(&alice);
+    alice.docker_ok(&["run", "-d", "--name", "calm", "busybox", "sleep", "600"]);
+
+    // A process flood, held by its pids limit. (It runs as an exec: a shell
+    // whose fork fails exits, and as the container's first process it would
+    // take the container, and the flood, with it.)
+    mallory.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "bomb",
+        "--pids-limit",
+        "200",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    mallory.docker_ok(&[
+        "exec",
+        "-d",
+        "bomb",
+        "sh",
+        "-c",
+        "while :; do sleep 600 & done",
+    ]);
+    // A memory hog, held (and killed) by its memory limit.
+    mallory.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hog",
+        "-m",
+        "64m",
+        "--memory-swap",
+        "64m",
+        "busybox",
+        "sh",
+        "-c",
+        "tail /dev/zero",
+    ]);
+    testkit::wait_for(
+        || mallory.docker_ok(&["inspect", "-f", "{{.State.OOMKilled}}", "hog"]) == "true",
+        Duration::from_secs(60),
+        "the hog killed by its memory limit",
+    );
+    // (`top` asks the server: an exec into the bomb may find no pid free.)
+    testkit::wait_for(
+        || mallory.docker_ok(&["top", "bomb"]).lines().count() > 150,
+        Duration::from_secs(30),
+        "the flood to fill its pids limit",
+    );
+    let pids = mallory.docker_ok(&["top", "bomb"]).lines().count() - 1;
+    assert!(pids <= 200, "the bomb has {pids} processes");
+
+    // The neighbour answers promptly throughout.
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(alice.docker_ok(&["exec", "calm", "echo", "fine"]), "fine");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "exec took {:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(
+        alice.docker_ok(&["inspect", "-f", "{{.State.Status}}", "calm"]),
+        "running"
+    );
+    mallory.docker_ok(&["rm", "-f", "bomb", "hog"]);
+}
