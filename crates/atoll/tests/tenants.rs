@@ -113,6 +113,26 @@ fn two_tenants_share_names_and_see_only_their_own() {
         alice.docker_ok(&["ps", "-q"]).len() >= 12,
         "alice's container survived bob's attempts"
     );
+    // Events: each sees its own history only.
+    let until = (std::time::SystemTime::now() + Duration::from_secs(1))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let events = |t: &Tenant| {
+        t.docker_ok(&[
+            "events",
+            "--since",
+            "0",
+            "--until",
+            &until,
+            "--format",
+            "{{.Actor.ID}}",
+        ])
+    };
+    let (ae, be) = (events(&alice), events(&bob));
+    assert!(ae.contains(&alice_id) && !ae.contains(&bob_id), "{ae}");
+    assert!(be.contains(&bob_id) && !be.contains(&alice_id), "{be}");
     // The unix socket is the operator's: it sees neither tenant's objects.
     assert_eq!(a.docker_ok(&["ps", "-aq"]), "");
     let placed = json(&a.operator_ok(&["container", "ls", "--json"]));
