@@ -136,6 +136,10 @@ pub struct ContainerSpec {
     /// `--security-opt no-new-privileges`.
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// `--security-opt seccomp=unconfined`: no seccomp profile (the operator's
+    /// account only); otherwise the default profile.
+    #[serde(default)]
+    pub seccomp_unconfined: bool,
     pub hostname: String,
     pub domainname: String,
     pub read_only: bool,

@@ -581,6 +581,9 @@ pub fn oci_config(
     if !spec.domainname.is_empty() {
         config["domainname"] = json!(spec.domainname);
     }
+    if !spec.seccomp_unconfined {
+        config["linux"]["seccomp"] = crate::seccomp::oci_profile(&caps);
+    }
     Ok(config)
 }
 

@@ -14,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::bundle::{ContainerPaths, DEFAULT_CAPS};
 use crate::error::AgentError;
 use crate::manager::{Agent, PendingAttach, connect_attach, connect_sock};
+use crate::nsexec;
 use crate::shim::{EXEC_PROCESS_FILE, ShimArgs, spawn_shim};
 use crate::user::resolve_user;
 
@@ -109,6 +110,14 @@ pub fn exec_process(
             "bounding": DEFAULT_CAPS, "effective": DEFAULT_CAPS, "permitted": DEFAULT_CAPS,
         });
     }
+    // The container is confined by the default profile: so is the exec, by the
+    // same profile for its own capabilities (see nsexec).
+    if container["linux"]
+        .get("seccomp")
+        .is_some_and(|s| !s.is_null())
+    {
+        p[nsexec::DEFAULT_SECCOMP] = json!(true);
+    }
     Ok(p)
 }
 
@@ -138,8 +147,25 @@ impl Agent {
         check_exec_id(eid)?;
         self.exec_target(id)?;
         let paths = self.paths(id);
-        let config: Value = serde_json::from_slice(&std::fs::read(&paths.config)?)
+        // Only the process and whether a seccomp profile is set: the profile
+        // itself (a few hundred names) is skipped, not built, on every exec.
+        #[derive(serde::Deserialize)]
+        struct ConfigView {
+            process: Value,
+            #[serde(default)]
+            linux: LinuxView,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct LinuxView {
+            #[serde(default)]
+            seccomp: Option<serde::de::IgnoredAny>,
+        }
+        let view: ConfigView = serde_json::from_slice(&std::fs::read(&paths.config)?)
             .map_err(|e| AgentError::Internal(format!("the container's config: {e}")))?;
+        let config = json!({
+            "process": view.process,
+            "linux": {"seccomp": view.linux.seccomp.map(|_| json!({}))},
+        });
         let process = exec_process(&config, &spec, &paths.rootfs)?;
         let dir = exec_root(&paths).join(eid);
         if dir.exists() {

@@ -5,9 +5,10 @@
 //!
 //! The process is described by the exec's OCI `process.json` (built by the agent
 //! from the container's own process, see `exec.rs`), so it gets exactly the
-//! container's capabilities and limits. Anything this module does not know how
-//! to apply (a seccomp profile, AppArmor, SELinux, a user namespace) is refused
-//! by [`ExecPlan::from_process`] rather than silently skipped.
+//! container's capabilities, limits and seccomp profile (the default one,
+//! compiled to BPF by `seccomp.rs`). Anything this module does not know how to
+//! apply (AppArmor, SELinux, a user namespace) is refused by
+//! [`ExecPlan::from_process`] rather than silently skipped.
 //!
 //! Only called from the single-threaded shim: it forks, and the children run
 //! ordinary Rust (allocation included) before `execve`.
@@ -76,7 +77,13 @@ pub struct ExecPlan {
     pub tty: bool,
     /// `$PATH` of the process, for finding a command given without a slash.
     pub path: Vec<Vec<u8>>,
+    /// The default seccomp profile for these capabilities, compiled.
+    pub seccomp: Option<crate::seccomp::Filters>,
 }
+
+/// The key in an exec's `process.json` that asks for the default seccomp
+/// profile (the container has it in `linux.seccomp`, which a process lacks).
+pub const DEFAULT_SECCOMP: &str = "atollDefaultSeccomp";
 
 fn cstring(s: &str, what: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
@@ -186,6 +193,17 @@ impl ExecPlan {
             no_new_privs: p["noNewPrivileges"].as_bool().unwrap_or(false),
             tty: p["terminal"].as_bool().unwrap_or(false),
             path,
+            seccomp: if p[DEFAULT_SECCOMP].as_bool() == Some(true) {
+                let names: Vec<&str> = agent_client::caps::ALL
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| caps.bounding & (1 << i) != 0)
+                    .map(|(_, n)| *n)
+                    .collect();
+                Some(crate::seccomp::Filters::new(&names)?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -505,10 +523,21 @@ fn exec_child(
                 return Err(fail("cannot set rlimits"));
             }
         }
+        // Seccomp needs CAP_SYS_ADMIN or no_new_privs to install: without
+        // no_new_privs, before the capabilities are dropped (what runc does);
+        // the profile allows every call made from here to execve.
+        let seccomp = |when: bool| match &plan.seccomp {
+            Some(f) if when => f
+                .install()
+                .map_err(|e| (126, format!("cannot apply seccomp: {e}"))),
+            _ => Ok(()),
+        };
+        seccomp(!plan.no_new_privs)?;
         set_ids_and_caps(plan)?;
         if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(fail("cannot set no_new_privs"));
         }
+        seccomp(plan.no_new_privs)?;
         if libc::chdir(plan.cwd.as_ptr()) != 0 {
             let e = errno();
             return Err((

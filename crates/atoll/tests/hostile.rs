@@ -64,6 +64,14 @@ fn escape_attempts_fail_inside_the_container() {
             "set the clock",
             "date -s 2000-01-01 2>&1 | grep -q 'not permitted' && exit 1; exit 0",
         ),
+        // New namespaces (an unprivileged user namespace is the usual first
+        // step of a kernel exploit): refused by the seccomp profile.
+        ("make a user namespace", "unshare -U true"),
+        ("make a network namespace", "unshare -n true"),
+        (
+            "run without seccomp",
+            "grep -q '^Seccomp:[[:space:]]*0' /proc/self/status",
+        ),
         // CAP_SYS_MODULE is bit 16 of the effective set.
         (
             "hold the right to load kernel modules",
@@ -73,6 +81,17 @@ fn escape_attempts_fail_inside_the_container() {
         let (out, code) = attempt(&mallory, script);
         assert_ne!(code, 0, "{what} succeeded: {out}");
     }
+    // An exec is confined like the container.
+    mallory.docker_ok(&["run", "-d", "--name", "box", "busybox", "sleep", "600"]);
+    let status = mallory.docker_ok(&["exec", "box", "cat", "/proc/self/status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
+        "{status}"
+    );
+    let out = mallory.docker(&["exec", "box", "unshare", "-U", "true"]);
+    assert!(!out.status.success(), "an exec made a user namespace");
     // Only its own processes are visible (pid namespace): the host's are not.
     let (out, code) = attempt(&mallory, "ls /proc | grep -c '^[0-9]'");
     assert_eq!(code, 0, "{out}");

@@ -377,6 +377,16 @@ fn tenants_cannot_reach_outside_their_containers() {
     ]));
     assert_ne!(caps & (1 << 12), 0, "CAP_NET_ADMIN: {caps:x}");
     assert_eq!(nnp, "0");
+    let status = a.docker_ok(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        "seccomp=unconfined",
+        "busybox",
+        "cat",
+        "/proc/self/status",
+    ]);
+    assert!(status.lines().any(|l| l == "Seccomp:\t0"), "{status}");
     let err = a.docker_err(&["run", "--rm", "--privileged", "busybox", "true"]);
     assert!(err.contains("--privileged is not supported"), "{err}");
 }

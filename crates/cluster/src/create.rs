@@ -638,6 +638,7 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         // Set by the caller from `security::check`.
         capabilities: None,
         no_new_privileges: false,
+        seccomp_unconfined: false,
         hostname,
         domainname: body.domainname.clone().unwrap_or_default(),
         read_only: hc.readonly_rootfs.unwrap_or(false),

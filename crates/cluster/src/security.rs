@@ -15,6 +15,8 @@ pub struct Security {
     /// None: Docker's default set.
     pub capabilities: Option<Vec<String>>,
     pub no_new_privileges: bool,
+    /// `--security-opt seccomp=unconfined` (the operator only).
+    pub seccomp_unconfined: bool,
 }
 
 fn forbidden(what: &str) -> Error {
@@ -82,6 +84,7 @@ pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
         return Err(unsupported("--sysctl"));
     }
     let mut no_new_privileges = false;
+    let mut seccomp_unconfined = false;
     for opt in hc.security_opt.iter().flatten() {
         let (key, value) = opt
             .split_once(['=', ':'])
@@ -90,7 +93,10 @@ pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
         match (key, value) {
             ("no-new-privileges", None | Some("true")) => no_new_privileges = true,
             ("no-new-privileges", Some("false")) => no_new_privileges = false,
-            ("seccomp", Some("unconfined")) => return refuse("--security-opt seccomp=unconfined"),
+            ("seccomp", Some("unconfined")) if tenant => {
+                return Err(forbidden("--security-opt seccomp=unconfined"));
+            }
+            ("seccomp", Some("unconfined")) => seccomp_unconfined = true,
             ("apparmor", Some("unconfined")) => {
                 return refuse("--security-opt apparmor=unconfined");
             }
@@ -105,6 +111,7 @@ pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
     Ok(Security {
         capabilities: capabilities(tenant, hc)?,
         no_new_privileges,
+        seccomp_unconfined,
     })
 }
 
