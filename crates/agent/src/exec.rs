@@ -20,8 +20,24 @@ use crate::user::resolve_user;
 
 /// The exec's own spec, beside its OCI process.
 const EXEC_SPEC_FILE: &str = "exec.json";
-/// Every capability, for `docker exec --privileged`.
-const ALL_CAPS: &[&str] = agent_client::caps::ALL;
+/// Every capability the agent itself holds, for `docker exec --privileged`: a
+/// server (or a sandbox) may withhold some, and asking for one we lack fails.
+fn held_capabilities() -> Vec<&'static str> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    agent_client::caps::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bounding & (1 << i) != 0)
+        .map(|(_, c)| *c)
+        .collect()
+}
 
 /// Exec ids are the head's: 64 lower-case hex characters.
 fn check_exec_id(eid: &str) -> Result<(), AgentError> {
@@ -102,8 +118,9 @@ pub fn exec_process(
         }
     }
     if spec.privileged {
+        let all = held_capabilities();
         p["capabilities"] = json!({
-            "bounding": ALL_CAPS, "effective": ALL_CAPS, "permitted": ALL_CAPS,
+            "bounding": all, "effective": all, "permitted": all,
         });
     } else if p.get("capabilities").is_none() {
         p["capabilities"] = json!({

@@ -387,6 +387,21 @@ fn tenants_cannot_reach_outside_their_containers() {
         "/proc/self/status",
     ]);
     assert!(status.lines().any(|l| l == "Seccomp:\t0"), "{status}");
+    // A privileged exec (the operator's): every capability the server grants,
+    // and the seccomp profile follows them (mounts allowed).
+    a.docker_ok(&["run", "-d", "--name", "op", "busybox", "sleep", "600"]);
+    let out = a.docker_ok(&[
+        "exec",
+        "--privileged",
+        "op",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && cat /proc/self/status",
+    ]);
+    let (caps, _) = cap_eff_and_nnp(&out);
+    assert_ne!(caps & (1 << 21), 0, "CAP_SYS_ADMIN: {caps:x}");
+    let err = alice.docker_err(&["exec", "--privileged", "tight", "true"]);
+    assert!(err.contains("privileged exec is not allowed"), "{err}");
     let err = a.docker_err(&["run", "--rm", "--privileged", "busybox", "true"]);
     assert!(err.contains("--privileged is not supported"), "{err}");
 }
