@@ -47,13 +47,18 @@ pub enum Servers {
 /// Runs the head and its servers until SIGTERM/SIGINT. Containers keep running
 /// when it stops: their shims are separate processes.
 pub async fn run(o: HeadOptions) -> Result<()> {
-    if let Servers::Simulated(n) = o.servers
-        && n > crate::nodes::MAX_NODES
-    {
-        anyhow::bail!(
-            "--nodes: at most {} simulated servers",
-            crate::nodes::MAX_NODES
-        );
+    if let Servers::Simulated(n) = o.servers {
+        if n > crate::nodes::MAX_NODES {
+            anyhow::bail!(
+                "--nodes: at most {} simulated servers",
+                crate::nodes::MAX_NODES
+            );
+        }
+        if o.cluster_listen.is_some() {
+            // Its servers reach the head on the underlay bridge, where the
+            // cluster port is then put.
+            anyhow::bail!("--cluster-listen cannot be combined with --nodes");
+        }
     }
     let inst = Instance::open(&o.data_dir)?;
     let exe = std::env::current_exe().context("locating the atoll binary")?;

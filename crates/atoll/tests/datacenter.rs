@@ -417,4 +417,29 @@ fn bad_server_options_are_refused_before_anything_is_made() {
         "{err}"
     );
     assert!(!data.exists(), "a refused datacenter made its data dir");
+
+    let out = std::process::Command::new(testkit::atoll_bin())
+        .args(["up", "--nodes", "2", "--cluster-listen", "0.0.0.0:7071"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--docker-socket")
+        .arg(dir.path().join("dc.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be combined with --nodes"), "{err}");
+    assert!(!data.exists(), "a refused datacenter made its data dir");
+
+    // An agent on the network must have a head to serve.
+    let out = std::process::Command::new(testkit::atoll_bin())
+        .args(["agent", "--listen", "tcp://127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("lonely"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs --head"), "{err}");
+    assert!(!dir.path().join("lonely").exists());
 }
