@@ -274,6 +274,31 @@ fn account_limits_hold() {
     // Another account is not limited by alice's limits.
     let bob = a.tenant("bob");
     load_busybox(&bob);
+    // Which packages an account may use.
+    a.operator_ok(&[
+        "package",
+        "create",
+        "gold",
+        "--memory",
+        "256M",
+        "--account",
+        "bob",
+    ]);
+    let err = alice.docker_err(&[
+        "create",
+        "--label",
+        "com.joyent.package=gold",
+        "busybox",
+        "true",
+    ]);
+    assert!(err.contains("no such package: gold"), "{err}");
+    bob.docker_ok(&[
+        "create",
+        "--label",
+        "com.joyent.package=gold",
+        "busybox",
+        "true",
+    ]);
     for i in 0..4 {
         bob.docker_ok(&["create", "--name", &format!("b{i}"), "busybox", "true"]);
     }
