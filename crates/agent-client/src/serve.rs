@@ -101,11 +101,11 @@ impl TlsListener {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(s)).await {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(e)) => {
-                                tracing::info!("TLS handshake with {peer} failed: {e}");
+                                tracing::debug!("TLS handshake with {peer} failed: {e}");
                                 return;
                             }
                             Err(_) => {
-                                tracing::info!("TLS handshake with {peer} timed out");
+                                tracing::debug!("TLS handshake with {peer} timed out");
                                 return;
                             }
                         };
