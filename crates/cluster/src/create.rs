@@ -920,7 +920,7 @@ mod tests {
             serde_json::json!({"HostConfig": {"AutoRemove": true, "RestartPolicy": {"Name": "always"}}}),
             serde_json::json!({"HostConfig": {"PortBindings": {"80/sctp": [{"HostPort": "1"}]}}}),
             serde_json::json!({"HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "x"}]}}}),
-            serde_json::json!({"HostConfig": {"Privileged": true}}),
+            // (--privileged and host namespaces: `security::check`, tested there)
             serde_json::json!({"HostConfig": {"NetworkMode": "host"}}),
             serde_json::json!({"StopSignal": "SIGNOPE"}),
             serde_json::json!({"HostConfig": {"LogConfig": {"Type": "json-file", "Config": {"max-file": "3"}}}}),
