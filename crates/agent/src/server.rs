@@ -205,7 +205,7 @@ async fn stats(
             crate::stats::stopped_sample(&id),
         ))));
     };
-    let Some(sampler) = crate::stats::Sampler::new(pid) else {
+    let Some(sampler) = crate::stats::Sampler::new(pid, &id) else {
         return Ok(Response::new(Body::from(line(
             crate::stats::stopped_sample(&id),
         ))));

@@ -106,10 +106,22 @@ fn read_u64(p: &Path) -> u64 {
 }
 
 impl Sampler {
-    /// For the container whose init is `pid`; None if it is gone.
-    pub fn new(pid: u32) -> Option<Sampler> {
+    /// For the container whose init is `pid` and whose cgroups are named
+    /// `cgroup_name`; None if it is gone. A process that just exited shows the
+    /// root cgroups (and a recycled pid someone else's): sampling those would
+    /// report the whole host's usage as the container's.
+    pub fn new(pid: u32, cgroup_name: &str) -> Option<Sampler> {
         let proc = PathBuf::from(format!("/proc/{pid}"));
         let text = std::fs::read_to_string(proc.join("cgroup")).ok()?;
+        let own = text.lines().any(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == "memory"))
+                && l.ends_with(&format!("/{cgroup_name}"))
+        });
+        if !own {
+            return None;
+        }
         let mut cgroups = BTreeMap::new();
         for l in text.lines() {
             let mut parts = l.splitn(3, ':');
@@ -252,7 +264,19 @@ mod tests {
     #[test]
     fn a_live_process_can_be_sampled() {
         // Our own process: its cgroups and /proc exist on any Linux host.
-        let s = Sampler::new(std::process::id()).expect("sampler");
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let memory = cgroups
+            .lines()
+            .find(|l| l.split(':').nth(1) == Some("memory"))
+            .expect("a v1 memory cgroup");
+        let name = memory.rsplit('/').next().unwrap();
+        if name.is_empty() {
+            // In the root cgroup: nothing names it, so nothing to sample.
+            assert!(Sampler::new(std::process::id(), "x").is_none());
+            return;
+        }
+        let s = Sampler::new(std::process::id(), name).expect("sampler");
+        assert!(Sampler::new(std::process::id(), "not-ours").is_none());
         let v = s.sample("self", None);
         assert!(v["cpu_stats"]["system_cpu_usage"].as_u64().unwrap() > 0);
         assert!(v["memory_stats"]["limit"].as_u64().unwrap() > 0);
