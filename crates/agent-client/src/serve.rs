@@ -72,6 +72,18 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
+    /// TLS with `creds` (a certificate from the cluster CA), clients verified
+    /// against the same CA as `auth` says, then kept only if `admit`.
+    pub fn with_credentials(
+        tcp: TcpListener,
+        creds: &pki::Credentials,
+        auth: pki::ClientAuth,
+        admit: impl Fn(Option<&[u8]>) -> bool + Send + Sync + 'static,
+    ) -> std::io::Result<TlsListener> {
+        let config = pki::server_config(creds, auth).map_err(std::io::Error::other)?;
+        Ok(TlsListener::new(tcp, config, admit))
+    }
+
     pub fn new(
         tcp: TcpListener,
         config: Arc<rustls::ServerConfig>,

@@ -305,12 +305,16 @@ pub async fn agent(o: AgentOptions) -> Result<()> {
         Listener::Tcp(l) => {
             let head = o.head.as_deref().unwrap_or_default();
             let creds = agent_credentials(&inst, &o, &l, head).await?;
-            let config = pki::server_config(&creds, pki::ClientAuth::Required)?;
             // Only the head: another agent's or a tenant's certificate is refused.
-            Serving::Tls(agent_client::serve::TlsListener::new(l, config, |cert| {
-                cert.and_then(pki::identify)
-                    .is_some_and(|id| id.role == pki::Role::Head)
-            }))
+            Serving::Tls(agent_client::serve::TlsListener::with_credentials(
+                l,
+                &creds,
+                pki::ClientAuth::Required,
+                |cert| {
+                    cert.and_then(pki::identify)
+                        .is_some_and(|id| id.role == pki::Role::Head)
+                },
+            )?)
         }
         Listener::Unix(l) => Serving::Unix(l),
     };

@@ -7,11 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use testkit::{AtollInstance, StartOptions, wait_for};
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
+use testkit::{AtollInstance, StartOptions, json, wait_for};
 
 fn server_of(a: &AtollInstance, name: &str) -> String {
     let list = json(&a.operator_ok(&["container", "ls", "--json"]));
@@ -21,17 +17,6 @@ fn server_of(a: &AtollInstance, name: &str) -> String {
         .find(|c| c["name"] == name)
         .and_then(|c| c["server"].as_str())
         .unwrap_or_else(|| panic!("{name} not in {list}"))
-        .to_string()
-}
-
-fn server_state(a: &AtollInstance, id: &str) -> String {
-    let list = json(&a.operator_ok(&["server", "ls", "--json"]));
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .and_then(|s| s["state"].as_str())
-        .unwrap_or_default()
         .to_string()
 }
 
@@ -281,7 +266,7 @@ fn a_three_server_datacenter() {
         .unwrap();
     assert!(st.success(), "no agent matched {pattern}");
     wait_for(
-        || server_state(&a, &victim) == "down",
+        || a.server_state(&victim) == "down",
         Duration::from_secs(3),
         "the killed server to show down",
     );
@@ -305,7 +290,7 @@ fn a_three_server_datacenter() {
         (2 * host_cpus()).to_string()
     );
     wait_for(
-        || server_state(&a, &victim) == "up",
+        || a.server_state(&victim) == "up",
         Duration::from_secs(20),
         "the server to come back",
     );
@@ -328,27 +313,15 @@ fn a_three_server_datacenter() {
         "atoll agent --data-dir {}/nodes/{hung} ",
         a.data_dir().display()
     );
-    assert!(
-        std::process::Command::new("pkill")
-            .args(["-STOP", "-f", &pattern])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal_processes("-STOP", &pattern);
     wait_for(
-        || server_state(&a, &hung) == "down",
+        || a.server_state(&hung) == "down",
         Duration::from_secs(10),
         "the hung server to show down",
     );
-    assert!(
-        std::process::Command::new("pkill")
-            .args(["-CONT", "-f", &pattern])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal_processes("-CONT", &pattern);
     wait_for(
-        || server_state(&a, &hung) == "up",
+        || a.server_state(&hung) == "up",
         Duration::from_secs(15),
         "the hung server to come back",
     );
@@ -375,6 +348,15 @@ fn a_three_server_datacenter() {
     );
     assert_eq!(underlay_links(&data_dir), BTreeSet::new());
     assert!(!a.data_dir().exists());
+}
+
+/// `pkill SIGNAL -f pattern`, which must find a process.
+fn signal_processes(signal: &str, pattern: &str) {
+    let st = std::process::Command::new("pkill")
+        .args([signal, "-f", pattern])
+        .status()
+        .unwrap();
+    assert!(st.success(), "pkill {signal} -f {pattern}: {st}");
 }
 
 fn host_cpus() -> usize {

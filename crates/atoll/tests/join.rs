@@ -8,28 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use testkit::{AtollInstance, StartOptions, wait_for};
+use testkit::{AtollInstance, StartOptions, json, wait_for};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
-}
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-fn server_state(head: &AtollInstance, id: &str) -> String {
-    let list = json(&head.operator_ok(&["server", "ls", "--json"]));
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .and_then(|s| s["state"].as_str())
-        .unwrap_or("absent")
-        .to_string()
 }
 
 /// An `atoll agent` process with its own data dir; killed and reset on drop.
@@ -183,12 +168,12 @@ fn a_server_joins_with_a_one_time_token_and_serves_only_its_head() {
     assert!(err.contains("is not the one this token is for"), "{err}");
     let err = a.run_refused("Bad_Name", Some(&token));
     assert!(err.contains("invalid server name"), "{err}");
-    assert_eq!(server_state(&head, "srv-a"), "absent");
+    assert_eq!(head.server_state("srv-a"), "absent");
 
     // The real join.
     a.start("srv-a", Some(&token));
     wait_for(
-        || server_state(&head, "srv-a") == "up",
+        || head.server_state("srv-a") == "up",
         Duration::from_secs(30),
         "srv-a up",
     );
@@ -302,13 +287,13 @@ fn a_server_joins_with_a_one_time_token_and_serves_only_its_head() {
     // The agent restarts without a token (it is a member), re-adopting its container.
     a.stop();
     wait_for(
-        || server_state(&head, "srv-a") == "down",
+        || head.server_state("srv-a") == "down",
         Duration::from_secs(15),
         "srv-a down",
     );
     a.start("srv-a", None);
     wait_for(
-        || server_state(&head, "srv-a") == "up",
+        || head.server_state("srv-a") == "up",
         Duration::from_secs(30),
         "srv-a back",
     );
@@ -317,7 +302,7 @@ fn a_server_joins_with_a_one_time_token_and_serves_only_its_head() {
     // The head restarts and follows its servers again from the store.
     head.restart();
     wait_for(
-        || server_state(&head, "srv-a") == "up",
+        || head.server_state("srv-a") == "up",
         Duration::from_secs(30),
         "srv-a up after the head restarted",
     );
@@ -330,17 +315,17 @@ fn a_server_joins_with_a_one_time_token_and_serves_only_its_head() {
     // A dead server is forgotten; a new machine may then join under its name.
     a.stop();
     wait_for(
-        || server_state(&head, "srv-a") == "down",
+        || head.server_state("srv-a") == "down",
         Duration::from_secs(15),
         "srv-a down",
     );
     head.operator_ok(&["server", "forget", "srv-a"]);
-    assert_eq!(server_state(&head, "srv-a"), "absent");
+    assert_eq!(head.server_state("srv-a"), "absent");
     let token3 = head.operator_ok(&["server", "token"]);
     let mut c = Agent::new(&head_addr);
     c.start("srv-a", Some(&token3));
     wait_for(
-        || server_state(&head, "srv-a") == "up",
+        || head.server_state("srv-a") == "up",
         Duration::from_secs(30),
         "the new srv-a up",
     );

@@ -3,7 +3,7 @@
 //! covered by the scheduler's own tests (`crates/placement`); here the rules and
 //! the errors go end to end through one server.
 
-use testkit::AtollInstance;
+use testkit::{AtollInstance, json};
 
 const MB: u64 = 1 << 20;
 
@@ -11,10 +11,6 @@ fn started() -> AtollInstance {
     let a = AtollInstance::start();
     a.load_busybox();
     a
-}
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
 /// (package, server) of a container, from the operator's view.

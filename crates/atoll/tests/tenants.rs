@@ -6,11 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::{AtollInstance, Tenant, test_images};
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
+use testkit::{AtollInstance, Tenant, json, test_images};
 
 fn load_busybox(t: &Tenant) {
     let path = test_images().busybox.path.to_string_lossy().into_owned();

@@ -212,8 +212,11 @@ impl Cluster {
         account: &str,
         memory: u64,
     ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>> {
+        if account == OPERATOR {
+            return Ok(None); // not an account: no store query on its creates
+        }
         let Some(a) = self.store.get_account(account).await? else {
-            return Ok(None); // the operator, or a local caller
+            return Ok(None);
         };
         if a.limits == AccountLimits::default() {
             return Ok(None);

@@ -266,9 +266,12 @@ pub async fn serve_tls(
     creds: &pki::Credentials,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let config =
-        pki::server_config(creds, pki::ClientAuth::Required).map_err(std::io::Error::other)?;
-    let listener = agent_client::serve::TlsListener::new(tcp, config, |_| true);
+    let listener = agent_client::serve::TlsListener::with_credentials(
+        tcp,
+        creds,
+        pki::ClientAuth::Required,
+        |_| true,
+    )?;
     serve(listener, tls_router(cluster), shutdown).await
 }
 
@@ -277,8 +280,20 @@ async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = tower::ServiceExt::map_request(app, |req: http::Request<hyper::body::Incoming>| {
-        strip_version(req.map(axum::body::Body::new))
-    });
+    serve_router(listener, app, strip_version, shutdown).await
+}
+
+/// Serves an axum router (this API, or the operator API) on `listener`;
+/// `rewrite` sees every request before routing.
+pub async fn serve_router(
+    listener: impl agent_client::serve::Accept,
+    app: Router,
+    rewrite: fn(Request) -> Request,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app =
+        tower::ServiceExt::map_request(app, move |req: http::Request<hyper::body::Incoming>| {
+            rewrite(req.map(axum::body::Body::new))
+        });
     agent_client::serve::serve(listener, app, shutdown).await
 }

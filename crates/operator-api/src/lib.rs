@@ -76,9 +76,12 @@ pub async fn serve_tls(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let config =
-        pki::server_config(head, pki::ClientAuth::Optional).map_err(std::io::Error::other)?;
-    let listener = agent_client::serve::TlsListener::new(tcp, config, |_| true);
+    let listener = agent_client::serve::TlsListener::with_credentials(
+        tcp,
+        head,
+        pki::ClientAuth::Optional,
+        |_| true,
+    )?;
     serve(listener, app, shutdown).await
 }
 
@@ -87,10 +90,7 @@ async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = tower::ServiceExt::map_request(app, |req: http::Request<hyper::body::Incoming>| {
-        req.map(axum::body::Body::new)
-    });
-    agent_client::serve::serve(listener, app, shutdown).await
+    docker_api::serve_router(listener, app, |req| req, shutdown).await
 }
 
 async fn list_servers(State(c): State<Arc<Cluster>>) -> ApiResult<Json<Vec<ServerView>>> {

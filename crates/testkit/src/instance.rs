@@ -266,6 +266,19 @@ impl AtollInstance {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
+    /// A server's state as `atoll server ls` reports it (`up`, `down`, …), or
+    /// `absent` when the head does not know it.
+    pub fn server_state(&self, id: &str) -> String {
+        let list = crate::json(&self.operator_ok(&["server", "ls", "--json"]));
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["id"] == id)
+            .and_then(|s| s["state"].as_str())
+            .unwrap_or("absent")
+            .to_string()
+    }
+
     /// `ADDR:PORT` of the Docker API over TLS (as atoll wrote it).
     pub fn tls_address(&self) -> String {
         let f = self.data_dir.join("head/docker-tls.addr");

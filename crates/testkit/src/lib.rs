@@ -15,3 +15,8 @@ pub use registry::Registry;
 pub use tenant::Tenant;
 pub use testimages::{ImageFacts, TestImages, sha256_hex, test_images};
 pub use wait::{try_wait_for_some, wait_for, wait_for_some};
+
+/// Parses command output as JSON; panics with the text if it is not.
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
