@@ -16,6 +16,48 @@ pub struct LayerRef {
     pub blob: String,
 }
 
+/// A user namespace's id mapping, the same for uids and gids: container ids
+/// `0..size` are host ids `host_base..host_base + size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdMap {
+    pub host_base: u32,
+    pub size: u32,
+}
+
+impl IdMap {
+    /// The host id that unmapped ids show as (the kernel's overflow id).
+    pub const OVERFLOW: u32 = 65534;
+
+    /// The host id of container id `id`; ids outside the range become the
+    /// overflow id of the range.
+    pub fn to_host(&self, id: u32) -> u32 {
+        if id < self.size {
+            self.host_base + id
+        } else {
+            self.host_base + Self::OVERFLOW.min(self.size - 1)
+        }
+    }
+
+    /// The container id of host id `id`; ids outside the range are the
+    /// overflow id, as the kernel shows them inside the namespace.
+    pub fn to_container(&self, id: u32) -> u32 {
+        match id.checked_sub(self.host_base) {
+            Some(c) if c < self.size => c,
+            _ => Self::OVERFLOW,
+        }
+    }
+}
+
+/// `map.to_host(id)`, or `id` itself without a user namespace.
+pub fn host_id(map: Option<&IdMap>, id: u32) -> u32 {
+    map.map_or(id, |m| m.to_host(id))
+}
+
+/// `map.to_container(id)`, or `id` itself without a user namespace.
+pub fn container_id(map: Option<&IdMap>, id: u32) -> u32 {
+    map.map_or(id, |m| m.to_container(id))
+}
+
 /// The process to run, resolved from image config + create options by the head.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessSpec {
@@ -140,6 +182,10 @@ pub struct ContainerSpec {
     /// account only); otherwise the default profile.
     #[serde(default)]
     pub seccomp_unconfined: bool,
+    /// The account's user-namespace id range: container root is host id
+    /// `host_base`. None: the host's ids (the operator's account).
+    #[serde(default)]
+    pub userns: Option<IdMap>,
     pub hostname: String,
     pub domainname: String,
     pub read_only: bool,

@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use agent_client::{IdMap, container_id, host_id};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::Mode;
 use serde::Serialize;
@@ -149,16 +150,27 @@ fn rfc3339(secs: i64, nanos: i64) -> String {
 /// A container's root directory, opened once.
 pub struct Root {
     fd: OwnedFd,
+    /// The container's user-namespace mapping: owners in tars are its ids,
+    /// on disk the host's.
+    ids: Option<IdMap>,
+}
+
+/// How a tree is written: as an image layer (whiteouts translated), and with
+/// which id mapping.
+#[derive(Clone, Copy)]
+struct Walk {
+    layer: bool,
+    ids: Option<IdMap>,
 }
 
 impl Root {
-    pub fn open(rootfs: &Path) -> io::Result<Root> {
+    pub fn open(rootfs: &Path, ids: Option<IdMap>) -> io::Result<Root> {
         let fd = nix::fcntl::open(
             rootfs,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Root { fd })
+        Ok(Root { fd, ids })
     }
 
     /// The directory `comps` inside the root (symlinks resolved inside it).
@@ -226,6 +238,13 @@ impl Root {
         })
     }
 
+    fn walk(&self) -> Walk {
+        Walk {
+            layer: false,
+            ids: self.ids,
+        }
+    }
+
     /// A tar of `path` (its basename as the top entry), or of the root's
     /// contents with `path` = "/" (export).
     pub fn write_tar<W: Write>(&self, path: &str, w: W) -> Result<(), ArchiveError> {
@@ -240,7 +259,7 @@ impl Root {
                 libc::O_RDONLY | libc::O_DIRECTORY,
                 0,
             )?;
-            add_children(&mut b, &dir, Path::new(""), false)?;
+            add_children(&mut b, &dir, Path::new(""), self.walk())?;
         } else {
             let (dir, name) = self.locate(path)?;
             if let Err(e) = stat_at(dir.as_raw_fd(), &name) {
@@ -251,7 +270,7 @@ impl Root {
                 });
             }
             let top = PathBuf::from(OsStr::from_bytes(name.as_bytes()));
-            add_entry(&mut b, &dir, &name, &top, false)?;
+            add_entry(&mut b, &dir, &name, &top, self.walk())?;
         }
         b.into_inner()?.flush()?;
         Ok(())
@@ -386,6 +405,8 @@ impl Root {
             } else {
                 (0, 0)
             };
+            let ids = self.ids.as_ref();
+            let (uid, gid) = (host_id(ids, uid), host_id(ids, gid));
             // SAFETY: *at calls on our dir fd, not following a final symlink.
             unsafe {
                 check(libc::fchownat(
@@ -422,8 +443,9 @@ fn add_entry<W: Write>(
     dir: &OwnedFd,
     name: &CStr,
     path: &Path,
-    layer: bool,
+    walk: Walk,
 ) -> io::Result<()> {
+    let layer = walk.layer;
     let st = match stat_at(dir.as_raw_fd(), name) {
         Ok(st) => st,
         // Gone meanwhile (the container is running): skip it.
@@ -432,8 +454,8 @@ fn add_entry<W: Write>(
     };
     let mut h = tar::Header::new_gnu();
     h.set_mode(st.st_mode & 0o7777);
-    h.set_uid(st.st_uid as u64);
-    h.set_gid(st.st_gid as u64);
+    h.set_uid(container_id(walk.ids.as_ref(), st.st_uid) as u64);
+    h.set_gid(container_id(walk.ids.as_ref(), st.st_gid) as u64);
     h.set_mtime(st.st_mtime.max(0) as u64);
     h.set_size(0);
     if layer {
@@ -472,7 +494,7 @@ fn add_entry<W: Write>(
                 h.set_mode(0o600);
                 b.append_data(&mut h, path.join(".wh..wh..opq"), io::empty())?;
             }
-            add_children(b, &sub, path, layer)?;
+            add_children(b, &sub, path, walk)?;
         }
         libc::S_IFREG => {
             let f = File::from(open_at(
@@ -528,7 +550,7 @@ fn add_children<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &OwnedFd,
     path: &Path,
-    layer: bool,
+    walk: Walk,
 ) -> io::Result<()> {
     let dup = dir.try_clone()?;
     let mut d = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
@@ -541,18 +563,18 @@ fn add_children<W: Write>(
     names.sort();
     for n in names {
         let child = path.join(OsStr::from_bytes(n.as_bytes()));
-        add_entry(b, dir, &n, &child, layer)?;
+        add_entry(b, dir, &n, &child, walk)?;
     }
     Ok(())
 }
 
 /// The container's changes (its overlay upper dir) as an image layer tar:
 /// whiteouts and opaque dirs in the layer format, our bind-mount points left out.
-pub fn write_layer<W: Write>(upper: &Path, w: W) -> io::Result<()> {
+pub fn write_layer<W: Write>(upper: &Path, w: W, ids: Option<IdMap>) -> io::Result<()> {
     let mut b = tar::Builder::new(w);
     b.mode(tar::HeaderMode::Complete);
     let root = OwnedFd::from(File::open(upper)?);
-    add_children(&mut b, &root, Path::new(""), true)?;
+    add_children(&mut b, &root, Path::new(""), Walk { layer: true, ids })?;
     b.into_inner()?.flush()
 }
 
@@ -643,7 +665,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), root.path().join("abs")).unwrap();
         std::os::unix::fs::symlink("../../../../..", root.path().join("up")).unwrap();
         std::os::unix::fs::symlink("/etc", root.path().join("etclink")).unwrap();
-        let r = Root::open(root.path()).unwrap();
+        let r = Root::open(root.path(), None).unwrap();
         // "/up/etc/secret" is the container's /etc/secret, not the host's.
         let mut tar = Vec::new();
         r.write_tar("/up/etc/secret", &mut tar).unwrap();
@@ -690,7 +712,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("d")).unwrap();
         std::os::unix::fs::symlink("d", root.path().join("l")).unwrap();
-        let r = Root::open(root.path()).unwrap();
+        let r = Root::open(root.path(), None).unwrap();
         let d = r.stat("/d").unwrap();
         assert_eq!(d.mode & GO_DIR, GO_DIR);
         assert_eq!(d.name, "d");

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agent_client::{ContainerSpec, Resources};
+use agent_client::{ContainerSpec, IdMap, Resources};
 use serde_json::{Value, json};
 
 use crate::runc::RuntimeError;
@@ -150,10 +150,21 @@ pub fn write_bundle(
     let user = resolve_user(&paths.rootfs, &spec.process.user)?;
     let hostname = container_hostname(spec);
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    write_file(&paths.hosts, &hosts_file(spec, &hostname))?;
-    write_file(&paths.resolv_conf, &resolv_conf(spec, &host_resolv))?;
-    write_file(&paths.hostname, &format!("{hostname}\n"))?;
-    ensure_cwd(&paths.rootfs, &cwd(spec), &user)?;
+    let ids = spec.userns.as_ref();
+    for (path, text) in [
+        (&paths.hosts, hosts_file(spec, &hostname)),
+        (&paths.resolv_conf, resolv_conf(spec, &host_resolv)),
+        (&paths.hostname, format!("{hostname}\n")),
+    ] {
+        write_file(path, &text)?;
+        // The container's root may edit them, as on Docker.
+        if let Some(ids) = ids {
+            std::os::unix::fs::chown(path, Some(ids.host_base), Some(ids.host_base)).map_err(
+                |e| RuntimeError::io(format!("changing the owner of {}", file_name(path)), e),
+            )?;
+        }
+    }
+    ensure_cwd(&paths.rootfs, &cwd(spec), &user, ids)?;
     let config = oci_config(
         spec,
         paths,
@@ -201,7 +212,12 @@ pub fn container_hostname(spec: &ContainerSpec) -> String {
 }
 
 /// Docker creates a missing working directory, owned by the container's user.
-fn ensure_cwd(rootfs: &Path, cwd: &str, user: &ExecUser) -> Result<(), RuntimeError> {
+fn ensure_cwd(
+    rootfs: &Path,
+    cwd: &str,
+    user: &ExecUser,
+    ids: Option<&IdMap>,
+) -> Result<(), RuntimeError> {
     let p = resolve_in_root(rootfs, Path::new(cwd))?;
     if p.is_dir() {
         return Ok(());
@@ -209,8 +225,12 @@ fn ensure_cwd(rootfs: &Path, cwd: &str, user: &ExecUser) -> Result<(), RuntimeEr
     std::fs::create_dir_all(&p).map_err(|e| {
         RuntimeError::Invalid(format!("cannot create working directory {cwd}: {e}"))
     })?;
-    std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid))
-        .map_err(|e| RuntimeError::io("changing the owner of the working directory", e))
+    std::os::unix::fs::chown(
+        &p,
+        Some(agent_client::host_id(ids, user.uid)),
+        Some(agent_client::host_id(ids, user.gid)),
+    )
+    .map_err(|e| RuntimeError::io("changing the owner of the working directory", e))
 }
 
 /// Docker's /etc/hosts: the loopback entries, `--add-host` entries, then the
@@ -531,9 +551,23 @@ pub fn oci_config(
         }
         mounts.push(bind(&m.destination, Path::new(&m.source), m.read_only));
     }
-    let mut network = json!({"type": "network"});
-    if let Some(p) = netns {
-        network["path"] = json!(p);
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        match netns {
+            Some(p) => json!({"type": "network", "path": p}),
+            None => json!({"type": "network"}),
+        },
+    ];
+    if spec.userns.is_some() {
+        // Joined where the agent made it, as the owner of the network
+        // namespace (so the container may mount its sysfs); else new.
+        namespaces.push(match netns {
+            Some(p) => json!({"type": "user", "path": net::netns::userns_pin(p)}),
+            None => json!({"type": "user"}),
+        });
     }
     // The head computed the set from --cap-add/--cap-drop; none means Docker's.
     let caps: Vec<&str> = match &spec.capabilities {
@@ -567,19 +601,18 @@ pub fn oci_config(
         "linux": {
             "resources": resources(&spec.resources, swap_supported),
             "cgroupsPath": format!("/{}/{}", cgroup_parent.trim_matches('/'), spec.id),
-            "namespaces": [
-                {"type": "pid"},
-                {"type": "ipc"},
-                {"type": "uts"},
-                {"type": "mount"},
-                network,
-            ],
+            "namespaces": namespaces,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },
     });
     if !spec.domainname.is_empty() {
         config["domainname"] = json!(spec.domainname);
+    }
+    if let Some(ids) = &spec.userns {
+        let map = json!([{"containerID": 0, "hostID": ids.host_base, "size": ids.size}]);
+        config["linux"]["uidMappings"] = map.clone();
+        config["linux"]["gidMappings"] = map;
     }
     if !spec.seccomp_unconfined {
         config["linux"]["seccomp"] = crate::seccomp::oci_profile(&caps);

@@ -19,6 +19,8 @@ pub struct RootfsLease {
     pub upper: PathBuf,
     pub lowers: Vec<PathBuf>,
     pub read_only: bool,
+    /// The container's user-namespace mapping (file owners are shifted).
+    pub ids: Option<agent_client::IdMap>,
     unmount: Option<crate::rootfs::RealMounter>,
     _op: OwnedMutexGuard<()>,
 }
@@ -79,7 +81,13 @@ impl Agent {
             std::fs::create_dir_all(&paths.work)?;
             std::fs::create_dir_all(&paths.rootfs)?;
             self.mounter
-                .mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
+                .mount_overlay(
+                    &lowers,
+                    &paths.upper,
+                    &paths.work,
+                    &paths.rootfs,
+                    spec.userns.as_ref(),
+                )
                 .map_err(|e| AgentError::Internal(e.to_string()))?;
             unmount = Some(crate::rootfs::RealMounter);
         }
@@ -88,6 +96,7 @@ impl Agent {
             upper: paths.upper,
             lowers,
             read_only: spec.read_only,
+            ids: spec.userns,
             unmount,
             _op: op,
         })

@@ -22,6 +22,7 @@ pub mod stats;
 mod syscalls_x86_64;
 pub mod top;
 pub mod user;
+pub mod userns;
 pub mod volumes;
 pub mod zygote;
 

@@ -335,7 +335,13 @@ impl Agent {
         std::fs::create_dir_all(&paths.rootfs)?;
         if !self.mounter.is_mounted(&paths.rootfs) {
             self.mounter
-                .mount_overlay(lowers, &paths.upper, &paths.work, &paths.rootfs)
+                .mount_overlay(
+                    lowers,
+                    &paths.upper,
+                    &paths.work,
+                    &paths.rootfs,
+                    spec.userns.as_ref(),
+                )
                 .map_err(|e| AgentError::Internal(e.to_string()))?;
         }
         let netns = match &spec.network {
@@ -352,7 +358,14 @@ impl Agent {
                     .collect();
                 Some(
                     self.net
-                        .attach(&spec.id, n.ip, n.prefix_len, &n.mac, &ports)
+                        .attach_owned(
+                            &spec.id,
+                            n.ip,
+                            n.prefix_len,
+                            &n.mac,
+                            &ports,
+                            spec.userns.as_ref().map(crate::userns::owner),
+                        )
                         .await?,
                 )
             }

@@ -7,8 +7,8 @@
 //! from the container's own process, see `exec.rs`), so it gets exactly the
 //! container's capabilities, limits and seccomp profile (the default one,
 //! compiled to BPF by `seccomp.rs`). Anything this module does not know how to
-//! apply (AppArmor, SELinux, a user namespace) is refused by
-//! [`ExecPlan::from_process`] rather than silently skipped.
+//! apply (AppArmor, SELinux) is refused by [`ExecPlan::from_process`] rather
+//! than silently skipped. A tenant's user namespace is joined like the others.
 //!
 //! Only called from the single-threaded shim: it forks, and the children run
 //! ordinary Rust (allocation included) before `execve`.
@@ -23,13 +23,16 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 /// Namespaces joined, in this order (mount last: the others are opened through
-/// the host's /proc, which the container's mount namespace hides).
+/// the host's /proc, which the container's mount namespace hides). The user
+/// namespace (a tenant's) comes after those the host's root may join and
+/// before the mount namespace, which needs privilege inside it.
 const NAMESPACES: &[(&str, libc::c_int)] = &[
     ("ipc", libc::CLONE_NEWIPC),
     ("uts", libc::CLONE_NEWUTS),
     ("net", libc::CLONE_NEWNET),
     ("pid", libc::CLONE_NEWPID),
     ("cgroup", libc::CLONE_NEWCGROUP),
+    ("user", libc::CLONE_NEWUSER),
     ("mnt", libc::CLONE_NEWNS),
 ];
 

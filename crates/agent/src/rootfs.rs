@@ -2,9 +2,11 @@
 //! lower dirs from the layer cache) plus the container's own upper dir.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use agent_client::IdMap;
 use nix::mount::{MntFlags, MsFlags};
 
 use crate::runc::RuntimeError;
@@ -15,12 +17,16 @@ const MAX_MOUNT_DATA: usize = 4095;
 pub trait Mounter: Send + Sync {
     /// Mounts an overlay at `target`. `lowers` is top layer first (overlayfs's
     /// order); an image without layers gets an empty lower dir next to `work`.
+    /// With `ids` (a tenant's user namespace), the shared lower layers are seen
+    /// through idmapped mounts, so their root-owned files belong to the
+    /// container's root, and the upper dir's root is owned by it too.
     fn mount_overlay(
         &self,
         lowers: &[PathBuf],
         upper: &Path,
         work: &Path,
         target: &Path,
+        ids: Option<&IdMap>,
     ) -> Result<(), RuntimeError>;
     /// Unmounts `target`, detaching lazily if it is busy. Not mounted is fine.
     fn unmount(&self, target: &Path) -> Result<(), RuntimeError>;
@@ -107,6 +113,23 @@ fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn mount_overlay_at(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), RuntimeError> {
+    let opts = overlay_options(lowers, upper, work)?;
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| RuntimeError::io("mounting the container's root filesystem", e.into()))
+}
+
 /// Mounts with mount(2)/umount2(2) directly.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealMounter;
@@ -118,6 +141,7 @@ impl Mounter for RealMounter {
         upper: &Path,
         work: &Path,
         target: &Path,
+        ids: Option<&IdMap>,
     ) -> Result<(), RuntimeError> {
         let lowers = effective_lowers(lowers, work);
         for d in [upper, work, target]
@@ -127,15 +151,36 @@ impl Mounter for RealMounter {
             std::fs::create_dir_all(d)
                 .map_err(|e| RuntimeError::io("creating overlay directory", e))?;
         }
-        let opts = overlay_options(&lowers, upper, work)?;
-        nix::mount::mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(opts.as_str()),
-        )
-        .map_err(|e| RuntimeError::io("mounting the container's root filesystem", e.into()))
+        let Some(ids) = ids else {
+            return mount_overlay_at(&lowers, upper, work, target);
+        };
+        let io = |what: &'static str| move |e: std::io::Error| RuntimeError::io(what, e);
+        // A fresh upper dir is host root's: give it to the container's root.
+        let md = std::fs::metadata(upper).map_err(io("reading the upper dir"))?;
+        if md.uid() == 0 {
+            std::os::unix::fs::chown(upper, Some(ids.host_base), Some(ids.host_base))
+                .map_err(io("changing the owner of the upper dir"))?;
+        }
+        // Each layer idmapped at a temporary mount point beside `work`;
+        // overlayfs keeps its own private clones, so these are detached after.
+        let staging = work.with_file_name("idmapped");
+        let mut mapped = Vec::new();
+        let res = (|| {
+            let userns = crate::userns::mapping_fd(ids).map_err(io("creating a user namespace"))?;
+            for (i, lower) in lowers.iter().enumerate() {
+                let at = staging.join(i.to_string());
+                std::fs::create_dir_all(&at).map_err(io("creating a mount point"))?;
+                crate::userns::mount_idmapped(lower, &at, &userns)
+                    .map_err(io("idmapping an image layer"))?;
+                mapped.push(at);
+            }
+            mount_overlay_at(&mapped, upper, work, target)
+        })();
+        for at in &mapped {
+            let _ = nix::mount::umount2(at, MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        res
     }
 
     fn unmount(&self, target: &Path) -> Result<(), RuntimeError> {
@@ -170,6 +215,7 @@ pub enum MountCall {
         work: PathBuf,
         target: PathBuf,
         options: String,
+        ids: Option<IdMap>,
     },
     Unmount(PathBuf),
 }
@@ -198,6 +244,7 @@ impl Mounter for FakeMounter {
         upper: &Path,
         work: &Path,
         target: &Path,
+        ids: Option<&IdMap>,
     ) -> Result<(), RuntimeError> {
         let lowers = effective_lowers(lowers, work);
         let options = overlay_options(&lowers, upper, work)?;
@@ -217,6 +264,7 @@ impl Mounter for FakeMounter {
                 work: work.to_path_buf(),
                 target: target.to_path_buf(),
                 options,
+                ids: ids.copied(),
             });
         Ok(())
     }
@@ -275,6 +323,7 @@ mod tests {
             Path::new("/c/upper"),
             Path::new("/c/work"),
             Path::new("/c/rootfs"),
+            None,
         )
         .expect("mount");
         assert!(f.is_mounted(Path::new("/c/rootfs")));
@@ -283,7 +332,8 @@ mod tests {
                 &[],
                 Path::new("/c/upper"),
                 Path::new("/c/work"),
-                Path::new("/c/rootfs")
+                Path::new("/c/rootfs"),
+                None
             )
             .is_err()
         );

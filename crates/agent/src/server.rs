@@ -329,7 +329,7 @@ fn archive_error(e: crate::archive::ArchiveError) -> AgentError {
 /// The stat of `path`, base64 JSON, as Docker's header wants it.
 async fn path_stat(a: &Arc<Agent>, id: &str, path: &str) -> R<(String, crate::files::RootfsLease)> {
     let lease = a.lease_rootfs(id).await?;
-    let root = crate::archive::Root::open(&lease.rootfs)?;
+    let root = crate::archive::Root::open(&lease.rootfs, lease.ids)?;
     let st = root.stat(path).map_err(archive_error)?;
     let json = serde_json::to_vec(&st).map_err(|e| AgentError::Internal(e.to_string()))?;
     use base64::Engine;
@@ -382,7 +382,7 @@ async fn archive_get(
     let path = query_value(&q, "path").unwrap_or_default();
     let (stat, lease) = path_stat(&a, &id, &path).await?;
     let body = blocking_body(lease, move |lease, w| {
-        crate::archive::Root::open(&lease.rootfs)?.write_tar(&path, w)
+        crate::archive::Root::open(&lease.rootfs, lease.ids)?.write_tar(&path, w)
     });
     let mut resp = Response::new(body);
     resp.headers_mut().insert(
@@ -417,7 +417,7 @@ async fn archive_put(
         .map_err(std::io::Error::other);
     let reader = SyncIoBridge::new(StreamReader::new(stream));
     tokio::task::spawn_blocking(move || {
-        let root = crate::archive::Root::open(&lease.rootfs)?;
+        let root = crate::archive::Root::open(&lease.rootfs, lease.ids)?;
         root.extract(&path, reader, no_overwrite, copy_ids)
             .map_err(archive_error)
     })
@@ -429,7 +429,7 @@ async fn archive_put(
 async fn export(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Response> {
     let lease = a.lease_rootfs(&id).await?;
     let body = blocking_body(lease, |lease, w| {
-        crate::archive::Root::open(&lease.rootfs)?.write_tar("/", w)
+        crate::archive::Root::open(&lease.rootfs, lease.ids)?.write_tar("/", w)
     });
     Ok(Response::new(body))
 }
@@ -438,7 +438,8 @@ async fn export(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Respon
 async fn layer(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Response> {
     let lease = a.lease_rootfs(&id).await?;
     let body = blocking_body(lease, |lease, w| {
-        crate::archive::write_layer(&lease.upper, w).map_err(crate::archive::ArchiveError::Io)
+        crate::archive::write_layer(&lease.upper, w, lease.ids)
+            .map_err(crate::archive::ArchiveError::Io)
     });
     Ok(Response::new(body))
 }

@@ -52,6 +52,10 @@ pub fn prepare_volumes(
             {
                 copy_tree(&src, &tmp)?;
                 copy_owner_and_mode(&src, &tmp)?;
+            } else if let Some(ids) = &spec.userns {
+                // Nothing to copy: the container's root owns it (the rootfs
+                // shows copied files with shifted owners already).
+                std::os::unix::fs::chown(&tmp, Some(ids.host_base), Some(ids.host_base))?;
             }
             std::fs::rename(&tmp, &data)?;
         }

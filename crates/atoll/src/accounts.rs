@@ -158,6 +158,7 @@ pub async fn account(t: &Target, cmd: AccountCmd) -> Result<()> {
         "CONTAINERS".into(),
         "MEMORY".into(),
         "LIMITS".into(),
+        "HOST IDS".into(),
     ]];
     for a in &list {
         let l = &a["limits"];
@@ -181,6 +182,13 @@ pub async fn account(t: &Target, cmd: AccountCmd) -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
             size(&a["memory_reserved"]),
             limits,
+            match (
+                a["userns"]["host_base"].as_u64(),
+                a["userns"]["size"].as_u64(),
+            ) {
+                (Some(b), Some(n)) => format!("{b}-{}", b + n - 1),
+                _ => "-".into(),
+            },
         ]);
     }
     print_table(&rows);

@@ -91,7 +91,7 @@ pub async fn setup(inst: &Instance, count: usize) -> Result<Underlay> {
         let ip = subnet.host(10 + i as u32).context("underlay address")?;
         let ns = netns_path(inst, i);
         RealNetns
-            .create(&ns)
+            .create(&ns, None)
             .context("creating a server's namespace")?;
         let spec = VethSpec {
             host: veth_name(inst, i),

@@ -184,3 +184,173 @@ fn a_noisy_neighbour_does_not_hurt_the_other_tenant() {
     );
     mallory.docker_ok(&["rm", "-f", "bomb", "hog"]);
 }
+
+/// The host's view of a file's owner.
+fn host_uid(p: &std::path::Path) -> u32 {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(p).unwrap())
+}
+
+/// The one file called `name` under `dir` (a volume's directory on the host).
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let ft = e.file_type().ok()?;
+        if ft.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if ft.is_file() && e.file_name() == name {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[test]
+fn container_root_is_not_host_root() {
+    let a = AtollInstance::start();
+    let alice = a.tenant("alice");
+    let bob = a.tenant("bob");
+    load_busybox(&alice);
+    // Each account has its own range of host ids, recorded by the head.
+    let ranges = testkit::json(&a.operator_ok(&["account", "ls", "--json"]));
+    let base = |name: &str| -> u32 {
+        let acc = ranges
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {ranges}"));
+        assert_eq!(acc["userns"]["size"], 65536, "{acc}");
+        acc["userns"]["host_base"].as_u64().unwrap() as u32
+    };
+    let (alice_base, bob_base) = (base("alice"), base("bob"));
+    assert!(alice_base >= 65536 && bob_base >= 65536);
+    assert!(alice_base.abs_diff(bob_base) >= 65536, "ranges overlap");
+    let in_alices = |uid: u32| (alice_base..alice_base + 65536).contains(&uid);
+
+    // Root inside, alice's base outside.
+    alice.docker_ok(&["volume", "create", "data"]);
+    let out = alice.docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/d",
+        "busybox",
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; echo mine > /d/marker; stat -c %u /bin/busybox",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0", "{out}");
+    let map: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(map, ["0", &alice_base.to_string(), "65536"], "{out}");
+    // The image's files (one shared copy on the server) are root's inside.
+    assert_eq!(lines[2], "0", "{out}");
+    let marker = find_file(a.data_dir(), "marker").expect("the volume's file on the host");
+    assert!(in_alices(host_uid(&marker)), "{}", host_uid(&marker));
+    assert!(in_alices(host_uid(marker.parent().unwrap())));
+
+    // A file only the host's root may read, placed where her root can reach.
+    let secret = marker.with_file_name("secret");
+    std::fs::write(&secret, "host secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = alice.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/d",
+        "busybox",
+        "cat",
+        "/d/secret",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "container root read the host's file");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(
+        alice.docker_ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "data:/d",
+            "busybox",
+            "cat",
+            "/d/marker"
+        ]),
+        "mine"
+    );
+
+    // Seen from the host, her processes run as her range's ids; an exec too.
+    alice.docker_ok(&["run", "-d", "--name", "box", "busybox", "sleep", "600"]);
+    let pid = alice.docker_ok(&["inspect", "-f", "{{.State.Pid}}", "box"]);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    for uid in uids.split_whitespace().skip(1) {
+        assert_eq!(uid.parse::<u32>().unwrap(), alice_base, "{uids}");
+    }
+    let out = alice.docker_ok(&["exec", "box", "sh", "-c", "id -u; cat /proc/self/uid_map"]);
+    assert!(out.starts_with("0\n"), "{out}");
+    assert!(out.contains(&alice_base.to_string()), "{out}");
+
+    // Files copied in, changed, committed and exported keep their
+    // in-container owners (not the host's shifted ids).
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("note"), "hello\n").unwrap();
+    alice.docker_ok(&[
+        "cp",
+        &tmp.path().join("note").to_string_lossy(),
+        "box:/note",
+    ]);
+    alice.docker_ok(&[
+        "exec",
+        "box",
+        "sh",
+        "-c",
+        "echo x > /made && chown 1234:1234 /made",
+    ]);
+    assert_eq!(
+        alice.docker_ok(&["exec", "box", "stat", "-c", "%u %g", "/note", "/made"]),
+        "0 0\n1234 1234"
+    );
+    let listing = |args: &[&str]| -> String {
+        let out = alice.docker_command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut tar = std::process::Command::new("tar")
+            .args(["-tv", "--numeric-owner", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        tar.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+        String::from_utf8_lossy(&tar.wait_with_output().unwrap().stdout).into_owned()
+    };
+    let copied = listing(&["cp", "box:/made", "-"]);
+    assert!(copied.contains(" 1234/1234 "), "{copied}");
+    let exported = listing(&["export", "box"]);
+    let line = |name: &str| {
+        exported
+            .lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_else(|| panic!("{name} not exported: {exported}"))
+            .to_string()
+    };
+    assert!(line(" made").contains(" 1234/1234 "), "{}", line(" made"));
+    assert!(
+        line(" bin/busybox").contains(" 0/0 "),
+        "{}",
+        line(" bin/busybox")
+    );
+    alice.docker_ok(&["commit", "box", "mine:1"]);
+    assert_eq!(
+        alice.docker_ok(&[
+            "run", "--rm", "mine:1", "stat", "-c", "%u", "/made", "/note"
+        ]),
+        "1234\n0"
+    );
+    alice.docker_ok(&["rm", "-f", "box"]);
+}

@@ -3,7 +3,10 @@
 //! Certificates themselves are made by the `pki` crate; this keeps their
 //! records (for listing and revocation).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use agent_client::IdMap;
 
 use chrono::Utc;
 use serde::Serialize;
@@ -28,7 +31,15 @@ pub struct AccountView {
     pub account: AccountRecord,
     pub containers: u64,
     pub memory_reserved: u64,
+    /// Its user-namespace range: container ids 0.. are host ids `host_base`..
+    pub userns: IdMap,
 }
+
+/// Where tenants' user-namespace ranges start: far above the ids of host
+/// users and of the subordinate ranges tools hand out from 100000.
+pub const FIRST_TENANT_ID: u32 = 1_000_000_000;
+/// Ids per account: the whole 16-bit space images expect (nobody is 65534).
+pub const IDS_PER_ACCOUNT: u32 = 65536;
 
 /// Account names: what a certificate's CN and every tenant object are keyed by.
 pub fn validate_account_name(name: &str) -> Result<()> {
@@ -64,8 +75,42 @@ impl Cluster {
             Err(StoreError::Conflict(_)) => {
                 Err(Error::Conflict(format!("account {name} exists already")))
             }
-            r => r.map(|()| a).map_err(Into::into),
+            r => r.map_err(Error::from),
+        }?;
+        self.id_map(name).await?;
+        Ok(a)
+    }
+
+    /// The user-namespace mapping of `account`'s containers: none for the
+    /// operator (host ids, like a plain Docker host), else the account's own
+    /// range, allocated on first use and recorded in the store.
+    pub async fn id_map(&self, account: &str) -> Result<Option<IdMap>> {
+        if account == OPERATOR {
+            return Ok(None);
         }
+        if let Some(m) = self.lock_id_maps().get(account) {
+            return Ok(Some(*m));
+        }
+        let host_base = match self
+            .store
+            .account_id_range(account, FIRST_TENANT_ID, IDS_PER_ACCOUNT)
+            .await
+        {
+            Err(StoreError::Conflict(what)) => {
+                return Err(Error::Internal(format!("cannot run containers: {what}")));
+            }
+            r => r?,
+        };
+        let m = IdMap {
+            host_base,
+            size: IDS_PER_ACCOUNT,
+        };
+        self.lock_id_maps().insert(account.to_string(), m);
+        Ok(Some(m))
+    }
+
+    fn lock_id_maps(&self) -> std::sync::MutexGuard<'_, HashMap<String, IdMap>> {
+        self.id_maps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub async fn account(&self, name: &str) -> Result<AccountRecord> {
@@ -79,10 +124,15 @@ impl Cluster {
         let mut out = Vec::new();
         for account in self.store.list_accounts().await? {
             let (containers, memory_reserved) = self.store.account_usage(&account.name).await?;
+            let userns = self
+                .id_map(&account.name)
+                .await?
+                .ok_or_else(|| Error::Internal("the operator has no id range".into()))?;
             out.push(AccountView {
                 account,
                 containers,
                 memory_reserved,
+                userns,
             });
         }
         Ok(out)
@@ -121,6 +171,7 @@ impl Cluster {
         }
         self.store.delete_account(name).await?;
         self.forget_authentications();
+        self.lock_id_maps().remove(name);
         Ok(())
     }
 

@@ -48,6 +48,8 @@ pub struct Cluster {
     pub(crate) auth_cache: StdMutex<HashMap<String, crate::accounts::CachedAuth>>,
     /// Exec instances (in memory, as Docker keeps them).
     pub(crate) execs: StdMutex<HashMap<String, crate::exec::ExecRecord>>,
+    /// User-namespace ranges of accounts (they never change while one lives).
+    pub(crate) id_maps: StdMutex<HashMap<String, agent_client::IdMap>>,
     pub name: String,
 }
 
@@ -67,6 +69,7 @@ impl Cluster {
             agent_tls: StdMutex::new(None),
             connected: StdMutex::new(Default::default()),
             locks: StdMutex::new(HashMap::new()),
+            id_maps: StdMutex::new(HashMap::new()),
             changes,
             execs: StdMutex::new(HashMap::new()),
             auth_cache: StdMutex::new(HashMap::new()),

@@ -136,6 +136,7 @@ impl Cluster {
         planned.spec.capabilities = security.capabilities;
         planned.spec.no_new_privileges = security.no_new_privileges;
         planned.spec.seccomp_unconfined = security.seccomp_unconfined;
+        planned.spec.userns = self.id_map(account).await?;
         planned.spec.layers = image.layers.iter().map(|l| l.layer_ref()).collect();
         let (node, package, reservation) =
             self.place_container(account, &rules, &mut planned).await?;

@@ -639,6 +639,7 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         capabilities: None,
         no_new_privileges: false,
         seccomp_unconfined: false,
+        userns: None,
         hostname,
         domainname: body.domainname.clone().unwrap_or_default(),
         read_only: hc.readonly_rootfs.unwrap_or(false),

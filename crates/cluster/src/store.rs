@@ -88,6 +88,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_certificates(&self, holder: &str) -> StoreResult<Vec<CertificateRecord>>;
     /// How many containers an account has, and the sum of their reservations' memory.
     async fn account_usage(&self, account: &str) -> StoreResult<(u64, u64)>;
+    /// The first host id of the account's user-namespace range (`size` ids),
+    /// allocated on first use above every range ever handed out, starting at
+    /// `first`; `Conflict` when the id space is used up. Deleting the account
+    /// retires its range.
+    async fn account_id_range(&self, account: &str, first: u32, size: u32) -> StoreResult<u32>;
 }
 
 /// The sum of the reservations of the containers on one server.

@@ -140,8 +140,16 @@ impl FakeNetns {
 }
 
 impl NetnsOps for FakeNetns {
-    fn create(&self, path: &Path) -> Result<(), NetError> {
-        lock(&self.calls).push(format!("create {}", path.display()));
+    fn create(&self, path: &Path, owner: Option<crate::netns::UserNs>) -> Result<(), NetError> {
+        lock(&self.calls).push(match owner {
+            None => format!("create {}", path.display()),
+            Some(o) => format!(
+                "create {} owned by {}+{}",
+                path.display(),
+                o.host_base,
+                o.size
+            ),
+        });
         lock(&self.files).insert(path.to_path_buf());
         Ok(())
     }

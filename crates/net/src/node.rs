@@ -226,6 +226,20 @@ impl NodeNet {
         mac: &str,
         ports: &[PortMapping],
     ) -> Result<PathBuf, NetError> {
+        self.attach_owned(id, ip, prefix, mac, ports, None).await
+    }
+
+    /// [`NodeNet::attach`], the namespace owned by a new user namespace mapped
+    /// as `owner` (pinned at [`crate::netns::userns_pin`]) when given.
+    pub async fn attach_owned(
+        &self,
+        id: &str,
+        ip: Ipv4Addr,
+        prefix: u8,
+        mac: &str,
+        ports: &[PortMapping],
+        owner: Option<crate::netns::UserNs>,
+    ) -> Result<PathBuf, NetError> {
         names::validate_id(id)?;
         let mac = names::parse_mac(mac)?;
         let own = Ipv4Net::new(ip, prefix)
@@ -243,7 +257,7 @@ impl NodeNet {
         let port_rules = nft::port_rules(&self.table, id, ip, ports)?;
 
         let path = self.netns_path(id);
-        self.b.netns.create(&path)?;
+        self.b.netns.create(&path, owner)?;
         let spec = VethSpec {
             host: self.host_veth(id),
             alias: id.to_string(),

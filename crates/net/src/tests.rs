@@ -371,7 +371,9 @@ async fn teardown_finds_everything_of_the_instance_only() {
         l.insert(other_veth.clone(), FakeLink::Other);
         l.insert("eth0".into(), FakeLink::Other);
     }
-    f.netns.create(Path::new("/data/other/netns/x")).unwrap();
+    f.netns
+        .create(Path::new("/data/other/netns/x"), None)
+        .unwrap();
 
     NodeNet::teardown_with("abc123", Path::new("/data/agent/netns"), &f.backend())
         .await

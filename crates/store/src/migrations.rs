@@ -86,4 +86,15 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX certificates_holder ON certificates (holder);
     "#,
+    // 7: user-namespace id ranges. Rows are never deleted, so a range is never
+    // handed out twice (files a deleted account left on a server stay foreign
+    // to every later account); an account holds one active range at a time.
+    r#"
+    CREATE TABLE id_ranges (
+        base INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        active INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX id_ranges_active ON id_ranges (account) WHERE active = 1;
+    "#,
 ];

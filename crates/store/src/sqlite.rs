@@ -569,7 +569,53 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        sqlx::query("UPDATE id_ranges SET active = 0 WHERE account = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         tx.commit().await.map_err(backend)
+    }
+
+    async fn account_id_range(&self, account: &str, first: u32, size: u32) -> StoreResult<u32> {
+        let get = || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT base FROM id_ranges WHERE account = ? AND active = 1",
+            )
+            .bind(account)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)
+        };
+        if let Some(base) = get().await? {
+            return u32::try_from(base).map_err(|_| StoreError::Backend("corrupt id range".into()));
+        }
+        // One statement: concurrent allocations are serialised by SQLite, and
+        // the partial unique index leaves a racing second one a no-op.
+        sqlx::query(
+            "INSERT OR IGNORE INTO id_ranges (base, account, active) \
+             SELECT COALESCE(MAX(base) + ?, ?), ?, 1 FROM id_ranges",
+        )
+        .bind(i64::from(size))
+        .bind(i64::from(first))
+        .bind(account)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        let base = get()
+            .await?
+            .ok_or_else(|| StoreError::Backend("id range allocation failed".into()))?;
+        match u32::try_from(base) {
+            Ok(b) if b.checked_add(size).is_some() => Ok(b),
+            _ => {
+                sqlx::query("DELETE FROM id_ranges WHERE base = ?")
+                    .bind(base)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                Err(StoreError::Conflict("no user id range left".into()))
+            }
+        }
     }
 
     async fn put_certificate(&self, c: &CertificateRecord) -> StoreResult<()> {
