@@ -98,6 +98,17 @@ impl Agent {
         std::fs::create_dir_all(&cfg.dir)?;
         let containers_dir = cfg.dir.join("containers");
         std::fs::create_dir_all(&containers_dir)?;
+        std::fs::create_dir_all(cfg.dir.join("volumes"))?;
+        for d in [&cfg.dir, &containers_dir, &cfg.dir.join("volumes")] {
+            crate::userns::allow_search(d)?;
+        }
+        let closed = crate::userns::unsearchable_ancestors(&containers_dir);
+        if !closed.is_empty() {
+            tracing::warn!(
+                "tenants' containers will not start: their root (a user namespace) cannot reach {} through {closed:?}; allow others to search these directories (chmod o+x)",
+                containers_dir.display()
+            );
+        }
         let layers = LayerCache::open(&cfg.dir.join("layers"))?;
         let net = net::NodeNet::setup(net::NodeNetConfig {
             instance: cfg.instance.clone(),

@@ -102,3 +102,25 @@ pub fn mount_idmapped(src: &Path, dst: &Path, userns: &OwnedFd) -> std::io::Resu
     }
     Ok(())
 }
+
+/// Lets others (a container's root in its user namespace is "others" to the
+/// host) search `dir`, without listing it: runc reaches the rootfs and the
+/// bind-mounted files through host paths as that user.
+pub fn allow_search(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o001 == 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))?;
+    }
+    Ok(())
+}
+
+/// The directories at and above `dir` that others cannot search: tenants'
+/// containers cannot start below them.
+pub fn unsearchable_ancestors(dir: &Path) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors()
+        .filter(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(Path::to_path_buf)
+        .collect()
+}

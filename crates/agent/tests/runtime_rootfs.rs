@@ -35,6 +35,7 @@ fn overlay_top_layer_wins_and_writes_go_to_upper() {
         &paths.upper,
         &paths.work,
         &paths.rootfs,
+        None,
     )
     .expect("mount");
     let _g = Mounted(&paths.rootfs);
@@ -64,11 +65,54 @@ fn image_without_layers_mounts_an_empty_lower() {
     let d = tempfile::tempdir().expect("tempdir");
     let paths = ContainerPaths::new(&d.path().join("containers"), "c2");
     RealMounter
-        .mount_overlay(&[], &paths.upper, &paths.work, &paths.rootfs)
+        .mount_overlay(&[], &paths.upper, &paths.work, &paths.rootfs, None)
         .expect("mount");
     let _g = Mounted(&paths.rootfs);
     assert!(RealMounter.is_mounted(&paths.rootfs));
     assert_eq!(std::fs::read_dir(&paths.rootfs).expect("ls").count(), 0);
+}
+
+#[test]
+fn idmapped_layers_show_shifted_owners_and_stay_untouched() {
+    use std::os::unix::fs::{MetadataExt, chown};
+    let d = tempfile::tempdir().expect("tempdir");
+    let layer = d.path().join("layer");
+    std::fs::create_dir_all(layer.join("etc")).expect("layer");
+    std::fs::write(layer.join("etc/owned"), "x").expect("file");
+    chown(layer.join("etc/owned"), Some(33), Some(44)).expect("chown");
+    let paths = ContainerPaths::new(&d.path().join("containers"), "c3");
+    let ids = agent_client::IdMap {
+        host_base: 1_500_000_000,
+        size: 65536,
+    };
+    RealMounter
+        .mount_overlay(
+            std::slice::from_ref(&layer),
+            &paths.upper,
+            &paths.work,
+            &paths.rootfs,
+            Some(&ids),
+        )
+        .expect("mount");
+    let _g = Mounted(&paths.rootfs);
+    let md = |p: &Path| std::fs::symlink_metadata(p).expect("stat");
+    // Through the mount: root's files are the range's root, others shifted.
+    assert_eq!(md(&paths.rootfs.join("etc")).uid(), ids.host_base);
+    let owned = md(&paths.rootfs.join("etc/owned"));
+    assert_eq!(
+        (owned.uid(), owned.gid()),
+        (ids.host_base + 33, ids.host_base + 44)
+    );
+    assert_eq!(md(&paths.rootfs).uid(), ids.host_base, "the upper root");
+    // The shared layer itself is unchanged, and no staging mounts are left.
+    assert_eq!(md(&layer.join("etc")).uid(), 0);
+    assert_eq!(md(&layer.join("etc/owned")).uid(), 33);
+    assert!(!paths.work.with_file_name("idmapped").exists());
+    let staged = paths.work.with_file_name("idmapped").join("0");
+    assert!(!agent::rootfs::mount_points().contains(&staged));
+    // A copied-up change keeps the shifted owner in the upper dir.
+    std::fs::write(paths.rootfs.join("etc/owned"), "y").expect("write");
+    assert_eq!(md(&paths.upper.join("etc/owned")).uid(), ids.host_base + 33);
 }
 
 #[test]

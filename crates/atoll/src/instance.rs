@@ -20,6 +20,9 @@ impl Instance {
         let data_dir = data_dir
             .canonicalize()
             .with_context(|| format!("resolving {}", data_dir.display()))?;
+        // Tenants' container roots pass through it (see agent::userns).
+        agent::userns::allow_search(&data_dir)
+            .with_context(|| format!("allowing search in {}", data_dir.display()))?;
         let hash = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
         let id = hex::encode(&hash[..3]);
         Ok(Instance { data_dir, id })

@@ -228,6 +228,12 @@ fn container_root_is_not_host_root() {
     assert!(alice_base >= 65536 && bob_base >= 65536);
     assert!(alice_base.abs_diff(bob_base) >= 65536, "ranges overlap");
     let in_alices = |uid: u32| (alice_base..alice_base + 65536).contains(&uid);
+    load_busybox(&bob);
+    let bobs = bob.docker_ok(&["run", "--rm", "busybox", "cat", "/proc/self/uid_map"]);
+    assert_eq!(
+        bobs.split_whitespace().collect::<Vec<_>>(),
+        ["0", &bob_base.to_string(), "65536"]
+    );
 
     // Root inside, alice's base outside.
     alice.docker_ok(&["volume", "create", "data"]);

@@ -86,7 +86,7 @@ impl Ctr {
         busybox_layer(&layer);
         let paths = ContainerPaths::new(&tmp.path().join("containers"), &id);
         RealMounter
-            .mount_overlay(&[layer], &paths.upper, &paths.work, &paths.rootfs)
+            .mount_overlay(&[layer], &paths.upper, &paths.work, &paths.rootfs, None)
             .expect("mount overlay");
         let runc = Runc::new(PathBuf::from(RUNC), tmp.path().join("runc"));
         Ctr {
