@@ -130,6 +130,7 @@ def side_by_side(prefix, atoll_args=()):
     busybox_tar = os.path.join(images, "busybox.tar")
 
     tmp = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(tmp, 0o711)  # tenants' container roots (user namespaces) pass through it
     a_data, a_sock = os.path.join(tmp, "atoll"), os.path.join(tmp, "atoll.sock")
     d_root, d_exec, d_sock = os.path.join(tmp, "docker"), os.path.join(tmp, "dexec"), os.path.join(tmp, "docker.sock")
     had_docker0 = os.path.exists("/sys/class/net/docker0")
@@ -149,6 +150,7 @@ def side_by_side(prefix, atoll_args=()):
             docker(s, "run", "--rm", "busybox", "true")  # warm up: layer unpack, caches
         pair = Pair()
         pair.atoll_proc, pair.a_sock, pair.d_sock = a, a_sock, d_sock
+        pair.atoll, pair.a_data = atoll, a_data
         yield pair
     finally:
         for p in procs:

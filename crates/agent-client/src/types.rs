@@ -341,3 +341,24 @@ pub struct JoinResponse {
 pub struct CaResponse {
     pub ca: String,
 }
+
+#[cfg(test)]
+mod id_map_tests {
+    use super::*;
+
+    #[test]
+    fn ids_shift_both_ways_and_strays_are_nobody() {
+        let m = IdMap {
+            host_base: 1_000_000_000,
+            size: 65536,
+        };
+        assert_eq!(m.to_host(0), 1_000_000_000);
+        assert_eq!(m.to_host(1234), 1_000_001_234);
+        assert_eq!(m.to_host(70000), 1_000_065_534);
+        assert_eq!(m.to_container(1_000_001_234), 1234);
+        assert_eq!(m.to_container(0), IdMap::OVERFLOW);
+        assert_eq!(m.to_container(1_000_065_536), IdMap::OVERFLOW);
+        assert_eq!(host_id(None, 7), 7);
+        assert_eq!(container_id(Some(&m), 1_000_000_007), 7);
+    }
+}

@@ -813,6 +813,34 @@ mod tests {
         )
         .expect("config");
         assert_eq!(with_ns["linux"]["namespaces"][4]["path"], "/run/netns/x");
+        assert!(with_ns["linux"].get("uidMappings").is_none());
+        assert_eq!(
+            with_ns["linux"]["namespaces"].as_array().map(Vec::len),
+            Some(5)
+        );
+        // A tenant's: the user namespace that owns the network one, mapped.
+        s.userns = Some(IdMap {
+            host_base: 1_000_065_536,
+            size: 65536,
+        });
+        let tenant = oci_config(
+            &s,
+            &paths,
+            &root_user(),
+            Some(Path::new("/run/netns/x")),
+            "p",
+            true,
+        )
+        .expect("config");
+        assert_eq!(
+            tenant["linux"]["namespaces"][5],
+            json!({"type": "user", "path": "/run/netns/x.user"})
+        );
+        let map = json!([{"containerID": 0, "hostID": 1_000_065_536u32, "size": 65536}]);
+        assert_eq!(tenant["linux"]["uidMappings"], map);
+        assert_eq!(tenant["linux"]["gidMappings"], map);
+        let isolated = oci_config(&s, &paths, &root_user(), None, "p", true).expect("config");
+        assert_eq!(isolated["linux"]["namespaces"][5], json!({"type": "user"}));
         s.tmpfs.insert("rel".into(), String::new());
         assert!(oci_config(&s, &paths, &root_user(), None, "p", true).is_err());
     }

@@ -253,6 +253,26 @@ fn container_root_is_not_host_root() {
     assert_eq!(map, ["0", &alice_base.to_string(), "65536"], "{out}");
     // The image's files (one shared copy on the server) are root's inside.
     assert_eq!(lines[2], "0", "{out}");
+    // Without a network too (runc makes the user namespace then).
+    let isolated = alice.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map; ls /sys/class/net",
+    ]);
+    assert!(isolated.contains(&alice_base.to_string()), "{isolated}");
+    assert_eq!(isolated.lines().last(), Some("lo"), "{isolated}");
+    // Its own sysfs: only its own interfaces, none of the server's.
+    let sys = alice.docker_ok(&["run", "--rm", "busybox", "ls", "/sys/class/net"]);
+    assert_eq!(
+        sys.split_whitespace().collect::<Vec<_>>(),
+        ["eth0", "lo"],
+        "{sys}"
+    );
     let marker = find_file(a.data_dir(), "marker").expect("the volume's file on the host");
     assert!(in_alices(host_uid(&marker)), "{}", host_uid(&marker));
     assert!(in_alices(host_uid(marker.parent().unwrap())));

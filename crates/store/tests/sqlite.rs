@@ -235,3 +235,70 @@ async fn a_join_token_is_taken_once_and_not_after_it_expires() {
     let (a, b) = tokio::join!(s.take_join_token("h3", 10), s.take_join_token("h3", 10));
     assert!(a.unwrap() ^ b.unwrap());
 }
+
+#[tokio::test]
+async fn id_ranges_are_one_per_account_and_never_handed_out_twice() {
+    use cluster::model::AccountRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    const FIRST: u32 = 1_000_000_000;
+    const SIZE: u32 = 65536;
+    // Concurrent first uses by one account agree; another gets the next range.
+    let (a1, a2) = tokio::join!(
+        s.account_id_range("alice", FIRST, SIZE),
+        s.account_id_range("alice", FIRST, SIZE)
+    );
+    assert_eq!(a1.unwrap(), FIRST);
+    assert_eq!(a2.unwrap(), FIRST);
+    assert_eq!(
+        s.account_id_range("bob", FIRST, SIZE).await.unwrap(),
+        FIRST + SIZE
+    );
+    assert_eq!(
+        s.account_id_range("alice", FIRST, SIZE).await.unwrap(),
+        FIRST
+    );
+    // Deleting an account retires its range: a new account of the same name
+    // (another tenant) gets a fresh one, and nobody gets the old one again.
+    let alice = AccountRecord {
+        name: "alice".into(),
+        created: Utc::now(),
+        disabled: false,
+        limits: Default::default(),
+    };
+    s.insert_account(&alice).await.unwrap();
+    s.delete_account("alice").await.unwrap();
+    assert_eq!(
+        s.account_id_range("alice", FIRST, SIZE).await.unwrap(),
+        FIRST + 2 * SIZE
+    );
+    assert_eq!(
+        s.account_id_range("carol", FIRST, SIZE).await.unwrap(),
+        FIRST + 3 * SIZE
+    );
+    // The id space ends: refused, not wrapped around.
+    let last = u32::MAX - SIZE + 1;
+    assert_eq!(
+        s.account_id_range("dave", FIRST, SIZE).await.unwrap(),
+        FIRST + 4 * SIZE
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    let s2 = SqliteStore::open(&dir2.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s2.account_id_range("x", last - SIZE, SIZE).await.unwrap(),
+        last - SIZE
+    );
+    // (the next range would end on id 2^32 - 1, which is no id)
+    assert!(matches!(
+        s2.account_id_range("y", last - SIZE, SIZE).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s2.account_id_range("y", last - SIZE, SIZE).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
