@@ -106,6 +106,10 @@ pub struct Resources {
     pub cpu_quota: i64,
     pub cpu_period: i64,
     pub pids_limit: i64,
+    /// Bytes the container's writable layer may hold (its package's disk),
+    /// enforced where the server's filesystem can (btrfs quotas).
+    #[serde(default)]
+    pub disk: u64,
 }
 
 /// Where a mount's data comes from.

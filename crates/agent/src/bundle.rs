@@ -81,6 +81,9 @@ pub struct ContainerPaths {
     pub bundle: PathBuf,
     pub config: PathBuf,
     pub rootfs: PathBuf,
+    /// The writable area (upper and work dirs): on btrfs, a subvolume holding
+    /// the container's disk quota (see `quota.rs`).
+    pub rw: PathBuf,
     pub upper: PathBuf,
     pub work: PathBuf,
     /// Docker json-file log (rotated to `.1`, `.2`, ...).
@@ -111,13 +114,20 @@ impl ContainerPaths {
 
     pub fn from_root(root: &Path) -> ContainerPaths {
         let bundle = root.join("bundle");
+        // Containers made before `rw` existed keep their dirs at the top.
+        let rw = if root.join("upper").is_dir() {
+            root.to_path_buf()
+        } else {
+            root.join("rw")
+        };
         ContainerPaths {
             root: root.to_path_buf(),
             config: bundle.join("config.json"),
             bundle,
             rootfs: root.join("rootfs"),
-            upper: root.join("upper"),
-            work: root.join("work"),
+            upper: rw.join("upper"),
+            work: rw.join("work"),
+            rw,
             log: root.join("container-json.log"),
             attach_sock: root.join("attach.sock"),
             control_sock: root.join("control.sock"),

@@ -77,9 +77,7 @@ impl Agent {
                     "the running container has no rootfs".into(),
                 ));
             }
-            std::fs::create_dir_all(&paths.upper)?;
-            std::fs::create_dir_all(&paths.work)?;
-            std::fs::create_dir_all(&paths.rootfs)?;
+            self.prepare_rw(&paths, spec.resources.disk)?;
             self.mounter
                 .mount_overlay(
                     &lowers,

@@ -12,6 +12,7 @@ pub mod layers;
 pub mod logs;
 pub mod manager;
 pub mod nsexec;
+pub mod quota;
 pub mod reset;
 pub mod rootfs;
 pub mod runc;

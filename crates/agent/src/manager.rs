@@ -59,6 +59,8 @@ pub struct Agent {
     net: net::NodeNet,
     pub(crate) runc: Runc,
     pub(crate) mounter: RealMounter,
+    /// Disk limits of writable layers (btrfs quotas, or none).
+    quota: Box<dyn crate::quota::DiskQuota>,
     containers_dir: PathBuf,
     ctrs: StdMutex<HashMap<String, Arc<Ctr>>>,
     events: broadcast::Sender<ContainerStatus>,
@@ -102,6 +104,13 @@ impl Agent {
         for d in [&cfg.dir, &containers_dir, &cfg.dir.join("volumes")] {
             crate::userns::allow_search(d)?;
         }
+        let quota = crate::quota::for_dir(&containers_dir)?;
+        if !quota.enforced() {
+            tracing::info!(
+                "packages' disk sizes are not enforced: {} is not on btrfs",
+                containers_dir.display()
+            );
+        }
         let closed = crate::userns::unsearchable_ancestors(&containers_dir);
         if !closed.is_empty() {
             tracing::warn!(
@@ -125,6 +134,7 @@ impl Agent {
             net,
             runc,
             mounter: RealMounter,
+            quota,
             containers_dir,
             ctrs: StdMutex::new(HashMap::new()),
             events,
@@ -218,6 +228,19 @@ impl Agent {
     }
 
     /// `<agent>/volumes`: one directory per volume id.
+    /// The container's writable area (made with its disk limit the first
+    /// time), upper, work and rootfs dirs.
+    pub(crate) fn prepare_rw(&self, paths: &ContainerPaths, disk: u64) -> Result<(), AgentError> {
+        std::fs::create_dir_all(&paths.root)?;
+        if !paths.rw.exists() {
+            self.quota.create_limited(&paths.rw, disk)?;
+        }
+        for d in [&paths.upper, &paths.work, &paths.rootfs] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn volumes_dir(&self) -> PathBuf {
         self.cfg.dir.join("volumes")
     }
@@ -341,9 +364,7 @@ impl Agent {
         paths: &ContainerPaths,
         lowers: &[PathBuf],
     ) -> Result<(), AgentError> {
-        std::fs::create_dir_all(&paths.upper)?;
-        std::fs::create_dir_all(&paths.work)?;
-        std::fs::create_dir_all(&paths.rootfs)?;
+        self.prepare_rw(paths, spec.resources.disk)?;
         if !self.mounter.is_mounted(&paths.rootfs) {
             self.mounter
                 .mount_overlay(

@@ -380,3 +380,70 @@ fn container_root_is_not_host_root() {
     );
     alice.docker_ok(&["rm", "-f", "box"]);
 }
+
+#[test]
+fn a_disk_filler_hits_its_package_size_not_the_servers_disk() {
+    // Containers' writable layers are limited where the server's filesystem
+    // can (btrfs quota groups): a server whose data dir is on btrfs.
+    let fs = testkit::BtrfsMount::new(16 << 10); // sparse: room for the default package
+    let a = AtollInstance::start_with(testkit::StartOptions {
+        data_dir: Some(fs.path().join("d")),
+        ..Default::default()
+    });
+    a.operator_ok(&[
+        "package", "create", "tiny", "--memory", "64M", "--disk", "32M",
+    ]);
+    let mallory = a.tenant("mallory");
+    let alice = a.tenant("alice");
+    load_busybox(&mallory);
+    load_busybox(&alice);
+    alice.docker_ok(&["run", "-d", "--name", "calm", "busybox", "sleep", "600"]);
+    let out = mallory.docker(&[
+        "run",
+        "--label",
+        "com.joyent.package=tiny",
+        "--name",
+        "filler",
+        "busybox",
+        "dd",
+        "if=/dev/zero",
+        "of=/fill",
+        "bs=1M",
+        "count=200",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the filler wrote 200 MB: {err}");
+    assert!(err.contains("Disk quota exceeded"), "{err}");
+    // What it managed to write stays within its package's disk.
+    let size = mallory.docker_ok(&[
+        "ps",
+        "-a",
+        "-s",
+        "--filter",
+        "name=filler",
+        "--format",
+        "{{.Size}}",
+    ]);
+    assert!(!size.is_empty(), "{size}");
+    let written =
+        std::fs::metadata(find_file(&fs.path().join("d"), "fill").expect("the filler's file"))
+            .unwrap()
+            .len();
+    assert!(written <= 32 << 20, "wrote {written} bytes");
+    // The neighbour writes on as before.
+    alice.docker_ok(&[
+        "exec",
+        "calm",
+        "dd",
+        "if=/dev/zero",
+        "of=/data",
+        "bs=1M",
+        "count=64",
+    ]);
+    assert_eq!(
+        alice.docker_ok(&["exec", "calm", "stat", "-c", "%s", "/data"]),
+        (64u64 << 20).to_string()
+    );
+    mallory.docker_ok(&["rm", "-f", "filler"]);
+    alice.docker_ok(&["rm", "-f", "calm"]);
+}

@@ -653,6 +653,7 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
             cpu_quota: hc.cpu_quota.unwrap_or(0),
             cpu_period: hc.cpu_period.unwrap_or(0),
             pids_limit: hc.pids_limit.unwrap_or(0).max(0),
+            disk: 0, // the package's, set at placement
         },
         network: None,
         dns: hc.dns.clone().unwrap_or_default(),

@@ -212,6 +212,7 @@ impl Cluster {
         if r.pids_limit <= 0 && pkg.pids > 0 {
             r.pids_limit = pkg.pids as i64;
         }
+        r.disk = pkg.disk_bytes;
         let reservation = Reservation {
             memory: pkg.memory_bytes,
             disk: pkg.disk_bytes,

@@ -94,6 +94,59 @@ pub struct StartOptions {
     /// Extra environment of `atoll up` (e.g. `ATOLL_CRASH_AT`); see
     /// [`AtollInstance::set_env`] to change it for the next start.
     pub env: Vec<(String, String)>,
+    /// The data dir (short: sockets live under it) instead of a fresh one in /tmp.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A btrfs filesystem in a sparse image file, loop-mounted at a short path
+/// under /tmp; unmounted and deleted on drop (even after a failure).
+pub struct BtrfsMount {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+}
+
+impl BtrfsMount {
+    pub fn new(size_mb: u64) -> BtrfsMount {
+        let dir = tempfile::Builder::new()
+            .prefix("atb")
+            .rand_bytes(4)
+            .tempdir_in("/tmp")
+            .unwrap_or_else(|e| panic!("creating a mount point: {e}"));
+        let image = PathBuf::from(format!("{}.img", dir.path().display()));
+        let file = File::create(&image).unwrap_or_else(|e| panic!("creating the image: {e}"));
+        file.set_len(size_mb << 20).expect("sizing the image");
+        let run = |args: &[&str]| {
+            let out = Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let img = image.to_string_lossy().into_owned();
+        let mnt = dir.path().to_string_lossy().into_owned();
+        let m = BtrfsMount { dir, image };
+        run(&["mkfs.btrfs", "-q", &img]);
+        run(&["mount", "-o", "loop", &img, &mnt]);
+        m
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for BtrfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .output();
+        let _ = std::fs::remove_file(&self.image);
+    }
 }
 
 impl AtollInstance {
@@ -107,12 +160,16 @@ impl AtollInstance {
     pub fn start_with(opts: StartOptions) -> AtollInstance {
         // As short as possible (`/tmp/atlXXXX`): unix socket paths are limited to 108
         // bytes, and atoll puts sockets under `<data>/agent/containers/<64 hex>/`.
-        let data_dir = tempfile::Builder::new()
-            .prefix("atl")
-            .rand_bytes(4)
-            .tempdir_in("/tmp")
-            .unwrap_or_else(|e| panic!("creating a data dir in /tmp: {e}"))
-            .keep();
+        let data_dir = opts.data_dir.unwrap_or_else(|| {
+            tempfile::Builder::new()
+                .prefix("atl")
+                .rand_bytes(4)
+                .tempdir_in("/tmp")
+                .unwrap_or_else(|e| panic!("creating a data dir in /tmp: {e}"))
+                .keep()
+        });
+        std::fs::create_dir_all(&data_dir)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", data_dir.display()));
         let docker_config = tempfile::Builder::new()
             .prefix("atoll-docker-config-")
             .tempdir()

@@ -10,7 +10,7 @@ pub mod tenant;
 pub mod testimages;
 pub mod wait;
 
-pub use instance::{AtollInstance, StartOptions, atoll_bin, docker_cli};
+pub use instance::{AtollInstance, BtrfsMount, StartOptions, atoll_bin, docker_cli};
 pub use registry::Registry;
 pub use tenant::Tenant;
 pub use testimages::{ImageFacts, TestImages, sha256_hex, test_images};
