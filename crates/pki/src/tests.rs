@@ -179,3 +179,33 @@ fn handshake(
     }
     Err(rustls::Error::General("handshake did not finish".into()))
 }
+
+/// An account's certificate past its end is refused at the handshake.
+#[test]
+fn an_expired_certificate_is_refused_at_the_handshake() {
+    let (_d, ca) = ca();
+    let server = ca
+        .issue_with_key(Role::Agent, "node-1", &[agent_dns_name("node-1")])
+        .unwrap();
+    let scfg = server_config(&server, ClientAuth::Required).unwrap();
+    let name = rustls_pki_types::ServerName::try_from(agent_dns_name("node-1")).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = subject(Role::Account, "alice");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(30);
+    params.not_after = now - time::Duration::days(1);
+    let expired = Credentials {
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: params.signed_by(&key, &ca.issuer).unwrap().pem(),
+        key_pem: key.serialize_pem(),
+    };
+    let err = handshake(client_config(&expired).unwrap(), scfg.clone(), name.clone())
+        .expect_err("an expired certificate was accepted");
+    assert!(err.to_string().contains("expired"), "{err}");
+    // The same holder with a current certificate gets in.
+    let current = ca.issue_with_key(Role::Account, "alice", &[]).unwrap();
+    assert!(handshake(client_config(&current).unwrap(), scfg, name).is_ok());
+}
