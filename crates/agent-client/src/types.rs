@@ -94,6 +94,10 @@ pub struct NetworkSpec {
     /// `02:42:..` style MAC, lower-case, colon separated.
     pub mac: String,
     pub ports: Vec<PortMapping>,
+    /// The isolation group of the container's port on the server's bridge (its
+    /// account's): ports of different groups cannot exchange frames.
+    #[serde(default)]
+    pub group: u32,
 }
 
 /// Resource limits from `-m`, `--cpus`, etc. Zero means unlimited.

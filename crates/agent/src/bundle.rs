@@ -650,6 +650,7 @@ mod tests {
                 gateway: Ipv4Addr::new(10, 0, 0, 1),
                 mac: "02:42:0a:00:00:05".into(),
                 ports: vec![],
+                group: 0,
             }),
             extra_hosts: vec![
                 "db:10.1.2.3".into(),

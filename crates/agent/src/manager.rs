@@ -397,6 +397,7 @@ impl Agent {
                             &n.mac,
                             &ports,
                             spec.userns.as_ref().map(crate::userns::owner),
+                            n.group,
                         )
                         .await?,
                 )
@@ -457,7 +458,10 @@ impl Agent {
     async fn cleanup_run(&self, spec: &ContainerSpec) {
         let paths = self.paths(&spec.id);
         if spec.network.is_some()
-            && let Err(e) = self.net.detach(&spec.id).await
+            && let Err(e) = self
+                .net
+                .detach(&spec.id, spec.network.as_ref().map_or(0, |n| n.group))
+                .await
         {
             tracing::warn!("detaching network of {}: {e}", spec.id);
         }

@@ -447,3 +447,47 @@ fn a_disk_filler_hits_its_package_size_not_the_servers_disk() {
     mallory.docker_ok(&["rm", "-f", "filler"]);
     alice.docker_ok(&["rm", "-f", "calm"]);
 }
+
+#[test]
+fn tenants_cannot_reach_each_others_containers_on_a_server() {
+    let a = AtollInstance::start();
+    let alice = a.tenant("alice");
+    let bob = a.tenant("bob");
+    load_busybox(&alice);
+    load_busybox(&bob);
+    a.load_busybox();
+    alice.docker_ok(&[
+        "run", "-d", "--name", "srv", "busybox", "nc", "-ll", "-p", "8000", "-e", "echo", "hi",
+    ]);
+    let ip = alice.docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "srv"]);
+    assert!(!ip.is_empty());
+    let probe = format!("nc -w 2 {ip} 8000 </dev/null");
+    let ping = format!("ping -c 1 -W 1 {ip}");
+    // Her own containers reach it (same server, same bridge)...
+    testkit::wait_for(
+        || attempt(&alice, &probe).0.trim() == "hi",
+        Duration::from_secs(10),
+        "alice's server to answer alice",
+    );
+    assert_eq!(attempt(&alice, &ping).1, 0);
+    // ...bob's and the operator's do not, by TCP or ICMP (frames between
+    // accounts are dropped on the bridge).
+    for (who, out) in [
+        ("bob", attempt(&bob, &probe)),
+        ("bob", attempt(&bob, &ping)),
+        ("the operator", {
+            let o = a.docker(&["run", "--rm", "busybox", "sh", "-c", &probe]);
+            (
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                o.status.code().unwrap_or(-1),
+            )
+        }),
+    ] {
+        assert!(
+            !out.0.contains("hi") && out.1 != 0,
+            "{who} reached alice: {out:?}"
+        );
+    }
+    // (Forged sources are dropped at the port: net's `real` tests.)
+    alice.docker_ok(&["rm", "-f", "srv"]);
+}

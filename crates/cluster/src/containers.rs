@@ -203,6 +203,7 @@ impl Cluster {
                     gateway,
                     mac: mac_for(ip),
                     ports,
+                    group: isolation_group(rec.spec.userns.as_ref()),
                 });
             }
             match self.store.insert_container(&rec).await {
@@ -952,4 +953,10 @@ mod tests {
         );
         assert!(WaitCondition::parse("soon").is_err());
     }
+}
+
+/// The isolation group of an account's containers on a server's bridge: the
+/// index of its id range (unique, never reused); 0 for the operator's.
+fn isolation_group(ids: Option<&agent_client::IdMap>) -> u32 {
+    ids.map_or(0, |m| m.host_base / m.size.max(1))
 }

@@ -105,9 +105,143 @@ pub fn setup_script(table: &str, bridge: &str, subnet: Ipv4Net) -> String {
     s
 }
 
-/// Removes the whole table; the `add` first makes it a no-op when it is already gone.
+/// Removes the whole table (and the bridge-family one of the same name); the
+/// `add` first makes it a no-op when it is already gone.
 pub fn teardown_script(table: &str) -> String {
-    format!("add table {FAMILY} {table}\ndelete table {FAMILY} {table}\n")
+    let mut s = String::new();
+    for family in [FAMILY, BRIDGE_FAMILY] {
+        let _ = writeln!(
+            s,
+            "add table {family} {table}\ndelete table {family} {table}"
+        );
+    }
+    s
+}
+
+/// The bridge-family table that keeps tenants apart on the server's bridge.
+pub const BRIDGE_FAMILY: &str = "bridge";
+
+/// The static part of the bridge-family table: frames entering from a
+/// container's port go through that port's chain (anti-spoofing), and frames
+/// forwarded between ports through the sender's tenant chain (a port may only
+/// reach ports of its own isolation group). Ports not in the maps (the bridge's
+/// own, the host) pass. Elements survive a re-run (agent restart).
+pub fn isolation_setup_script(table: &str) -> String {
+    let t = format!("{BRIDGE_FAMILY} {table}");
+    let mut s = String::new();
+    let _ = writeln!(s, "add table {t}");
+    let _ = writeln!(s, "add map {t} port_chain {{ type ifname : verdict; }}");
+    let _ = writeln!(s, "add map {t} port_group {{ type ifname : verdict; }}");
+    let _ = writeln!(s, "add map {t} port_group_in {{ type ifname : verdict; }}");
+    for (chain, hook) in [("prerouting", "prerouting"), ("forward", "forward")] {
+        let _ = writeln!(
+            s,
+            "add chain {t} {chain} {{ type filter hook {hook} priority filter; policy accept; }}"
+        );
+        let _ = writeln!(s, "flush chain {t} {chain}");
+    }
+    let _ = writeln!(s, "add rule {t} prerouting iifname vmap @port_chain");
+    let _ = writeln!(s, "add rule {t} forward iifname vmap @port_group");
+    // And by receiver, so a port missing from the maps reaches no group either.
+    let _ = writeln!(s, "add rule {t} forward oifname vmap @port_group_in");
+    s
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The chains, set and map elements of one container port: it may send only
+/// with its own MAC and IPv4 address (frames and ARP alike; no IPv6), and its
+/// frames reach only ports of isolation group `group`.
+pub fn port_isolation_script(
+    table: &str,
+    port: &str,
+    mac: &[u8; 6],
+    ip: Ipv4Addr,
+    group: u32,
+) -> String {
+    let t = format!("{BRIDGE_FAMILY} {table}");
+    let mac = mac_text(mac);
+    let mut s = group_script(table, group);
+    let _ = writeln!(s, "add chain {t} port_{port}");
+    let _ = writeln!(s, "flush chain {t} port_{port}");
+    for rule in [
+        format!("ether saddr != {mac} drop"),
+        format!("ether type ip ip saddr != {ip} drop"),
+        format!("ether type arp arp saddr ether != {mac} drop"),
+        format!("ether type arp arp saddr ip != {ip} drop"),
+        "ether type ip6 drop".to_string(),
+    ] {
+        let _ = writeln!(s, "add rule {t} port_{port} {rule}");
+    }
+    let _ = writeln!(s, "add element {t} group_{group}_ports {{ \"{port}\" }}");
+    let _ = writeln!(
+        s,
+        "add element {t} port_chain {{ \"{port}\" : jump port_{port} }}"
+    );
+    let _ = writeln!(
+        s,
+        "add element {t} port_group {{ \"{port}\" : jump group_{group} }}"
+    );
+    let _ = writeln!(
+        s,
+        "add element {t} port_group_in {{ \"{port}\" : jump group_{group}_in }}"
+    );
+    s
+}
+
+/// The set and chain of isolation group `group` (idempotent).
+fn group_script(table: &str, group: u32) -> String {
+    let t = format!("{BRIDGE_FAMILY} {table}");
+    let mut s = String::new();
+    let _ = writeln!(s, "add set {t} group_{group}_ports {{ type ifname; }}");
+    let _ = writeln!(s, "add chain {t} group_{group}");
+    let _ = writeln!(s, "flush chain {t} group_{group}");
+    let _ = writeln!(
+        s,
+        "add rule {t} group_{group} oifname != @group_{group}_ports drop"
+    );
+    let _ = writeln!(s, "add chain {t} group_{group}_in");
+    let _ = writeln!(s, "flush chain {t} group_{group}_in");
+    let _ = writeln!(
+        s,
+        "add rule {t} group_{group}_in iifname != @group_{group}_ports drop"
+    );
+    s
+}
+
+/// Undoes [`port_isolation_script`]; a no-op for a port that has none (each
+/// element is added before it is deleted, nft having no "delete if present").
+pub fn port_release_script(table: &str, port: &str, group: u32) -> String {
+    let t = format!("{BRIDGE_FAMILY} {table}");
+    let mut s = group_script(table, group);
+    let _ = writeln!(s, "add chain {t} port_{port}");
+    for (set, elem) in [
+        (
+            "port_chain".to_string(),
+            format!("\"{port}\" : jump port_{port}"),
+        ),
+        (
+            "port_group".to_string(),
+            format!("\"{port}\" : jump group_{group}"),
+        ),
+        (
+            "port_group_in".to_string(),
+            format!("\"{port}\" : jump group_{group}_in"),
+        ),
+        (format!("group_{group}_ports"), format!("\"{port}\"")),
+    ] {
+        let key = elem.split(" : ").next().unwrap_or(&elem).to_string();
+        let _ = writeln!(s, "add element {t} {set} {{ {elem} }}");
+        let _ = writeln!(s, "delete element {t} {set} {{ {key} }}");
+    }
+    let _ = writeln!(s, "flush chain {t} port_{port}");
+    let _ = writeln!(s, "delete chain {t} port_{port}");
+    s
 }
 
 /// Whether `host_ip` means "every address".

@@ -168,7 +168,11 @@ impl NodeNet {
         b.sysctl
             .set(&format!("net/ipv4/conf/{bridge}/route_localnet"), "1")?;
         b.nft
-            .apply(&nft::setup_script(&table, &bridge, subnet))
+            .apply(&format!(
+                "{}{}",
+                nft::setup_script(&table, &bridge, subnet),
+                nft::isolation_setup_script(&table)
+            ))
             .await?;
         sync_docker_user(&b, inst, Some(&bridge)).await?;
         tracing::debug!(%subnet, %bridge, "node network ready");
@@ -226,11 +230,14 @@ impl NodeNet {
         mac: &str,
         ports: &[PortMapping],
     ) -> Result<PathBuf, NetError> {
-        self.attach_owned(id, ip, prefix, mac, ports, None).await
+        self.attach_owned(id, ip, prefix, mac, ports, None, 0).await
     }
 
     /// [`NodeNet::attach`], the namespace owned by a new user namespace mapped
-    /// as `owner` (pinned at [`crate::netns::userns_pin`]) when given.
+    /// as `owner` (pinned at [`crate::netns::userns_pin`]) when given, and the
+    /// port in isolation group `group` (an account's): it reaches only ports of
+    /// its group, and sends only from its own MAC and address.
+    #[allow(clippy::too_many_arguments)]
     pub async fn attach_owned(
         &self,
         id: &str,
@@ -239,6 +246,7 @@ impl NodeNet {
         mac: &str,
         ports: &[PortMapping],
         owner: Option<crate::netns::UserNs>,
+        group: u32,
     ) -> Result<PathBuf, NetError> {
         names::validate_id(id)?;
         let mac = names::parse_mac(mac)?;
@@ -278,9 +286,13 @@ impl NodeNet {
             }
             VethState::Absent => self.b.links.create_veth(&spec).await?,
         }
-        // A fresh link with no ports cannot have rules to reconcile: skip nft entirely.
+        let isolation = nft::port_isolation_script(&self.table, &spec.host, &mac, ip, group);
+        // A fresh link with no ports has no rules to reconcile: one nft run.
         if !ports.is_empty() || state != VethState::Absent {
-            self.replace_port_rules(id, &port_rules).await?;
+            self.replace_port_rules(id, &format!("{isolation}{port_rules}"))
+                .await?;
+        } else {
+            self.b.nft.apply(&isolation).await?;
         }
         Ok(path)
     }
@@ -310,16 +322,18 @@ impl NodeNet {
         }
     }
 
-    /// Removes container `id`'s port rules, veth and namespace file. Idempotent.
-    pub async fn detach(&self, id: &str) -> Result<(), NetError> {
+    /// Removes container `id`'s port rules and isolation (group `group`), veth
+    /// and namespace file. Idempotent.
+    pub async fn detach(&self, id: &str, group: u32) -> Result<(), NetError> {
         names::validate_id(id)?;
         let old = self.port_rule_handles(id).await?;
-        if !old.is_empty() {
-            self.b
-                .nft
-                .apply(&nft::delete_rules(FAMILY, &self.table, PORTMAP_CHAIN, &old))
-                .await?;
-        }
+        let mut script = nft::delete_rules(FAMILY, &self.table, PORTMAP_CHAIN, &old);
+        script.push_str(&nft::port_release_script(
+            &self.table,
+            &self.host_veth(id),
+            group,
+        ));
+        self.b.nft.apply(&script).await?;
         let spec_probe = VethSpec {
             host: self.host_veth(id),
             alias: id.to_string(),

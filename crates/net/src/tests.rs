@@ -297,7 +297,7 @@ async fn detach_removes_exactly_one_container() {
     )
     .await
     .unwrap();
-    n.detach("c1").await.unwrap();
+    n.detach("c1", 0).await.unwrap();
     let rules = portmap(&f);
     assert_eq!(rules.len(), 1);
     assert!(rules[0].contains("comment \"c2\""));
@@ -306,7 +306,7 @@ async fn detach_removes_exactly_one_container() {
     assert!(links.contains_key(&n.host_veth("c2")));
     assert!(!f.netns.exists(Path::new("/data/agent/netns/c1")));
     assert!(f.netns.exists(Path::new("/data/agent/netns/c2")));
-    n.detach("c1").await.unwrap();
+    n.detach("c1", 0).await.unwrap();
 }
 
 #[tokio::test]
@@ -342,7 +342,7 @@ async fn hash_collision_is_detected_and_never_deleted() {
         .await
         .unwrap_err();
     assert!(matches!(err, NetError::NameCollision(_)), "{err}");
-    n.detach("c2").await.unwrap();
+    n.detach("c2", 0).await.unwrap();
     assert!(f.links.links.lock().unwrap().contains_key(&name));
 }
 

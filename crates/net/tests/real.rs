@@ -260,8 +260,8 @@ async fn bridge_forwarding_published_port_and_cleanup() {
     // Detach removes the container's rules, link and namespace file.
     let (veth_a, veth_b) = (n.host_veth("ctr-a"), n.host_veth("ctr-b"));
     assert!(link_exists(&veth_a).await && link_exists(&veth_b).await);
-    n.detach("ctr-b").await.expect("detach b");
-    n.detach("ctr-b").await.expect("detach b twice");
+    n.detach("ctr-b", 0).await.expect("detach b");
+    n.detach("ctr-b", 0).await.expect("detach b twice");
     assert!(!link_exists(&veth_b).await);
     assert!(!ns_b.exists());
     let rules = nft_out(&["-a", "list", "chain", "inet", &table, "portmap"]).await;
@@ -401,4 +401,128 @@ async fn docker_coexistence() {
         listing.contains("return"),
         "dockerd's own rule stays: {listing}"
     );
+}
+
+/// Runs `cmd` in the namespace pinned at `ns`; whether it succeeded.
+fn run_in(ns: &Path, cmd: &[&str]) -> bool {
+    let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+    in_netns(ns, move || {
+        std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Ports of different isolation groups (accounts) exchange nothing on the
+/// bridge; a port sending from another address or MAC than its own is dropped.
+/// In a network namespace of the test's own.
+#[test]
+fn isolation_groups_and_anti_spoofing() {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(isolation());
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+async fn isolation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("netns");
+    let inst = unique_instance();
+    let _guard = Guard {
+        instance: inst.clone(),
+        dir: dir.clone(),
+    };
+    let n = NodeNet::setup(NodeNetConfig {
+        instance: inst.clone(),
+        netns_dir: dir.clone(),
+        subnet: None,
+    })
+    .await
+    .expect("setup");
+    let s = n.subnet();
+    let ip = |i| s.host(i).unwrap();
+    let attach = |id: &'static str, i: u32, group: u32| {
+        let n = &n;
+        async move {
+            n.attach_owned(
+                id,
+                ip(i),
+                s.prefix(),
+                &format!("02:42:0a:00:00:{i:02x}"),
+                &[],
+                None,
+                group,
+            )
+            .await
+            .expect("attach")
+        }
+    };
+    let a = attach("ctr-a", 2, 7).await;
+    let b = attach("ctr-b", 3, 7).await;
+    let c = attach("ctr-c", 4, 8).await;
+    let ping = |from: &Path, to: Ipv4Addr, src: Option<Ipv4Addr>| {
+        let to = to.to_string();
+        let mut cmd = vec!["busybox", "ping", "-c", "1", "-W", "1"];
+        let src = src.map(|s| s.to_string());
+        if let Some(s) = &src {
+            cmd.extend(["-I", s.as_str()]);
+        }
+        cmd.push(&to);
+        run_in(from, &cmd)
+    };
+    assert!(ping(&a, ip(3), None), "same group: a reaches b");
+    assert!(ping(&b, ip(2), None), "same group: b reaches a");
+    assert!(!ping(&c, ip(3), None), "another group reached b");
+    assert!(!ping(&a, ip(4), None), "b's group reached c");
+    assert!(
+        ping(&c, n.gateway(), None),
+        "every group reaches the gateway"
+    );
+
+    // c takes a second address (as root in its namespace could) and sends
+    // from it, to its own gateway: dropped at its port.
+    assert!(run_in(
+        &c,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/{}", ip(9), s.prefix()),
+            "dev",
+            "eth0"
+        ]
+    ));
+    assert!(
+        !ping(&c, n.gateway(), Some(ip(9))),
+        "a forged source got through"
+    );
+    assert!(
+        ping(&c, n.gateway(), Some(ip(4))),
+        "its own address still works"
+    );
+    // ... or another MAC.
+    assert!(run_in(
+        &c,
+        &["ip", "link", "set", "eth0", "address", "02:42:0a:00:00:99"]
+    ));
+    assert!(run_in(&c, &["ip", "neigh", "flush", "all"]));
+    assert!(!ping(&c, n.gateway(), None), "a forged MAC got through");
+
+    // Detach releases the port's rules; attaching again restores them.
+    n.detach("ctr-b", 7).await.expect("detach");
+    n.detach("ctr-b", 7).await.expect("detach twice");
+    let table = n.nft_table().to_string();
+    let rules = nft_out(&["list", "table", "bridge", &table]).await;
+    assert!(!rules.contains(&n.host_veth("ctr-b")), "{rules}");
+    let b = attach("ctr-b", 3, 7).await;
+    assert!(ping(&a, ip(3), None) && ping(&b, ip(2), None));
 }

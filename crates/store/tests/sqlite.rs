@@ -27,6 +27,7 @@ fn container(account: &str, id: &str, name: &str, ip: Option<&str>) -> Container
                 gateway: "10.0.0.1".parse().unwrap(),
                 mac: "02:42:0a:00:00:02".into(),
                 ports: vec![],
+                group: 0,
             }),
             ..Default::default()
         },
