@@ -8,6 +8,7 @@
 //! `Sysctl`) with a real implementation and a fake in [`fake`].
 
 pub mod error;
+pub mod fabric;
 pub mod fake;
 pub mod ipv4net;
 pub mod link;

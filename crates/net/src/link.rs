@@ -80,20 +80,20 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+pub(crate) fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let op = op.into();
     move |e| NetError::netlink(op, e)
 }
 
 /// Treats "already exists" as success (idempotent creation).
-fn allow_exists(r: Result<(), rtnetlink::Error>, op: &str) -> Result<(), NetError> {
+pub(crate) fn allow_exists(r: Result<(), rtnetlink::Error>, op: &str) -> Result<(), NetError> {
     match r {
         Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
         r => r.map_err(nl(op)),
     }
 }
 
-async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
+pub(crate) async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
     let mut s = h.link().get().match_name(name).execute();
     match s.try_next().await {
         Ok(m) => Ok(m),
@@ -102,7 +102,7 @@ async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, Net
     }
 }
 
-async fn require_link(h: &Handle, name: &str) -> Result<LinkMessage, NetError> {
+pub(crate) async fn require_link(h: &Handle, name: &str) -> Result<LinkMessage, NetError> {
     link_by_name(h, name)
         .await?
         .ok_or_else(|| NetError::netlink(format!("get link {name}"), "no such interface"))
@@ -123,7 +123,10 @@ fn addr_v4(m: &AddressMessage) -> Option<(Ipv4Addr, u8)> {
     addr.map(|a| (a, m.header.prefix_len))
 }
 
-async fn ipv4_addrs(h: &Handle, index: Option<u32>) -> Result<Vec<(Ipv4Addr, u8)>, NetError> {
+pub(crate) async fn ipv4_addrs(
+    h: &Handle,
+    index: Option<u32>,
+) -> Result<Vec<(Ipv4Addr, u8)>, NetError> {
     let mut req = h.address().get();
     if let Some(i) = index {
         req = req.set_link_index_filter(i);
@@ -176,7 +179,7 @@ fn link_alias(m: &LinkMessage) -> Option<&str> {
     })
 }
 
-fn link_controller(m: &LinkMessage) -> Option<u32> {
+pub(crate) fn link_controller(m: &LinkMessage) -> Option<u32> {
     m.attributes.iter().find_map(|a| match a {
         LinkAttribute::Controller(c) => Some(*c),
         _ => None,
@@ -197,13 +200,13 @@ fn link_name(m: &LinkMessage) -> Option<&str> {
     })
 }
 
-fn is_up(m: &LinkMessage) -> bool {
+pub(crate) fn is_up(m: &LinkMessage) -> bool {
     m.header.flags.contains(LinkFlags::Up)
 }
 
 /// An rtnetlink connection whose socket lives in another network namespace.
-struct NsConn {
-    handle: Handle,
+pub(crate) struct NsConn {
+    pub(crate) handle: Handle,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -217,7 +220,7 @@ impl NsConn {
     /// A netlink socket belongs to the namespace of the thread that created it: create it
     /// in a short-lived thread that joined `netns`, then drive it from the runtime.
     /// Must be called within a tokio runtime.
-    fn open(netns: &Path) -> Result<NsConn, NetError> {
+    pub(crate) fn open(netns: &Path) -> Result<NsConn, NetError> {
         let ns =
             std::fs::File::open(netns).map_err(|source| NetError::Netns { op: "open", source })?;
         let fd: OwnedFd = std::thread::spawn(move || -> std::io::Result<OwnedFd> {
@@ -289,30 +292,36 @@ impl RtLinks {
     }
 
     async fn configure_inside(&self, spec: &VethSpec) -> Result<(), NetError> {
-        let ns = NsConn::open(&spec.netns)?;
-        let h = &ns.handle;
-        let lo = require_link(h, "lo").await?.header.index;
-        let eth = require_link(h, CONTAINER_IF).await?.header.index;
-        let (a, b, c) = futures::join!(
-            h.link()
-                .set(LinkUnspec::new_with_index(lo).up().build())
-                .execute(),
-            h.address()
-                .add(eth, IpAddr::V4(spec.ip), spec.prefix)
-                .execute(),
-            h.link()
-                .set(LinkUnspec::new_with_index(eth).up().build())
-                .execute(),
-        );
-        a.map_err(nl("set lo up"))?;
-        allow_exists(b, "add container address")?;
-        c.map_err(nl("set eth0 up"))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(spec.gateway)
-            .output_interface(eth)
-            .build();
-        allow_exists(h.route().add(route).execute().await, "add default route")
+        configure_container(spec).await
     }
+}
+
+/// Inside the container's namespace: lo and eth0 up, eth0's address, the
+/// default route through the gateway.
+pub(crate) async fn configure_container(spec: &VethSpec) -> Result<(), NetError> {
+    let ns = NsConn::open(&spec.netns)?;
+    let h = &ns.handle;
+    let lo = require_link(h, "lo").await?.header.index;
+    let eth = require_link(h, CONTAINER_IF).await?.header.index;
+    let (a, b, c) = futures::join!(
+        h.link()
+            .set(LinkUnspec::new_with_index(lo).up().build())
+            .execute(),
+        h.address()
+            .add(eth, IpAddr::V4(spec.ip), spec.prefix)
+            .execute(),
+        h.link()
+            .set(LinkUnspec::new_with_index(eth).up().build())
+            .execute(),
+    );
+    a.map_err(nl("set lo up"))?;
+    allow_exists(b, "add container address")?;
+    c.map_err(nl("set eth0 up"))?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(spec.gateway)
+        .output_interface(eth)
+        .build();
+    allow_exists(h.route().add(route).execute().await, "add default route")
 }
 
 #[async_trait]
