@@ -371,6 +371,29 @@ fn container_root_is_not_host_root() {
         "{}",
         line(" bin/busybox")
     );
+    // Across a restart of atoll (the container keeps running), a stop and a
+    // start (a new user and network namespace), the mapping and files hold.
+    let mut a = a;
+    a.restart();
+    let mut alice = alice;
+    alice.set_address(&a.tls_address());
+    let out = alice.docker_ok(&["exec", "box", "cat", "/proc/self/uid_map", "/made"]);
+    assert!(
+        out.contains(&alice_base.to_string()) && out.ends_with('x'),
+        "{out}"
+    );
+    alice.docker_ok(&["restart", "-t", "0", "box"]);
+    let out = alice.docker_ok(&[
+        "exec",
+        "box",
+        "sh",
+        "-c",
+        "stat -c %u /made; cat /proc/1/uid_map",
+    ]);
+    assert!(
+        out.starts_with("1234\n") && out.contains(&alice_base.to_string()),
+        "{out}"
+    );
     alice.docker_ok(&["commit", "box", "mine:1"]);
     assert_eq!(
         alice.docker_ok(&[

@@ -31,6 +31,11 @@ impl Tenant {
         }
     }
 
+    /// Follows the API to a new address (a restarted head picks a new port).
+    pub fn set_address(&mut self, tls_address: &str) {
+        self.host = format!("tcp://{tls_address}");
+    }
+
     pub fn cert_dir(&self) -> &Path {
         self.certs.path()
     }
