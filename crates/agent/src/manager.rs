@@ -98,6 +98,7 @@ struct ExitInfo {
 impl Agent {
     pub async fn start(cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         std::fs::create_dir_all(&cfg.dir)?;
+        crate::error::hide_paths_under(&cfg.dir);
         let containers_dir = cfg.dir.join("containers");
         std::fs::create_dir_all(&containers_dir)?;
         std::fs::create_dir_all(cfg.dir.join("volumes"))?;

@@ -24,7 +24,7 @@ impl IntoResponse for AgentError {
         (
             status,
             Json(AgentErrorBody {
-                message: self.to_string(),
+                message: crate::error::scrub(&self.to_string()),
             }),
         )
             .into_response()
