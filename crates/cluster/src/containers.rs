@@ -57,6 +57,12 @@ pub(crate) fn upstream(e: ClientError) -> Error {
     }
 }
 
+/// The isolation group of an account's containers on a server's bridge: the
+/// index of its id range (unique, never reused); 0 for the operator's.
+fn isolation_group(ids: Option<&agent_client::IdMap>) -> u32 {
+    ids.map_or(0, |m| m.host_base / m.size.max(1))
+}
+
 /// MAC derived from the IP, as Docker does on its bridge.
 fn mac_for(ip: Ipv4Addr) -> String {
     let o = ip.octets();
@@ -953,10 +959,4 @@ mod tests {
         );
         assert!(WaitCondition::parse("soon").is_err());
     }
-}
-
-/// The isolation group of an account's containers on a server's bridge: the
-/// index of its id range (unique, never reused); 0 for the operator's.
-fn isolation_group(ids: Option<&agent_client::IdMap>) -> u32 {
-    ids.map_or(0, |m| m.host_base / m.size.max(1))
 }
