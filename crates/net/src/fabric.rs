@@ -28,13 +28,13 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, InfoVxlan};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 
 use crate::error::NetError;
 use crate::ipv4net::Ipv4Net;
 use crate::link::{
-    CONTAINER_IF, NsConn, VethSpec, allow_exists, configure_container, ipv4_addrs, link_by_name,
-    nl, require_link,
+    CONTAINER_IF, NsConn, VethSpec, allow_exists, configure_container, ensure_bridge_with,
+    link_by_name, nl, require_link,
 };
 use crate::netns::{NetnsOps, RealNetns};
 
@@ -124,29 +124,8 @@ impl Fabric {
             .execute()
             .await
             .map_err(nl("set lo up"))?;
-        if link_by_name(h, BRIDGE).await?.is_none() {
-            let msg = LinkBridge::new(BRIDGE).build();
-            allow_exists(h.link().add(msg).execute().await, "create bridge")?;
-        }
+        ensure_bridge_with(h, BRIDGE, None, seg.gateway, seg.subnet.prefix()).await?;
         let br = require_link(h, BRIDGE).await?.header.index;
-        let prefix = seg.subnet.prefix();
-        if !ipv4_addrs(h, Some(br))
-            .await?
-            .contains(&(seg.gateway, prefix))
-        {
-            allow_exists(
-                h.address()
-                    .add(br, IpAddr::V4(seg.gateway), prefix)
-                    .execute()
-                    .await,
-                "add gateway address",
-            )?;
-        }
-        h.link()
-            .set(LinkUnspec::new_with_index(br).up().build())
-            .execute()
-            .await
-            .map_err(nl("set bridge up"))?;
         if link_by_name(h, VXLAN).await?.is_none() {
             // Made from the server's namespace (the underlay), born in the router's.
             let target = std::fs::File::open(&path)

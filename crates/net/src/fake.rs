@@ -192,6 +192,8 @@ struct NftState {
     tables: BTreeSet<(String, String)>,
     /// Rules per chain: (handle, text after the chain name, comment).
     chains: BTreeMap<ChainKey, Vec<(u64, String, Option<String>)>>,
+    /// Sets and maps: element key → value ("" for a set).
+    sets: BTreeMap<ChainKey, BTreeMap<String, String>>,
     next_handle: u64,
 }
 
@@ -231,6 +233,25 @@ impl FakeNft {
             .contains(&(family.to_string(), table.to_string()))
     }
 
+    /// The elements of a set or map (`key` or `key : value`), sorted.
+    pub fn elements(&self, family: &str, table: &str, set: &str) -> Vec<String> {
+        lock(&self.state)
+            .sets
+            .get(&(family.into(), table.into(), set.into()))
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        if v.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{k} : {v}")
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The rule texts of a chain, in order.
     pub fn rules(&self, family: &str, table: &str, chain: &str) -> Vec<String> {
         lock(&self.state)
@@ -254,6 +275,48 @@ impl FakeNft {
                     return Err(format!("no such table: {line}"));
                 }
                 st.chains.retain(|k, _| (k.0.clone(), k.1.clone()) != tkey);
+                st.sets.retain(|k, _| (k.0.clone(), k.1.clone()) != tkey);
+            }
+            (_, "set") | (_, "map") | (_, "element") => {
+                if !st.tables.contains(&tkey) {
+                    return Err(format!("no such table: {line}"));
+                }
+                let skey = (tkey.0, tkey.1, get(4)?.to_string());
+                let body = w
+                    .get(5)
+                    .copied()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_start_matches('{')
+                    .trim_end_matches('}')
+                    .trim();
+                let (key, value) = match body.split_once(" : ") {
+                    Some((k, v)) => (k.trim().to_string(), v.trim().to_string()),
+                    None => (body.to_string(), String::new()),
+                };
+                match (verb, obj) {
+                    ("add", "set") | ("add", "map") => {
+                        st.sets.entry(skey).or_default();
+                    }
+                    ("add", "element") => {
+                        let set = st
+                            .sets
+                            .get_mut(&skey)
+                            .ok_or_else(|| format!("no such set: {line}"))?;
+                        if set.get(&key).is_some_and(|v| *v != value) {
+                            return Err(format!("element exists with another value: {line}"));
+                        }
+                        set.insert(key, value);
+                    }
+                    ("delete", "element") => {
+                        st.sets
+                            .get_mut(&skey)
+                            .ok_or_else(|| format!("no such set: {line}"))?
+                            .remove(&key)
+                            .ok_or_else(|| format!("no such element: {line}"))?;
+                    }
+                    _ => return Err(format!("unsupported: {line}")),
+                }
             }
             (_, "chain") | (_, "rule") => {
                 if !st.tables.contains(&tkey) {
@@ -264,6 +327,11 @@ impl FakeNft {
                 match (verb, obj) {
                     ("add", "chain") => {
                         st.chains.entry(ckey).or_default();
+                    }
+                    ("delete", "chain") => {
+                        st.chains
+                            .remove(&ckey)
+                            .ok_or_else(|| format!("no such chain: {line}"))?;
                     }
                     ("flush", "chain") => {
                         st.chains

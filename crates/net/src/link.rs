@@ -296,6 +296,39 @@ impl RtLinks {
     }
 }
 
+/// Bridge `name` (with `mac` when given) holding `gateway/prefix`, up: made or
+/// completed through `h`.
+pub(crate) async fn ensure_bridge_with(
+    h: &Handle,
+    name: &str,
+    mac: Option<[u8; 6]>,
+    gateway: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), NetError> {
+    if link_by_name(h, name).await?.is_none() {
+        let mut b = LinkBridge::new(name);
+        if let Some(mac) = mac {
+            b = b.address(mac.to_vec());
+        }
+        allow_exists(h.link().add(b.build()).execute().await, "create bridge")?;
+    }
+    let idx = require_link(h, name).await?.header.index;
+    if !ipv4_addrs(h, Some(idx)).await?.contains(&(gateway, prefix)) {
+        allow_exists(
+            h.address()
+                .add(idx, IpAddr::V4(gateway), prefix)
+                .execute()
+                .await,
+            "add bridge address",
+        )?;
+    }
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .map_err(nl("set bridge up"))
+}
+
 /// Inside the container's namespace: lo and eth0 up, eth0's address, the
 /// default route through the gateway.
 pub(crate) async fn configure_container(spec: &VethSpec) -> Result<(), NetError> {
@@ -359,26 +392,7 @@ impl LinkOps for RtLinks {
         gateway: Ipv4Addr,
         prefix: u8,
     ) -> Result<(), NetError> {
-        let h = &self.handle;
-        if link_by_name(h, name).await?.is_none() {
-            let msg = LinkBridge::new(name).address(mac.to_vec()).build();
-            allow_exists(h.link().add(msg).execute().await, "create bridge")?;
-        }
-        let idx = require_link(h, name).await?.header.index;
-        if !ipv4_addrs(h, Some(idx)).await?.contains(&(gateway, prefix)) {
-            allow_exists(
-                h.address()
-                    .add(idx, IpAddr::V4(gateway), prefix)
-                    .execute()
-                    .await,
-                "add bridge address",
-            )?;
-        }
-        h.link()
-            .set(LinkUnspec::new_with_index(idx).up().build())
-            .execute()
-            .await
-            .map_err(nl("set bridge up"))
+        ensure_bridge_with(&self.handle, name, Some(mac), gateway, prefix).await
     }
 
     async fn veth_state(&self, spec: &VethSpec) -> Result<VethState, NetError> {

@@ -509,7 +509,7 @@ mod tests {
         ));
         assert_eq!(
             teardown_script("atoll_x"),
-            "add table inet atoll_x\ndelete table inet atoll_x\n"
+            "add table inet atoll_x\ndelete table inet atoll_x\nadd table bridge atoll_x\ndelete table bridge atoll_x\n"
         );
     }
 }

@@ -175,10 +175,29 @@ async fn attach_is_idempotent_and_repairs() {
     assert!(f.netns.files.lock().unwrap().contains(&p));
     assert_eq!(
         f.nft.scripts().len(),
-        before,
-        "no ports, fresh link: no nft run"
+        before + 1,
+        "no ports, fresh link: one nft run (the port's isolation)"
     );
     let veth = n.host_veth("c1");
+    let table = n.nft_table().to_string();
+    assert_eq!(
+        f.nft.elements("bridge", &table, "port_group"),
+        [format!("\"{veth}\" : jump group_0")]
+    );
+    assert_eq!(
+        f.nft.elements("bridge", &table, "group_0_ports"),
+        [format!("\"{veth}\"")]
+    );
+    assert_eq!(
+        f.nft.rules("bridge", &table, &format!("port_{veth}")),
+        [
+            "ether saddr != 02:00:00:00:00:02 drop",
+            "ether type ip ip saddr != 10.201.1.2 drop",
+            "ether type arp arp saddr ether != 02:00:00:00:00:02 drop",
+            "ether type arp arp saddr ip != 10.201.1.2 drop",
+            "ether type ip6 drop",
+        ]
+    );
     assert!(
         f.links
             .calls()
@@ -306,6 +325,15 @@ async fn detach_removes_exactly_one_container() {
     assert!(links.contains_key(&n.host_veth("c2")));
     assert!(!f.netns.exists(Path::new("/data/agent/netns/c1")));
     assert!(f.netns.exists(Path::new("/data/agent/netns/c2")));
+    // Its isolation went with it; c2's stays.
+    let table = n.nft_table().to_string();
+    let ports = f.nft.elements("bridge", &table, "group_0_ports");
+    assert_eq!(ports, [format!("\"{}\"", n.host_veth("c2"))]);
+    assert!(
+        f.nft
+            .rules("bridge", &table, &format!("port_{}", n.host_veth("c1")))
+            .is_empty()
+    );
     n.detach("c1", 0).await.unwrap();
 }
 

@@ -276,20 +276,26 @@ async fn bridge_forwarding_published_port_and_cleanup() {
     assert!(!nft_ok(&["list", "table", "inet", &table]).await);
 }
 
+/// Runs the future made by `f` on a thread of its own in a new network
+/// namespace (gone with the thread), on a runtime of its own.
+fn in_own_netns<F: std::future::Future<Output = ()> + 'static>(f: fn() -> F) {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f());
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
 /// A namespace of our own that looks like a host where dockerd runs: `ip filter` FORWARD
 /// policy drop with a DOCKER-USER chain, and bridge-nf-call-iptables on.
 #[test]
 fn works_beside_dockerd_forward_drop() {
-    std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(docker_coexistence());
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    in_own_netns(docker_coexistence);
 }
 
 async fn docker_coexistence() {
@@ -421,16 +427,7 @@ fn run_in(ns: &Path, cmd: &[&str]) -> bool {
 /// In a network namespace of the test's own.
 #[test]
 fn isolation_groups_and_anti_spoofing() {
-    std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(isolation());
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    in_own_netns(isolation);
 }
 
 async fn isolation() {
