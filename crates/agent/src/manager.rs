@@ -228,7 +228,6 @@ impl Agent {
         Ok(lowers)
     }
 
-    /// `<agent>/volumes`: one directory per volume id.
     /// The container's writable area (made with its disk limit the first
     /// time), upper, work and rootfs dirs.
     pub(crate) fn prepare_rw(&self, paths: &ContainerPaths, disk: u64) -> Result<(), AgentError> {
@@ -242,6 +241,7 @@ impl Agent {
         Ok(())
     }
 
+    /// `<agent>/volumes`: one directory per volume id.
     pub(crate) fn volumes_dir(&self) -> PathBuf {
         self.cfg.dir.join("volumes")
     }
