@@ -302,11 +302,32 @@ impl Fabric {
         Ok(())
     }
 
-    /// Removes the segment from this server (its router namespace, and with it
-    /// the bridge, the VXLAN device and every container's veth). Idempotent.
+    /// Removes the segment from this server: its links (the VXLAN device, the
+    /// bridge and every container's veth, whose peers go with them) at once,
+    /// then its router namespace, which may outlive its pin for as long as a
+    /// netlink socket in it is still being closed. Idempotent.
     pub async fn remove(&self, id: &str) -> Result<(), NetError> {
         check_id(id)?;
-        RealNetns.remove(&self.router_ns(id))
+        let path = self.router_ns(id);
+        if RealNetns.exists(&path) {
+            let ns = NsConn::open(&path)?;
+            let h = &ns.handle;
+            let links: Vec<_> = h
+                .link()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl("list links"))?;
+            for l in links.iter().filter(|l| l.header.index != 1) {
+                match h.link().del(l.header.index).execute().await {
+                    // A veth's peer goes with it.
+                    Err(rtnetlink::Error::NetlinkError(e)) if -e.raw_code() == libc::ENODEV => {}
+                    r => r.map_err(nl("delete link"))?,
+                }
+            }
+        }
+        RealNetns.remove(&path)
     }
 }
 
