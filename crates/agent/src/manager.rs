@@ -459,10 +459,7 @@ impl Agent {
     async fn cleanup_run(&self, spec: &ContainerSpec) {
         let paths = self.paths(&spec.id);
         if spec.network.is_some()
-            && let Err(e) = self
-                .net
-                .detach(&spec.id, spec.network.as_ref().map_or(0, |n| n.group))
-                .await
+            && let Err(e) = self.net.detach(&spec.id).await
         {
             tracing::warn!("detaching network of {}: {e}", spec.id);
         }

@@ -390,6 +390,39 @@ impl Nft for FakeNft {
         Ok(())
     }
 
+    /// Only the table's sets and maps (what this crate reads from a table).
+    async fn list_table(&self, family: &str, table: &str) -> Result<Option<String>, NetError> {
+        let st = lock(&self.state);
+        if !st.tables.contains(&(family.to_string(), table.to_string())) {
+            return Ok(None);
+        }
+        let mut items = vec![serde_json::json!({"metainfo": {"version": "fake"}})];
+        for ((f, t, name), elems) in &st.sets {
+            if f != family || t != table {
+                continue;
+            }
+            // Keys as nft prints them: a string, or a concatenation.
+            let elem: Vec<serde_json::Value> = elems
+                .keys()
+                .map(|k| {
+                    let parts: Vec<serde_json::Value> = k
+                        .split(" . ")
+                        .map(|p| serde_json::Value::String(p.trim_matches('"').to_string()))
+                        .collect();
+                    if parts.len() == 1 {
+                        parts[0].clone()
+                    } else {
+                        serde_json::json!({ "concat": parts })
+                    }
+                })
+                .collect();
+            items.push(
+                serde_json::json!({"set": {"family": f, "table": t, "name": name, "elem": elem}}),
+            );
+        }
+        Ok(Some(serde_json::json!({ "nftables": items }).to_string()))
+    }
+
     async fn list_chain(
         &self,
         family: &str,

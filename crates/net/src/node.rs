@@ -59,7 +59,13 @@ pub struct NodeNet {
     gateway: Ipv4Addr,
     netns_dir: PathBuf,
     b: Backend,
+    /// Detaches since stale isolation elements were last deleted.
+    detached: std::sync::atomic::AtomicU32,
 }
+
+/// Stale isolation elements are deleted (one ≈ 20 ms `nft` run) every this
+/// many detaches, not at each: a detach must not wait for it.
+const ISOLATION_GC_EVERY: u32 = 64;
 
 impl std::fmt::Debug for NodeNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,7 +182,7 @@ impl NodeNet {
             .await?;
         sync_docker_user(&b, inst, Some(&bridge)).await?;
         tracing::debug!(%subnet, %bridge, "node network ready");
-        Ok(NodeNet {
+        let n = NodeNet {
             instance: cfg.instance,
             bridge,
             table,
@@ -184,7 +190,38 @@ impl NodeNet {
             gateway,
             netns_dir: cfg.netns_dir,
             b,
-        })
+            detached: Default::default(),
+        };
+        n.collect_isolation_garbage().await?;
+        Ok(n)
+    }
+
+    /// Deletes the isolation elements of ports that no longer exist. They are
+    /// harmless (a gone port sends and receives nothing), but they add up.
+    pub async fn collect_isolation_garbage(&self) -> Result<usize, NetError> {
+        let Some(json) = self
+            .b
+            .nft
+            .list_table(nft::BRIDGE_FAMILY, &self.table)
+            .await?
+        else {
+            return Ok(0);
+        };
+        let links: std::collections::BTreeSet<String> =
+            self.b.links.link_names().await?.into_iter().collect();
+        let stale: Vec<(String, String)> = nft::isolation_elements(&json)?
+            .into_iter()
+            .filter(|(_, port, _)| !links.contains(port))
+            .map(|(set, _, elem)| (set, elem))
+            .collect();
+        if !stale.is_empty() {
+            self.b
+                .nft
+                .apply(&nft::isolation_delete_script(&self.table, &stale))
+                .await?;
+        }
+        self.detached.store(0, std::sync::atomic::Ordering::Relaxed);
+        Ok(stale.len())
     }
 
     pub fn subnet(&self) -> Ipv4Net {
@@ -288,11 +325,18 @@ impl NodeNet {
         }
         let isolation = nft::port_isolation_script(&self.table, &spec.host, &mac, ip, group);
         // A fresh link with no ports has no rules to reconcile: one nft run.
-        if !ports.is_empty() || state != VethState::Absent {
+        let res = if !ports.is_empty() || state != VethState::Absent {
+            self.replace_port_rules(id, &format!("{isolation}{port_rules}"))
+                .await
+        } else {
+            self.b.nft.apply(&isolation).await
+        };
+        if res.is_err() {
+            // An element left by a gone port under the same name, with other
+            // values: clear what is stale and try once more.
+            self.collect_isolation_garbage().await?;
             self.replace_port_rules(id, &format!("{isolation}{port_rules}"))
                 .await?;
-        } else {
-            self.b.nft.apply(&isolation).await?;
         }
         Ok(path)
     }
@@ -322,18 +366,17 @@ impl NodeNet {
         }
     }
 
-    /// Removes container `id`'s port rules and isolation (group `group`), veth
-    /// and namespace file. Idempotent.
-    pub async fn detach(&self, id: &str, group: u32) -> Result<(), NetError> {
+    /// Removes container `id`'s port rules, veth and namespace file (its
+    /// isolation elements go with the next garbage collection). Idempotent.
+    pub async fn detach(&self, id: &str) -> Result<(), NetError> {
         names::validate_id(id)?;
         let old = self.port_rule_handles(id).await?;
-        let mut script = nft::delete_rules(FAMILY, &self.table, PORTMAP_CHAIN, &old);
-        script.push_str(&nft::port_release_script(
-            &self.table,
-            &self.host_veth(id),
-            group,
-        ));
-        self.b.nft.apply(&script).await?;
+        if !old.is_empty() {
+            self.b
+                .nft
+                .apply(&nft::delete_rules(FAMILY, &self.table, PORTMAP_CHAIN, &old))
+                .await?;
+        }
         let spec_probe = VethSpec {
             host: self.host_veth(id),
             alias: id.to_string(),
@@ -348,7 +391,14 @@ impl NodeNet {
         if self.b.links.veth_state(&spec_probe).await? != VethState::Foreign {
             self.b.links.delete_link(&spec_probe.host).await?;
         }
-        self.b.netns.remove(&spec_probe.netns)
+        self.b.netns.remove(&spec_probe.netns)?;
+        let n = self
+            .detached
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n + 1 >= ISOLATION_GC_EVERY {
+            self.collect_isolation_garbage().await?;
+        }
+        Ok(())
     }
 
     /// Removes everything instance `instance` created: its nft table and DOCKER-USER rules,

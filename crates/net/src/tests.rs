@@ -180,23 +180,13 @@ async fn attach_is_idempotent_and_repairs() {
     );
     let veth = n.host_veth("c1");
     let table = n.nft_table().to_string();
+    let el = |set: &str| f.nft.elements("bridge", &table, set);
+    assert_eq!(el("ports"), [format!("\"{veth}\"")]);
+    assert_eq!(el("port_group"), [format!("\"{veth}\" : 0")]);
+    assert_eq!(el("port_in_group"), [format!("\"{veth}\" . 0")]);
     assert_eq!(
-        f.nft.elements("bridge", &table, "port_group"),
-        [format!("\"{veth}\" : jump group_0")]
-    );
-    assert_eq!(
-        f.nft.elements("bridge", &table, "group_0_ports"),
-        [format!("\"{veth}\"")]
-    );
-    assert_eq!(
-        f.nft.rules("bridge", &table, &format!("port_{veth}")),
-        [
-            "ether saddr != 02:00:00:00:00:02 drop",
-            "ether type ip ip saddr != 10.201.1.2 drop",
-            "ether type arp arp saddr ether != 02:00:00:00:00:02 drop",
-            "ether type arp arp saddr ip != 10.201.1.2 drop",
-            "ether type ip6 drop",
-        ]
+        el("port_id"),
+        [format!("\"{veth}\" . 02:00:00:00:00:02 . 10.201.1.2")]
     );
     assert!(
         f.links
@@ -316,7 +306,7 @@ async fn detach_removes_exactly_one_container() {
     )
     .await
     .unwrap();
-    n.detach("c1", 0).await.unwrap();
+    n.detach("c1").await.unwrap();
     let rules = portmap(&f);
     assert_eq!(rules.len(), 1);
     assert!(rules[0].contains("comment \"c2\""));
@@ -325,16 +315,14 @@ async fn detach_removes_exactly_one_container() {
     assert!(links.contains_key(&n.host_veth("c2")));
     assert!(!f.netns.exists(Path::new("/data/agent/netns/c1")));
     assert!(f.netns.exists(Path::new("/data/agent/netns/c2")));
-    // Its isolation went with it; c2's stays.
+    // Its isolation elements go with the next collection; c2's stay.
     let table = n.nft_table().to_string();
-    let ports = f.nft.elements("bridge", &table, "group_0_ports");
-    assert_eq!(ports, [format!("\"{}\"", n.host_veth("c2"))]);
-    assert!(
-        f.nft
-            .rules("bridge", &table, &format!("port_{}", n.host_veth("c1")))
-            .is_empty()
-    );
-    n.detach("c1", 0).await.unwrap();
+    let ports = || f.nft.elements("bridge", &table, "ports");
+    assert_eq!(ports().len(), 2);
+    assert_eq!(n.collect_isolation_garbage().await.unwrap(), 4);
+    assert_eq!(ports(), [format!("\"{}\"", n.host_veth("c2"))]);
+    assert_eq!(f.nft.elements("bridge", &table, "port_id").len(), 1);
+    n.detach("c1").await.unwrap();
 }
 
 #[tokio::test]
@@ -370,7 +358,7 @@ async fn hash_collision_is_detected_and_never_deleted() {
         .await
         .unwrap_err();
     assert!(matches!(err, NetError::NameCollision(_)), "{err}");
-    n.detach("c2", 0).await.unwrap();
+    n.detach("c2").await.unwrap();
     assert!(f.links.links.lock().unwrap().contains_key(&name));
 }
 

@@ -260,8 +260,8 @@ async fn bridge_forwarding_published_port_and_cleanup() {
     // Detach removes the container's rules, link and namespace file.
     let (veth_a, veth_b) = (n.host_veth("ctr-a"), n.host_veth("ctr-b"));
     assert!(link_exists(&veth_a).await && link_exists(&veth_b).await);
-    n.detach("ctr-b", 0).await.expect("detach b");
-    n.detach("ctr-b", 0).await.expect("detach b twice");
+    n.detach("ctr-b").await.expect("detach b");
+    n.detach("ctr-b").await.expect("detach b twice");
     assert!(!link_exists(&veth_b).await);
     assert!(!ns_b.exists());
     let rules = nft_out(&["-a", "list", "chain", "inet", &table, "portmap"]).await;
@@ -515,11 +515,15 @@ async fn isolation() {
     assert!(!ping(&c, n.gateway(), None), "a forged MAC got through");
 
     // Detach releases the port's rules; attaching again restores them.
-    n.detach("ctr-b", 7).await.expect("detach");
-    n.detach("ctr-b", 7).await.expect("detach twice");
+    n.detach("ctr-b").await.expect("detach");
+    n.detach("ctr-b").await.expect("detach twice");
     let table = n.nft_table().to_string();
+    let veth_b = n.host_veth("ctr-b");
+    // Its elements are garbage now, deleted with the next collection.
+    assert_eq!(n.collect_isolation_garbage().await.expect("collect"), 4);
     let rules = nft_out(&["list", "table", "bridge", &table]).await;
-    assert!(!rules.contains(&n.host_veth("ctr-b")), "{rules}");
+    assert!(!rules.contains(&veth_b), "{rules}");
+    assert!(rules.contains(&n.host_veth("ctr-a")), "{rules}");
     let b = attach("ctr-b", 3, 7).await;
     assert!(ping(&a, ip(3), None) && ping(&b, ip(2), None));
 }
