@@ -61,6 +61,9 @@ pub struct NodeNet {
     b: Backend,
     /// Detaches since stale isolation elements were last deleted.
     detached: std::sync::atomic::AtomicU32,
+    /// Held while a port is made and registered, and while stale elements
+    /// are collected: a collection never sees a port half made.
+    isolation: tokio::sync::Mutex<()>,
 }
 
 /// Stale isolation elements are deleted (one ≈ 20 ms `nft` run) every this
@@ -191,6 +194,7 @@ impl NodeNet {
             netns_dir: cfg.netns_dir,
             b,
             detached: Default::default(),
+            isolation: Default::default(),
         };
         n.collect_isolation_garbage().await?;
         Ok(n)
@@ -199,6 +203,13 @@ impl NodeNet {
     /// Deletes the isolation elements of ports that no longer exist. They are
     /// harmless (a gone port sends and receives nothing), but they add up.
     pub async fn collect_isolation_garbage(&self) -> Result<usize, NetError> {
+        let _made = self.isolation.lock().await;
+        self.collect_stale_elements().await
+    }
+
+    async fn collect_stale_elements(&self) -> Result<usize, NetError> {
+        // Elements first, links second: a port registered after the listing
+        // is not in it, so it cannot be taken for a gone one.
         let Some(json) = self
             .b
             .nft
@@ -209,9 +220,34 @@ impl NodeNet {
         };
         let links: std::collections::BTreeSet<String> =
             self.b.links.link_names().await?.into_iter().collect();
-        let stale: Vec<(String, String)> = nft::isolation_elements(&json)?
+        let n = self
+            .delete_listed(&json, |port| !links.contains(port))
+            .await?;
+        self.detached.store(0, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Deletes the isolation elements of the ports `which` picks.
+    async fn delete_elements(&self, which: impl Fn(&str) -> bool) -> Result<usize, NetError> {
+        match self
+            .b
+            .nft
+            .list_table(nft::BRIDGE_FAMILY, &self.table)
+            .await?
+        {
+            Some(json) => self.delete_listed(&json, which).await,
+            None => Ok(0),
+        }
+    }
+
+    async fn delete_listed(
+        &self,
+        json: &str,
+        which: impl Fn(&str) -> bool,
+    ) -> Result<usize, NetError> {
+        let stale: Vec<(String, String)> = nft::isolation_elements(json)?
             .into_iter()
-            .filter(|(_, port, _)| !links.contains(port))
+            .filter(|(_, port, _)| which(port))
             .map(|(set, _, elem)| (set, elem))
             .collect();
         if !stale.is_empty() {
@@ -220,7 +256,6 @@ impl NodeNet {
                 .apply(&nft::isolation_delete_script(&self.table, &stale))
                 .await?;
         }
-        self.detached.store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(stale.len())
     }
 
@@ -313,6 +348,7 @@ impl NodeNet {
             mac,
             gateway: self.gateway,
         };
+        let made = self.isolation.lock().await;
         let state = self.b.links.veth_state(&spec).await?;
         match state {
             VethState::Complete => {}
@@ -332,12 +368,13 @@ impl NodeNet {
             self.b.nft.apply(&isolation).await
         };
         if res.is_err() {
-            // An element left by a gone port under the same name, with other
-            // values: clear what is stale and try once more.
-            self.collect_isolation_garbage().await?;
+            // Elements left by a gone port of the same name, with other
+            // values: drop this name's elements and try once more.
+            self.delete_elements(|port| port == spec.host).await?;
             self.replace_port_rules(id, &format!("{isolation}{port_rules}"))
                 .await?;
         }
+        drop(made);
         Ok(path)
     }
 

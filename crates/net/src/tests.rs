@@ -406,3 +406,42 @@ async fn teardown_finds_everything_of_the_instance_only() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_port_name_left_with_another_group_is_taken_over() {
+    let f = Fakes::new(FakeNft::default());
+    let n = NodeNet::setup_with(cfg(Some("10.201.1.0/24")), f.backend())
+        .await
+        .unwrap();
+    let veth = n.host_veth("c1");
+    let table = n.nft_table().to_string();
+    // What a gone container of the same port name left behind.
+    f.nft
+        .apply(&crate::nft::port_isolation_script(
+            &table,
+            &veth,
+            &[2, 0, 0, 0, 0, 9],
+            Ipv4Addr::new(10, 201, 1, 9),
+            5,
+        ))
+        .await
+        .unwrap();
+    n.attach_owned(
+        "c1",
+        Ipv4Addr::new(10, 201, 1, 2),
+        24,
+        "02:00:00:00:00:02",
+        &[],
+        None,
+        7,
+    )
+    .await
+    .unwrap();
+    let el = |set: &str| f.nft.elements("bridge", &table, set);
+    assert_eq!(el("port_group"), [format!("\"{veth}\" : 7")]);
+    assert_eq!(el("port_in_group"), [format!("\"{veth}\" . 7")]);
+    assert_eq!(
+        el("port_id"),
+        [format!("\"{veth}\" . 02:00:00:00:00:02 . 10.201.1.2")]
+    );
+}
