@@ -135,7 +135,8 @@ pub const ISOLATION_SETS: [&str; 4] = ["ports", "port_group", "port_in_group", "
 ///   sender's group as the packet mark, looked up with the receiver in
 ///   `port_in_group`), so a port missing from the maps reaches only group 0.
 ///
-/// Elements survive a re-run (agent restart).
+/// Frames between other bridges' ports pass untouched. Elements survive a
+/// re-run (agent restart).
 pub fn isolation_setup_script(table: &str) -> String {
     let t = format!("{BRIDGE_FAMILY} {table}");
     let mut s = String::new();
@@ -155,7 +156,10 @@ pub fn isolation_setup_script(table: &str) -> String {
         let _ = writeln!(s, "flush chain {t} {chain}");
     }
     for rule in [
+        // Bridge-family hooks see every bridge of the host (docker0, another
+        // instance's): frames between ports not ours are not ours to judge.
         "prerouting iifname != @ports accept",
+        "forward iifname != @ports oifname != @ports accept",
         "prerouting ether type != { ip, arp } drop",
         "prerouting ether type ip iifname . ether saddr . ip saddr != @port_id drop",
         "prerouting ether type arp iifname . arp saddr ether . arp saddr ip != @port_id drop",

@@ -478,6 +478,35 @@ async fn isolation() {
     };
     assert!(ping(&a, ip(3), None), "same group: a reaches b");
     assert!(ping(&b, ip(2), None), "same group: b reaches a");
+    // Another instance's bridge (or docker0) beside ours: each table judges
+    // only its own ports' frames.
+    let dir2 = tmp.path().join("netns2");
+    let inst2 = unique_instance();
+    let _guard2 = Guard {
+        instance: inst2.clone(),
+        dir: dir2.clone(),
+    };
+    let n2 = NodeNet::setup(NodeNetConfig {
+        instance: inst2,
+        netns_dir: dir2,
+        subnet: None,
+    })
+    .await
+    .expect("setup of a second instance");
+    let s2 = n2.subnet();
+    let (x, y) = (s2.host(2).unwrap(), s2.host(3).unwrap());
+    let other_x = n2
+        .attach("ctr-x", x, s2.prefix(), "02:42:0b:00:00:02", &[])
+        .await
+        .expect("attach x");
+    n2.attach("ctr-y", y, s2.prefix(), "02:42:0b:00:00:03", &[])
+        .await
+        .expect("attach y");
+    assert!(
+        ping(&other_x, y, None),
+        "the other bridge's frames were judged"
+    );
+    assert!(ping(&a, ip(3), None), "ours, beside another bridge");
     assert!(!ping(&c, ip(3), None), "another group reached b");
     assert!(!ping(&a, ip(4), None), "b's group reached c");
     assert!(
