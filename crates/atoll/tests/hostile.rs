@@ -438,21 +438,14 @@ fn a_disk_filler_hits_its_package_size_not_the_servers_disk() {
     assert!(!out.status.success(), "the filler wrote 200 MB: {err}");
     assert!(err.contains("Disk quota exceeded"), "{err}");
     // What it managed to write stays within its package's disk.
-    let size = mallory.docker_ok(&[
-        "ps",
-        "-a",
-        "-s",
-        "--filter",
-        "name=filler",
-        "--format",
-        "{{.Size}}",
-    ]);
-    assert!(!size.is_empty(), "{size}");
     let written =
         std::fs::metadata(find_file(&fs.path().join("d"), "fill").expect("the filler's file"))
             .unwrap()
             .len();
-    assert!(written <= 32 << 20, "wrote {written} bytes");
+    assert!(
+        (16 << 20..=32 << 20).contains(&written),
+        "wrote {written} bytes"
+    );
     // The neighbour writes on as before.
     alice.docker_ok(&[
         "exec",

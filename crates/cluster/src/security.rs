@@ -83,6 +83,10 @@ pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
     if hc.sysctls.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(unsupported("--sysctl"));
     }
+    // A container's disk is its package's (quota groups where the server can).
+    if hc.storage_opt.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(unsupported("--storage-opt"));
+    }
     let mut no_new_privileges = false;
     let mut seccomp_unconfined = false;
     for opt in hc.security_opt.iter().flatten() {
@@ -308,6 +312,10 @@ mod tests {
             status(s(
                 serde_json::json!({"Sysctls": {"net.ipv4.ip_forward": "1"}})
             )),
+            "400"
+        );
+        assert_eq!(
+            status(s(serde_json::json!({"StorageOpt": {"size": "10G"}}))),
             "400"
         );
         assert_eq!(

@@ -24,16 +24,16 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, InfoVxlan};
+use netlink_packet_route::link::InfoVxlan;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
 use crate::error::NetError;
 use crate::ipv4net::Ipv4Net;
 use crate::link::{
-    CONTAINER_IF, NsConn, VethSpec, allow_exists, configure_container, ensure_bridge_with,
+    NsConn, VethSpec, add_veth, allow_exists, configure_container, ensure_bridge_with,
     link_by_name, nl, require_link,
 };
 use crate::netns::{NetnsOps, RealNetns};
@@ -201,24 +201,7 @@ impl Fabric {
         let h = &router.handle;
         let br = require_link(h, BRIDGE).await?.header.index;
         if link_by_name(h, port).await?.is_none() {
-            let ns = std::fs::File::open(netns)
-                .map_err(|source| NetError::Netns { op: "open", source })?;
-            let peer = LinkMessageBuilder::<LinkUnspec>::new()
-                .name(CONTAINER_IF)
-                .address(mac.to_vec())
-                .setns_by_fd(ns.as_raw_fd())
-                .build();
-            let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-                .name(port.to_string())
-                .controller(br)
-                .up()
-                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-                .build();
-            h.link()
-                .add(msg)
-                .execute()
-                .await
-                .map_err(nl("create veth"))?;
+            add_veth(h, port, br, netns, mac).await?;
         }
         configure_container(&VethSpec {
             host: port.to_string(),

@@ -328,11 +328,6 @@ impl FakeNft {
                     ("add", "chain") => {
                         st.chains.entry(ckey).or_default();
                     }
-                    ("delete", "chain") => {
-                        st.chains
-                            .remove(&ckey)
-                            .ok_or_else(|| format!("no such chain: {line}"))?;
-                    }
                     ("flush", "chain") => {
                         st.chains
                             .get_mut(&ckey)

@@ -296,6 +296,30 @@ impl RtLinks {
     }
 }
 
+/// A veth through `h`: `name` on bridge `bridge` (up), its peer `eth0` with
+/// `mac` in the namespace at `netns`.
+pub(crate) async fn add_veth(
+    h: &Handle,
+    name: &str,
+    bridge: u32,
+    netns: &Path,
+    mac: [u8; 6],
+) -> Result<(), NetError> {
+    let ns = std::fs::File::open(netns).map_err(|source| NetError::Netns { op: "open", source })?;
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(CONTAINER_IF)
+        .address(mac.to_vec())
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(name.to_string())
+        .controller(bridge)
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    h.link().add(msg).execute().await.map_err(nl("create veth"))
+}
+
 /// Bridge `name` (with `mac` when given) holding `gateway/prefix`, up: made or
 /// completed through `h`.
 pub(crate) async fn ensure_bridge_with(
@@ -420,25 +444,7 @@ impl LinkOps for RtLinks {
     async fn create_veth(&self, spec: &VethSpec) -> Result<(), NetError> {
         let h = &self.handle;
         let br = require_link(h, &spec.bridge).await?.header.index;
-        let ns = std::fs::File::open(&spec.netns)
-            .map_err(|source| NetError::Netns { op: "open", source })?;
-        let peer = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(CONTAINER_IF)
-            .address(spec.mac.to_vec())
-            .setns_by_fd(ns.as_raw_fd())
-            .build();
-        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(spec.host.clone())
-            .controller(br)
-            .up()
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .build();
-        h.link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(nl("create veth"))?;
-        drop(ns);
+        add_veth(h, &spec.host, br, &spec.netns, spec.mac).await?;
         // The kernel ignores IFLA_IFALIAS on creation; set it in a second message.
         let idx = require_link(h, &spec.host).await?.header.index;
         h.link()

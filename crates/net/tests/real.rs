@@ -50,6 +50,25 @@ impl Drop for Guard {
     }
 }
 
+/// A fresh instance with its namespace files in `<tmp>/<sub>`, torn down by
+/// the returned guard however the test ends.
+async fn fresh_node(tmp: &Path, sub: &str) -> (NodeNet, Guard) {
+    let dir = tmp.join(sub);
+    let inst = unique_instance();
+    let guard = Guard {
+        instance: inst.clone(),
+        dir: dir.clone(),
+    };
+    let n = NodeNet::setup(NodeNetConfig {
+        instance: inst,
+        netns_dir: dir,
+        subnet: None,
+    })
+    .await
+    .expect("setup");
+    (n, guard)
+}
+
 /// Runs `f` on a thread that joined the network namespace pinned at `ns`.
 fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
     let file = std::fs::File::open(ns).expect("open netns");
@@ -432,19 +451,7 @@ fn isolation_groups_and_anti_spoofing() {
 
 async fn isolation() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("netns");
-    let inst = unique_instance();
-    let _guard = Guard {
-        instance: inst.clone(),
-        dir: dir.clone(),
-    };
-    let n = NodeNet::setup(NodeNetConfig {
-        instance: inst.clone(),
-        netns_dir: dir.clone(),
-        subnet: None,
-    })
-    .await
-    .expect("setup");
+    let (n, _guard) = fresh_node(tmp.path(), "netns").await;
     let s = n.subnet();
     let ip = |i| s.host(i).unwrap();
     let attach = |id: &'static str, i: u32, group: u32| {
@@ -480,19 +487,7 @@ async fn isolation() {
     assert!(ping(&b, ip(2), None), "same group: b reaches a");
     // Another instance's bridge (or docker0) beside ours: each table judges
     // only its own ports' frames.
-    let dir2 = tmp.path().join("netns2");
-    let inst2 = unique_instance();
-    let _guard2 = Guard {
-        instance: inst2.clone(),
-        dir: dir2.clone(),
-    };
-    let n2 = NodeNet::setup(NodeNetConfig {
-        instance: inst2,
-        netns_dir: dir2,
-        subnet: None,
-    })
-    .await
-    .expect("setup of a second instance");
+    let (n2, _guard2) = fresh_node(tmp.path(), "netns2").await;
     let s2 = n2.subnet();
     let (x, y) = (s2.host(2).unwrap(), s2.host(3).unwrap());
     let other_x = n2
