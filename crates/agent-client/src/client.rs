@@ -270,6 +270,44 @@ impl AgentClient {
         .await
     }
 
+    /// A network's overlay map (the agent keeps the newest version).
+    pub async fn put_network_map(&self, map: &crate::NetworkMap) -> Result<(), ClientError> {
+        self.call_empty(
+            Method::PUT,
+            &format!("/v1/networks/{}", map.vni),
+            json_body(map),
+        )
+        .await
+    }
+
+    /// Adds a network to a running container (`docker network connect`).
+    pub async fn connect_network(
+        &self,
+        id: &str,
+        endpoint: &crate::Endpoint,
+    ) -> Result<(), ClientError> {
+        self.call_empty(
+            Method::POST,
+            &format!("/v1/containers/{id}/networks"),
+            json_body(endpoint),
+        )
+        .await
+    }
+
+    /// Takes a network from a running container (`docker network disconnect`).
+    pub async fn disconnect_network(
+        &self,
+        id: &str,
+        endpoint: &crate::Endpoint,
+    ) -> Result<(), ClientError> {
+        self.call_empty(
+            Method::DELETE,
+            &format!("/v1/containers/{id}/networks/{}", endpoint.network),
+            empty(),
+        )
+        .await
+    }
+
     /// Deletes a volume's data on this server (idempotent).
     pub async fn remove_volume(&self, volume_id: &str) -> Result<(), ClientError> {
         self.call_empty(Method::DELETE, &format!("/v1/volumes/{volume_id}"), empty())

@@ -85,19 +85,47 @@ pub struct PortMapping {
     pub host_port: u16,
 }
 
-/// Address of the container on the server's bridge network.
+/// One network a container is attached to (a fabric network: its account's
+/// VXLAN segment, spanning servers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkSpec {
-    pub ip: Ipv4Addr,
-    pub prefix_len: u8,
+pub struct Endpoint {
+    /// The network's id (64 hex).
+    pub network: String,
+    /// Its name, as the account knows it.
+    pub name: String,
+    pub vni: u32,
+    /// CIDR, e.g. "10.0.0.0/24".
+    pub subnet: String,
     pub gateway: Ipv4Addr,
+    pub ip: Ipv4Addr,
     /// `02:42:..` style MAC, lower-case, colon separated.
     pub mac: String,
-    pub ports: Vec<PortMapping>,
-    /// The isolation group of the container's port on the server's bridge (its
-    /// account's): ports of different groups cannot exchange frames.
+    /// No route out of the network (`docker network create --internal`).
     #[serde(default)]
-    pub group: u32,
+    pub internal: bool,
+    /// Names this container answers to on this network (`--network-alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// A container on a network, wherever it runs: one entry of a network's
+/// overlay map.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NetworkMember {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    /// The underlay address of its server (its VXLAN endpoint).
+    pub vtep: Ipv4Addr,
+}
+
+/// Body of `PUT /v1/networks/{vni}`: a network's whole overlay map. The agent
+/// keeps the highest version it was given and programs it wherever the
+/// network's segment exists on its server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkMap {
+    pub vni: u32,
+    pub version: u64,
+    pub members: Vec<NetworkMember>,
 }
 
 /// Resource limits from `-m`, `--cpus`, etc. Zero means unlimited.
@@ -202,8 +230,13 @@ pub struct ContainerSpec {
     /// Run an init process (tini) as PID 1.
     pub init: bool,
     pub resources: Resources,
-    /// None means `--network none`.
-    pub network: Option<NetworkSpec>,
+    /// The networks in Docker's order: the first is `eth0` and carries the
+    /// default route (unless internal). Empty: `--network none`.
+    #[serde(default)]
+    pub networks: Vec<Endpoint>,
+    /// Published ports, reached through the first network.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
     pub dns: Vec<String>,
     pub dns_search: Vec<String>,
     pub dns_options: Vec<String>,
@@ -265,6 +298,10 @@ pub struct AgentInfo {
     /// CIDR of the local bridge network, e.g. "10.213.7.0/24".
     pub subnet: String,
     pub gateway: String,
+    /// The server's underlay address, where other servers send its VXLAN
+    /// traffic; None: a server alone (no VXLAN, networks stay local).
+    #[serde(default)]
+    pub vtep: Option<Ipv4Addr>,
     /// Size of the filesystem of the agent's data directory.
     #[serde(default)]
     pub disk_bytes: u64,

@@ -259,14 +259,14 @@ pub fn hosts_file(spec: &ContainerSpec, hostname: &str) -> String {
             },
         };
         let ip = ip.trim_start_matches('[').trim_end_matches(']');
-        let ip = match (ip, &spec.network) {
+        let ip = match (ip, spec.networks.first()) {
             ("host-gateway", Some(n)) => n.gateway.to_string(),
             ("host-gateway", None) => continue,
             (ip, _) => ip.to_string(),
         };
         s.push_str(&format!("{ip}\t{name}\n"));
     }
-    if let Some(n) = &spec.network {
+    if let Some(n) = spec.networks.first() {
         if spec.domainname.is_empty() {
             s.push_str(&format!("{}\t{hostname}\n", n.ip));
         } else {
@@ -633,7 +633,7 @@ pub fn oci_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_client::{NetworkSpec, ProcessSpec};
+    use agent_client::{Endpoint, ProcessSpec};
     use std::net::Ipv4Addr;
 
     fn spec() -> ContainerSpec {
@@ -644,14 +644,17 @@ mod tests {
                 env: vec!["FOO=bar".into(), "HOSTNAME=mine".into()],
                 ..Default::default()
             },
-            network: Some(NetworkSpec {
-                ip: Ipv4Addr::new(10, 0, 0, 5),
-                prefix_len: 24,
+            networks: vec![Endpoint {
+                network: "n".repeat(64),
+                name: "bridge".into(),
+                vni: 1,
+                subnet: "10.0.0.0/24".into(),
                 gateway: Ipv4Addr::new(10, 0, 0, 1),
+                ip: Ipv4Addr::new(10, 0, 0, 5),
                 mac: "02:42:0a:00:00:05".into(),
-                ports: vec![],
-                group: 0,
-            }),
+                internal: false,
+                aliases: vec![],
+            }],
             extra_hosts: vec![
                 "db:10.1.2.3".into(),
                 "v6:2001:db8::1".into(),
@@ -680,7 +683,7 @@ mod tests {
         assert!(h.contains("10.0.0.1\tgw\n"));
         assert!(h.ends_with("10.0.0.5\tweb\n"));
         let none = ContainerSpec {
-            network: None,
+            networks: vec![],
             ..spec()
         };
         assert!(!hosts_file(&none, "web").contains("\tweb\n"));

@@ -11,6 +11,7 @@ pub mod health;
 pub mod layers;
 pub mod logs;
 pub mod manager;
+pub mod networks;
 pub mod nsexec;
 pub mod quota;
 pub mod reset;

@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub instance: String,
     /// The atoll binary, re-executed as `atoll shim`.
     pub exe: PathBuf,
+    /// The server's underlay address (its VXLAN endpoint); None: networks
+    /// stay on this server.
+    pub vtep: Option<std::net::Ipv4Addr>,
 }
 
 /// Where an attach client waits for the container's next start.
@@ -56,7 +59,7 @@ pub(crate) struct Ctr {
 pub struct Agent {
     pub(crate) cfg: AgentConfig,
     pub(crate) layers: LayerCache,
-    net: net::NodeNet,
+    pub(crate) net: net::ServerNet,
     pub(crate) runc: Runc,
     pub(crate) mounter: RealMounter,
     /// Disk limits of writable layers (btrfs quotas, or none).
@@ -65,6 +68,22 @@ pub struct Agent {
     ctrs: StdMutex<HashMap<String, Arc<Ctr>>>,
     events: broadcast::Sender<ContainerStatus>,
     cgroup_parent: String,
+}
+
+/// A spec's networks as the server wires them.
+pub(crate) fn attachments(spec: &ContainerSpec) -> Result<Vec<net::Attachment>, net::NetError> {
+    spec.networks.iter().map(attachment).collect()
+}
+
+pub(crate) fn attachment(e: &agent_client::Endpoint) -> Result<net::Attachment, net::NetError> {
+    Ok(net::Attachment {
+        vni: e.vni,
+        subnet: e.subnet.parse()?,
+        gateway: e.gateway,
+        ip: e.ip,
+        mac: net::names::parse_mac(&e.mac)?,
+        internal: e.internal,
+    })
 }
 
 fn now() -> String {
@@ -120,11 +139,14 @@ impl Agent {
             );
         }
         let layers = LayerCache::open(&cfg.dir.join("layers"))?;
-        let net = net::NodeNet::setup(net::NodeNetConfig {
-            instance: cfg.instance.clone(),
-            netns_dir: cfg.dir.join("netns"),
-            subnet: None,
-        })
+        let net = net::ServerNet::setup(
+            net::NodeNetConfig {
+                instance: cfg.instance.clone(),
+                netns_dir: cfg.dir.join("netns"),
+                subnet: None,
+            },
+            cfg.vtep,
+        )
         .await?;
         let runc = Runc::new(PathBuf::from("runc"), cfg.dir.join("runc"));
         let (events, _) = broadcast::channel(1024);
@@ -141,6 +163,7 @@ impl Agent {
             events,
         });
         agent.adopt().await;
+        agent.net.collect_unused().await;
         Ok(agent)
     }
 
@@ -173,9 +196,10 @@ impl Agent {
                 "2".into()
             },
             runtime: "runc".into(),
-            bridge: self.net.bridge().to_string(),
-            subnet: self.net.subnet().to_string(),
-            gateway: self.net.gateway().to_string(),
+            bridge: self.net.node().bridge().to_string(),
+            subnet: self.net.node().subnet().to_string(),
+            gateway: self.net.node().gateway().to_string(),
+            vtep: self.net.vtep(),
             disk_bytes: nix::sys::statvfs::statvfs(&self.cfg.dir)
                 .map(|s| s.blocks() * s.fragment_size())
                 .unwrap_or(0),
@@ -289,6 +313,10 @@ impl Agent {
                     st.started_at = started;
                     st.health = spec.health.as_ref().map(|_| crate::health::starting());
                     self.set_status(&ctr, st);
+                    match attachments(&spec) {
+                        Ok(nets) => self.net.adopt(&id, &nets).await,
+                        Err(e) => tracing::warn!("networks of {id}: {e}"),
+                    }
                     self.spawn_health(ctr.clone(), &spec);
                     self.spawn_waiter(ctr.clone(), spec.clone());
                     tracing::info!("re-adopted running container {id}");
@@ -377,33 +405,29 @@ impl Agent {
                 )
                 .map_err(|e| AgentError::Internal(e.to_string()))?;
         }
-        let netns = match &spec.network {
-            Some(n) => {
-                let ports: Vec<net::PortMapping> = n
-                    .ports
-                    .iter()
-                    .map(|p| net::PortMapping {
-                        proto: p.proto.clone(),
-                        container_port: p.container_port,
-                        host_ip: p.host_ip.clone(),
-                        host_port: p.host_port,
-                    })
-                    .collect();
-                Some(
-                    self.net
-                        .attach_owned(
-                            &spec.id,
-                            n.ip,
-                            n.prefix_len,
-                            &n.mac,
-                            &ports,
-                            spec.userns.as_ref().map(crate::userns::owner),
-                            n.group,
-                        )
-                        .await?,
-                )
-            }
-            None => None,
+        let netns = if spec.networks.is_empty() {
+            None
+        } else {
+            let ports: Vec<net::PortMapping> = spec
+                .ports
+                .iter()
+                .map(|p| net::PortMapping {
+                    proto: p.proto.clone(),
+                    container_port: p.container_port,
+                    host_ip: p.host_ip.clone(),
+                    host_port: p.host_port,
+                })
+                .collect();
+            Some(
+                self.net
+                    .attach(
+                        &spec.id,
+                        spec.userns.as_ref().map(crate::userns::owner),
+                        &attachments(spec)?,
+                        &ports,
+                    )
+                    .await?,
+            )
         };
         let spec = &crate::volumes::prepare_volumes(spec, &self.volumes_dir(), &paths.rootfs)?;
         write_bundle(spec, paths, netns.as_deref(), &self.cgroup_parent)
@@ -458,10 +482,18 @@ impl Agent {
     /// container's directory (upper layer, logs) stays until removal.
     async fn cleanup_run(&self, spec: &ContainerSpec) {
         let paths = self.paths(&spec.id);
-        if spec.network.is_some()
-            && let Err(e) = self.net.detach(&spec.id).await
-        {
-            tracing::warn!("detaching network of {}: {e}", spec.id);
+        if !spec.networks.is_empty() {
+            let r = match attachments(spec) {
+                Ok(nets) => {
+                    self.net
+                        .detach(&spec.id, &nets, !spec.ports.is_empty())
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                tracing::warn!("detaching networks of {}: {e}", spec.id);
+            }
         }
         if self.mounter.is_mounted(&paths.rootfs)
             && let Err(e) = self.mounter.unmount(&paths.rootfs)
@@ -502,9 +534,33 @@ impl Agent {
             ctr.paused.store(false, Ordering::SeqCst);
             me.set_status(&ctr, st);
             ctr.exits.send_modify(|n| *n += 1);
+            // Networks may have been connected or disconnected meanwhile.
+            let spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
             me.cleanup_run(&spec).await;
             drop(cleanup);
         });
+    }
+
+    /// Changes the container's spec, in memory and on disk (what adoption
+    /// reads after a restart). The caller holds its op lock.
+    pub(crate) fn update_spec(
+        &self,
+        ctr: &Ctr,
+        change: impl FnOnce(&mut ContainerSpec),
+    ) -> Result<(), AgentError> {
+        let spec = {
+            let mut spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner());
+            change(&mut spec);
+            spec.clone()
+        };
+        let paths = self.paths(&spec.id);
+        if paths.root.exists() {
+            std::fs::write(
+                paths.root.join("spec.json"),
+                serde_json::to_vec(&spec).map_err(|e| AgentError::Internal(e.to_string()))?,
+            )?;
+        }
+        Ok(())
     }
 
     /// The container, if it is running here.
@@ -573,18 +629,7 @@ impl Agent {
             .ctr(id)
             .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
         let _op = ctr.op.lock().await;
-        let spec = {
-            let mut spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner());
-            spec.resources = resources.clone();
-            spec.clone()
-        };
-        let paths = self.paths(id);
-        if paths.root.exists() {
-            std::fs::write(
-                paths.root.join("spec.json"),
-                serde_json::to_vec(&spec).map_err(|e| AgentError::Internal(e.to_string()))?,
-            )?;
-        }
+        self.update_spec(&ctr, |s| s.resources = resources.clone())?;
         if ctr.status.lock().unwrap_or_else(|p| p.into_inner()).state == RunState::Running {
             let swap = Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists();
             let mut r = crate::bundle::resources(&resources, swap);

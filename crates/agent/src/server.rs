@@ -40,6 +40,12 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/layers/{diff_id}", get(has_layer).put(put_layer))
         .route("/v1/containers", get(list))
         .route("/v1/volumes/{id}", delete(remove_volume))
+        .route("/v1/networks/{vni}", put(put_network_map))
+        .route("/v1/containers/{id}/networks", post(connect_network))
+        .route(
+            "/v1/containers/{id}/networks/{network}",
+            delete(disconnect_network),
+        )
         .route("/v1/containers/{id}", delete(remove))
         .route("/v1/containers/{id}/start", post(start))
         .route("/v1/containers/{id}/stop", post(stop))
@@ -176,6 +182,41 @@ async fn resize(State(a): State<Arc<Agent>>, Path(id): Path<String>, body: Bytes
     let req: agent_client::ResizeRequest = serde_json::from_slice(&body)
         .map_err(|e| AgentError::BadRequest(format!("bad resize request: {e}")))?;
     a.resize(&id, req.rows, req.cols).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_network_map(
+    State(a): State<Arc<Agent>>,
+    Path(vni): Path<u32>,
+    body: Bytes,
+) -> R<StatusCode> {
+    let map: agent_client::NetworkMap = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("bad network map: {e}")))?;
+    if map.vni != vni {
+        return Err(AgentError::BadRequest(
+            "the map's VNI is not the path's".into(),
+        ));
+    }
+    a.put_network_map(map).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn connect_network(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> R<StatusCode> {
+    let e: agent_client::Endpoint = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("bad endpoint: {e}")))?;
+    a.connect_network(&id, e).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn disconnect_network(
+    State(a): State<Arc<Agent>>,
+    Path((id, network)): Path<(String, String)>,
+) -> R<StatusCode> {
+    a.disconnect_network(&id, &network).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -125,7 +125,7 @@ pub async fn run(o: HeadOptions) -> Result<()> {
             let agent_sock = inst.agent_socket();
             let listener = agent_client::serve::bind_unix(&agent_sock)
                 .with_context(|| format!("binding {}", agent_sock.display()))?;
-            let agent = start_agent(&inst, exe).await?;
+            let agent = start_agent(&inst, exe, None).await?;
             agent_task = Some(tokio::spawn(agent::serve(
                 listener,
                 agent,
@@ -319,7 +319,13 @@ pub async fn agent(o: AgentOptions) -> Result<()> {
         Listener::Unix(l) => Serving::Unix(l),
     };
     let exe = std::env::current_exe().context("locating the atoll binary")?;
-    let agent = start_agent(&inst, exe).await?;
+    let vtep = underlay_address(&o);
+    if vtep.is_none() {
+        tracing::info!(
+            "no underlay address (a loopback or wildcard --listen without --advertise): this server's networks stay on it (no VXLAN)"
+        );
+    }
+    let agent = start_agent(&inst, exe, vtep).await?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         let _ = stop_rx.changed().await;
@@ -397,14 +403,30 @@ async fn agent_credentials(
 }
 
 /// The agent of the server whose instance is `inst` (adopting what still runs).
-async fn start_agent(inst: &Instance, exe: PathBuf) -> Result<Arc<agent::Agent>> {
+async fn start_agent(
+    inst: &Instance,
+    exe: PathBuf,
+    vtep: Option<std::net::Ipv4Addr>,
+) -> Result<Arc<agent::Agent>> {
     agent::Agent::start(agent::AgentConfig {
         dir: inst.agent_dir(),
         instance: inst.id.clone(),
         exe,
+        vtep,
     })
     .await
     .context("starting the agent")
+}
+
+/// Where other servers send this server's VXLAN traffic: the address the
+/// head reaches it at (`--advertise`, else `--listen`), unless that is a
+/// wildcard or loopback (servers on one host's loopback share one network
+/// namespace and cannot tunnel to each other).
+fn underlay_address(o: &AgentOptions) -> Option<std::net::Ipv4Addr> {
+    let addr = o.advertise.as_deref().unwrap_or(&o.listen);
+    let hostport = addr.strip_prefix("tcp://")?;
+    let ip: std::net::Ipv4Addr = hostport.rsplit_once(':')?.0.parse().ok()?;
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
 }
 
 /// Stops and removes everything the instance of `data_dir` created.

@@ -489,6 +489,7 @@ fn every_route_refuses_another_tenants_objects() {
     load_busybox(&alice);
     alice.docker_ok(&["tag", "busybox", "hidden-img:1"]);
     alice.docker_ok(&["volume", "create", "hidden-vol"]);
+    let net_id = alice.docker_ok(&["network", "create", "hidden-net"]);
     let cid = alice.docker_ok(&["run", "-d", "--name", "secret", "busybox", "sleep", "600"]);
     let image_id = alice.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "hidden-img:1"]);
     alice.docker_ok(&["exec", "-d", "secret", "sleep", "300"]);
@@ -500,6 +501,7 @@ fn every_route_refuses_another_tenants_objects() {
         format!("/containers/{cid}/json"),
         format!("/exec/{exec_id}/json"),
         "/volumes/hidden-vol".to_string(),
+        "/networks/hidden-net".to_string(),
         "/images/hidden-img:1/json".to_string(),
     ] {
         assert_eq!(tls_call(&alice, "GET", &path).0, 200, "alice GET {path}");
@@ -530,6 +532,10 @@ fn every_route_refuses_another_tenants_objects() {
             }
         } else if template.starts_with("/volumes/") {
             calls.push((method, template.replace("{name}", "hidden-vol")));
+        } else if template.starts_with("/networks/") {
+            for id in [net_id.as_str(), &net_id[..12], "hidden-net"] {
+                calls.push((method, template.replace("{id}", id)));
+            }
         } else {
             panic!("a route this test does not know how to fill: {method} {template}");
         }
@@ -551,6 +557,7 @@ fn every_route_refuses_another_tenants_objects() {
         "/secret running"
     );
     alice.docker_ok(&["volume", "inspect", "hidden-vol"]);
+    alice.docker_ok(&["network", "inspect", "hidden-net"]);
     alice.docker_ok(&["image", "inspect", "hidden-img:1"]);
     assert!(
         !bob.docker_ok(&["images", "--format", "{{.Repository}}"])

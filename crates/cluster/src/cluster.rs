@@ -50,6 +50,8 @@ pub struct Cluster {
     pub(crate) execs: StdMutex<HashMap<String, crate::exec::ExecRecord>>,
     /// User-namespace ranges of accounts (they never change while one lives).
     pub(crate) id_maps: StdMutex<HashMap<String, agent_client::IdMap>>,
+    /// (server, network) → the overlay-map version last sent there.
+    pub(crate) pushed_maps: StdMutex<HashMap<(String, String), u64>>,
     pub name: String,
 }
 
@@ -70,6 +72,7 @@ impl Cluster {
             connected: StdMutex::new(Default::default()),
             locks: StdMutex::new(HashMap::new()),
             id_maps: StdMutex::new(HashMap::new()),
+            pushed_maps: StdMutex::new(HashMap::new()),
             changes,
             execs: StdMutex::new(HashMap::new()),
             auth_cache: StdMutex::new(HashMap::new()),
@@ -299,6 +302,9 @@ impl Cluster {
         for st in &actual {
             self.apply_status(st).await?;
         }
+        // A restarted agent knows no overlay map: send them all again.
+        self.forget_pushed_maps(node);
+        self.resend_maps(node).await?;
         for c in self.store.containers_on_node(node).await? {
             if c.state.status == Status::Restarting {
                 // The head stopped while a restart was pending: carry it out now.

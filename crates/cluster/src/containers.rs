@@ -2,11 +2,10 @@
 //! attach, prune, and what happens after an exit (auto-remove, restart policies).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_client::{ClientError, NetworkSpec, StopRequest};
+use agent_client::{ClientError, StopRequest};
 use bollard_stubs::models::ContainerCreateBody;
 use chrono::Utc;
 use futures::TryStreamExt;
@@ -57,16 +56,13 @@ pub(crate) fn upstream(e: ClientError) -> Error {
     }
 }
 
-/// The isolation group of an account's containers on a server's bridge: the
-/// index of its id range (unique, never reused); 0 for the operator's.
-fn isolation_group(ids: Option<&agent_client::IdMap>) -> u32 {
-    ids.map_or(0, |m| m.host_base / m.size.max(1))
-}
-
-/// MAC derived from the IP, as Docker does on its bridge.
-fn mac_for(ip: Ipv4Addr) -> String {
-    let o = ip.octets();
-    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+/// The networks of a container, as the overlay-map pushes name them.
+pub(crate) fn endpoint_keys(c: &ContainerRecord) -> Vec<(String, u32)> {
+    c.spec
+        .networks
+        .iter()
+        .map(|e| (e.network.clone(), e.vni))
+        .collect()
 }
 
 impl Cluster {
@@ -181,36 +177,23 @@ impl Cluster {
         // The package's limits show in inspect, as the user's own would.
         crate::update::set_host_config_resources(&mut rec.config, &rec.spec.resources);
 
-        // Name and address are both unique: retry on clashes with other creates.
-        let subnet: Vec<&str> = node.info.subnet.split('/').collect();
-        let base: Ipv4Addr = subnet
-            .first()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::internal("node subnet", &node.info.subnet))?;
-        let prefix: u8 = subnet.get(1).and_then(|p| p.parse().ok()).unwrap_or(24);
-        let gateway: Ipv4Addr = node
-            .info
-            .gateway
-            .parse()
-            .map_err(|e| Error::internal("node gateway", e))?;
+        // Name and addresses are both unique: retry on clashes with other creates.
+        let networks = self.resolve_networks(account, &planned.networks).await?;
+        if !planned.ports.is_empty() {
+            let mut ports = planned.ports.clone();
+            self.assign_host_ports(&node.id, &mut ports).await?;
+            rec.spec.ports = ports;
+        }
         for attempt in 0..64u32 {
             rec.name = match &name {
                 Some(n) => n.clone(),
                 None => names::random_name(attempt),
             };
-            if !planned.network_none {
-                let used = self.store.used_ips(&node.id).await?;
-                let ip = free_ip(base, prefix, gateway, &used)?;
-                let mut ports = planned.ports.clone();
-                self.assign_host_ports(&node.id, &mut ports).await?;
-                rec.spec.network = Some(NetworkSpec {
-                    ip,
-                    prefix_len: prefix,
-                    gateway,
-                    mac: mac_for(ip),
-                    ports,
-                    group: isolation_group(rec.spec.userns.as_ref()),
-                });
+            rec.spec.networks.clear();
+            for (n, req) in &networks {
+                rec.spec
+                    .networks
+                    .push(self.allocate_endpoint(n, req).await?);
             }
             match self.store.insert_container(&rec).await {
                 Ok(()) => {
@@ -225,6 +208,7 @@ impl Cluster {
                     }
                     self.notify(&rec, false);
                     self.emit_container(&rec, "create", &[]);
+                    self.push_network_maps(&endpoint_keys(&rec)).await;
                     return Ok((id, Vec::new()));
                 }
                 Err(StoreError::Conflict(what)) if what == "name" => {
@@ -235,6 +219,16 @@ impl Cluster {
                             other.map(|o| o.id).unwrap_or_default()
                         )));
                     }
+                }
+                Err(StoreError::Conflict(what)) if what == "ip" => {
+                    if networks.iter().any(|(_, r)| r.ip.is_some()) {
+                        return Err(Error::Forbidden("Address already in use".into()));
+                    }
+                }
+                Err(StoreError::Conflict(what)) if what == "network gone" => {
+                    return Err(Error::NotFound(
+                        "a network of the container was removed meanwhile".into(),
+                    ));
                 }
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -255,8 +249,7 @@ impl Cluster {
         let others = self.store.containers_on_node(node).await?;
         let taken: Vec<(String, u16)> = others
             .iter()
-            .filter_map(|c| c.spec.network.as_ref())
-            .flat_map(|n| n.ports.iter().map(|p| (p.proto.clone(), p.host_port)))
+            .flat_map(|c| c.spec.ports.iter().map(|p| (p.proto.clone(), p.host_port)))
             .collect();
         let mut mine: Vec<(String, u16)> = Vec::new();
         for p in ports.iter_mut() {
@@ -345,17 +338,16 @@ impl Cluster {
     /// Starts a container; the caller holds its lock.
     async fn start_locked(&self, mut c: ContainerRecord) -> Result<()> {
         self.ensure_layers(&c).await?;
-        if let Some(net) = &c.spec.network {
+        if !c.spec.ports.is_empty() {
             let others = self.store.containers_on_node(&c.node).await?;
-            for p in &net.ports {
+            for p in &c.spec.ports {
                 let clash = others.iter().find(|o| {
                     o.id != c.id
                         && o.state.status.is_running()
-                        && o.spec.network.as_ref().is_some_and(|n| {
-                            n.ports
-                                .iter()
-                                .any(|q| q.proto == p.proto && q.host_port == p.host_port)
-                        })
+                        && o.spec
+                            .ports
+                            .iter()
+                            .any(|q| q.proto == p.proto && q.host_port == p.host_port)
                 });
                 if clash.is_some() {
                     return Err(Error::Conflict(format!(
@@ -369,6 +361,8 @@ impl Cluster {
         c.spec.generation = c.generation;
         self.store.update_container(&c).await?;
         let agent = self.agent(&c.node)?;
+        // The server programs a network's overlay map when its segment is made.
+        self.push_maps_to_node(&c.node, &endpoint_keys(&c)).await;
         agent_client::faults::crash_point("head:start:before-agent");
         match agent.start(&c.spec).await {
             Ok(st) => {
@@ -571,6 +565,7 @@ impl Cluster {
         self.store.delete_container(account, &c.id).await?;
         self.notify(&c, true);
         self.emit_container(&c, "destroy", &[]);
+        self.push_network_maps(&endpoint_keys(&c)).await;
         drop(_g);
         self.forget_lock(&c.id);
         self.forget_execs(&c.id);
@@ -909,20 +904,6 @@ impl Cluster {
     }
 }
 
-fn free_ip(base: Ipv4Addr, prefix: u8, gateway: Ipv4Addr, used: &[String]) -> Result<Ipv4Addr> {
-    let size = 1u32 << (32 - prefix as u32);
-    let base = u32::from(base) & !(size - 1);
-    for off in 2..size - 1 {
-        let ip = Ipv4Addr::from(base + off);
-        if ip != gateway && !used.iter().any(|u| u == &ip.to_string()) {
-            return Ok(ip);
-        }
-    }
-    Err(Error::Conflict(
-        "no free IP address left on the server's network".into(),
-    ))
-}
-
 fn port_is_free(proto: &str, port: u16) -> bool {
     if proto == "udp" {
         std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok()
@@ -934,21 +915,6 @@ fn port_is_free(proto: &str, port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ip_allocation_skips_used_and_gateway() {
-        let base: Ipv4Addr = "10.1.2.0".parse().unwrap();
-        let gw: Ipv4Addr = "10.1.2.1".parse().unwrap();
-        assert_eq!(free_ip(base, 24, gw, &[]).unwrap().to_string(), "10.1.2.2");
-        let used = vec!["10.1.2.2".to_string(), "10.1.2.3".to_string()];
-        assert_eq!(
-            free_ip(base, 24, gw, &used).unwrap().to_string(),
-            "10.1.2.4"
-        );
-        let all: Vec<String> = (2..255).map(|i| format!("10.1.2.{i}")).collect();
-        assert!(free_ip(base, 24, gw, &all).is_err());
-        assert_eq!(mac_for("10.1.2.3".parse().unwrap()), "02:42:0a:01:02:03");
-    }
 
     #[test]
     fn wait_conditions() {

@@ -8,6 +8,7 @@ use bollard_stubs::models::{ContainerCreateBody, RestartPolicyNameEnum};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::networks::EndpointRequest;
 
 /// Docker's minimum memory limit.
 pub const MIN_MEMORY: i64 = 6 * 1024 * 1024;
@@ -249,7 +250,8 @@ pub struct Planned {
     pub auto_remove: bool,
     /// Ports to publish; host port 0 means "pick one".
     pub ports: Vec<PortMapping>,
-    pub network_none: bool,
+    /// The networks to join, in order; empty: `--network none`.
+    pub networks: Vec<crate::networks::EndpointRequest>,
     /// Volumes and binds to resolve (names → volume records) before the run.
     pub mounts: Vec<MountRequest>,
     /// `--volumes-from`: (container, read-only override).
@@ -446,12 +448,8 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
 
     // Privileges, host namespaces and devices: `security::check`, which knows
     // the account, runs before this.
-    let network_mode = hc.network_mode.clone().unwrap_or_default();
-    let network_none = match network_mode.as_str() {
-        "" | "default" | "bridge" => false,
-        "none" => true,
-        other => return bad(format!("network {other} not found")),
-    };
+    let networks = network_requests(body)?;
+    let network_none = networks.is_empty();
 
     let restart = RestartPolicy::of(body)?;
     let auto_remove = hc.auto_remove.unwrap_or(false);
@@ -655,7 +653,8 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
             pids_limit: hc.pids_limit.unwrap_or(0).max(0),
             disk: 0, // the package's, set at placement
         },
-        network: None,
+        networks: Vec::new(),
+        ports: Vec::new(),
         dns: hc.dns.clone().unwrap_or_default(),
         dns_search: hc.dns_search.clone().unwrap_or_default(),
         dns_options: hc.dns_options.clone().unwrap_or_default(),
@@ -683,9 +682,105 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         restart,
         auto_remove,
         ports,
-        network_none,
+        networks,
         mounts,
         volumes_from,
+    })
+}
+
+/// The networks a create asks for: `HostConfig.NetworkMode` first (the
+/// default network when empty), then the other `EndpointsConfig` entries by
+/// name, each with its `--ip` and `--network-alias`es.
+fn network_requests(body: &ContainerCreateBody) -> Result<Vec<EndpointRequest>> {
+    let mode = body
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    // The CLI names the default network "default" in both places.
+    let endpoints: std::collections::HashMap<String, _> = body
+        .networking_config
+        .as_ref()
+        .and_then(|n| n.endpoints_config.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "default" => (crate::networks::DEFAULT_NETWORK.to_string(), v),
+            _ => (k, v),
+        })
+        .collect();
+    let mode = match mode.as_str() {
+        "" | "default" => crate::networks::DEFAULT_NETWORK.to_string(),
+        "none" => {
+            if endpoints.keys().any(|k| k != "none") {
+                return Err(Error::InvalidArgument(
+                    "container cannot be connected to multiple networks with one of the networks in private (none) mode".into(),
+                ));
+            }
+            return Ok(Vec::new());
+        }
+        "host" => {
+            return Err(Error::InvalidArgument(
+                "the host network is not available: containers live on their account's networks"
+                    .into(),
+            ));
+        }
+        m if m.starts_with("container:") => {
+            return Err(Error::InvalidArgument(
+                "sharing another container's network namespace (--network container:) is not supported".into(),
+            ));
+        }
+        m => m.to_string(),
+    };
+    let mut names: Vec<String> = vec![mode.clone()];
+    let mut rest: Vec<&String> = endpoints.keys().filter(|k| **k != mode).collect();
+    rest.sort();
+    names.extend(rest.into_iter().cloned());
+    let mut out = Vec::new();
+    for name in names {
+        let mut req = EndpointRequest {
+            network: name.clone(),
+            ..Default::default()
+        };
+        if let Some(e) = endpoints.get(&name) {
+            req = endpoint_request(&name, e)?;
+        }
+        out.push(req);
+    }
+    Ok(out)
+}
+
+/// One network's `EndpointSettings` (create's `EndpointsConfig`, or the body
+/// of `network connect`) as a request.
+pub fn endpoint_request(
+    network: &str,
+    e: &bollard_stubs::models::EndpointSettings,
+) -> Result<EndpointRequest> {
+    let ipam = e.ipam_config.clone().unwrap_or_default();
+    if ipam.ipv6_address.as_deref().is_some_and(|a| !a.is_empty()) {
+        return Err(Error::InvalidArgument(
+            "IPv6 addresses are not supported".into(),
+        ));
+    }
+    if e.mac_address.as_deref().is_some_and(|m| !m.is_empty()) {
+        return Err(Error::InvalidArgument(
+            "setting a container's MAC address is not supported (it follows its IP address)".into(),
+        ));
+    }
+    let ip = match ipam.ipv4_address.as_deref().filter(|a| !a.is_empty()) {
+        Some(a) => Some(
+            a.parse::<std::net::Ipv4Addr>()
+                .map_err(|_| Error::InvalidArgument(format!("invalid IPv4 address: {a}")))?,
+        ),
+        None => None,
+    };
+    let mut aliases = e.aliases.clone().unwrap_or_default();
+    aliases.retain(|a| !a.is_empty());
+    aliases.dedup();
+    Ok(EndpointRequest {
+        network: network.to_string(),
+        ip,
+        aliases,
     })
 }
 

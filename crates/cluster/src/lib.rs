@@ -14,6 +14,7 @@ pub mod images;
 pub mod membership;
 pub mod model;
 pub mod names;
+pub mod networks;
 pub mod security;
 pub mod servers;
 pub mod store;

@@ -210,6 +210,43 @@ pub struct VolumeRecord {
     pub anonymous: bool,
 }
 
+/// A network of one account: a VXLAN segment (`vni`) spanning every server
+/// that holds one of its containers. Its addresses are handed out from
+/// `subnet` (or `ip_range`) by the head; the store keeps them unique.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkRecord {
+    pub account: String,
+    /// 64 hex chars.
+    pub id: String,
+    pub name: String,
+    /// Given by the store at insert, never reused.
+    pub vni: u32,
+    /// "bridge" or "overlay", as asked (both are fabric networks here).
+    pub driver: String,
+    /// CIDR, e.g. "10.0.0.0/24".
+    pub subnet: String,
+    pub gateway: std::net::Ipv4Addr,
+    /// Where container addresses come from; None: the whole subnet.
+    pub ip_range: Option<String>,
+    pub internal: bool,
+    pub attachable: bool,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+    pub created: DateTime<Utc>,
+    /// The account's default network ("bridge"), made on first use and never
+    /// removed.
+    pub default: bool,
+}
+
+/// One container's address on one network, as the overlay map needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRow {
+    pub container: String,
+    pub node: String,
+    pub ip: std::net::Ipv4Addr,
+    pub mac: String,
+}
+
 /// A tenant account. Its name is the CN of its certificates.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AccountRecord {

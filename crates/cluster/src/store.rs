@@ -6,8 +6,8 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::model::{
-    AccountRecord, CertificateRecord, ContainerRecord, ImageRecord, NodeRecord, TagRecord,
-    VolumeRecord,
+    AccountRecord, CertificateRecord, ContainerRecord, EndpointRow, ImageRecord, NetworkRecord,
+    NodeRecord, TagRecord, VolumeRecord,
 };
 pub use placement::Package;
 
@@ -42,8 +42,21 @@ pub trait Store: Send + Sync + 'static {
     /// All containers of all accounts placed on a node (for reconciliation).
     async fn containers_on_node(&self, node: &str) -> StoreResult<Vec<ContainerRecord>>;
     async fn delete_container(&self, account: &str, id: &str) -> StoreResult<()>;
-    /// Addresses in use on a node, for IPAM.
-    async fn used_ips(&self, node: &str) -> StoreResult<Vec<String>>;
+
+    // networks
+    /// Stores a new network and returns the VNI it was given (never one given
+    /// before); `Conflict("network")` when the account has one of that name.
+    async fn insert_network(&self, n: &NetworkRecord) -> StoreResult<u32>;
+    async fn get_network(&self, account: &str, id: &str) -> StoreResult<Option<NetworkRecord>>;
+    async fn list_networks(&self, account: &str) -> StoreResult<Vec<NetworkRecord>>;
+    /// Deletes the network unless a container is on it (`Conflict("in use")`).
+    async fn delete_network(&self, account: &str, id: &str) -> StoreResult<()>;
+    /// The addresses handed out on a network and the version of its overlay
+    /// map (bumped, in the same transaction, by every change of its
+    /// containers' endpoints, which `insert_container`, `update_container`
+    /// and `delete_container` write from `spec.networks`; a taken address is
+    /// `Conflict("ip")`).
+    async fn network_endpoints(&self, network: &str) -> StoreResult<(u64, Vec<EndpointRow>)>;
 
     // volumes
     /// Fails with `Conflict` when the name is taken in this account.

@@ -119,10 +119,8 @@ pub fn status_text(c: &ContainerRecord) -> String {
 }
 
 fn ports_json(c: &ContainerRecord, running: bool) -> Vec<Value> {
-    let Some(net) = &c.spec.network else {
-        return vec![];
-    };
-    net.ports
+    c.spec
+        .ports
         .iter()
         .map(|p| {
             if running {
@@ -135,40 +133,73 @@ fn ports_json(c: &ContainerRecord, running: bool) -> Vec<Value> {
         .collect()
 }
 
-fn network_json(c: &ContainerRecord, running: bool) -> Value {
-    match (&c.spec.network, running) {
-        (Some(n), true) => json!({
-            "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": n.mac,
-            "NetworkID": "bridge", "EndpointID": c.id, "Gateway": n.gateway.to_string(),
-            "IPAddress": n.ip.to_string(), "IPPrefixLen": n.prefix_len, "IPv6Gateway": "",
-            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": [c.name.clone(), c.id[..12].to_string()],
-        }),
-        (Some(n), false) => json!({
-            "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": n.mac,
-            "NetworkID": "bridge", "EndpointID": "", "Gateway": "", "IPAddress": "",
-            "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-        }),
-        (None, _) => Value::Null,
+/// Docker's endpoint id: stable per container and network.
+pub(crate) fn endpoint_id(container: &str, network: &str) -> String {
+    format!(
+        "{}{}",
+        &container[..container.len().min(32)],
+        &network[..network.len().min(32)]
+    )
+}
+
+fn prefix_len(subnet: &str) -> u64 {
+    subnet
+        .split_once('/')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One entry of `NetworkSettings.Networks`: the address while running, the
+/// network and settings always (as Docker).
+fn endpoint_json(c: &ContainerRecord, e: &agent_client::Endpoint, running: bool) -> Value {
+    let aliases = if e.aliases.is_empty() {
+        Value::Null
+    } else {
+        json!(e.aliases)
+    };
+    let mut dns_names = vec![c.name.clone(), c.id[..12].to_string()];
+    dns_names.extend(e.aliases.iter().cloned());
+    if running {
+        json!({
+            "IPAMConfig": null, "Links": null, "Aliases": aliases, "MacAddress": e.mac,
+            "DriverOpts": null, "GwPriority": 0,
+            "NetworkID": e.network, "EndpointID": endpoint_id(&c.id, &e.network),
+            "Gateway": e.gateway.to_string(), "IPAddress": e.ip.to_string(),
+            "IPPrefixLen": prefix_len(&e.subnet), "IPv6Gateway": "",
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": dns_names,
+        })
+    } else {
+        json!({
+            "IPAMConfig": null, "Links": null, "Aliases": aliases, "MacAddress": "",
+            "DriverOpts": null, "GwPriority": 0,
+            "NetworkID": e.network, "EndpointID": "", "Gateway": "", "IPAddress": "",
+            "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0, "DNSNames": null,
+        })
     }
 }
 
-fn network_name(c: &ContainerRecord) -> &'static str {
-    if c.spec.network.is_some() {
-        "bridge"
-    } else {
-        "none"
+/// `NetworkSettings.Networks`, by network name (`none` without networks).
+fn networks_json(c: &ContainerRecord, running: bool) -> serde_json::Map<String, Value> {
+    let mut networks = serde_json::Map::new();
+    for e in &c.spec.networks {
+        networks.insert(e.name.clone(), endpoint_json(c, e, running));
     }
+    if networks.is_empty() {
+        networks.insert(
+            "none".into(),
+            json!({"IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "",
+                   "NetworkID": "none", "EndpointID": "", "Gateway": "", "IPAddress": "",
+                   "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+                   "GlobalIPv6PrefixLen": 0, "DNSNames": null}),
+        );
+    }
+    networks
 }
 
 fn summary(c: &ContainerRecord, vols: &[cluster::model::VolumeRecord]) -> Value {
     let running = c.state.status.is_running();
-    let mut networks = serde_json::Map::new();
-    let net = network_json(c, running);
-    if !net.is_null() {
-        networks.insert(network_name(c).into(), net);
-    } else {
-        networks.insert("none".into(), json!({"NetworkID": "none"}));
-    }
+    let networks = networks_json(c, running);
     json!({
         "Id": c.id,
         "Names": [format!("/{}", c.name)],
@@ -350,7 +381,13 @@ pub async fn list(
             continue;
         }
         if let Some(nets) = f.get("network")
-            && !nets.iter().any(|n| n == network_name(c))
+            && !nets.iter().any(|n| {
+                c.spec
+                    .networks
+                    .iter()
+                    .any(|e| &e.name == n || &e.network == n)
+                    || (n == "none" && c.spec.networks.is_empty())
+            })
         {
             continue;
         }
@@ -391,22 +428,24 @@ pub async fn inspect(
         hc["RestartPolicy"] = json!({"Name": "no", "MaximumRetryCount": 0});
     }
     let mut ports = serde_json::Map::new();
-    if let Some(n) = &c.spec.network {
-        for p in &n.ports {
-            let key = format!("{}/{}", p.container_port, p.proto);
-            let v = if running {
-                json!([{"HostIp": if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip }, "HostPort": p.host_port.to_string()}])
-            } else {
-                Value::Null
-            };
-            ports.insert(key, v);
-        }
+    for p in &c.spec.ports {
+        let key = format!("{}/{}", p.container_port, p.proto);
+        let v = if running {
+            json!([{"HostIp": if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip }, "HostPort": p.host_port.to_string()}])
+        } else {
+            Value::Null
+        };
+        ports.insert(key, v);
     }
-    let net = network_json(&c, running);
-    let mut networks = serde_json::Map::new();
-    if !net.is_null() {
-        networks.insert(network_name(&c).into(), net.clone());
-    }
+    let networks = networks_json(&c, running);
+    // The top-level address fields are the default network's, as Docker's.
+    let net = c
+        .spec
+        .networks
+        .iter()
+        .find(|e| e.name == cluster::networks::DEFAULT_NETWORK)
+        .map(|e| endpoint_json(&c, e, running))
+        .unwrap_or(Value::Null);
     let cfg = &c.config;
     let args = &c.spec.process.args;
     Ok(Json(json!({

@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod exec;
 mod images;
+mod networks;
 mod params;
 mod stats;
 mod streams;
@@ -220,6 +221,20 @@ fn table() -> Table {
         &["GET", "DELETE"],
         "/volumes/{name}",
         get(volumes::inspect).delete(volumes::remove),
+    )
+    .add(&["GET"], "/networks", get(networks::list))
+    .add(&["POST"], "/networks/create", post(networks::create))
+    .add(&["POST"], "/networks/prune", post(networks::prune))
+    .add(
+        &["GET", "DELETE"],
+        "/networks/{id}",
+        get(networks::inspect).delete(networks::remove),
+    )
+    .add(&["POST"], "/networks/{id}/connect", post(networks::connect))
+    .add(
+        &["POST"],
+        "/networks/{id}/disconnect",
+        post(networks::disconnect),
     )
     .add(&["GET"], "/images/json", get(images::list))
     .add(&["POST"], "/images/load", post(images::load))

@@ -33,8 +33,8 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 use crate::error::NetError;
 use crate::ipv4net::Ipv4Net;
 use crate::link::{
-    NsConn, VethSpec, add_veth, allow_exists, configure_container, ensure_bridge_with,
-    link_by_name, nl, require_link,
+    NsConn, add_veth, allow_exists, configure_iface, ensure_bridge_with, ipv4_addrs, link_by_name,
+    nl, require_link,
 };
 use crate::netns::{NetnsOps, RealNetns};
 
@@ -51,8 +51,9 @@ pub struct Segment {
     pub vni: u32,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
-    /// This server's underlay address (its VXLAN endpoint).
-    pub vtep: Ipv4Addr,
+    /// This server's underlay address (its VXLAN endpoint); None: a server
+    /// alone, whose segments have no VXLAN device.
+    pub vtep: Option<Ipv4Addr>,
 }
 
 /// A container of the network, wherever it runs.
@@ -116,6 +117,7 @@ impl Fabric {
         }
         let path = self.router_ns(&seg.id);
         self.create_ns(&path)?;
+        set_forwarding(&path)?;
         let ns = NsConn::open(&path)?;
         let h = &ns.handle;
         let lo = require_link(h, "lo").await?.header.index;
@@ -126,12 +128,15 @@ impl Fabric {
             .map_err(nl("set lo up"))?;
         ensure_bridge_with(h, BRIDGE, None, seg.gateway, seg.subnet.prefix()).await?;
         let br = require_link(h, BRIDGE).await?.header.index;
+        let Some(vtep) = seg.vtep else {
+            return Ok(path);
+        };
         if link_by_name(h, VXLAN).await?.is_none() {
             // Made from the server's namespace (the underlay), born in the router's.
             let target = std::fs::File::open(&path)
                 .map_err(|source| NetError::Netns { op: "open", source })?;
             let msg = LinkVxlan::new(VXLAN, seg.vni)
-                .local(seg.vtep)
+                .local(vtep)
                 .port(VXLAN_PORT)
                 .learning(false)
                 .append_info_data(InfoVxlan::Proxy(true))
@@ -180,16 +185,20 @@ impl Fabric {
         }
     }
 
-    /// Wires a container into the segment: a veth whose `eth0` end (address
-    /// `ip`, MAC `mac`, default route through the gateway) is in `netns` and
-    /// whose other end, `port`, is on the segment's bridge.
+    /// Wires a container into the segment: a veth whose `ifname` end (address
+    /// `ip`, MAC `mac`, the default route through the gateway when
+    /// `default_route`) is in `netns` and whose other end, `port`, is on the
+    /// segment's bridge.
+    #[allow(clippy::too_many_arguments)]
     pub async fn attach(
         &self,
         seg: &Segment,
         port: &str,
         netns: &Path,
+        ifname: &str,
         ip: Ipv4Addr,
         mac: [u8; 6],
+        default_route: bool,
     ) -> Result<(), NetError> {
         if !seg.subnet.contains(ip) || ip == seg.gateway {
             return Err(NetError::AddressOutsideSubnet {
@@ -201,33 +210,97 @@ impl Fabric {
         let h = &router.handle;
         let br = require_link(h, BRIDGE).await?.header.index;
         if link_by_name(h, port).await?.is_none() {
-            add_veth(h, port, br, netns, mac).await?;
+            add_veth(h, port, br, netns, ifname, mac).await?;
         }
-        configure_container(&VethSpec {
-            host: port.to_string(),
-            alias: String::new(),
-            bridge: BRIDGE.into(),
-            netns: netns.to_path_buf(),
+        let inside = NsConn::open(netns)?;
+        configure_iface(
+            &inside.handle,
+            ifname,
             ip,
-            prefix: seg.subnet.prefix(),
-            mac,
-            gateway: seg.gateway,
-        })
+            seg.subnet.prefix(),
+            default_route.then_some(seg.gateway),
+        )
         .await
+    }
+
+    /// Takes a container's port off the segment (its peer in the container
+    /// goes with it). Idempotent.
+    pub async fn detach(&self, seg_id: &str, port: &str) -> Result<(), NetError> {
+        check_id(seg_id)?;
+        let path = self.router_ns(seg_id);
+        if !RealNetns.exists(&path) {
+            return Ok(());
+        }
+        let router = NsConn::open(&path)?;
+        let h = &router.handle;
+        if let Some(l) = link_by_name(h, port).await? {
+            match h.link().del(l.header.index).execute().await {
+                Err(rtnetlink::Error::NetlinkError(e)) if -e.raw_code() == libc::ENODEV => {}
+                r => r.map_err(nl("delete port"))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The first free `ethN` name in the namespace at `netns`.
+    pub async fn free_ifname(netns: &Path) -> Result<String, NetError> {
+        let ns = NsConn::open(netns)?;
+        for i in 0..1024 {
+            let name = format!("eth{i}");
+            if link_by_name(&ns.handle, &name).await?.is_none() {
+                return Ok(name);
+            }
+        }
+        Err(NetError::Nft("no free interface name".into()))
+    }
+
+    /// The IPv4 address of `ifname` in segment `id`'s router namespace.
+    pub async fn router_address(
+        &self,
+        id: &str,
+        ifname: &str,
+    ) -> Result<Option<Ipv4Addr>, NetError> {
+        check_id(id)?;
+        let path = self.router_ns(id);
+        if !RealNetns.exists(&path) {
+            return Ok(None);
+        }
+        let ns = NsConn::open(&path)?;
+        let Some(l) = link_by_name(&ns.handle, ifname).await? else {
+            return Ok(None);
+        };
+        Ok(ipv4_addrs(&ns.handle, Some(l.header.index))
+            .await?
+            .first()
+            .map(|a| a.0))
+    }
+
+    /// The ids of the segments pinned on this server.
+    pub fn pinned(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let id = n.strip_prefix("seg-")?.to_string();
+                (check_id(&id).is_ok() && RealNetns.exists(&e.path())).then_some(id)
+            })
+            .collect()
     }
 
     /// Programs the overlay map of the segment: exactly `members` on other
     /// servers are reachable (their FDB and neighbour entries on `vx0`);
     /// entries of containers gone are removed.
     pub async fn set_members(&self, seg: &Segment, members: &[Member]) -> Result<(), NetError> {
+        let Some(vtep) = seg.vtep else {
+            // A server alone: nothing is elsewhere.
+            return Ok(());
+        };
         let router = NsConn::open(&self.router_ns(&seg.id))?;
         let h = &router.handle;
         let vx = require_link(h, VXLAN).await?.header.index;
-        let want: BTreeSet<Member> = members
-            .iter()
-            .filter(|m| m.vtep != seg.vtep)
-            .copied()
-            .collect();
+        let want: BTreeSet<Member> = members.iter().filter(|m| m.vtep != vtep).copied().collect();
         let (fdb, neigh) = current_entries(h, vx).await?;
         for (mac, msg) in &fdb {
             if !want
@@ -312,6 +385,24 @@ impl Fabric {
         }
         RealNetns.remove(&path)
     }
+}
+
+/// Turns on IPv4 forwarding in the namespace at `ns` (the router routes
+/// between its bridge and its uplink). /proc/sys/net is the opening thread's
+/// namespace's, so a thread joins it to write.
+fn set_forwarding(ns: &Path) -> Result<(), NetError> {
+    let ns = ns.to_path_buf();
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let f = std::fs::File::open(&ns)?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("sysctl thread panicked")))
+    .map_err(|source| NetError::Io {
+        op: "enable forwarding in a router namespace",
+        source,
+    })
 }
 
 type Entries = (

@@ -16,6 +16,7 @@ pub mod names;
 pub mod netns;
 pub mod nft;
 pub mod node;
+pub mod server;
 pub mod sysctl;
 
 pub use error::NetError;
@@ -24,6 +25,7 @@ pub use link::{LinkOps, RtLinks, VethSpec, VethState};
 pub use netns::{NetnsOps, RealNetns};
 pub use nft::{Nft, NftCmd, PortMapping};
 pub use node::{Backend, NodeNet, NodeNetConfig};
+pub use server::{Attachment, ServerNet};
 pub use sysctl::{ProcSysctl, Sysctl};
 
 #[cfg(test)]

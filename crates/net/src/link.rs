@@ -303,11 +303,12 @@ pub(crate) async fn add_veth(
     name: &str,
     bridge: u32,
     netns: &Path,
+    peer_name: &str,
     mac: [u8; 6],
 ) -> Result<(), NetError> {
     let ns = std::fs::File::open(netns).map_err(|source| NetError::Netns { op: "open", source })?;
     let peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(CONTAINER_IF)
+        .name(peer_name.to_string())
         .address(mac.to_vec())
         .setns_by_fd(ns.as_raw_fd())
         .build();
@@ -357,25 +358,44 @@ pub(crate) async fn ensure_bridge_with(
 /// default route through the gateway.
 pub(crate) async fn configure_container(spec: &VethSpec) -> Result<(), NetError> {
     let ns = NsConn::open(&spec.netns)?;
-    let h = &ns.handle;
+    configure_iface(
+        &ns.handle,
+        CONTAINER_IF,
+        spec.ip,
+        spec.prefix,
+        Some(spec.gateway),
+    )
+    .await
+}
+
+/// Through `h` (a container's namespace): lo and `ifname` up, its address,
+/// and the default route through `gateway` when given.
+pub(crate) async fn configure_iface(
+    h: &Handle,
+    ifname: &str,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+) -> Result<(), NetError> {
     let lo = require_link(h, "lo").await?.header.index;
-    let eth = require_link(h, CONTAINER_IF).await?.header.index;
+    let eth = require_link(h, ifname).await?.header.index;
     let (a, b, c) = futures::join!(
         h.link()
             .set(LinkUnspec::new_with_index(lo).up().build())
             .execute(),
-        h.address()
-            .add(eth, IpAddr::V4(spec.ip), spec.prefix)
-            .execute(),
+        h.address().add(eth, IpAddr::V4(ip), prefix).execute(),
         h.link()
             .set(LinkUnspec::new_with_index(eth).up().build())
             .execute(),
     );
     a.map_err(nl("set lo up"))?;
     allow_exists(b, "add container address")?;
-    c.map_err(nl("set eth0 up"))?;
+    c.map_err(nl(format!("set {ifname} up")))?;
+    let Some(gateway) = gateway else {
+        return Ok(());
+    };
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(spec.gateway)
+        .gateway(gateway)
         .output_interface(eth)
         .build();
     allow_exists(h.route().add(route).execute().await, "add default route")
@@ -444,7 +464,7 @@ impl LinkOps for RtLinks {
     async fn create_veth(&self, spec: &VethSpec) -> Result<(), NetError> {
         let h = &self.handle;
         let br = require_link(h, &spec.bridge).await?.header.index;
-        add_veth(h, &spec.host, br, &spec.netns, spec.mac).await?;
+        add_veth(h, &spec.host, br, &spec.netns, CONTAINER_IF, spec.mac).await?;
         // The kernel ignores IFLA_IFALIAS on creation; set it in a second message.
         let idx = require_link(h, &spec.host).await?.header.index;
         h.link()

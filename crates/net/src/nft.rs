@@ -306,6 +306,28 @@ pub fn port_rules(
     Ok(s)
 }
 
+/// Replaces the rules commented `comment` in `table`'s portmap chain with
+/// `add`, in one transaction (two `nft` runs: the listing, then the change).
+pub async fn replace_commented_rules(
+    nft: &dyn Nft,
+    table: &str,
+    comment: &str,
+    add: &str,
+) -> Result<(), NetError> {
+    let Some(json) = nft.list_chain(FAMILY, table, PORTMAP_CHAIN).await? else {
+        return Err(NetError::Nft(
+            "the container network's rule table is missing; restart the agent".into(),
+        ));
+    };
+    let old = handles_with_comment(&parse_rules(&json)?, comment);
+    let mut script = delete_rules(FAMILY, table, PORTMAP_CHAIN, &old);
+    script.push_str(add);
+    if script.is_empty() {
+        return Ok(());
+    }
+    nft.apply(&script).await
+}
+
 pub fn delete_rules(family: &str, table: &str, chain: &str, handles: &[u64]) -> String {
     let mut s = String::new();
     for h in handles {
@@ -361,18 +383,51 @@ pub fn handles_with_comment(rules: &[RuleRef], comment: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The real thing: runs the `nft` binary.
+/// The real thing: runs the `nft` binary (in another network namespace when
+/// given one: a router namespace's own tables).
 pub struct NftCmd {
     bin: std::path::PathBuf,
+    netns: Option<std::path::PathBuf>,
 }
 
 impl NftCmd {
     pub fn new() -> Self {
-        NftCmd { bin: "nft".into() }
+        NftCmd {
+            bin: "nft".into(),
+            netns: None,
+        }
     }
 
     pub fn with_binary(bin: impl Into<std::path::PathBuf>) -> Self {
-        NftCmd { bin: bin.into() }
+        NftCmd {
+            bin: bin.into(),
+            netns: None,
+        }
+    }
+
+    /// `nft` run inside the network namespace pinned at `netns`.
+    pub fn in_netns(netns: &std::path::Path) -> Self {
+        NftCmd {
+            bin: "nft".into(),
+            netns: Some(netns.to_path_buf()),
+        }
+    }
+
+    fn command(&self) -> Result<tokio::process::Command, NetError> {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.kill_on_drop(true);
+        if let Some(ns) = &self.netns {
+            let f = std::fs::File::open(ns)
+                .map_err(|e| NetError::Nft(format!("opening {}: {e}", ns.display())))?;
+            // SAFETY: setns(2) is async-signal-safe; the child owns its copy of `f`.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        Ok(cmd)
     }
 }
 
@@ -386,12 +441,12 @@ impl Default for NftCmd {
 impl Nft for NftCmd {
     async fn apply(&self, script: &str) -> Result<(), NetError> {
         use tokio::io::AsyncWriteExt;
-        let mut child = tokio::process::Command::new(&self.bin)
+        let mut child = self
+            .command()?
             .args(["-f", "-"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| NetError::Nft(format!("cannot run nft: {e}")))?;
         if let Some(mut stdin) = child.stdin.take() {
@@ -431,10 +486,10 @@ impl Nft for NftCmd {
 impl NftCmd {
     /// Runs an `nft` listing: its JSON, or None when the object is missing.
     async fn list(&self, args: &[&str]) -> Result<Option<String>, NetError> {
-        let out = tokio::process::Command::new(&self.bin)
+        let out = self
+            .command()?
             .args(args)
             .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| NetError::Nft(format!("cannot run nft: {e}")))?;

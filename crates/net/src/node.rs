@@ -378,15 +378,33 @@ impl NodeNet {
         Ok(path)
     }
 
+    /// Publishes `ports` of `id` on the server: DNAT to `ip` (a router
+    /// namespace's uplink), replacing `id`'s earlier rules.
+    pub async fn publish(
+        &self,
+        id: &str,
+        ip: Ipv4Addr,
+        ports: &[PortMapping],
+    ) -> Result<(), NetError> {
+        names::validate_id(id)?;
+        let rules = nft::port_rules(&self.table, id, ip, ports)?;
+        self.replace_port_rules(id, &rules).await
+    }
+
+    /// Removes `id`'s published ports. Idempotent.
+    pub async fn unpublish(&self, id: &str) -> Result<(), NetError> {
+        self.replace_port_rules(id, "").await
+    }
+
+    /// The privileged operations this network uses (for namespaces made
+    /// beside it).
+    pub fn backend(&self) -> &Backend {
+        &self.b
+    }
+
     /// Replaces container `id`'s DNAT rules with `add` in one transaction.
     async fn replace_port_rules(&self, id: &str, add: &str) -> Result<(), NetError> {
-        let old = self.port_rule_handles(id).await?;
-        let mut script = nft::delete_rules(FAMILY, &self.table, PORTMAP_CHAIN, &old);
-        script.push_str(add);
-        if script.is_empty() {
-            return Ok(());
-        }
-        self.b.nft.apply(&script).await
+        nft::replace_commented_rules(&*self.b.nft, &self.table, id, add).await
     }
 
     async fn port_rule_handles(&self, id: &str) -> Result<Vec<u64>, NetError> {

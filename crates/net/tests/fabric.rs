@@ -165,7 +165,7 @@ async fn datacenter() {
         vni,
         subnet,
         gateway: Ipv4Addr::new(10, 0, 0, 1),
-        vtep: servers[server].1,
+        vtep: Some(servers[server].1),
     };
     let fabrics: Vec<Fabric> = servers
         .iter()
@@ -214,7 +214,15 @@ async fn datacenter() {
         let ns = d.join(name);
         pin(&ns);
         fabrics[*server]
-            .attach(&seg(net, 0, *server), &format!("p{name}"), &ns, *addr, *mac)
+            .attach(
+                &seg(net, 0, *server),
+                &format!("p{name}"),
+                &ns,
+                "eth0",
+                *addr,
+                *mac,
+                true,
+            )
             .await
             .expect("attach");
         serve(&ns, name);

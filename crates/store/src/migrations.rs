@@ -97,4 +97,27 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX id_ranges_active ON id_ranges (account) WHERE active = 1;
     "#,
+    // 8: fabric networks (the VNI is the never-reused row id) and the
+    // addresses handed out on them, unique per network. `version` counts the
+    // changes of a network's endpoints: agents keep the newest overlay map.
+    r#"
+    CREATE TABLE networks (
+        vni INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        account TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 0,
+        data TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX networks_name ON networks (account, name);
+    CREATE TABLE endpoints (
+        network TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        container TEXT NOT NULL,
+        node TEXT NOT NULL,
+        mac TEXT NOT NULL,
+        PRIMARY KEY (network, ip)
+    );
+    CREATE INDEX endpoints_container ON endpoints (container);
+    "#,
 ];

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use cluster::StoreError;
 use cluster::model::{
-    AccountRecord, CertificateRecord, ContainerRecord, ImageRecord, NodeRecord, TagRecord,
-    VolumeRecord,
+    AccountRecord, CertificateRecord, ContainerRecord, EndpointRow, ImageRecord, NetworkRecord,
+    NodeRecord, TagRecord, VolumeRecord,
 };
 use cluster::store::{NodeAllocation, Package, Store, StoreResult};
 use serde::Serialize;
@@ -30,8 +30,13 @@ fn backend(e: sqlx::Error) -> StoreError {
         let msg = db.message();
         let what = if msg.contains("containers.name") || msg.contains("containers.account") {
             "name"
-        } else if msg.contains("containers.ip") || msg.contains("containers.node") {
+        } else if msg.contains("containers.ip")
+            || msg.contains("containers.node")
+            || msg.contains("endpoints.")
+        {
             "ip"
+        } else if msg.contains("networks.") {
+            "network"
         } else if msg.contains("accounts.name") {
             "account"
         } else {
@@ -132,7 +137,8 @@ impl SqliteStore {
         c: &ContainerRecord,
         insert: bool,
     ) -> StoreResult<u64> {
-        let ip = c.spec.network.as_ref().map(|n| n.ip.to_string());
+        // Addresses are unique per network now (the `endpoints` table), not per server.
+        let ip: Option<String> = None;
         let data = to_json(c)?;
         let sql = if insert {
             "INSERT INTO containers (account, name, node, ip, data, memory, disk, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -151,7 +157,81 @@ impl SqliteStore {
             .execute(&mut **tx)
             .await
             .map_err(backend)?;
+        if r.rows_affected() > 0 {
+            Self::write_endpoints(tx, &c.id, &c.node, &c.spec.networks).await?;
+        }
         Ok(r.rows_affected())
+    }
+
+    /// Makes container `id`'s endpoint rows those of `networks`, bumping the
+    /// map version of every network whose rows changed. Most updates (state
+    /// changes) change nothing here and write nothing.
+    async fn write_endpoints(
+        tx: &mut Transaction<'_, Sqlite>,
+        id: &str,
+        node: &str,
+        networks: &[agent_client::Endpoint],
+    ) -> StoreResult<()> {
+        let have: Vec<(String, String, String, String)> =
+            sqlx::query("SELECT network, ip, node, mac FROM endpoints WHERE container = ?")
+                .bind(id)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect();
+        let mut want: Vec<(String, String, String, String)> = networks
+            .iter()
+            .map(|e| {
+                (
+                    e.network.clone(),
+                    e.ip.to_string(),
+                    node.to_string(),
+                    e.mac.clone(),
+                )
+            })
+            .collect();
+        let mut sorted = have.clone();
+        sorted.sort();
+        want.sort();
+        if sorted == want {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM endpoints WHERE container = ?")
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        for (network, ip, node, mac) in &want {
+            // Only on a network that still exists (a concurrent `network rm`).
+            let r = sqlx::query(
+                "INSERT INTO endpoints (network, ip, container, node, mac) SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM networks WHERE id = ?)",
+            )
+            .bind(network)
+            .bind(ip)
+            .bind(id)
+            .bind(node)
+            .bind(mac)
+            .bind(network)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict("network gone".into()));
+            }
+        }
+        let mut touched: Vec<&String> = have.iter().chain(want.iter()).map(|e| &e.0).collect();
+        touched.sort();
+        touched.dedup();
+        for n in touched {
+            sqlx::query("UPDATE networks SET version = version + 1 WHERE id = ?")
+                .bind(n)
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
     }
 }
 
@@ -337,22 +417,116 @@ impl Store for SqliteStore {
     }
 
     async fn delete_container(&self, account: &str, id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM containers WHERE account = ? AND id = ?")
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let r = sqlx::query("DELETE FROM containers WHERE account = ? AND id = ?")
             .bind(account)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(())
+        if r.rows_affected() > 0 {
+            Self::write_endpoints(&mut tx, id, "", &[]).await?;
+        }
+        tx.commit().await.map_err(backend)
     }
 
-    async fn used_ips(&self, node: &str) -> StoreResult<Vec<String>> {
-        let rows = sqlx::query("SELECT ip FROM containers WHERE node = ? AND ip IS NOT NULL")
-            .bind(node)
-            .fetch_all(&self.pool)
+    async fn insert_network(&self, n: &NetworkRecord) -> StoreResult<u32> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let r = sqlx::query("INSERT INTO networks (id, account, name, data) VALUES (?, ?, ?, ?)")
+            .bind(&n.id)
+            .bind(&n.account)
+            .bind(&n.name)
+            .bind("{}")
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        let vni = r.last_insert_rowid();
+        // VXLAN network identifiers have 24 bits.
+        let vni = u32::try_from(vni)
+            .ok()
+            .filter(|v| *v < 1 << 24)
+            .ok_or_else(|| StoreError::Conflict("no network identifier left".into()))?;
+        let mut rec = n.clone();
+        rec.vni = vni;
+        sqlx::query("UPDATE networks SET data = ? WHERE vni = ?")
+            .bind(to_json(&rec)?)
+            .bind(vni as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(vni)
+    }
+
+    async fn get_network(&self, account: &str, id: &str) -> StoreResult<Option<NetworkRecord>> {
+        Ok(self
+            .rows(
+                "SELECT data FROM networks WHERE account = ? AND id = ?",
+                &[account, id],
+            )
+            .await?
+            .pop())
+    }
+
+    async fn list_networks(&self, account: &str) -> StoreResult<Vec<NetworkRecord>> {
+        self.rows(
+            "SELECT data FROM networks WHERE account = ? ORDER BY vni",
+            &[account],
+        )
+        .await
+    }
+
+    async fn delete_network(&self, account: &str, id: &str) -> StoreResult<()> {
+        // One statement: a container joining meanwhile either lands first
+        // (and the network stays) or finds the network gone.
+        let r = sqlx::query(
+            "DELETE FROM networks WHERE account = ? AND id = ? AND NOT EXISTS (SELECT 1 FROM endpoints WHERE network = ?)",
+        )
+        .bind(account)
+        .bind(id)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        if r.rows_affected() > 0 {
+            return Ok(());
+        }
+        match self.get_network(account, id).await? {
+            Some(_) => Err(StoreError::Conflict("in use".into())),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    async fn network_endpoints(&self, network: &str) -> StoreResult<(u64, Vec<EndpointRow>)> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let version: i64 = sqlx::query("SELECT version FROM networks WHERE id = ?")
+            .bind(network)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .map(|r| r.get(0))
+            .ok_or(StoreError::NotFound)?;
+        let rows = sqlx::query(
+            "SELECT container, node, ip, mac FROM endpoints WHERE network = ? ORDER BY ip",
+        )
+        .bind(network)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let ip: String = r.get(2);
+            out.push(EndpointRow {
+                container: r.get(0),
+                node: r.get(1),
+                ip: ip
+                    .parse()
+                    .map_err(|e| StoreError::Backend(format!("corrupt endpoint {ip}: {e}")))?,
+                mac: r.get(3),
+            });
+        }
+        Ok((version as u64, out))
     }
 
     async fn insert_volume(&self, v: &VolumeRecord) -> StoreResult<()> {

@@ -1,15 +1,15 @@
 //! The store contract, run against SQLite (file-backed, as `atoll up` uses it).
 
-use agent_client::{ContainerSpec, NetworkSpec};
+use agent_client::{ContainerSpec, Endpoint};
 use chrono::Utc;
 use cluster::StoreError;
 use cluster::model::{
-    ContainerRecord, ContainerState, ImageLayer, ImageRecord, Reservation, TagRecord,
+    ContainerRecord, ContainerState, ImageLayer, ImageRecord, NetworkRecord, Reservation, TagRecord,
 };
 use cluster::store::Store;
 use store::SqliteStore;
 
-fn container(account: &str, id: &str, name: &str, ip: Option<&str>) -> ContainerRecord {
+fn container(account: &str, id: &str, name: &str, ep: Option<(&str, &str)>) -> ContainerRecord {
     ContainerRecord {
         account: account.into(),
         id: id.into(),
@@ -21,14 +21,20 @@ fn container(account: &str, id: &str, name: &str, ip: Option<&str>) -> Container
         config: serde_json::json!({}),
         spec: ContainerSpec {
             id: id.into(),
-            network: ip.map(|ip| NetworkSpec {
-                ip: ip.parse().unwrap(),
-                prefix_len: 24,
-                gateway: "10.0.0.1".parse().unwrap(),
-                mac: "02:42:0a:00:00:02".into(),
-                ports: vec![],
-                group: 0,
-            }),
+            networks: ep
+                .map(|(net, ip)| Endpoint {
+                    network: net.into(),
+                    name: "net".into(),
+                    vni: 1,
+                    subnet: "10.0.0.0/24".into(),
+                    gateway: "10.0.0.1".parse().unwrap(),
+                    ip: ip.parse().unwrap(),
+                    mac: format!("02:42:{ip}"),
+                    internal: false,
+                    aliases: vec![],
+                })
+                .into_iter()
+                .collect(),
             ..Default::default()
         },
         state: ContainerState::default(),
@@ -42,31 +48,60 @@ fn container(account: &str, id: &str, name: &str, ip: Option<&str>) -> Container
     }
 }
 
+fn network(account: &str, id: &str, name: &str) -> NetworkRecord {
+    NetworkRecord {
+        account: account.into(),
+        id: id.into(),
+        name: name.into(),
+        vni: 0,
+        driver: "bridge".into(),
+        subnet: "10.0.0.0/24".into(),
+        gateway: "10.0.0.1".parse().unwrap(),
+        ip_range: None,
+        internal: false,
+        attachable: false,
+        labels: Default::default(),
+        options: Default::default(),
+        created: Utc::now(),
+        default: false,
+    }
+}
+
 #[tokio::test]
 async fn containers_names_and_ips_are_unique_per_scope() {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("db.sqlite"))
         .await
         .unwrap();
-    s.insert_container(&container("alice", "a1", "web", Some("10.0.0.2")))
+    s.insert_network(&network("alice", "na", "net"))
         .await
         .unwrap();
-    // Same name in another account is fine; same name in the same account is not.
-    s.insert_container(&container("bob", "b1", "web", Some("10.0.0.3")))
+    s.insert_network(&network("bob", "nb", "net"))
+        .await
+        .unwrap();
+    s.insert_container(&container("alice", "a1", "web", Some(("na", "10.0.0.2"))))
+        .await
+        .unwrap();
+    // Same name and address in another account's network is fine; in the same
+    // account (network) it is not.
+    s.insert_container(&container("bob", "b1", "web", Some(("nb", "10.0.0.2"))))
         .await
         .unwrap();
     let e = s
-        .insert_container(&container("alice", "a2", "web", Some("10.0.0.4")))
+        .insert_container(&container("alice", "a2", "web", Some(("na", "10.0.0.4"))))
         .await;
     assert!(matches!(e, Err(StoreError::Conflict(w)) if w == "name"));
     let e = s
-        .insert_container(&container("alice", "a3", "db", Some("10.0.0.2")))
+        .insert_container(&container("alice", "a3", "db", Some(("na", "10.0.0.2"))))
         .await;
     assert!(matches!(e, Err(StoreError::Conflict(w)) if w == "ip"));
+    // Nothing of the refused one stays.
+    let (_, rows) = s.network_endpoints("na").await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].container, "a1");
     // Tenants see only their own.
     assert_eq!(s.list_containers("alice").await.unwrap().len(), 1);
     assert!(s.get_container("bob", "a1").await.unwrap().is_none());
-    assert_eq!(s.used_ips("n1").await.unwrap().len(), 2);
     // Rename onto a taken name conflicts; update of a gone record is NotFound.
     let mut b2 = container("bob", "b2", "db", None);
     s.insert_container(&b2).await.unwrap();
@@ -89,6 +124,113 @@ async fn containers_names_and_ips_are_unique_per_scope() {
         s.get_container_by_id("a1").await.unwrap().unwrap().name,
         "web"
     );
+}
+
+/// Networks: VNIs never reused, names unique per account, removal refused
+/// while a container is on it, map versions bumped by endpoint changes only,
+/// and concurrent creates never share an address.
+#[tokio::test]
+async fn networks_vnis_endpoints_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = std::sync::Arc::new(
+        SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let v1 = s
+        .insert_network(&network("alice", "n1", "front"))
+        .await
+        .unwrap();
+    let v2 = s
+        .insert_network(&network("bob", "n2", "front"))
+        .await
+        .unwrap();
+    assert!(v2 > v1);
+    assert!(matches!(
+        s.insert_network(&network("alice", "n3", "front")).await,
+        Err(StoreError::Conflict(w)) if w == "network"
+    ));
+    assert_eq!(s.get_network("alice", "n1").await.unwrap().unwrap().vni, v1);
+    assert!(s.get_network("bob", "n1").await.unwrap().is_none());
+    assert_eq!(s.list_networks("bob").await.unwrap().len(), 1);
+
+    let (v0, _) = s.network_endpoints("n1").await.unwrap();
+    let mut c = container("alice", "c1", "web", Some(("n1", "10.0.0.2")));
+    s.insert_container(&c).await.unwrap();
+    let (va, rows) = s.network_endpoints("n1").await.unwrap();
+    assert!(va > v0);
+    assert_eq!(rows[0].ip.to_string(), "10.0.0.2");
+    // A state change leaves the map (and its version) alone.
+    c.state.pid = 42;
+    s.update_container(&c).await.unwrap();
+    assert_eq!(s.network_endpoints("n1").await.unwrap().0, va);
+    assert!(matches!(
+        s.delete_network("alice", "n1").await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Another account cannot remove it either.
+    assert!(matches!(
+        s.delete_network("bob", "n1").await,
+        Err(StoreError::NotFound)
+    ));
+    s.delete_container("alice", "c1").await.unwrap();
+    let (vb, rows) = s.network_endpoints("n1").await.unwrap();
+    assert!(vb > va && rows.is_empty());
+    s.delete_network("alice", "n1").await.unwrap();
+    // A container cannot land on a removed network.
+    assert!(matches!(
+        s.insert_container(&container("alice", "c2", "db", Some(("n1", "10.0.0.3"))))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.get_container("alice", "c2").await.unwrap().is_none());
+    // VNIs are never handed out twice, even after a removal of the newest.
+    let v3 = s
+        .insert_network(&network("alice", "n4", "back"))
+        .await
+        .unwrap();
+    s.delete_network("alice", "n4").await.unwrap();
+    let v4 = s
+        .insert_network(&network("alice", "n5", "back"))
+        .await
+        .unwrap();
+    assert!(v3 > v2 && v4 > v3);
+
+    // 16 concurrent creates, each taking the lowest free address and
+    // retrying on a clash: 16 different addresses.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let (_, rows) = s.network_endpoints("n5").await.unwrap();
+                let used: Vec<String> = rows.iter().map(|r| r.ip.to_string()).collect();
+                let ip = (2..254)
+                    .map(|h| format!("10.0.0.{h}"))
+                    .find(|a| !used.contains(a))
+                    .unwrap();
+                let c = container(
+                    "alice",
+                    &format!("k{i}"),
+                    &format!("k{i}"),
+                    Some(("n5", &ip)),
+                );
+                match s.insert_container(&c).await {
+                    Ok(()) => return ip,
+                    Err(StoreError::Conflict(w)) if w == "ip" => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    let mut ips = Vec::new();
+    for t in tasks {
+        ips.push(t.await.unwrap());
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 16);
+    assert_eq!(s.network_endpoints("n5").await.unwrap().1.len(), 16);
 }
 
 #[tokio::test]

@@ -1,0 +1,53 @@
+//! The agent's side of fabric networks: overlay maps from the head, and
+//! networks connected to or disconnected from running containers.
+
+use agent_client::{Endpoint, NetworkMap};
+
+use crate::error::AgentError;
+use crate::manager::{Agent, attachment};
+
+impl Agent {
+    /// Keeps a network's overlay map (the newest version wins) and programs
+    /// it where the network's segment exists on this server.
+    pub async fn put_network_map(&self, map: NetworkMap) -> Result<(), AgentError> {
+        let mut members = Vec::with_capacity(map.members.len());
+        for m in &map.members {
+            members.push(net::fabric::Member {
+                mac: net::names::parse_mac(&m.mac)?,
+                ip: m.ip,
+                vtep: m.vtep,
+            });
+        }
+        self.net.set_map(map.vni, map.version, members).await?;
+        Ok(())
+    }
+
+    /// `docker network connect` on a running container: a new interface,
+    /// and the network kept in its spec (so its exit detaches it).
+    pub async fn connect_network(&self, id: &str, e: Endpoint) -> Result<(), AgentError> {
+        let ctr = self.running_ctr(id)?;
+        let _op = ctr.op.lock().await;
+        let a = attachment(&e)?;
+        {
+            let spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner());
+            if spec.networks.iter().any(|n| n.network == e.network) {
+                return Ok(());
+            }
+        }
+        self.net.connect(id, &a).await?;
+        self.update_spec(&ctr, |s| s.networks.push(e))
+    }
+
+    /// `docker network disconnect` on a running container.
+    pub async fn disconnect_network(&self, id: &str, network: &str) -> Result<(), AgentError> {
+        let ctr = self.running_ctr(id)?;
+        let _op = ctr.op.lock().await;
+        let e = {
+            let spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner());
+            spec.networks.iter().find(|n| n.network == network).cloned()
+        };
+        let Some(e) = e else { return Ok(()) };
+        self.net.disconnect(id, &attachment(&e)?).await?;
+        self.update_spec(&ctr, |s| s.networks.retain(|n| n.network != network))
+    }
+}

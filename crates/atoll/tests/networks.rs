@@ -1,0 +1,443 @@
+//! Fabric networks through the real docker CLI: `docker network`
+//! create/ls/inspect/rm/prune/connect/disconnect on one server, and networks
+//! spanning a simulated 3-server datacenter (VXLAN between the servers'
+//! namespaces), with two accounts on the same subnet kept apart. All traffic
+//! stays inside namespaces the instances made.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use testkit::{AtollInstance, StartOptions, json, test_images, wait_for};
+
+fn started() -> AtollInstance {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    a
+}
+
+/// The segments (router namespaces) pinned under an agent dir.
+fn segments(agent_dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(agent_dir.join("netns"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("seg-") && !n.contains('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `sh -c script` in a throwaway container; (output, exit code).
+fn run_sh(
+    docker: impl Fn(&[&str]) -> std::process::Output,
+    net: &str,
+    script: &str,
+) -> (String, i32) {
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        net,
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn network_commands_on_one_server() {
+    let a = started();
+    // Every account has its default network, `bridge`.
+    let ls = a.docker_ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    assert_eq!(ls, "bridge bridge");
+
+    let id = a.docker_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.0.0.0/24",
+        "--gateway",
+        "10.0.0.254",
+        "--ip-range",
+        "10.0.0.128/25",
+        "--label",
+        "tier=front",
+        "--attachable",
+        "front",
+    ]);
+    assert_eq!(id.len(), 64);
+    let n = json(&a.docker_ok(&["network", "inspect", "front"]))[0].clone();
+    assert_eq!(n["Id"], id.as_str());
+    assert_eq!(n["IPAM"]["Config"][0]["Subnet"], "10.0.0.0/24");
+    assert_eq!(n["IPAM"]["Config"][0]["Gateway"], "10.0.0.254");
+    assert_eq!(n["IPAM"]["Config"][0]["IPRange"], "10.0.0.128/25");
+    assert_eq!(n["Labels"]["tier"], "front");
+    assert_eq!(n["Attachable"], true);
+    // By id prefix too.
+    a.docker_ok(&["network", "inspect", &id[..12]]);
+
+    // Refusals, Docker's way.
+    for (args, says) in [
+        (vec!["network", "create", "front"], "already exists"),
+        (vec!["network", "create", "bridge"], "pre-defined"),
+        (
+            vec!["network", "create", "--subnet", "10.0.0.1/24", "x1"],
+            "network address",
+        ),
+        (
+            vec!["network", "create", "--subnet", "10.0.0.0/25", "x2"],
+            "overlaps",
+        ),
+        (
+            vec!["network", "create", "-d", "macvlan", "x3"],
+            "not supported",
+        ),
+        (vec!["network", "create", "--ipv6", "x4"], "IPv6"),
+        (
+            vec![
+                "network",
+                "create",
+                "--subnet",
+                "10.9.0.0/24",
+                "--gateway",
+                "10.8.0.1",
+                "x5",
+            ],
+            "gateway",
+        ),
+        (vec!["network", "rm", "bridge"], "pre-defined"),
+        (vec!["network", "inspect", "nope"], "not found"),
+    ] {
+        let err = a.docker_err(&args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(
+        a.docker_ok(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            "label=tier=front",
+            "--no-trunc"
+        ]),
+        id
+    );
+    assert_eq!(
+        a.docker_ok(&[
+            "network",
+            "ls",
+            "--filter",
+            "type=custom",
+            "--format",
+            "{{.Name}}"
+        ]),
+        "front"
+    );
+
+    // Addresses come from the range; --ip and aliases are kept.
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "front",
+        "--network-alias",
+        "www",
+        "busybox",
+        "nc",
+        "-ll",
+        "-p",
+        "8000",
+        "-e",
+        "echo",
+        "web",
+    ]);
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "fixed",
+        "--network",
+        "front",
+        "--ip",
+        "10.0.0.200",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let web =
+        json(&a.docker_ok(&["inspect", "web"]))[0]["NetworkSettings"]["Networks"]["front"].clone();
+    assert_eq!(web["IPAddress"], "10.0.0.128");
+    assert_eq!(web["Gateway"], "10.0.0.254");
+    assert_eq!(web["Aliases"][0], "www");
+    assert_eq!(
+        a.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.front.IPAddress}}",
+            "fixed"
+        ]),
+        "10.0.0.200"
+    );
+    let err = a.docker_err(&[
+        "run",
+        "--rm",
+        "--network",
+        "front",
+        "--ip",
+        "10.0.0.200",
+        "busybox",
+        "true",
+    ]);
+    assert!(err.contains("Address already in use"), "{err}");
+    let err = a.docker_err(&[
+        "run",
+        "--rm",
+        "--network",
+        "front",
+        "--ip",
+        "10.9.9.9",
+        "busybox",
+        "true",
+    ]);
+    assert!(err.contains("no configured subnet"), "{err}");
+    let err = a.docker_err(&["run", "--rm", "--network", "nope", "busybox", "true"]);
+    assert!(err.contains("not found"), "{err}");
+    // The failed creates left nothing behind.
+    assert_eq!(a.docker_ok(&["ps", "-aq"]).lines().count(), 2);
+    let members = json(&a.docker_ok(&["network", "inspect", "front"]))[0]["Containers"].clone();
+    assert_eq!(members.as_object().unwrap().len(), 2, "{members}");
+
+    // Reachable on its network, through the gateway the routes say.
+    let (out, _) = run_sh(
+        |x| a.docker(x),
+        "front",
+        "ip route; nc -w 2 10.0.0.128 8000 </dev/null",
+    );
+    assert!(out.contains("default via 10.0.0.254"), "{out}");
+    assert!(out.contains("web"), "{out}");
+    // Not from the default network...
+    let (out, _) = run_sh(
+        |x| a.docker(x),
+        "bridge",
+        "nc -w 2 10.0.0.128 8000 </dev/null",
+    );
+    assert!(!out.contains("web"), "{out}");
+    let err = a.docker_err(&["network", "rm", "front"]);
+    assert!(err.contains("active endpoints"), "{err}");
+
+    // ...until connected, live; and cut off again once disconnected.
+    a.docker_ok(&["run", "-d", "--name", "client", "busybox", "sleep", "600"]);
+    a.docker_ok(&["network", "connect", "--alias", "cl", "front", "client"]);
+    let nets = a.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+        "client",
+    ]);
+    assert_eq!(nets, "bridge front");
+    wait_for(
+        || {
+            a.docker(&[
+                "exec",
+                "client",
+                "sh",
+                "-c",
+                "nc -w 2 10.0.0.128 8000 </dev/null",
+            ])
+            .stdout
+            .starts_with(b"web")
+        },
+        Duration::from_secs(10),
+        "the connected container to reach web",
+    );
+    let err = a.docker_err(&["network", "connect", "front", "client"]);
+    assert!(err.contains("already exists"), "{err}");
+    a.docker_ok(&["network", "disconnect", "front", "client"]);
+    let out = a.docker(&[
+        "exec",
+        "client",
+        "sh",
+        "-c",
+        "ip -4 addr; nc -w 2 10.0.0.128 8000 </dev/null",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("10.0.0.") && !text.contains("web"), "{text}");
+    let err = a.docker_err(&["network", "disconnect", "front", "client"]);
+    assert!(err.contains("not connected"), "{err}");
+
+    // An internal network has no way out: no default route.
+    a.docker_ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "10.7.0.0/24",
+        "quiet",
+    ]);
+    let (out, _) = run_sh(
+        |x| a.docker(x),
+        "quiet",
+        "ip route; ping -c 1 -W 1 10.7.0.1 >/dev/null && echo gw-ok",
+    );
+    assert!(!out.contains("default"), "{out}");
+    assert!(out.contains("gw-ok"), "{out}");
+
+    // Prune takes unused networks only, never the default one.
+    a.docker_ok(&["network", "create", "spare"]);
+    let pruned = a.docker_ok(&["network", "prune", "-f"]);
+    assert!(
+        pruned.contains("spare") && pruned.contains("quiet"),
+        "{pruned}"
+    );
+    assert!(
+        !pruned.contains("front") && !pruned.contains("bridge"),
+        "{pruned}"
+    );
+
+    // Addresses and networks are kept across stop/start and restarts.
+    a.docker_ok(&["stop", "-t", "0", "fixed"]);
+    a.docker_ok(&["start", "fixed"]);
+    assert_eq!(
+        a.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.front.IPAddress}}",
+            "fixed"
+        ]),
+        "10.0.0.200"
+    );
+
+    // The last container of a network takes its segment with it.
+    let agent_dir = a.data_dir().join("agent");
+    assert_eq!(segments(&agent_dir).len(), 2, "bridge and front");
+    a.docker_ok(&["rm", "-f", "web", "fixed"]);
+    wait_for(
+        || segments(&agent_dir).len() == 1,
+        Duration::from_secs(10),
+        "front's segment to go",
+    );
+    a.docker_ok(&["network", "rm", "front"]);
+    a.docker_ok(&["rm", "-f", "client"]);
+    wait_for(
+        || segments(&agent_dir).is_empty(),
+        Duration::from_secs(10),
+        "every segment to go",
+    );
+}
+
+#[test]
+fn networks_span_servers_and_accounts_stay_apart() {
+    let a = AtollInstance::start_with(StartOptions {
+        args: vec!["--nodes".into(), "3".into()],
+        ..Default::default()
+    });
+    a.load_busybox();
+    let alice = a.tenant("alice");
+    alice.docker_ok(&["load", "-i", &test_images().busybox.path.to_string_lossy()]);
+    // Both accounts: a network of the same name and subnet, and three
+    // servers answering on the same addresses, one per server.
+    type Ok<'a> = Box<dyn Fn(&[&str]) -> String + 'a>;
+    let oks: [(&str, Ok); 2] = [
+        ("op", Box::new(|x| a.docker_ok(x))),
+        ("alice", Box::new(|x| alice.docker_ok(x))),
+    ];
+    for (who, docker) in &oks {
+        docker(&["network", "create", "--subnet", "10.0.0.0/24", "app"]);
+        for i in 1..=3 {
+            let reply = format!("{who}{i}");
+            docker(&[
+                "run",
+                "-d",
+                "--name",
+                &format!("s{i}"),
+                "--network",
+                "app",
+                "busybox",
+                "sh",
+                "-c",
+                &format!("nc -ll -p 8000 -e echo {reply}"),
+            ]);
+        }
+    }
+    let list = json(&a.operator_ok(&["container", "ls", "--json"]));
+    let servers: BTreeSet<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "s1" || c["name"] == "s2" || c["name"] == "s3")
+        .map(|c| c["server"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(servers.len(), 3, "spread over the servers: {list}");
+
+    // Each account reaches its own three by IP, TCP and ping, from
+    // wherever its probe lands, never the other's at the same addresses.
+    type Run<'a> = Box<dyn Fn(&[&str]) -> std::process::Output + 'a>;
+    let runs: [(&str, Run); 2] = [
+        ("op", Box::new(|x| a.docker(x))),
+        ("alice", Box::new(|x| alice.docker(x))),
+    ];
+    for (who, docker) in &runs {
+        let who = *who;
+        for i in 2..=4 {
+            let script = format!(
+                "nc -w 2 10.0.0.{i} 8000 </dev/null; ping -c 1 -W 2 10.0.0.{i} >/dev/null && echo pong"
+            );
+            let want = format!("{who}{}", i - 1);
+            wait_for(
+                || {
+                    let (out, _) = run_sh(docker, "app", &script);
+                    out.contains(&want) && out.contains("pong")
+                },
+                Duration::from_secs(20),
+                &format!("{who}'s probe to reach {want} over TCP and ping"),
+            );
+            let (out, _) = run_sh(docker, "app", &script);
+            let other = if who == "op" { "alice" } else { "op" };
+            assert!(!out.contains(other), "{who} reached {other}: {out}");
+        }
+    }
+
+    // A restarted container keeps its address and is reached again.
+    a.docker_ok(&["stop", "-t", "0", "s2"]);
+    a.docker_ok(&["start", "s2"]);
+    assert_eq!(
+        a.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.app.IPAddress}}",
+            "s2"
+        ]),
+        "10.0.0.3"
+    );
+    wait_for(
+        || {
+            run_sh(|x| a.docker(x), "app", "nc -w 2 10.0.0.3 8000 </dev/null")
+                .0
+                .contains("op2")
+        },
+        Duration::from_secs(20),
+        "s2 to answer after its restart",
+    );
+
+    // Every segment goes with the last container of its network.
+    a.docker_ok(&["rm", "-f", "s1", "s2", "s3"]);
+    alice.docker_ok(&["rm", "-f", "s1", "s2", "s3"]);
+    let nodes = a.data_dir().join("nodes");
+    wait_for(
+        || (1..=3).all(|i| segments(&nodes.join(format!("node-{i}")).join("agent")).is_empty()),
+        Duration::from_secs(20),
+        "every server's segments to go",
+    );
+}

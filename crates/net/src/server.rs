@@ -1,0 +1,511 @@
+//! A server's container networking: the fabric segments its containers are
+//! on, and the server bridge that links them to the world.
+//!
+//! - Each network with a container here has a segment ([`Fabric`]): a router
+//!   namespace with the network's bridge (the gateway) and, where the server
+//!   has an underlay address, its VXLAN device. It is made with the first
+//!   such container and removed after the last.
+//! - A router namespace of a network that is not internal has an *uplink*:
+//!   its `eth0` is a port of the server bridge ([`NodeNet`]) with an address
+//!   of the server's subnet. The router masquerades what leaves through it
+//!   (the server masquerades again towards the world), and lets in only
+//!   replies and published ports, so one account's router never forwards
+//!   another's traffic into its network.
+//! - A published port is two DNATs: on the server, host port → the router's
+//!   uplink (same port); in the router, → the container's address and port.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use crate::error::NetError;
+use crate::fabric::{Fabric, Member, Segment};
+use crate::ipv4net::Ipv4Net;
+use crate::netns::UserNs;
+use crate::nft::{self, FAMILY, Nft, NftCmd, PORTMAP_CHAIN, PortMapping};
+use crate::node::{NodeNet, NodeNetConfig};
+
+/// The nft table inside every router namespace (each namespace has its own).
+const ROUTER_TABLE: &str = "atoll";
+/// The router's uplink, as [`NodeNet`] names a namespace's end.
+const UPLINK: &str = crate::link::CONTAINER_IF;
+
+/// One network of a container on this server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// No uplink: the network reaches nothing outside itself.
+    pub internal: bool,
+}
+
+struct Seg {
+    /// None for a router namespace found at start and not yet claimed.
+    seg: Option<Segment>,
+    users: BTreeSet<String>,
+    uplink: Option<Ipv4Addr>,
+}
+
+#[derive(Default)]
+struct State {
+    segments: HashMap<u32, Seg>,
+    /// The newest overlay map per VNI: version and members.
+    maps: HashMap<u32, (u64, Vec<Member>)>,
+}
+
+pub struct ServerNet {
+    node: NodeNet,
+    fabric: Fabric,
+    vtep: Option<Ipv4Addr>,
+    /// Segment bookkeeping; held while a segment is made or removed, so a
+    /// container never joins one being taken down.
+    state: tokio::sync::Mutex<State>,
+}
+
+impl std::fmt::Debug for ServerNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerNet")
+            .field("node", &self.node)
+            .field("vtep", &self.vtep)
+            .finish()
+    }
+}
+
+/// [`NodeNet`]'s id for segment `vni`'s router namespace (its uplink).
+fn router_id(vni: u32) -> String {
+    format!("seg-{vni}")
+}
+
+/// A container's port on a segment's bridge (names are per router namespace).
+fn port_name(container: &str) -> String {
+    format!("p{}", &container[..container.len().min(12)])
+}
+
+fn router_nft(path: &std::path::Path) -> NftCmd {
+    NftCmd::in_netns(path)
+}
+
+/// The router namespace's table: masquerade out of the uplink; from the
+/// uplink only replies and published ports come in. The `portmap` chain (its
+/// DNAT rules, one comment per container) survives a re-run.
+fn router_setup_script() -> String {
+    let t = format!("{FAMILY} {ROUTER_TABLE}");
+    let mut s = format!("add table {t}\n");
+    for (chain, spec) in [
+        (
+            "prerouting",
+            "type nat hook prerouting priority dstnat; policy accept;",
+        ),
+        (
+            "postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+        ),
+        (
+            "forward",
+            "type filter hook forward priority filter; policy accept;",
+        ),
+        (
+            "input",
+            "type filter hook input priority filter; policy accept;",
+        ),
+    ] {
+        s.push_str(&format!(
+            "add chain {t} {chain} {{ {spec} }}\nflush chain {t} {chain}\n"
+        ));
+    }
+    s.push_str(&format!("add chain {t} {PORTMAP_CHAIN}\n"));
+    for rule in [
+        format!("prerouting iifname \"{UPLINK}\" jump {PORTMAP_CHAIN}"),
+        format!("postrouting oifname \"{UPLINK}\" masquerade"),
+        format!("forward iifname \"{UPLINK}\" ct state established,related accept"),
+        format!("forward iifname \"{UPLINK}\" ct status dnat accept"),
+        format!("forward iifname \"{UPLINK}\" drop"),
+        format!("input iifname \"{UPLINK}\" ct state established,related accept"),
+        format!("input iifname \"{UPLINK}\" drop"),
+    ] {
+        s.push_str(&format!("add rule {t} {rule}\n"));
+    }
+    s
+}
+
+/// Ports as the server publishes them: host port → the same port on the
+/// router's uplink.
+fn server_side(ports: &[PortMapping]) -> Vec<PortMapping> {
+    ports
+        .iter()
+        .map(|p| PortMapping {
+            container_port: p.host_port,
+            ..p.clone()
+        })
+        .collect()
+}
+
+/// Ports as the router forwards them: whatever arrives on the uplink.
+fn router_side(ports: &[PortMapping]) -> Vec<PortMapping> {
+    ports
+        .iter()
+        .map(|p| PortMapping {
+            host_ip: String::new(),
+            ..p.clone()
+        })
+        .collect()
+}
+
+impl ServerNet {
+    /// The server bridge (see [`NodeNet::setup`]) and the segments found on
+    /// the server (claimed by [`ServerNet::adopt`], the rest removed by
+    /// [`ServerNet::collect_unused`]). Needs a tokio runtime.
+    pub async fn setup(cfg: NodeNetConfig, vtep: Option<Ipv4Addr>) -> Result<ServerNet, NetError> {
+        let dir = cfg.netns_dir.clone();
+        let node = NodeNet::setup(cfg).await?;
+        let fabric = Fabric::new(&dir, None)?;
+        let mut state = State::default();
+        for id in fabric.pinned() {
+            let Ok(vni) = id.parse::<u32>() else { continue };
+            let uplink = fabric.router_address(&id, UPLINK).await.unwrap_or(None);
+            state.segments.insert(
+                vni,
+                Seg {
+                    seg: None,
+                    users: BTreeSet::new(),
+                    uplink,
+                },
+            );
+        }
+        Ok(ServerNet {
+            node,
+            fabric,
+            vtep,
+            state: tokio::sync::Mutex::new(state),
+        })
+    }
+
+    pub fn node(&self) -> &NodeNet {
+        &self.node
+    }
+
+    pub fn vtep(&self) -> Option<Ipv4Addr> {
+        self.vtep
+    }
+
+    /// Where container `id`'s network namespace is pinned.
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        self.node.netns_path(id)
+    }
+
+    fn segment(&self, a: &Attachment) -> Segment {
+        Segment {
+            id: a.vni.to_string(),
+            vni: a.vni,
+            subnet: a.subnet,
+            gateway: a.gateway,
+            vtep: self.vtep,
+        }
+    }
+
+    /// The lowest address of the server's subnet no router holds.
+    fn free_uplink(&self, st: &State) -> Result<Ipv4Addr, NetError> {
+        let subnet = self.node.subnet();
+        let taken: BTreeSet<Ipv4Addr> = st.segments.values().filter_map(|s| s.uplink).collect();
+        let size = 1u32 << (32 - u32::from(subnet.prefix()));
+        (2..size.saturating_sub(1))
+            .filter_map(|i| subnet.host(i))
+            .find(|ip| *ip != self.node.gateway() && !taken.contains(ip))
+            .ok_or(NetError::NoFreeSubnet)
+    }
+
+    /// Takes a use of `a`'s segment for container `user`, making the segment
+    /// on first use. Returns its uplink address (None when internal).
+    async fn acquire(&self, user: &str, a: &Attachment) -> Result<Option<Ipv4Addr>, NetError> {
+        let mut st = self.state.lock().await;
+        if let Some(s) = st.segments.get_mut(&a.vni)
+            && s.seg.is_some()
+        {
+            s.users.insert(user.to_string());
+            return Ok(s.uplink);
+        }
+        let seg = self.segment(a);
+        let known = st.segments.get(&a.vni).and_then(|s| s.uplink);
+        let uplink = if a.internal {
+            None
+        } else {
+            Some(match known {
+                Some(ip) => ip,
+                None => self.free_uplink(&st)?,
+            })
+        };
+        // Booked before the kernel work, so a failure still frees it below.
+        st.segments.insert(
+            a.vni,
+            Seg {
+                seg: None,
+                users: BTreeSet::new(),
+                uplink,
+            },
+        );
+        let made = self.make_segment(&seg, uplink).await;
+        if let Err(e) = made {
+            let _ = self.remove_segment(a.vni).await;
+            st.segments.remove(&a.vni);
+            return Err(e);
+        }
+        if let Some((_, members)) = st.maps.get(&a.vni)
+            && let Err(e) = self.fabric.set_members(&seg, members).await
+        {
+            tracing::warn!("programming the overlay map of VNI {}: {e}", a.vni);
+        }
+        let s = st.segments.get_mut(&a.vni).expect("booked above");
+        s.seg = Some(seg);
+        s.users.insert(user.to_string());
+        Ok(uplink)
+    }
+
+    async fn make_segment(&self, seg: &Segment, uplink: Option<Ipv4Addr>) -> Result<(), NetError> {
+        if let Some(ip) = uplink {
+            let o = ip.octets();
+            let mac = format!("02:a8:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+            self.node
+                .attach(
+                    &router_id(seg.vni),
+                    ip,
+                    self.node.subnet().prefix(),
+                    &mac,
+                    &[],
+                )
+                .await?;
+        }
+        let path = self.fabric.ensure(seg).await?;
+        if uplink.is_some() {
+            router_nft(&path).apply(&router_setup_script()).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_segment(&self, vni: u32) -> Result<(), NetError> {
+        let r = self.fabric.remove(&vni.to_string()).await;
+        self.node.detach(&router_id(vni)).await?;
+        r
+    }
+
+    /// Gives back container `user`'s use of segment `vni`; the last one
+    /// removes the segment.
+    async fn release(&self, user: &str, vni: u32) -> Result<(), NetError> {
+        let mut st = self.state.lock().await;
+        let Some(s) = st.segments.get_mut(&vni) else {
+            return Ok(());
+        };
+        s.users.remove(user);
+        if !s.users.is_empty() {
+            return Ok(());
+        }
+        let r = self.remove_segment(vni).await;
+        st.segments.remove(&vni);
+        r
+    }
+
+    /// Wires container `id`: its namespace (owned by a new user namespace
+    /// mapped as `owner` when given), one interface per network (`eth0`
+    /// first; the default route through the first network that is not
+    /// internal), and `ports` published through the first network. Returns
+    /// the namespace path. The caller undoes a failure with [`Self::detach`].
+    pub async fn attach(
+        &self,
+        id: &str,
+        owner: Option<UserNs>,
+        nets: &[Attachment],
+        ports: &[PortMapping],
+    ) -> Result<PathBuf, NetError> {
+        crate::names::validate_id(id)?;
+        // Validate the ports before touching anything.
+        let _ = nft::port_rules(ROUTER_TABLE, id, Ipv4Addr::UNSPECIFIED, ports)?;
+        let path = self.netns_path(id);
+        self.node.backend().netns.create(&path, owner)?;
+        let mut routed = false;
+        for (i, a) in nets.iter().enumerate() {
+            let uplink = self.acquire(id, a).await?;
+            let default_route = !a.internal && !routed;
+            routed |= default_route;
+            self.fabric
+                .attach(
+                    &self.segment(a),
+                    &port_name(id),
+                    &path,
+                    &format!("eth{i}"),
+                    a.ip,
+                    a.mac,
+                    default_route,
+                )
+                .await?;
+            if i == 0
+                && !ports.is_empty()
+                && let Some(up) = uplink
+            {
+                let rules = nft::port_rules(ROUTER_TABLE, id, a.ip, &router_side(ports))?;
+                let router = router_nft(&self.fabric.router_ns(&a.vni.to_string()));
+                nft::replace_commented_rules(&router, ROUTER_TABLE, id, &rules).await?;
+                self.node.publish(id, up, &server_side(ports)).await?;
+            }
+        }
+        Ok(path)
+    }
+
+    /// Adds network `a` to running container `id` (the next free `ethN`).
+    pub async fn connect(&self, id: &str, a: &Attachment) -> Result<(), NetError> {
+        crate::names::validate_id(id)?;
+        let path = self.netns_path(id);
+        self.acquire(id, a).await?;
+        let ifname = Fabric::free_ifname(&path).await?;
+        let r = self
+            .fabric
+            .attach(
+                &self.segment(a),
+                &port_name(id),
+                &path,
+                &ifname,
+                a.ip,
+                a.mac,
+                false,
+            )
+            .await;
+        if r.is_err() {
+            let _ = self.disconnect(id, a).await;
+        }
+        r
+    }
+
+    /// Takes network `a` from container `id`. Idempotent.
+    pub async fn disconnect(&self, id: &str, a: &Attachment) -> Result<(), NetError> {
+        crate::names::validate_id(id)?;
+        self.fabric
+            .detach(&a.vni.to_string(), &port_name(id))
+            .await?;
+        self.release(id, a.vni).await
+    }
+
+    /// Undoes [`Self::attach`] (also a partial one): published ports, the
+    /// container's ports on its segments (and segments nobody uses any
+    /// more), its namespace. Idempotent; tries every step.
+    pub async fn detach(
+        &self,
+        id: &str,
+        nets: &[Attachment],
+        published: bool,
+    ) -> Result<(), NetError> {
+        crate::names::validate_id(id)?;
+        let mut first = None;
+        let mut note = |r: Result<(), NetError>| {
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        };
+        if published {
+            note(self.node.unpublish(id).await);
+            if let Some(a) = nets.first() {
+                let path = self.fabric.router_ns(&a.vni.to_string());
+                if path.exists() {
+                    let router = router_nft(&path);
+                    note(nft::replace_commented_rules(&router, ROUTER_TABLE, id, "").await);
+                }
+            }
+        }
+        for a in nets {
+            note(self.disconnect(id, a).await);
+        }
+        note(self.node.backend().netns.remove(&self.netns_path(id)));
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Claims, after an agent restart, the segments of a container that kept
+    /// running (no kernel work: they are there).
+    pub async fn adopt(&self, id: &str, nets: &[Attachment]) {
+        let mut st = self.state.lock().await;
+        for a in nets {
+            let seg = self.segment(a);
+            let s = st.segments.entry(a.vni).or_insert_with(|| Seg {
+                seg: None,
+                users: BTreeSet::new(),
+                uplink: None,
+            });
+            s.seg = Some(seg);
+            s.users.insert(id.to_string());
+        }
+    }
+
+    /// Removes the segments no container uses (left by containers that
+    /// ended while the agent was down). Run after adoption.
+    pub async fn collect_unused(&self) {
+        let mut st = self.state.lock().await;
+        let unused: Vec<u32> = st
+            .segments
+            .iter()
+            .filter(|(_, s)| s.users.is_empty())
+            .map(|(v, _)| *v)
+            .collect();
+        for vni in unused {
+            if let Err(e) = self.remove_segment(vni).await {
+                tracing::warn!("removing unused segment {vni}: {e}");
+            }
+            st.segments.remove(&vni);
+        }
+    }
+
+    /// Network `vni`'s overlay map, version `version`: kept if newer than
+    /// the one held, and programmed where the segment exists.
+    pub async fn set_map(
+        &self,
+        vni: u32,
+        version: u64,
+        members: Vec<Member>,
+    ) -> Result<(), NetError> {
+        let mut st = self.state.lock().await;
+        if st.maps.get(&vni).is_some_and(|(v, _)| *v > version) {
+            return Ok(());
+        }
+        if let Some(Seg { seg: Some(seg), .. }) = st.segments.get(&vni) {
+            self.fabric.set_members(seg, &members).await?;
+        }
+        st.maps.insert(vni, (version, members));
+        Ok(())
+    }
+
+    /// How many segments this server holds (for tests and status).
+    pub async fn segment_count(&self) -> usize {
+        self.state.lock().await.segments.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn router_script_guards_the_uplink() {
+        let s = router_setup_script();
+        assert!(s.contains("add rule inet atoll postrouting oifname \"eth0\" masquerade"));
+        assert!(s.contains("add rule inet atoll forward iifname \"eth0\" drop"));
+        assert!(s.contains("add rule inet atoll input iifname \"eth0\" drop"));
+        // The DNAT chain is made, never flushed: running containers keep theirs.
+        assert!(!s.contains("flush chain inet atoll portmap"));
+    }
+
+    #[test]
+    fn published_ports_are_two_hops() {
+        let p = PortMapping {
+            proto: "tcp".into(),
+            container_port: 80,
+            host_ip: "127.0.0.1".into(),
+            host_port: 8080,
+        };
+        let s = &server_side(std::slice::from_ref(&p))[0];
+        assert_eq!((s.host_port, s.container_port), (8080, 8080));
+        assert_eq!(s.host_ip, "127.0.0.1");
+        let r = &router_side(std::slice::from_ref(&p))[0];
+        assert_eq!((r.host_port, r.container_port), (8080, 80));
+        assert_eq!(r.host_ip, "");
+        assert_eq!(port_name(&"ab".repeat(32)), "pabababababab");
+        assert_eq!(router_id(7), "seg-7");
+    }
+}
