@@ -114,8 +114,12 @@ pub struct Endpoint {
 pub struct NetworkMember {
     pub mac: String,
     pub ip: Ipv4Addr,
-    /// The underlay address of its server (its VXLAN endpoint).
-    pub vtep: Ipv4Addr,
+    /// The underlay address of its server (its VXLAN endpoint); None: a
+    /// server without one (everything on it is local).
+    pub vtep: Option<Ipv4Addr>,
+    /// The names the network's resolver answers with `ip`.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 /// Body of `PUT /v1/networks/{vni}`: a network's whole overlay map. The agent

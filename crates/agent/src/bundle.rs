@@ -285,9 +285,11 @@ fn is_loopback_ns(ns: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Docker's resolv.conf: the host's minus loopback nameservers (they would not
-/// answer inside the container's netns), with `--dns`, `--dns-search` and
-/// `--dns-option` each replacing the host's entries of their kind.
+/// Docker's resolv.conf: on networks, the resolver at 127.0.0.11 (which
+/// forwards to `--dns` or the host's); without, the host's nameservers minus
+/// loopback ones (they would not answer inside the container's netns) or
+/// `--dns`. `--dns-search` and `--dns-option` replace the host's entries of
+/// their kind.
 pub fn resolv_conf(spec: &ContainerSpec, host: &str) -> String {
     let mut nameservers = Vec::new();
     let mut search = Vec::new();
@@ -323,6 +325,14 @@ pub fn resolv_conf(spec: &ContainerSpec, host: &str) -> String {
     }
     if !spec.dns_options.is_empty() {
         options = spec.dns_options.clone();
+    }
+    if !spec.networks.is_empty() {
+        // Docker's way on its user networks: the agent's resolver answers
+        // the networks' names and forwards the rest upstream.
+        nameservers = vec![crate::dns::RESOLVER.to_string()];
+        if spec.dns_options.is_empty() && !options.iter().any(|o| o.starts_with("ndots:")) {
+            options.push("ndots:0".into());
+        }
     }
     let mut s = String::new();
     for ns in &nameservers {

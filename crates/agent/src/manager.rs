@@ -68,6 +68,10 @@ pub struct Agent {
     ctrs: StdMutex<HashMap<String, Arc<Ctr>>>,
     events: broadcast::Sender<ContainerStatus>,
     cgroup_parent: String,
+    /// The overlay maps' names, for the containers' resolvers.
+    pub(crate) names: crate::dns::Names,
+    /// Each networked container's resolver task.
+    pub(crate) resolvers: StdMutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 /// A spec's networks as the server wires them.
@@ -84,6 +88,12 @@ pub(crate) fn attachment(e: &agent_client::Endpoint) -> Result<net::Attachment, 
         mac: net::names::parse_mac(&e.mac)?,
         internal: e.internal,
     })
+}
+
+/// Where a container's resolver forwards what it cannot answer.
+fn resolver_upstreams(spec: &ContainerSpec) -> Vec<std::net::SocketAddr> {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    crate::dns::upstreams(&spec.dns, &host)
 }
 
 fn now() -> String {
@@ -161,6 +171,8 @@ impl Agent {
             containers_dir,
             ctrs: StdMutex::new(HashMap::new()),
             events,
+            names: Default::default(),
+            resolvers: Default::default(),
         });
         agent.adopt().await;
         agent.net.collect_unused().await;
@@ -317,6 +329,15 @@ impl Agent {
                         Ok(nets) => self.net.adopt(&id, &nets).await,
                         Err(e) => tracing::warn!("networks of {id}: {e}"),
                     }
+                    if !spec.networks.is_empty()
+                        && let Err(e) = self.start_resolver(
+                            &id,
+                            &self.net.netns_path(&id),
+                            resolver_upstreams(&spec),
+                        )
+                    {
+                        tracing::warn!("the resolver of {id}: {e}");
+                    }
                     self.spawn_health(ctr.clone(), &spec);
                     self.spawn_waiter(ctr.clone(), spec.clone());
                     tracing::info!("re-adopted running container {id}");
@@ -387,7 +408,7 @@ impl Agent {
     }
 
     async fn prepare_and_run(
-        &self,
+        self: &Arc<Self>,
         ctr: &Ctr,
         spec: &ContainerSpec,
         paths: &ContainerPaths,
@@ -429,6 +450,11 @@ impl Agent {
                     .await?,
             )
         };
+        if let Some(ns) = &netns {
+            // Bound before the process starts: its first lookup must find it.
+            self.start_resolver(&spec.id, ns, resolver_upstreams(spec))
+                .map_err(|e| AgentError::Internal(format!("starting the resolver: {e}")))?;
+        }
         let spec = &crate::volumes::prepare_volumes(spec, &self.volumes_dir(), &paths.rootfs)?;
         write_bundle(spec, paths, netns.as_deref(), &self.cgroup_parent)
             .map_err(|e| AgentError::Runtime(e.to_string()))?;
@@ -481,6 +507,7 @@ impl Agent {
     /// Undoes what a run set up on the host: network and rootfs mount. The
     /// container's directory (upper layer, logs) stays until removal.
     async fn cleanup_run(&self, spec: &ContainerSpec) {
+        self.stop_resolver(&spec.id);
         let paths = self.paths(&spec.id);
         if !spec.networks.is_empty() {
             let r = match attachments(spec) {

@@ -12,12 +12,17 @@ impl Agent {
     pub async fn put_network_map(&self, map: NetworkMap) -> Result<(), AgentError> {
         let mut members = Vec::with_capacity(map.members.len());
         for m in &map.members {
-            members.push(net::fabric::Member {
-                mac: net::names::parse_mac(&m.mac)?,
-                ip: m.ip,
-                vtep: m.vtep,
-            });
+            // Members without an underlay address are on servers alone:
+            // nothing to tunnel to.
+            if let Some(vtep) = m.vtep {
+                members.push(net::fabric::Member {
+                    mac: net::names::parse_mac(&m.mac)?,
+                    ip: m.ip,
+                    vtep,
+                });
+            }
         }
+        self.names.update(&map);
         self.net.set_map(map.vni, map.version, members).await?;
         Ok(())
     }

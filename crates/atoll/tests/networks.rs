@@ -227,6 +227,51 @@ fn network_commands_on_one_server() {
     );
     assert!(out.contains("default via 10.0.0.254"), "{out}");
     assert!(out.contains("web"), "{out}");
+    // Names: container names, aliases (round robin over every holder),
+    // `<name>.<network>`; only on networks the asker is on.
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web2",
+        "--network",
+        "front",
+        "--network-alias",
+        "www",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let (out, _) = run_sh(
+        |x| a.docker(x),
+        "front",
+        "cat /etc/resolv.conf; nslookup web; nslookup www; nslookup fixed.front; nc -w 2 web 8000 </dev/null",
+    );
+    assert!(out.contains("nameserver 127.0.0.11"), "{out}");
+    assert!(out.contains("Address: 10.0.0.128"), "{out}");
+    assert!(
+        out.contains("Address: 10.0.0.129"),
+        "www is web and web2: {out}"
+    );
+    assert!(out.contains("Address: 10.0.0.200"), "{out}");
+    assert!(out.trim_end().ends_with("web"), "reached by name: {out}");
+    let (out, _) = run_sh(|x| a.docker(x), "bridge", "nslookup web");
+    assert!(
+        out.contains("NXDOMAIN") && !out.contains("10.0.0.128"),
+        "{out}"
+    );
+    a.docker_ok(&["rename", "web2", "web3"]);
+    wait_for(
+        || {
+            run_sh(|x| a.docker(x), "front", "nslookup web3")
+                .0
+                .contains("10.0.0.129")
+        },
+        Duration::from_secs(10),
+        "the new name to resolve",
+    );
+    a.docker_ok(&["rm", "-f", "web3"]);
+
     // Not from the default network...
     let (out, _) = run_sh(
         |x| a.docker(x),
@@ -381,8 +426,9 @@ fn networks_span_servers_and_accounts_stay_apart() {
         .collect();
     assert_eq!(servers.len(), 3, "spread over the servers: {list}");
 
-    // Each account reaches its own three by IP, TCP and ping, from
-    // wherever its probe lands, never the other's at the same addresses.
+    // Each account reaches its own three by IP and by name, TCP and ping,
+    // from wherever its probe lands, never the other's at the same addresses
+    // or of the same names.
     type Run<'a> = Box<dyn Fn(&[&str]) -> std::process::Output + 'a>;
     let runs: [(&str, Run); 2] = [
         ("op", Box::new(|x| a.docker(x))),
@@ -392,16 +438,18 @@ fn networks_span_servers_and_accounts_stay_apart() {
         let who = *who;
         for i in 2..=4 {
             let script = format!(
-                "nc -w 2 10.0.0.{i} 8000 </dev/null; ping -c 1 -W 2 10.0.0.{i} >/dev/null && echo pong"
+                "nc -w 2 10.0.0.{i} 8000 </dev/null; ping -c 1 -W 2 s{} >/dev/null && echo pong; nc -w 2 s{} 8000 </dev/null",
+                i - 1,
+                i - 1
             );
             let want = format!("{who}{}", i - 1);
             wait_for(
                 || {
                     let (out, _) = run_sh(docker, "app", &script);
-                    out.contains(&want) && out.contains("pong")
+                    out.matches(&want).count() == 2 && out.contains("pong")
                 },
                 Duration::from_secs(20),
-                &format!("{who}'s probe to reach {want} over TCP and ping"),
+                &format!("{who}'s probe to reach {want} by address and name"),
             );
             let (out, _) = run_sh(docker, "app", &script);
             let other = if who == "op" { "alice" } else { "op" };

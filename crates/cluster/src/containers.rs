@@ -594,6 +594,8 @@ impl Cluster {
             Ok(()) => {
                 self.notify(&c, false);
                 self.emit_container(&c, "rename", &[("oldName", format!("/{old_name}"))]);
+                // The networks' resolvers answer to the new name.
+                self.push_network_maps(&endpoint_keys(&c)).await;
                 Ok(())
             }
             Err(StoreError::Conflict(_)) => {

@@ -238,6 +238,19 @@ pub struct NetworkRecord {
     pub default: bool,
 }
 
+impl ContainerRecord {
+    /// The names this container answers to on a network (Docker's): its
+    /// name, its short id and its aliases there.
+    pub fn dns_names(&self, e: &agent_client::Endpoint) -> Vec<String> {
+        let mut v = vec![
+            self.name.clone(),
+            self.id[..self.id.len().min(12)].to_string(),
+        ];
+        v.extend(e.aliases.iter().cloned());
+        v
+    }
+}
+
 /// One container's address on one network, as the overlay map needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointRow {
@@ -245,6 +258,8 @@ pub struct EndpointRow {
     pub node: String,
     pub ip: std::net::Ipv4Addr,
     pub mac: String,
+    /// What the network's resolver answers with this address.
+    pub names: Vec<String>,
 }
 
 /// A tenant account. Its name is the CN of its certificates.

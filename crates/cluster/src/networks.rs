@@ -687,13 +687,12 @@ impl Cluster {
         let mut nodes = BTreeSet::new();
         for r in rows {
             nodes.insert(r.node.clone());
-            if let Some(Some(vtep)) = vteps.get(&r.node) {
-                members.push(NetworkMember {
-                    mac: r.mac,
-                    ip: r.ip,
-                    vtep: *vtep,
-                });
-            }
+            members.push(NetworkMember {
+                mac: r.mac,
+                ip: r.ip,
+                vtep: vteps.get(&r.node).copied().flatten(),
+                names: r.names,
+            });
         }
         members.sort();
         Ok((

@@ -1,11 +1,13 @@
-//! net: the node-local container network of one atoll instance.
+//! net: a server's container networking.
 //!
-//! One Linux bridge (`atl<inst>`) carrying the gateway address, one veth pair per container
-//! whose peer is `eth0` inside a pinned network namespace file, and one nftables table
-//! (`inet atoll_<inst>`) for egress masquerade and published ports. Links, addresses and
-//! routes go through rtnetlink; nftables changes are applied as whole `nft -f -` batches.
-//! Every privileged operation sits behind a trait (`LinkOps`, `NetnsOps`, `Nft`,
-//! `Sysctl`) with a real implementation and a fake in [`fake`].
+//! Fabric segments (`fabric`: a router namespace per network with its bridge
+//! and VXLAN device, overlay maps as FDB and neighbour entries), their
+//! lifecycle with uplinks and published ports (`server`), and the server
+//! bridge (`node`: one Linux bridge `atl<inst>`, one `inet atoll_<inst>` nft
+//! table for masquerade and published ports). Links, addresses and routes go
+//! through rtnetlink; nftables changes are applied as whole `nft -f -`
+//! batches. Every privileged operation of the server bridge sits behind a
+//! trait (`LinkOps`, `NetnsOps`, `Nft`, `Sysctl`) with a fake in [`fake`].
 
 pub mod error;
 pub mod fabric;

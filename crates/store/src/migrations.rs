@@ -98,8 +98,9 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX id_ranges_active ON id_ranges (account) WHERE active = 1;
     "#,
     // 8: fabric networks (the VNI is the never-reused row id) and the
-    // addresses handed out on them, unique per network. `version` counts the
-    // changes of a network's endpoints: agents keep the newest overlay map.
+    // addresses handed out on them, unique per network, with the names they
+    // answer to (JSON). `version` counts the changes of a network's
+    // endpoints: agents keep the newest overlay map.
     r#"
     CREATE TABLE networks (
         vni INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -116,6 +117,7 @@ pub const MIGRATIONS: &[&str] = &[
         container TEXT NOT NULL,
         node TEXT NOT NULL,
         mac TEXT NOT NULL,
+        names TEXT NOT NULL,
         PRIMARY KEY (network, ip)
     );
     CREATE INDEX endpoints_container ON endpoints (container);

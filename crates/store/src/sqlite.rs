@@ -158,7 +158,7 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         if r.rows_affected() > 0 {
-            Self::write_endpoints(tx, &c.id, &c.node, &c.spec.networks).await?;
+            Self::write_endpoints(tx, Some(c), &c.id).await?;
         }
         Ok(r.rows_affected())
     }
@@ -168,30 +168,30 @@ impl SqliteStore {
     /// changes) change nothing here and write nothing.
     async fn write_endpoints(
         tx: &mut Transaction<'_, Sqlite>,
+        c: Option<&ContainerRecord>,
         id: &str,
-        node: &str,
-        networks: &[agent_client::Endpoint],
     ) -> StoreResult<()> {
-        let have: Vec<(String, String, String, String)> =
-            sqlx::query("SELECT network, ip, node, mac FROM endpoints WHERE container = ?")
+        let have: Vec<(String, String, String, String, String)> =
+            sqlx::query("SELECT network, ip, node, mac, names FROM endpoints WHERE container = ?")
                 .bind(id)
                 .fetch_all(&mut **tx)
                 .await
                 .map_err(backend)?
                 .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
                 .collect();
-        let mut want: Vec<(String, String, String, String)> = networks
-            .iter()
-            .map(|e| {
-                (
+        let mut want = Vec::new();
+        for c in c.iter() {
+            for e in &c.spec.networks {
+                want.push((
                     e.network.clone(),
                     e.ip.to_string(),
-                    node.to_string(),
+                    c.node.clone(),
                     e.mac.clone(),
-                )
-            })
-            .collect();
+                    to_json(&c.dns_names(e))?,
+                ));
+            }
+        }
         let mut sorted = have.clone();
         sorted.sort();
         want.sort();
@@ -203,16 +203,17 @@ impl SqliteStore {
             .execute(&mut **tx)
             .await
             .map_err(backend)?;
-        for (network, ip, node, mac) in &want {
+        for (network, ip, node, mac, names) in &want {
             // Only on a network that still exists (a concurrent `network rm`).
             let r = sqlx::query(
-                "INSERT INTO endpoints (network, ip, container, node, mac) SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM networks WHERE id = ?)",
+                "INSERT INTO endpoints (network, ip, container, node, mac, names) SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM networks WHERE id = ?)",
             )
             .bind(network)
             .bind(ip)
             .bind(id)
             .bind(node)
             .bind(mac)
+            .bind(names)
             .bind(network)
             .execute(&mut **tx)
             .await
@@ -425,7 +426,7 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         if r.rows_affected() > 0 {
-            Self::write_endpoints(&mut tx, id, "", &[]).await?;
+            Self::write_endpoints(&mut tx, None, id).await?;
         }
         tx.commit().await.map_err(backend)
     }
@@ -507,7 +508,7 @@ impl Store for SqliteStore {
             .map(|r| r.get(0))
             .ok_or(StoreError::NotFound)?;
         let rows = sqlx::query(
-            "SELECT container, node, ip, mac FROM endpoints WHERE network = ? ORDER BY ip",
+            "SELECT container, node, ip, mac, names FROM endpoints WHERE network = ? ORDER BY ip",
         )
         .bind(network)
         .fetch_all(&mut *tx)
@@ -524,6 +525,7 @@ impl Store for SqliteStore {
                     .parse()
                     .map_err(|e| StoreError::Backend(format!("corrupt endpoint {ip}: {e}")))?,
                 mac: r.get(3),
+                names: from_json(r.get::<&str, _>(4))?,
             });
         }
         Ok((version as u64, out))
