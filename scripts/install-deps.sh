@@ -48,6 +48,7 @@ want procps ps # docker top runs ps on the server
 want util-linux script # the terminal tests give the CLI a pty
 want curl curl # the join test speaks TLS to agents with a client certificate
 want btrfs-progs mkfs.btrfs # the disk-filler test gives a server a btrfs data dir (quota groups)
+want iperf3 iperf3 # bench/network.py measures the fabric's throughput
 # The docker CLI: any will do; Debian's comes with docker.io.
 if ! command -v docker >/dev/null 2>&1 && [ ! -x /usr/local/bin/docker ]; then
 	missing+=(docker.io)

@@ -701,7 +701,11 @@ mod tests {
 
     #[test]
     fn resolv_conf_filters_loopback() {
-        let s = spec();
+        // Without networks (`--network none`): the host's, or --dns.
+        let s = ContainerSpec {
+            networks: vec![],
+            ..spec()
+        };
         let host = "# comment\nnameserver 127.0.0.53\nnameserver 10.9.9.9\nsearch corp.example\noptions edns0\n";
         assert_eq!(
             resolv_conf(&s, host),
@@ -715,11 +719,25 @@ mod tests {
             dns: vec!["1.1.1.1".into()],
             dns_search: vec![".".into()],
             dns_options: vec!["ndots:2".into()],
-            ..spec()
+            ..s.clone()
         };
         assert_eq!(
             resolv_conf(&custom, host),
             "nameserver 1.1.1.1\noptions ndots:2\n"
+        );
+        // On networks: the resolver, which forwards to those.
+        assert_eq!(
+            resolv_conf(&spec(), host),
+            "nameserver 127.0.0.11\nsearch corp.example\noptions edns0 ndots:0\n"
+        );
+        let custom = ContainerSpec {
+            dns: vec!["1.1.1.1".into()],
+            dns_options: vec!["ndots:2".into()],
+            ..spec()
+        };
+        assert_eq!(
+            resolv_conf(&custom, host),
+            "nameserver 127.0.0.11\nsearch corp.example\noptions ndots:2\n"
         );
     }
 

@@ -301,7 +301,9 @@ impl Agent {
     }
 
     /// Re-adopts containers whose shims survived an agent restart; records the
-    /// exits of those that ended meanwhile.
+    /// exits of those that ended meanwhile (after the running ones claimed
+    /// their networks' segments, so that a cleanup never takes a segment a
+    /// running container is on).
     async fn adopt(self: &Arc<Self>) {
         let Ok(entries) = std::fs::read_dir(&self.containers_dir) else {
             return;

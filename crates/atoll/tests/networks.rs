@@ -322,6 +322,59 @@ fn network_commands_on_one_server() {
     let err = a.docker_err(&["network", "disconnect", "front", "client"]);
     assert!(err.contains("not connected"), "{err}");
 
+    // Legacy links: the linked container under its alias in /etc/hosts,
+    // and Docker's variables.
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "-e",
+        "SECRET=s3",
+        "--expose",
+        "5432",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let db_ip = a.docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db"]);
+    let out = a.docker_ok(&[
+        "run",
+        "--rm",
+        "--name",
+        "app1",
+        "--link",
+        "db:data-base",
+        "busybox",
+        "sh",
+        "-c",
+        "env; cat /etc/hosts; ping -c 1 -W 2 data-base >/dev/null && echo linked",
+    ]);
+    for want in [
+        "DATA_BASE_NAME=/app1/data-base".to_string(),
+        "DATA_BASE_ENV_SECRET=s3".to_string(),
+        format!("DATA_BASE_PORT=tcp://{db_ip}:5432"),
+        format!("DATA_BASE_PORT_5432_TCP_ADDR={db_ip}"),
+        format!("{db_ip}\tdata-base"),
+        "linked".to_string(),
+    ] {
+        assert!(out.contains(&want), "{want} in {out}");
+    }
+    let err = a.docker_err(&["run", "--rm", "--link", "nope:x", "busybox", "true"]);
+    assert!(err.contains("could not get container"), "{err}");
+    let err = a.docker_err(&[
+        "run",
+        "--rm",
+        "--network",
+        "front",
+        "--link",
+        "db:x",
+        "busybox",
+        "true",
+    ]);
+    assert!(err.contains("none of this container's networks"), "{err}");
+    a.docker_ok(&["rm", "-f", "db"]);
+
     // An internal network has no way out: no default route.
     a.docker_ok(&[
         "network",

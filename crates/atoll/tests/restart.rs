@@ -114,6 +114,13 @@ fn containers_survive_a_restart_of_atoll_and_reset_cleans_up() {
         "the restart policy to run once after atoll came back",
     );
     assert_eq!(a.docker_ok(&["ps", "-q"]), &id[..12]);
+    // The survivor kept its network (its segment was not taken with those
+    // of the containers that ended meanwhile), and its name resolves.
+    let out = a.docker_ok(&[
+        "exec", "long", "sh", "-c",
+        "ping -c 1 -W 2 172.17.0.1 >/dev/null && echo gateway; nslookup long >/dev/null && echo named",
+    ]);
+    assert_eq!(out, "gateway\nnamed");
     a.docker_ok(&["stop", "-t", "1", "long"]);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     a.docker_ok(&["rm", "long", "short", "flaky"]);

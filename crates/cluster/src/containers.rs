@@ -179,6 +179,10 @@ impl Cluster {
 
         // Name and addresses are both unique: retry on clashes with other creates.
         let networks = self.resolve_networks(account, &planned.networks).await?;
+        let link_names = self
+            .resolve_links(account, &networks, &planned.links, &mut rec.spec)
+            .await?;
+        let env = rec.spec.process.env.clone();
         if !planned.ports.is_empty() {
             let mut ports = planned.ports.clone();
             self.assign_host_ports(&node.id, &mut ports).await?;
@@ -189,6 +193,14 @@ impl Cluster {
                 Some(n) => n.clone(),
                 None => names::random_name(attempt),
             };
+            // `ALIAS_NAME=/<this container's name>/<alias>` for each link.
+            rec.spec.process.env = env.clone();
+            for (var, alias) in &link_names {
+                rec.spec
+                    .process
+                    .env
+                    .push(format!("{var}_NAME=/{}/{alias}", rec.name));
+            }
             rec.spec.networks.clear();
             for (n, req) in &networks {
                 rec.spec
@@ -237,6 +249,93 @@ impl Cluster {
         Err(Error::Conflict(
             "could not allocate a name and address, try again".into(),
         ))
+    }
+
+    /// `--link NAME:ALIAS`, Docker's legacy links: the linked container's
+    /// address under both names in /etc/hosts, and Docker's environment
+    /// (`ALIAS_PORT_<p>_<PROTO>…`, `ALIAS_ENV_<VAR>`; the variable prefix and
+    /// alias of each link are returned for `ALIAS_NAME`, which needs the
+    /// container's name). The linked container must share a network with the
+    /// new one (addresses are kept for a container's life, so they are
+    /// written once).
+    async fn resolve_links(
+        &self,
+        account: &str,
+        networks: &[(
+            crate::model::NetworkRecord,
+            crate::networks::EndpointRequest,
+        )],
+        links: &[(String, String)],
+        spec: &mut agent_client::ContainerSpec,
+    ) -> Result<Vec<(String, String)>> {
+        let mut names = Vec::new();
+        for (target, alias) in links {
+            let t = match self.find_container(account, target).await {
+                Ok(t) => t,
+                // 400, not 404: the docker CLI would try to pull the image.
+                Err(Error::NotFound(_)) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "could not get container for {target}"
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(ep) = t
+                .spec
+                .networks
+                .iter()
+                .find(|e| networks.iter().any(|(n, _)| n.id == e.network))
+            else {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot link to {target}: it is on none of this container's networks"
+                )));
+            };
+            let ip = ep.ip;
+            spec.extra_hosts.push(format!("{alias}:{ip}"));
+            if &t.name != alias {
+                spec.extra_hosts.push(format!("{}:{ip}", t.name));
+            }
+            let var = alias.to_ascii_uppercase().replace(['-', '.'], "_");
+            let env = &mut spec.process.env;
+            let mut ports: Vec<(u16, String)> = t.config["ExposedPorts"]
+                .as_object()
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| {
+                            let (p, proto) = k.split_once('/').unwrap_or((k, "tcp"));
+                            Some((p.parse().ok()?, proto.to_string()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            ports.extend(
+                t.spec
+                    .ports
+                    .iter()
+                    .map(|p| (p.container_port, p.proto.clone())),
+            );
+            ports.sort();
+            ports.dedup();
+            if let Some((p, proto)) = ports.first() {
+                env.push(format!("{var}_PORT={proto}://{ip}:{p}"));
+            }
+            for (p, proto) in &ports {
+                let k = format!("{var}_PORT_{p}_{}", proto.to_ascii_uppercase());
+                env.push(format!("{k}={proto}://{ip}:{p}"));
+                env.push(format!("{k}_ADDR={ip}"));
+                env.push(format!("{k}_PORT={p}"));
+                env.push(format!("{k}_PROTO={proto}"));
+            }
+            for e in &t.spec.process.env {
+                if let Some((k, v)) = e.split_once('=')
+                    && !matches!(k, "HOME" | "PATH" | "HOSTNAME")
+                {
+                    env.push(format!("{var}_ENV_{k}={v}"));
+                }
+            }
+            names.push((var, alias.clone()));
+        }
+        Ok(names)
     }
 
     /// Gives every `host_port: 0` a free port in Docker's ephemeral range and checks

@@ -256,6 +256,8 @@ pub struct Planned {
     pub mounts: Vec<MountRequest>,
     /// `--volumes-from`: (container, read-only override).
     pub volumes_from: Vec<(String, Option<bool>)>,
+    /// `--link`: (container, alias).
+    pub links: Vec<(String, String)>,
 }
 
 /// Where a requested mount's data comes from.
@@ -531,6 +533,17 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         };
         volumes_from.push((name.to_string(), mode));
     }
+    let mut links = Vec::new();
+    for l in hc.links.clone().unwrap_or_default() {
+        // `name:alias` or `name`; the API also carries `/name:/self/alias`.
+        let (name, alias) = l.split_once(':').unwrap_or((&l, &l));
+        let name = name.trim_start_matches('/');
+        let alias = alias.rsplit('/').next().unwrap_or(alias);
+        if name.is_empty() || alias.is_empty() {
+            return bad(format!("invalid link: {l}"));
+        }
+        links.push((name.to_string(), alias.to_string()));
+    }
 
     let mut labels = image.labels.clone();
     for (k, v) in body.labels.clone().unwrap_or_default() {
@@ -685,6 +698,7 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         networks,
         mounts,
         volumes_from,
+        links,
     })
 }
 

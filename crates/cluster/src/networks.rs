@@ -567,6 +567,22 @@ impl Cluster {
         })
     }
 
+    /// Container `key` under its lock, as stored once the lock is held.
+    async fn locked_container(
+        &self,
+        account: &str,
+        key: &str,
+    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, ContainerRecord)> {
+        let c = self.find_container(account, key).await?;
+        let g = self.lock(&c.id).await;
+        let c = self
+            .store
+            .get_container(account, &c.id)
+            .await?
+            .ok_or_else(|| Error::no_such_container(key))?;
+        Ok((g, c))
+    }
+
     /// `docker network connect`: adds the network to the container (live
     /// when it runs).
     pub async fn connect_network(
@@ -577,13 +593,7 @@ impl Cluster {
         req: EndpointRequest,
     ) -> Result<()> {
         let n = self.find_network(account, network).await?;
-        let c = self.find_container(account, container).await?;
-        let _g = self.lock(&c.id).await;
-        let mut c = self
-            .store
-            .get_container(account, &c.id)
-            .await?
-            .ok_or_else(|| Error::no_such_container(container))?;
+        let (_g, mut c) = self.locked_container(account, container).await?;
         if c.spec.networks.is_empty()
             && c.config["HostConfig"]["NetworkMode"].as_str() == Some("none")
         {
@@ -646,13 +656,7 @@ impl Cluster {
         container: &str,
     ) -> Result<()> {
         let n = self.find_network(account, network).await?;
-        let c = self.find_container(account, container).await?;
-        let _g = self.lock(&c.id).await;
-        let mut c = self
-            .store
-            .get_container(account, &c.id)
-            .await?
-            .ok_or_else(|| Error::no_such_container(container))?;
+        let (_g, mut c) = self.locked_container(account, container).await?;
         let Some(pos) = c.spec.networks.iter().position(|e| e.network == n.id) else {
             return Err(Error::Forbidden(format!(
                 "container {} is not connected to network {}",

@@ -63,16 +63,7 @@ pub async fn list(
     let p = Params::parse(q.as_deref());
     let f = p.filters()?;
     f.only(&["dangling", "label", "before", "since", "reference", "until"])?;
-    let dangling = match f
-        .get("dangling")
-        .and_then(|v| v.first())
-        .map(String::as_str)
-    {
-        None => None,
-        Some("true") | Some("1") => Some(true),
-        Some("false") | Some("0") => Some(false),
-        Some(v) => return Err(ApiError::bad(format!("invalid filter 'dangling={v}'"))),
-    };
+    let dangling = f.boolean("dangling")?;
     let mut before = None;
     let mut since = None;
     if let Some(b) = f.get("before").and_then(|v| v.first()) {

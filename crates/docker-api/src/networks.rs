@@ -78,16 +78,7 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let f = Params::parse(q.as_deref()).filters()?;
     f.only(&["driver", "id", "label", "name", "scope", "type", "dangling"])?;
-    let dangling = match f
-        .get("dangling")
-        .and_then(|d| d.first())
-        .map(String::as_str)
-    {
-        None => None,
-        Some("true" | "1") => Some(true),
-        Some("false" | "0") => Some(false),
-        Some(other) => return Err(ApiError::bad(format!("invalid filter 'dangling={other}'"))),
-    };
+    let dangling = f.boolean("dangling")?;
     if let Some(t) = f.get("type") {
         for v in t {
             if v != "custom" && v != "builtin" {

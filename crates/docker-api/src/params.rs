@@ -114,6 +114,16 @@ impl Filters {
     pub fn get(&self, key: &str) -> Option<&[String]> {
         self.0.get(key).map(|v| v.as_slice())
     }
+    /// A true/false filter (`dangling=true`, `=1`, `=false`, `=0`); None
+    /// when absent, 400 otherwise.
+    pub fn boolean(&self, key: &str) -> ApiResult<Option<bool>> {
+        match self.get(key).and_then(|v| v.first()).map(String::as_str) {
+            None => Ok(None),
+            Some("true" | "1") => Ok(Some(true)),
+            Some("false" | "0") => Ok(Some(false)),
+            Some(v) => Err(ApiError::bad(format!("invalid filter '{key}={v}'"))),
+        }
+    }
     /// Fails on keys this endpoint does not know, as Docker does.
     pub fn only(&self, allowed: &[&str]) -> ApiResult<()> {
         for k in self.0.keys() {

@@ -74,18 +74,7 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let f = Params::parse(q.as_deref()).filters()?;
     f.only(&["name", "label", "dangling", "driver"])?;
-    let dangling = match f
-        .get("dangling")
-        .and_then(|d| d.first())
-        .map(String::as_str)
-    {
-        None => None,
-        Some("true" | "1") => Some(true),
-        Some("false" | "0") => Some(false),
-        Some(other) => {
-            return Err(ApiError::bad(format!("invalid filter 'dangling={other}'")));
-        }
-    };
+    let dangling = f.boolean("dangling")?;
     let mut out = Vec::new();
     for v in st.cluster.list_volumes(&acct.0).await? {
         if let Some(names) = f.get("name")

@@ -298,7 +298,9 @@ impl ServerNet {
             return Ok(());
         };
         s.users.remove(user);
-        if !s.users.is_empty() {
+        // A segment found at start and not claimed yet may still be claimed
+        // by a container being re-adopted: `collect_unused` decides.
+        if !s.users.is_empty() || s.seg.is_none() {
             return Ok(());
         }
         let r = self.remove_segment(vni).await;
