@@ -56,6 +56,19 @@ pub(crate) fn upstream(e: ClientError) -> Error {
     }
 }
 
+impl Cluster {
+    /// Pushes the maps of `networks` without holding up the caller (a
+    /// create or remove): the container's own server gets them before its
+    /// start anyway, and agents keep the newest version whatever the order.
+    pub(crate) fn push_maps_later(self: &Arc<Self>, networks: Vec<(String, u32)>) {
+        if networks.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.push_network_maps(&networks).await });
+    }
+}
+
 /// The networks of a container, as the overlay-map pushes name them.
 pub(crate) fn endpoint_keys(c: &ContainerRecord) -> Vec<(String, u32)> {
     c.spec
@@ -220,7 +233,7 @@ impl Cluster {
                     }
                     self.notify(&rec, false);
                     self.emit_container(&rec, "create", &[]);
-                    self.push_network_maps(&endpoint_keys(&rec)).await;
+                    self.push_maps_later(endpoint_keys(&rec));
                     return Ok((id, Vec::new()));
                 }
                 Err(StoreError::Conflict(what)) if what == "name" => {
@@ -664,7 +677,7 @@ impl Cluster {
         self.store.delete_container(account, &c.id).await?;
         self.notify(&c, true);
         self.emit_container(&c, "destroy", &[]);
-        self.push_network_maps(&endpoint_keys(&c)).await;
+        self.push_maps_later(endpoint_keys(&c));
         drop(_g);
         self.forget_lock(&c.id);
         self.forget_execs(&c.id);
