@@ -176,6 +176,15 @@ impl Agent {
         });
         agent.adopt().await;
         agent.net.collect_unused().await;
+        // Segments nobody uses linger a little, then go.
+        let weak = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(a) = weak.upgrade() else { return };
+                a.net.collect_idle(net::server::LINGER).await;
+            }
+        });
         Ok(agent)
     }
 

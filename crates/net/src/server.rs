@@ -47,7 +47,15 @@ struct Seg {
     seg: Option<Segment>,
     users: BTreeSet<String>,
     uplink: Option<Ipv4Addr>,
+    /// Since when nobody uses it (it lingers a little: see [`LINGER`]).
+    idle_since: Option<std::time::Instant>,
 }
+
+/// How long a segment nobody uses is kept before it is removed. Making one
+/// costs ≈ 12–15 ms (namespace, uplink, nft table), so a network whose only
+/// container comes and goes (`docker run --rm` in a loop) would pay it at
+/// every run; removal is deferred to [`ServerNet::collect_idle`].
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Default)]
 struct State {
@@ -172,6 +180,7 @@ impl ServerNet {
                     seg: None,
                     users: BTreeSet::new(),
                     uplink,
+                    idle_since: None,
                 },
             );
         }
@@ -225,6 +234,7 @@ impl ServerNet {
             && s.seg.is_some()
         {
             s.users.insert(user.to_string());
+            s.idle_since = None;
             return Ok(s.uplink);
         }
         let seg = self.segment(a);
@@ -244,6 +254,7 @@ impl ServerNet {
                 seg: None,
                 users: BTreeSet::new(),
                 uplink,
+                idle_since: None,
             },
         );
         let made = self.make_segment(&seg, uplink).await;
@@ -290,8 +301,9 @@ impl ServerNet {
         r
     }
 
-    /// Gives back container `user`'s use of segment `vni`; the last one
-    /// removes the segment.
+    /// Gives back container `user`'s use of segment `vni`; after the last
+    /// one the segment lingers for [`LINGER`], then
+    /// [`ServerNet::collect_idle`] removes it.
     async fn release(&self, user: &str, vni: u32) -> Result<(), NetError> {
         let mut st = self.state.lock().await;
         let Some(s) = st.segments.get_mut(&vni) else {
@@ -300,12 +312,30 @@ impl ServerNet {
         s.users.remove(user);
         // A segment found at start and not claimed yet may still be claimed
         // by a container being re-adopted: `collect_unused` decides.
-        if !s.users.is_empty() || s.seg.is_none() {
-            return Ok(());
+        if s.users.is_empty() && s.seg.is_some() && s.idle_since.is_none() {
+            s.idle_since = Some(std::time::Instant::now());
         }
-        let r = self.remove_segment(vni).await;
-        st.segments.remove(&vni);
-        r
+        Ok(())
+    }
+
+    /// Removes the segments nobody has used for `linger`. The agent calls it
+    /// every second.
+    pub async fn collect_idle(&self, linger: std::time::Duration) {
+        let mut st = self.state.lock().await;
+        let idle: Vec<u32> = st
+            .segments
+            .iter()
+            .filter(|(_, s)| {
+                s.users.is_empty() && s.idle_since.is_some_and(|t| t.elapsed() >= linger)
+            })
+            .map(|(v, _)| *v)
+            .collect();
+        for vni in idle {
+            if let Err(e) = self.remove_segment(vni).await {
+                tracing::warn!("removing idle segment {vni}: {e}");
+            }
+            st.segments.remove(&vni);
+        }
     }
 
     /// Wires container `id`: its namespace (owned by a new user namespace
@@ -430,6 +460,7 @@ impl ServerNet {
                 seg: None,
                 users: BTreeSet::new(),
                 uplink: None,
+                idle_since: None,
             });
             s.seg = Some(seg);
             s.users.insert(id.to_string());
