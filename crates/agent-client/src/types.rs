@@ -298,10 +298,6 @@ pub struct AgentInfo {
     pub operating_system: String,
     pub cgroup_version: String,
     pub runtime: String,
-    pub bridge: String,
-    /// CIDR of the local bridge network, e.g. "10.213.7.0/24".
-    pub subnet: String,
-    pub gateway: String,
     /// The server's underlay address, where other servers send its VXLAN
     /// traffic; None: a server alone (no VXLAN, networks stay local).
     #[serde(default)]

@@ -217,9 +217,6 @@ impl Agent {
                 "2".into()
             },
             runtime: "runc".into(),
-            bridge: self.net.node().bridge().to_string(),
-            subnet: self.net.node().subnet().to_string(),
-            gateway: self.net.node().gateway().to_string(),
             vtep: self.net.vtep(),
             disk_bytes: nix::sys::statvfs::statvfs(&self.cfg.dir)
                 .map(|s| s.blocks() * s.fragment_size())

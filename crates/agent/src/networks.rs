@@ -16,7 +16,8 @@ impl Agent {
             // nothing to tunnel to.
             if let Some(vtep) = m.vtep {
                 members.push(net::fabric::Member {
-                    mac: net::names::parse_mac(&m.mac)?,
+                    mac: net::names::parse_mac(&m.mac)
+                        .map_err(|e| AgentError::BadRequest(e.to_string()))?,
                     ip: m.ip,
                     vtep,
                 });
@@ -32,7 +33,7 @@ impl Agent {
     pub async fn connect_network(&self, id: &str, e: Endpoint) -> Result<(), AgentError> {
         let ctr = self.running_ctr(id)?;
         let _op = ctr.op.lock().await;
-        let a = attachment(&e)?;
+        let a = attachment(&e).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         {
             let spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner());
             if spec.networks.iter().any(|n| n.network == e.network) {

@@ -15,14 +15,7 @@ fn load_busybox(t: &Tenant) {
 /// Runs `script` in a fresh container of `t`; its combined output and exit code.
 fn attempt(t: &Tenant, script: &str) -> (String, i32) {
     let out = t.docker(&["run", "--rm", "busybox", "sh", "-c", script]);
-    (
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        out.status.code().unwrap_or(-1),
-    )
+    testkit::combined(&out)
 }
 
 #[test]

@@ -44,14 +44,7 @@ fn run_sh(
         "-c",
         script,
     ]);
-    (
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        out.status.code().unwrap_or(-1),
-    )
+    testkit::combined(&out)
 }
 
 #[test]
@@ -360,8 +353,14 @@ fn network_commands_on_one_server() {
     ] {
         assert!(out.contains(&want), "{want} in {out}");
     }
+    // Whatever else a create names and is missing, it is said so (not a
+    // 404, which the CLI would take for a missing image and try to pull).
     let err = a.docker_err(&["run", "--rm", "--link", "nope:x", "busybox", "true"]);
     assert!(err.contains("could not get container"), "{err}");
+    assert!(!err.contains("Unable to find image"), "{err}");
+    let err = a.docker_err(&["run", "--rm", "--volumes-from", "nope", "busybox", "true"]);
+    assert!(err.contains("No such container: nope"), "{err}");
+    assert!(!err.contains("Unable to find image"), "{err}");
     let err = a.docker_err(&[
         "run",
         "--rm",
@@ -392,8 +391,39 @@ fn network_commands_on_one_server() {
     assert!(!out.contains("default"), "{out}");
     assert!(out.contains("gw-ok"), "{out}");
 
+    // A container without networks cannot join one; bad filters are 400.
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "loner",
+        "--network",
+        "none",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let err = a.docker_err(&["network", "connect", "front", "loner"]);
+    assert!(err.contains("private (none) mode"), "{err}");
+    a.docker_ok(&["rm", "-f", "loner"]);
+    for filter in ["type=foo", "dangling=maybe", "colour=red"] {
+        let err = a.docker_err(&["network", "ls", "--filter", filter]);
+        assert!(err.contains("invalid filter"), "{filter}: {err}");
+    }
+
     // Prune takes unused networks only, never the default one.
     a.docker_ok(&["network", "create", "spare"]);
+    assert_eq!(
+        a.docker_ok(&[
+            "network",
+            "ls",
+            "--filter",
+            "dangling=true",
+            "--format",
+            "{{.Name}}"
+        ]),
+        "quiet\nspare"
+    );
     let pruned = a.docker_ok(&["network", "prune", "-f"]);
     assert!(
         pruned.contains("spare") && pruned.contains("quiet"),
@@ -438,6 +468,40 @@ fn network_commands_on_one_server() {
         || segments(&agent_dir).is_empty(),
         Duration::from_secs(10),
         "every segment to go",
+    );
+
+    // The agent's own network routes refuse what does not fit.
+    let sock = agent_dir.join("agent.sock");
+    let agent = |method: &str, path: &str, body: &str| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+            .args(["-H", "Content-Type: application/json", "--data", body])
+            .arg("--unix-socket")
+            .arg(&sock)
+            .arg(format!("http://agent{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let map = r#"{"vni":7,"version":1,"members":[]}"#;
+    assert_eq!(
+        agent("PUT", "/v1/networks/8", map),
+        "400",
+        "VNI of path and body differ"
+    );
+    assert_eq!(agent("PUT", "/v1/networks/7", "nonsense"), "400");
+    let bad_mac =
+        r#"{"vni":7,"version":1,"members":[{"mac":"zz","ip":"10.0.0.2","vtep":"10.1.1.1"}]}"#;
+    assert_eq!(agent("PUT", "/v1/networks/7", bad_mac), "400");
+    assert_eq!(agent("PUT", "/v1/networks/7", map), "204");
+    let ep = r#"{"network":"n","name":"n","vni":7,"subnet":"10.0.0.0/24","gateway":"10.0.0.1","ip":"10.0.0.2","mac":"02:42:0a:00:00:02"}"#;
+    assert_eq!(
+        agent(
+            "POST",
+            &format!("/v1/containers/{}/networks", "0".repeat(64)),
+            ep
+        ),
+        "404"
     );
 }
 

@@ -145,6 +145,29 @@ impl Cluster {
         let security =
             crate::security::check(account, &body.host_config.clone().unwrap_or_default())?;
         let image = self.find_image(account, &image_ref).await?;
+        // Anything else missing (a network, a `--link` or `--volumes-from`
+        // container) is a bad request here, not Docker's 404: the docker CLI
+        // takes any 404 from create for a missing image and tries to pull it.
+        self.create_from_image(account, name, body, rules, security, image, image_ref)
+            .await
+            .map_err(|e| match e {
+                Error::NotFound(m) => Error::InvalidArgument(m),
+                e => e,
+            })
+    }
+
+    /// The rest of [`Cluster::create_container`], once the image is known.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_from_image(
+        self: &Arc<Self>,
+        account: &str,
+        name: Option<String>,
+        body: ContainerCreateBody,
+        rules: Vec<placement::affinity::Rule>,
+        security: crate::security::Security,
+        image: crate::model::ImageRecord,
+        image_ref: String,
+    ) -> Result<(String, Vec<String>)> {
         let image_config = self.image_config(&image.id)?;
         let id = names::new_id();
         let mut planned = plan(&id, &body, &ImageDefaults::from_config(&image_config))?;
@@ -284,14 +307,12 @@ impl Cluster {
         let mut names = Vec::new();
         for (target, alias) in links {
             let t = match self.find_container(account, target).await {
-                Ok(t) => t,
-                // 400, not 404: the docker CLI would try to pull the image.
                 Err(Error::NotFound(_)) => {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::NotFound(format!(
                         "could not get container for {target}"
                     )));
                 }
-                Err(e) => return Err(e),
+                r => r?,
             };
             let Some(ep) = t
                 .spec

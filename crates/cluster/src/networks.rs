@@ -430,6 +430,17 @@ impl Cluster {
             .collect())
     }
 
+    /// The ids of the account's networks some container is on.
+    pub async fn networks_in_use(&self, account: &str) -> Result<BTreeSet<String>> {
+        Ok(self
+            .store
+            .list_containers(account)
+            .await?
+            .into_iter()
+            .flat_map(|c| c.spec.networks.into_iter().map(|e| e.network))
+            .collect())
+    }
+
     /// `docker network rm`: refused (409) while containers are on it; the
     /// default network cannot be removed (403).
     pub async fn remove_network(&self, account: &str, key: &str) -> Result<()> {
@@ -511,12 +522,7 @@ impl Cluster {
     ) -> Result<Vec<(NetworkRecord, EndpointRequest)>> {
         let mut out: Vec<(NetworkRecord, EndpointRequest)> = Vec::new();
         for r in reqs {
-            // 400, not Docker's 404: the docker CLI takes a 404 from create
-            // for a missing image and tries to pull it.
-            let n = match self.find_network(account, &r.network).await {
-                Err(Error::NotFound(m)) => return Err(Error::InvalidArgument(m)),
-                r => r?,
-            };
+            let n = self.find_network(account, &r.network).await?;
             if out.iter().any(|(o, _)| o.id == n.id) {
                 return Err(Error::InvalidArgument(format!(
                     "container cannot be connected to network {} twice",
@@ -730,6 +736,13 @@ impl Cluster {
     /// Sends the maps of `networks` to server `node` only.
     pub(crate) async fn push_maps_to_node(&self, node: &str, networks: &[(String, u32)]) {
         for (id, vni) in networks {
+            // Before every start: the version alone (one row) usually says
+            // the server has the map already.
+            if let Ok(v) = self.store.network_version(id).await
+                && self.pushed_version(node, id) == Some(v)
+            {
+                continue;
+            }
             match self.network_map(id, *vni).await {
                 Ok((map, _)) => self.send_map(node, id, &map).await,
                 Err(e) => tracing::warn!("overlay map of network {id}: {e}"),
@@ -737,17 +750,25 @@ impl Cluster {
         }
     }
 
+    /// The map version last sent to server `node` for `network`.
+    fn pushed_version(&self, node: &str, network: &str) -> Option<u64> {
+        self.pushed_maps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(node.to_string(), network.to_string()))
+            .copied()
+    }
+
     async fn send_map(&self, node: &str, network: &str, map: &NetworkMap) {
         let key = (node.to_string(), network.to_string());
-        let sent = |m: &HashMap<(String, String), u64>| m.get(&key).copied();
-        if sent(&self.pushed_maps.lock().unwrap_or_else(|p| p.into_inner())) == Some(map.version) {
+        if self.pushed_version(node, network) == Some(map.version) {
             return;
         }
         let Ok(agent) = self.agent(node) else { return };
         match agent.put_network_map(map).await {
             Ok(()) => {
                 let mut m = self.pushed_maps.lock().unwrap_or_else(|p| p.into_inner());
-                if sent(&m).is_none_or(|v| v < map.version) {
+                if m.get(&key).is_none_or(|v| *v < map.version) {
                     m.insert(key, map.version);
                 }
             }

@@ -57,6 +57,8 @@ pub trait Store: Send + Sync + 'static {
     /// and `delete_container` write from `spec.networks`; a taken address is
     /// `Conflict("ip")`).
     async fn network_endpoints(&self, network: &str) -> StoreResult<(u64, Vec<EndpointRow>)>;
+    /// Just the version of the network's overlay map.
+    async fn network_version(&self, network: &str) -> StoreResult<u64>;
 
     // volumes
     /// Fails with `Conflict` when the name is taken in this account.

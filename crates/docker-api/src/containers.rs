@@ -807,10 +807,7 @@ pub async fn prune(
     let p = Params::parse(q.as_deref());
     let f = p.filters()?;
     f.only(&["label", "label!", "until"])?;
-    let until = match f.get("until").and_then(|v| v.first()) {
-        Some(u) => Some(parse_until(u)?),
-        None => None,
-    };
+    let until = f.until()?;
     let removed = st
         .cluster
         .prune_containers(&acct.0, |c| {

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat};
 use cluster::create::ImageDefaults;
 use cluster::images::RemovedItem;
 use cluster::model::ImageRecord;
@@ -354,10 +354,7 @@ pub async fn prune(
             .map(String::as_str),
         Some("false") | Some("0")
     );
-    let until: Option<DateTime<Utc>> = match f.get("until").and_then(|v| v.first()) {
-        Some(u) => Some(crate::containers::parse_until(u)?),
-        None => None,
-    };
+    let until = f.until()?;
     let mut labels_of = std::collections::HashMap::new();
     for i in st.cluster.store().list_images(&acct.0).await? {
         let labels = ImageDefaults::from_config(&st.cluster.image_config(&i.id)?).labels;

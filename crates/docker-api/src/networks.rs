@@ -86,6 +86,10 @@ pub async fn list(
             }
         }
     }
+    let used = match dangling {
+        Some(_) => st.cluster.networks_in_use(&acct.0).await?,
+        None => Default::default(),
+    };
     let mut out = Vec::new();
     for n in st.cluster.list_networks(&acct.0).await? {
         let any = |key: &str, hit: &dyn Fn(&String) -> bool| {
@@ -101,7 +105,7 @@ pub async fn list(
             continue;
         }
         if let Some(d) = dangling {
-            let unused = st.cluster.network_containers(&acct.0, &n).await?.is_empty();
+            let unused = !used.contains(&n.id);
             if unused != d || (d && n.default) {
                 continue;
             }
@@ -153,21 +157,12 @@ pub async fn prune(
 ) -> ApiResult<Json<Value>> {
     let f = Params::parse(q.as_deref()).filters()?;
     f.only(&["label", "label!", "until"])?;
-    let until = match f.get("until").and_then(|v| v.first()) {
-        Some(u) => Some(crate::containers::parse_until(u)?),
-        None => None,
-    };
-    let mut keep_ids = std::collections::BTreeSet::new();
-    for n in st.cluster.list_networks(&acct.0).await? {
-        if !st.cluster.network_containers(&acct.0, &n).await?.is_empty() {
-            keep_ids.insert(n.id);
-        }
-    }
+    let until = f.until()?;
+    // Networks in use are kept by the store itself (it refuses their removal).
     let removed = st
         .cluster
         .prune_networks(&acct.0, |n| {
-            keep_ids.contains(&n.id)
-                || !f.labels_match("label", &n.labels)
+            !f.labels_match("label", &n.labels)
                 || f.labels_exclude("label!", &n.labels)
                 || until.is_some_and(|u| n.created > u)
         })

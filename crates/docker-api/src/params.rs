@@ -124,6 +124,13 @@ impl Filters {
             Some(v) => Err(ApiError::bad(format!("invalid filter '{key}={v}'"))),
         }
     }
+    /// The prune filter `until=` (a timestamp, RFC 3339 or a duration ago).
+    pub fn until(&self) -> ApiResult<Option<chrono::DateTime<chrono::Utc>>> {
+        self.get("until")
+            .and_then(|v| v.first())
+            .map(|u| crate::containers::parse_until(u))
+            .transpose()
+    }
     /// Fails on keys this endpoint does not know, as Docker does.
     pub fn only(&self, allowed: &[&str]) -> ApiResult<()> {
         for k in self.0.keys() {

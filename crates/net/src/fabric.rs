@@ -33,8 +33,8 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 use crate::error::NetError;
 use crate::ipv4net::Ipv4Net;
 use crate::link::{
-    NsConn, add_veth, allow_exists, configure_iface, ensure_bridge_with, ipv4_addrs, link_by_name,
-    nl, require_link,
+    NsConn, add_veth, all_links, allow_exists, configure_iface, ensure_bridge_with, ipv4_addrs,
+    link_by_name, nl, require_link,
 };
 use crate::netns::{NetnsOps, RealNetns};
 
@@ -368,14 +368,7 @@ impl Fabric {
         if RealNetns.exists(&path) {
             let ns = NsConn::open(&path)?;
             let h = &ns.handle;
-            let links: Vec<_> = h
-                .link()
-                .get()
-                .execute()
-                .try_collect()
-                .await
-                .map_err(nl("list links"))?;
-            for l in links.iter().filter(|l| l.header.index != 1) {
+            for l in all_links(h).await?.iter().filter(|l| l.header.index != 1) {
                 match h.link().del(l.header.index).execute().await {
                     // A veth's peer goes with it.
                     Err(rtnetlink::Error::NetlinkError(e)) if -e.raw_code() == libc::ENODEV => {}

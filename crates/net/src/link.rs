@@ -102,6 +102,16 @@ pub(crate) async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMe
     }
 }
 
+/// Every link of `h`'s namespace.
+pub(crate) async fn all_links(h: &Handle) -> Result<Vec<LinkMessage>, NetError> {
+    h.link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("list links"))
+}
+
 pub(crate) async fn require_link(h: &Handle, name: &str) -> Result<LinkMessage, NetError> {
     link_by_name(h, name)
         .await?
@@ -492,15 +502,8 @@ impl LinkOps for RtLinks {
     }
 
     async fn link_names(&self) -> Result<Vec<String>, NetError> {
-        let links: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list links"))?;
-        Ok(links
+        Ok(all_links(&self.handle)
+            .await?
             .iter()
             .filter_map(|l| link_name(l).map(str::to_string))
             .collect())

@@ -192,10 +192,6 @@ impl ServerNet {
         })
     }
 
-    pub fn node(&self) -> &NodeNet {
-        &self.node
-    }
-
     pub fn vtep(&self) -> Option<Ipv4Addr> {
         self.vtep
     }
@@ -502,11 +498,6 @@ impl ServerNet {
         }
         st.maps.insert(vni, (version, members));
         Ok(())
-    }
-
-    /// How many segments this server holds (for tests and status).
-    pub async fn segment_count(&self) -> usize {
-        self.state.lock().await.segments.len()
     }
 }
 

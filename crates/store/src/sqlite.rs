@@ -498,6 +498,17 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn network_version(&self, network: &str) -> StoreResult<u64> {
+        let v: i64 = sqlx::query("SELECT version FROM networks WHERE id = ?")
+            .bind(network)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|r| r.get(0))
+            .ok_or(StoreError::NotFound)?;
+        Ok(v as u64)
+    }
+
     async fn network_endpoints(&self, network: &str) -> StoreResult<(u64, Vec<EndpointRow>)> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let version: i64 = sqlx::query("SELECT version FROM networks WHERE id = ?")

@@ -164,6 +164,11 @@ async fn networks_vnis_endpoints_and_versions() {
     c.state.pid = 42;
     s.update_container(&c).await.unwrap();
     assert_eq!(s.network_endpoints("n1").await.unwrap().0, va);
+    assert_eq!(s.network_version("n1").await.unwrap(), va);
+    assert!(matches!(
+        s.network_version("gone").await,
+        Err(StoreError::NotFound)
+    ));
     assert!(matches!(
         s.delete_network("alice", "n1").await,
         Err(StoreError::Conflict(_))

@@ -16,6 +16,19 @@ pub use tenant::Tenant;
 pub use testimages::{ImageFacts, TestImages, sha256_hex, test_images};
 pub use wait::{try_wait_for_some, wait_for, wait_for_some};
 
+/// A finished command's stdout and stderr together, and its exit code (-1
+/// when killed by a signal).
+pub fn combined(out: &std::process::Output) -> (String, i32) {
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
 /// Parses command output as JSON; panics with the text if it is not.
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
