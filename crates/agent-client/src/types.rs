@@ -85,6 +85,17 @@ pub struct PortMapping {
     pub host_port: u16,
 }
 
+/// A container's address on the datacenter's public network (Triton's
+/// model: a published port is reached at the container's own address, so
+/// tenants never compete for ports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicAddress {
+    pub ip: Ipv4Addr,
+    /// The public network's CIDR and gateway, as the operator set them.
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+}
+
 /// One network a container is attached to (a fabric network: its account's
 /// VXLAN segment, spanning servers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,9 +249,14 @@ pub struct ContainerSpec {
     /// default route (unless internal). Empty: `--network none`.
     #[serde(default)]
     pub networks: Vec<Endpoint>,
-    /// Published ports, reached through the first network.
+    /// Published ports, reached through the first network: on `public`
+    /// when the container has one, else on the server's own addresses.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// The container's own address on the datacenter's public network
+    /// (where the operator configured one and the container publishes ports).
+    #[serde(default)]
+    pub public: Option<PublicAddress>,
     pub dns: Vec<String>,
     pub dns_search: Vec<String>,
     pub dns_options: Vec<String>,

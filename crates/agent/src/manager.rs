@@ -32,6 +32,10 @@ pub struct AgentConfig {
     /// The server's underlay address (its VXLAN endpoint); None: networks
     /// stay on this server.
     pub vtep: Option<std::net::Ipv4Addr>,
+    /// The server's interface on the datacenter's public network: where
+    /// containers' public addresses are answered for. None: containers with
+    /// public addresses cannot run here.
+    pub public_interface: Option<String>,
 }
 
 /// Where an attach client waits for the container's next start.
@@ -88,6 +92,20 @@ pub(crate) fn attachment(e: &agent_client::Endpoint) -> Result<net::Attachment, 
         mac: net::names::parse_mac(&e.mac)?,
         internal: e.internal,
     })
+}
+
+/// A spec's public address as the server routes it.
+fn public_ip(spec: &ContainerSpec) -> Result<Option<net::PublicIp>, net::NetError> {
+    spec.public
+        .as_ref()
+        .map(|p| {
+            Ok(net::PublicIp {
+                ip: p.ip,
+                subnet: p.subnet.parse()?,
+                gateway: p.gateway,
+            })
+        })
+        .transpose()
 }
 
 /// Where a container's resolver forwards what it cannot answer.
@@ -156,6 +174,13 @@ impl Agent {
                 subnet: None,
             },
             cfg.vtep,
+            match &cfg.public_interface {
+                Some(iface) => Some(net::PublicSide::new(
+                    iface.clone(),
+                    Box::new(net::RtPublic::new(Box::new(net::ProcSysctl))?),
+                )),
+                None => None,
+            },
         )
         .await?;
         let runc = Runc::new(PathBuf::from("runc"), cfg.dir.join("runc"));
@@ -454,6 +479,7 @@ impl Agent {
                         spec.userns.as_ref().map(crate::userns::owner),
                         &attachments(spec)?,
                         &ports,
+                        public_ip(spec)?.as_ref(),
                     )
                     .await?,
             )
@@ -521,7 +547,12 @@ impl Agent {
             let r = match attachments(spec) {
                 Ok(nets) => {
                     self.net
-                        .detach(&spec.id, &nets, !spec.ports.is_empty())
+                        .detach(
+                            &spec.id,
+                            &nets,
+                            !spec.ports.is_empty(),
+                            spec.public.as_ref().map(|p| p.ip),
+                        )
                         .await
                 }
                 Err(e) => Err(e),

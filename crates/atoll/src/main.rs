@@ -75,6 +75,10 @@ enum Cmd {
         /// tcp://ADDR:PORT where the head reaches this agent, if not --listen's.
         #[arg(long)]
         advertise: Option<String>,
+        /// The interface on the datacenter's public network, where this server
+        /// answers for the public addresses of its containers.
+        #[arg(long)]
+        public_interface: Option<String>,
     },
     /// Stop everything an instance created (containers, mounts, network devices)
     /// and remove its state.
@@ -103,6 +107,14 @@ enum Cmd {
         /// spread: fewest of the account's containers first; pack: fullest server that fits.
         #[arg(long)]
         strategy: Option<String>,
+    },
+    /// Show or set the datacenter's public network, where containers that
+    /// publish ports get their own address (operator).
+    Network {
+        #[command(flatten)]
+        target: operator::Target,
+        #[command(subcommand)]
+        cmd: operator::NetworkCmd,
     },
     /// Write an operator certificate (ca.pem, cert.pem, key.pem) for operator
     /// commands from another machine (`--head ADDR:PORT --cert-dir DIR`).
@@ -217,6 +229,7 @@ fn main() -> std::process::ExitCode {
                 token,
                 name,
                 advertise,
+                public_interface,
             } => {
                 up::agent(up::AgentOptions {
                     data_dir,
@@ -225,6 +238,7 @@ fn main() -> std::process::ExitCode {
                     token,
                     name,
                     advertise,
+                    public_interface,
                 })
                 .await
             }
@@ -233,6 +247,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Package { target, cmd } => operator::package(&target, cmd).await,
             Cmd::Container { target, cmd } => operator::container(&target, cmd).await,
             Cmd::Placement { target, strategy } => operator::placement(&target, strategy).await,
+            Cmd::Network { target, cmd } => operator::network(&target, cmd).await,
             Cmd::Cert { target, name, out } => operator::cert(&target, &name, &out).await,
             Cmd::Account { target, cmd } => accounts::account(&target, cmd).await,
         }

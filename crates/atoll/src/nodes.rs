@@ -10,6 +10,7 @@
 //! pinned network namespace; the underlay bridge is `au<inst>` on the host, the
 //! host side of server i's veth `au<inst>n<i>`.
 
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,20 @@ fn veth_name(inst: &Instance, i: usize) -> String {
     format!("au{}n{i}", inst.id)
 }
 
+/// The datacenter's public network: a bridge on the host (holding the
+/// public gateway's address, so the host is "the world") that every server
+/// joins through its `pub0`.
+fn public_bridge_name(inst: &Instance) -> String {
+    format!("ap{}", inst.id)
+}
+
+fn public_veth_name(inst: &Instance, i: usize) -> String {
+    format!("ap{}n{i}", inst.id)
+}
+
+/// A simulated server's interface on the public network.
+pub const PUBLIC_INTERFACE: &str = "pub0";
+
 fn netns_path(inst: &Instance, i: usize) -> PathBuf {
     nodes_dir(inst).join(format!("{}.netns", node_name(i)))
 }
@@ -65,27 +80,38 @@ pub struct Underlay {
     /// `ADDR:PORT` of the head's cluster port (the bridge's address).
     pub head_address: String,
     pub nodes: Vec<Node>,
+    /// The public network the servers are on.
+    pub public: cluster::public::PublicNetwork,
+}
+
+/// A bridge of the host with `gateway/prefix` of a subnet picked for `key`:
+/// the one it has (restarts keep it), else a free one.
+async fn host_bridge(links: &RtLinks, name: &str, key: &str) -> Result<(Ipv4Net, Ipv4Addr)> {
+    let subnet = match links.link_ipv4(name).await? {
+        Some(addrs) if !addrs.is_empty() => Ipv4Net::new(addrs[0].0, addrs[0].1)?,
+        _ => {
+            let used = links.host_ipv4_nets().await?;
+            net::names::pick_subnet(key, &used)?
+        }
+    };
+    let gateway = subnet.host(1).context("bridge address")?;
+    let mut mac = net::names::bridge_mac(name);
+    mac[5] ^= 0x55;
+    links
+        .ensure_bridge(name, mac, gateway, subnet.prefix())
+        .await
+        .with_context(|| format!("creating bridge {name}"))?;
+    Ok((subnet, gateway))
 }
 
 /// The underlay (bridge + one namespace and veth per server), created or found.
 pub async fn setup(inst: &Instance, count: usize) -> Result<Underlay> {
     let links = RtLinks::new().context("opening netlink")?;
     let bridge = bridge_name(inst);
-    // The same subnet across restarts: what the bridge has, else a free one.
-    let subnet = match links.link_ipv4(&bridge).await? {
-        Some(addrs) if !addrs.is_empty() => Ipv4Net::new(addrs[0].0, addrs[0].1)?,
-        _ => {
-            let used = links.host_ipv4_nets().await?;
-            net::names::pick_subnet(&format!("u{}", inst.id), &used)?
-        }
-    };
-    let gateway = subnet.host(1).context("underlay gateway")?;
-    let mut mac = net::names::bridge_mac(&bridge);
-    mac[5] ^= 0x55;
-    links
-        .ensure_bridge(&bridge, mac, gateway, subnet.prefix())
-        .await
-        .context("creating the underlay bridge")?;
+    let (subnet, gateway) = host_bridge(&links, &bridge, &format!("u{}", inst.id)).await?;
+    let public_bridge = public_bridge_name(inst);
+    let (public_subnet, public_gateway) =
+        host_bridge(&links, &public_bridge, &format!("p{}", inst.id)).await?;
     let mut nodes = Vec::new();
     for i in 1..=count {
         let ip = subnet.host(10 + i as u32).context("underlay address")?;
@@ -111,6 +137,18 @@ pub async fn setup(inst: &Instance, count: usize) -> Result<Underlay> {
                 links.create_veth(&spec).await?;
             }
         }
+        let mut mac = node_mac(inst, i);
+        mac[1] ^= 0x01;
+        links
+            .ensure_port(
+                &public_veth_name(inst, i),
+                &public_bridge,
+                &ns,
+                PUBLIC_INTERFACE,
+                mac,
+            )
+            .await
+            .context("joining a server to the public network")?;
         nodes.push(Node {
             name: node_name(i),
             address: format!("tcp://{ip}:{AGENT_PORT}"),
@@ -122,6 +160,11 @@ pub async fn setup(inst: &Instance, count: usize) -> Result<Underlay> {
     Ok(Underlay {
         head_address: format!("{gateway}:{HEAD_PORT}"),
         nodes,
+        public: cluster::public::PublicNetwork {
+            subnet: public_subnet.to_string(),
+            gateway: public_gateway,
+            range: public_subnet.to_string(),
+        },
     })
 }
 
@@ -182,6 +225,8 @@ impl Node {
             .arg(head)
             .arg("--name")
             .arg(&self.name)
+            .arg("--public-interface")
+            .arg(PUBLIC_INTERFACE)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -349,7 +394,9 @@ pub async fn reset(inst: &Instance, exe: &Path) -> Result<()> {
     let links = RtLinks::new()?;
     for &i in &indexes {
         let _ = links.delete_link(&veth_name(inst, i)).await;
+        let _ = links.delete_link(&public_veth_name(inst, i)).await;
     }
     let _ = links.delete_link(&bridge_name(inst)).await;
+    let _ = links.delete_link(&public_bridge_name(inst)).await;
     Ok(())
 }

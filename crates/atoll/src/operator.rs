@@ -1,4 +1,4 @@
-//! Operator commands (`atoll server|package|container|placement|cert …`): a
+//! Operator commands (`atoll server|package|container|placement|network|cert …`): a
 //! client of the head's operator API, on `<data>/head/operator.sock` on the
 //! head's machine, or on its cluster port over TLS with an operator certificate
 //! (`--head ADDR:PORT --cert-dir DIR`). Tables for people, `--json` for programs.
@@ -93,6 +93,58 @@ pub enum PackageCmd {
     },
     /// Delete a package (containers sized by it keep their limits).
     Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Show the public network, or set it: containers that publish ports
+    /// get an address of `--range` and are reached there.
+    Public {
+        /// CIDR of the public network, e.g. 198.51.100.0/24.
+        #[arg(long, requires_all = ["gateway"])]
+        subnet: Option<String>,
+        /// The datacenter's router on it.
+        #[arg(long, requires = "subnet")]
+        gateway: Option<std::net::Ipv4Addr>,
+        /// CIDR inside the subnet for containers' addresses (default: all of it).
+        #[arg(long, requires = "subnet")]
+        range: Option<String>,
+        /// Remove the public network (ports are then published on servers).
+        #[arg(long, conflicts_with = "subnet")]
+        remove: bool,
+    },
+}
+
+/// `atoll network public`.
+pub async fn network(t: &Target, cmd: NetworkCmd) -> Result<()> {
+    let NetworkCmd::Public {
+        subnet,
+        gateway,
+        range,
+        remove,
+    } = cmd;
+    let c = Client::new(t)?;
+    let v = if remove {
+        c.call("DELETE", "/v1/public-network", None).await?
+    } else if let (Some(subnet), Some(gateway)) = (subnet, gateway) {
+        let range = range.unwrap_or_else(|| subnet.clone());
+        let body = serde_json::to_vec(
+            &serde_json::json!({ "subnet": subnet, "gateway": gateway, "range": range }),
+        )?;
+        c.call("PUT", "/v1/public-network", Some(body)).await?
+    } else {
+        c.call("GET", "/v1/public-network", None).await?
+    };
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if v.is_null() {
+        println!("no public network: ports are published on the containers' servers");
+    } else {
+        println!("subnet:  {}", str_of(&v["subnet"]));
+        println!("gateway: {}", str_of(&v["gateway"]));
+        println!("range:   {}", str_of(&v["range"]));
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]

@@ -102,6 +102,18 @@ pub async fn run(o: HeadOptions) -> Result<()> {
             .await
             .context("setting up the simulated datacenter")?;
         cluster_listen.get_or_insert(servers.head_address.clone());
+        // The simulated datacenter owns its public network: the operator's
+        // range is kept while it fits the bridge's subnet.
+        let kept = cluster.public_network().await?;
+        if kept
+            .as_ref()
+            .is_none_or(|p| p.subnet != servers.public.subnet)
+            && let Err(e) = cluster
+                .set_public_network(Some(servers.public.clone()))
+                .await
+        {
+            tracing::warn!("setting the public network: {e}");
+        }
         simulated = Some(servers);
     }
     let mut cluster_task = None;
@@ -125,7 +137,7 @@ pub async fn run(o: HeadOptions) -> Result<()> {
             let agent_sock = inst.agent_socket();
             let listener = agent_client::serve::bind_unix(&agent_sock)
                 .with_context(|| format!("binding {}", agent_sock.display()))?;
-            let agent = start_agent(&inst, exe, None).await?;
+            let agent = start_agent(&inst, exe, None, None).await?;
             agent_task = Some(tokio::spawn(agent::serve(
                 listener,
                 agent,
@@ -264,6 +276,7 @@ pub struct AgentOptions {
     pub token: Option<String>,
     pub name: Option<String>,
     pub advertise: Option<String>,
+    pub public_interface: Option<String>,
 }
 
 /// `atoll agent`: one server's agent, serving until SIGTERM/SIGINT. On TCP it
@@ -325,7 +338,7 @@ pub async fn agent(o: AgentOptions) -> Result<()> {
             "no underlay address (a loopback or wildcard --listen without --advertise): this server's networks stay on it (no VXLAN)"
         );
     }
-    let agent = start_agent(&inst, exe, vtep).await?;
+    let agent = start_agent(&inst, exe, vtep, o.public_interface.clone()).await?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         let _ = stop_rx.changed().await;
@@ -407,12 +420,14 @@ async fn start_agent(
     inst: &Instance,
     exe: PathBuf,
     vtep: Option<std::net::Ipv4Addr>,
+    public_interface: Option<String>,
 ) -> Result<Arc<agent::Agent>> {
     agent::Agent::start(agent::AgentConfig {
         dir: inst.agent_dir(),
         instance: inst.id.clone(),
         exe,
         vtep,
+        public_interface,
     })
     .await
     .context("starting the agent")

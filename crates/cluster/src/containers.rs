@@ -219,11 +219,24 @@ impl Cluster {
             .resolve_links(account, &networks, &planned.links, &mut rec.spec)
             .await?;
         let env = rec.spec.process.env.clone();
-        if !planned.ports.is_empty() {
+        let public = if planned.ports.is_empty() {
+            None
+        } else {
+            if networks.first().is_some_and(|(n, _)| n.internal) {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot publish ports: the container's first network {} is internal",
+                    networks[0].0.name
+                )));
+            }
             let mut ports = planned.ports.clone();
-            self.assign_host_ports(&node.id, &mut ports).await?;
+            let public = self.public_network().await?;
+            match &public {
+                Some(_) => crate::public::public_ports(&mut ports)?,
+                None => self.assign_host_ports(&node.id, &mut ports).await?,
+            }
             rec.spec.ports = ports;
-        }
+            public
+        };
         for attempt in 0..64u32 {
             rec.name = match &name {
                 Some(n) => n.clone(),
@@ -236,6 +249,9 @@ impl Cluster {
                     .process
                     .env
                     .push(format!("{var}_NAME=/{}/{alias}", rec.name));
+            }
+            if let Some(net) = &public {
+                rec.spec.public = Some(self.allocate_public(net).await?);
             }
             rec.spec.networks.clear();
             for (n, req) in &networks {
@@ -273,6 +289,7 @@ impl Cluster {
                         return Err(Error::Forbidden("Address already in use".into()));
                     }
                 }
+                Err(StoreError::Conflict(what)) if what == "public ip" => {}
                 Err(StoreError::Conflict(what)) if what == "network gone" => {
                     return Err(Error::NotFound(
                         "a network of the container was removed meanwhile".into(),
@@ -382,6 +399,7 @@ impl Cluster {
         let others = self.store.containers_on_node(node).await?;
         let taken: Vec<(String, u16)> = others
             .iter()
+            .filter(|c| c.spec.public.is_none())
             .flat_map(|c| c.spec.ports.iter().map(|p| (p.proto.clone(), p.host_port)))
             .collect();
         let mut mine: Vec<(String, u16)> = Vec::new();
@@ -471,11 +489,13 @@ impl Cluster {
     /// Starts a container; the caller holds its lock.
     async fn start_locked(&self, mut c: ContainerRecord) -> Result<()> {
         self.ensure_layers(&c).await?;
-        if !c.spec.ports.is_empty() {
+        // A container with its own public address competes with nobody.
+        if !c.spec.ports.is_empty() && c.spec.public.is_none() {
             let others = self.store.containers_on_node(&c.node).await?;
             for p in &c.spec.ports {
                 let clash = others.iter().find(|o| {
                     o.id != c.id
+                        && o.spec.public.is_none()
                         && o.state.status.is_running()
                         && o.spec
                             .ports

@@ -668,6 +668,7 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         },
         networks: Vec::new(),
         ports: Vec::new(),
+        public: None,
         dns: hc.dns.clone().unwrap_or_default(),
         dns_search: hc.dns_search.clone().unwrap_or_default(),
         dns_options: hc.dns_options.clone().unwrap_or_default(),

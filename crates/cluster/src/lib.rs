@@ -15,6 +15,7 @@ pub mod membership;
 pub mod model;
 pub mod names;
 pub mod networks;
+pub mod public;
 pub mod security;
 pub mod servers;
 pub mod store;

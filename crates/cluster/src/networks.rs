@@ -78,6 +78,17 @@ impl Cidr {
         self.network() <= o.broadcast() && o.network() <= self.broadcast()
     }
 
+    /// Whether `ip` is the network's or the broadcast address.
+    pub fn is_edge(&self, ip: Ipv4Addr) -> bool {
+        let u = u32::from(ip);
+        u == self.network() || u == self.broadcast()
+    }
+
+    /// Every address of the block, in order.
+    pub fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
+        (self.network()..=self.broadcast()).map(Ipv4Addr::from)
+    }
+
     /// The first usable address (the default gateway).
     fn first_host(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.network() + 1)

@@ -59,6 +59,9 @@ pub trait Store: Send + Sync + 'static {
     async fn network_endpoints(&self, network: &str) -> StoreResult<(u64, Vec<EndpointRow>)>;
     /// Just the version of the network's overlay map.
     async fn network_version(&self, network: &str) -> StoreResult<u64>;
+    /// Every public address held by a container (`spec.public`, unique in
+    /// the datacenter: a taken one is `Conflict("public ip")`).
+    async fn public_ips(&self) -> StoreResult<Vec<std::net::Ipv4Addr>>;
 
     // volumes
     /// Fails with `Conflict` when the name is taken in this account.

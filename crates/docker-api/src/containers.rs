@@ -118,13 +118,23 @@ pub fn status_text(c: &ContainerRecord) -> String {
     }
 }
 
+/// Where a published port is reached: the container's public address, else
+/// the host address it was bound to (all of them: 0.0.0.0).
+fn published_ip(c: &ContainerRecord, p: &agent_client::PortMapping) -> String {
+    match &c.spec.public {
+        Some(public) => public.ip.to_string(),
+        None if p.host_ip.is_empty() => "0.0.0.0".into(),
+        None => p.host_ip.clone(),
+    }
+}
+
 fn ports_json(c: &ContainerRecord, running: bool) -> Vec<Value> {
     c.spec
         .ports
         .iter()
         .map(|p| {
             if running {
-                json!({"IP": if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip },
+                json!({"IP": published_ip(c, p),
                        "PrivatePort": p.container_port, "PublicPort": p.host_port, "Type": p.proto})
             } else {
                 json!({"PrivatePort": p.container_port, "Type": p.proto})
@@ -431,7 +441,7 @@ pub async fn inspect(
     for p in &c.spec.ports {
         let key = format!("{}/{}", p.container_port, p.proto);
         let v = if running {
-            json!([{"HostIp": if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip }, "HostPort": p.host_port.to_string()}])
+            json!([{"HostIp": published_ip(&c, p), "HostPort": p.host_port.to_string()}])
         } else {
             Value::Null
         };

@@ -26,6 +26,8 @@ pub enum NetError {
     NoFreeSubnet,
     #[error("container bridge already uses subnet {existing}, not the requested {wanted}")]
     SubnetMismatch { existing: Ipv4Net, wanted: Ipv4Net },
+    #[error("this server is not on the public network (its agent has no --public-interface)")]
+    NoPublicInterface,
     #[error("interface name {0} is already used by another container")]
     NameCollision(String),
     #[error("netlink {op} failed: {msg}")]

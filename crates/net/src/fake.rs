@@ -439,3 +439,39 @@ impl Nft for FakeNft {
         Ok(Some(serde_json::json!({ "nftables": items }).to_string()))
     }
 }
+
+/// Records the public side's kernel operations.
+#[derive(Clone, Default)]
+pub struct FakePublic {
+    calls: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl FakePublic {
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+}
+
+#[async_trait]
+impl crate::public::PublicRouting for FakePublic {
+    async fn prepare(
+        &self,
+        iface: &str,
+        bridge: &str,
+        subnet: Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetError> {
+        lock(&self.calls).push(format!("prepare {iface} {bridge} {subnet} {gateway}"));
+        Ok(())
+    }
+
+    async fn route(&self, iface: &str, ip: Ipv4Addr, via: Ipv4Addr) -> Result<(), NetError> {
+        lock(&self.calls).push(format!("route {iface} {ip} {via}"));
+        Ok(())
+    }
+
+    async fn unroute(&self, iface: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+        lock(&self.calls).push(format!("unroute {iface} {ip}"));
+        Ok(())
+    }
+}

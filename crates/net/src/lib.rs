@@ -18,6 +18,7 @@ pub mod names;
 pub mod netns;
 pub mod nft;
 pub mod node;
+pub mod public;
 pub mod server;
 pub mod sysctl;
 
@@ -27,6 +28,7 @@ pub use link::{LinkOps, RtLinks, VethSpec, VethState};
 pub use netns::{NetnsOps, RealNetns};
 pub use nft::{Nft, NftCmd, PortMapping};
 pub use node::{Backend, NodeNet, NodeNetConfig};
+pub use public::{PublicIp, PublicSide, RtPublic};
 pub use server::{Attachment, ServerNet};
 pub use sysctl::{ProcSysctl, Sysctl};
 

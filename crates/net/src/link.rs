@@ -304,6 +304,34 @@ impl RtLinks {
     async fn configure_inside(&self, spec: &VethSpec) -> Result<(), NetError> {
         configure_container(spec).await
     }
+
+    /// A bare port of `bridge` for the namespace at `netns`: veth `host` on
+    /// the bridge, its peer `peer` (with `mac`, up, no address) inside. Kept
+    /// when `host` exists. (A simulated server's interface on the public
+    /// network.)
+    pub async fn ensure_port(
+        &self,
+        host: &str,
+        bridge: &str,
+        netns: &Path,
+        peer: &str,
+        mac: [u8; 6],
+    ) -> Result<(), NetError> {
+        let h = &self.handle;
+        if link_by_name(h, host).await?.is_some() {
+            return Ok(());
+        }
+        let br = require_link(h, bridge).await?.header.index;
+        add_veth(h, host, br, netns, peer, mac).await?;
+        let ns = NsConn::open(netns)?;
+        let idx = require_link(&ns.handle, peer).await?.header.index;
+        ns.handle
+            .link()
+            .set(LinkUnspec::new_with_index(idx).up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("set {peer} up")))
+    }
 }
 
 /// A veth through `h`: `name` on bridge `bridge` (up), its peer `eth0` with

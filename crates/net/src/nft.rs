@@ -202,6 +202,24 @@ pub fn port_isolation_script(
     s
 }
 
+/// Adds (or deletes) one more source `ip` of `port` (with `mac`), in one
+/// idempotent transaction: the add makes the delete safe when it is absent.
+pub fn source_element_script(
+    table: &str,
+    port: &str,
+    mac: &[u8; 6],
+    ip: Ipv4Addr,
+    add: bool,
+) -> String {
+    let t = format!("{BRIDGE_FAMILY} {table}");
+    let elem = format!("{{ \"{port}\" . {} . {ip} }}", mac_text(mac));
+    let mut s = format!("add element {t} port_id {elem}\n");
+    if !add {
+        s.push_str(&format!("delete element {t} port_id {elem}\n"));
+    }
+    s
+}
+
 /// Deletes the given elements (`(set, element)`, as `nft -j` lists them and
 /// [`isolation_elements`] returns them) in one run.
 pub fn isolation_delete_script(table: &str, elems: &[(String, String)]) -> String {

@@ -391,6 +391,22 @@ impl NodeNet {
         self.replace_port_rules(id, &rules).await
     }
 
+    /// Lets the port of `id` (with `mac`) also send from `ip`, or (`allow`
+    /// false) no longer: a router's uplink answers for the public addresses
+    /// it forwards to. Idempotent.
+    pub async fn allow_source(
+        &self,
+        id: &str,
+        mac: &str,
+        ip: Ipv4Addr,
+        allow: bool,
+    ) -> Result<(), NetError> {
+        names::validate_id(id)?;
+        let mac = names::parse_mac(mac)?;
+        let script = nft::source_element_script(&self.table, &self.host_veth(id), &mac, ip, allow);
+        self.b.nft.apply(&script).await
+    }
+
     /// Removes `id`'s published ports. Idempotent.
     pub async fn unpublish(&self, id: &str) -> Result<(), NetError> {
         self.replace_port_rules(id, "").await

@@ -24,6 +24,7 @@ use crate::ipv4net::Ipv4Net;
 use crate::netns::UserNs;
 use crate::nft::{self, FAMILY, Nft, NftCmd, PORTMAP_CHAIN, PortMapping};
 use crate::node::{NodeNet, NodeNetConfig};
+use crate::public::{PublicIp, PublicSide};
 
 /// The nft table inside every router namespace (each namespace has its own).
 const ROUTER_TABLE: &str = "atoll";
@@ -68,6 +69,8 @@ pub struct ServerNet {
     node: NodeNet,
     fabric: Fabric,
     vtep: Option<Ipv4Addr>,
+    /// The server's interface on the datacenter's public network, if any.
+    public: Option<PublicSide>,
     /// Segment bookkeeping; held while a segment is made or removed, so a
     /// container never joins one being taken down.
     state: tokio::sync::Mutex<State>,
@@ -90,6 +93,12 @@ fn router_id(vni: u32) -> String {
 /// A container's port on a segment's bridge (names are per router namespace).
 fn port_name(container: &str) -> String {
     format!("p{}", &container[..container.len().min(12)])
+}
+
+/// The MAC of a router's uplink, from its address.
+fn uplink_mac(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("02:a8:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
 
 fn router_nft(path: &std::path::Path) -> NftCmd {
@@ -151,12 +160,13 @@ fn server_side(ports: &[PortMapping]) -> Vec<PortMapping> {
         .collect()
 }
 
-/// Ports as the router forwards them: whatever arrives on the uplink.
-fn router_side(ports: &[PortMapping]) -> Vec<PortMapping> {
+/// Ports as the router forwards them: whatever arrives on the uplink for
+/// them, or (with a public address) for them at that address.
+fn router_side(ports: &[PortMapping], public: Option<Ipv4Addr>) -> Vec<PortMapping> {
     ports
         .iter()
         .map(|p| PortMapping {
-            host_ip: String::new(),
+            host_ip: public.map(|ip| ip.to_string()).unwrap_or_default(),
             ..p.clone()
         })
         .collect()
@@ -166,7 +176,11 @@ impl ServerNet {
     /// The server bridge (see [`NodeNet::setup`]) and the segments found on
     /// the server (claimed by [`ServerNet::adopt`], the rest removed by
     /// [`ServerNet::collect_unused`]). Needs a tokio runtime.
-    pub async fn setup(cfg: NodeNetConfig, vtep: Option<Ipv4Addr>) -> Result<ServerNet, NetError> {
+    pub async fn setup(
+        cfg: NodeNetConfig,
+        vtep: Option<Ipv4Addr>,
+        public: Option<PublicSide>,
+    ) -> Result<ServerNet, NetError> {
         let dir = cfg.netns_dir.clone();
         let node = NodeNet::setup(cfg).await?;
         let fabric = Fabric::new(&dir, None)?;
@@ -188,6 +202,7 @@ impl ServerNet {
             node,
             fabric,
             vtep,
+            public,
             state: tokio::sync::Mutex::new(state),
         })
     }
@@ -272,14 +287,12 @@ impl ServerNet {
 
     async fn make_segment(&self, seg: &Segment, uplink: Option<Ipv4Addr>) -> Result<(), NetError> {
         if let Some(ip) = uplink {
-            let o = ip.octets();
-            let mac = format!("02:a8:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
             self.node
                 .attach(
                     &router_id(seg.vni),
                     ip,
                     self.node.subnet().prefix(),
-                    &mac,
+                    &uplink_mac(ip),
                     &[],
                 )
                 .await?;
@@ -345,6 +358,7 @@ impl ServerNet {
         owner: Option<UserNs>,
         nets: &[Attachment],
         ports: &[PortMapping],
+        public: Option<&PublicIp>,
     ) -> Result<PathBuf, NetError> {
         crate::names::validate_id(id)?;
         // Validate the ports before touching anything.
@@ -371,13 +385,37 @@ impl ServerNet {
                 && !ports.is_empty()
                 && let Some(up) = uplink
             {
-                let rules = nft::port_rules(ROUTER_TABLE, id, a.ip, &router_side(ports))?;
-                let router = router_nft(&self.fabric.router_ns(&a.vni.to_string()));
-                nft::replace_commented_rules(&router, ROUTER_TABLE, id, &rules).await?;
-                self.node.publish(id, up, &server_side(ports)).await?;
+                self.publish(id, a, up, ports, public).await?;
             }
         }
         Ok(path)
+    }
+
+    /// Publishes `ports` of container `id` through its first network `a`,
+    /// whose router's uplink is `up`: at the container's public address
+    /// (routed to the router, which forwards those ports only), else at
+    /// the server's addresses (DNAT to the router, which DNATs again).
+    async fn publish(
+        &self,
+        id: &str,
+        a: &Attachment,
+        up: Ipv4Addr,
+        ports: &[PortMapping],
+        public: Option<&PublicIp>,
+    ) -> Result<(), NetError> {
+        let router = router_nft(&self.fabric.router_ns(&a.vni.to_string()));
+        let Some(p) = public else {
+            let rules = nft::port_rules(ROUTER_TABLE, id, a.ip, &router_side(ports, None))?;
+            nft::replace_commented_rules(&router, ROUTER_TABLE, id, &rules).await?;
+            return self.node.publish(id, up, &server_side(ports)).await;
+        };
+        let side = self.public.as_ref().ok_or(NetError::NoPublicInterface)?;
+        let rules = nft::port_rules(ROUTER_TABLE, id, a.ip, &router_side(ports, Some(p.ip)))?;
+        nft::replace_commented_rules(&router, ROUTER_TABLE, id, &rules).await?;
+        self.node
+            .allow_source(&router_id(a.vni), &uplink_mac(up), p.ip, true)
+            .await?;
+        side.publish(self.node.bridge(), p, up).await
     }
 
     /// Adds network `a` to running container `id` (the next free `ethN`).
@@ -421,6 +459,7 @@ impl ServerNet {
         id: &str,
         nets: &[Attachment],
         published: bool,
+        public: Option<Ipv4Addr>,
     ) -> Result<(), NetError> {
         crate::names::validate_id(id)?;
         let mut first = None;
@@ -431,7 +470,26 @@ impl ServerNet {
         };
         if published {
             note(self.node.unpublish(id).await);
+            if let (Some(ip), Some(side)) = (public, &self.public) {
+                note(side.unpublish(ip).await);
+            }
             if let Some(a) = nets.first() {
+                if let Some(ip) = public {
+                    let up = self
+                        .state
+                        .lock()
+                        .await
+                        .segments
+                        .get(&a.vni)
+                        .and_then(|s| s.uplink);
+                    if let Some(up) = up {
+                        note(
+                            self.node
+                                .allow_source(&router_id(a.vni), &uplink_mac(up), ip, false)
+                                .await,
+                        );
+                    }
+                }
                 let path = self.fabric.router_ns(&a.vni.to_string());
                 if path.exists() {
                     let router = router_nft(&path);
@@ -526,9 +584,12 @@ mod tests {
         let s = &server_side(std::slice::from_ref(&p))[0];
         assert_eq!((s.host_port, s.container_port), (8080, 8080));
         assert_eq!(s.host_ip, "127.0.0.1");
-        let r = &router_side(std::slice::from_ref(&p))[0];
+        let r = &router_side(std::slice::from_ref(&p), None)[0];
         assert_eq!((r.host_port, r.container_port), (8080, 80));
         assert_eq!(r.host_ip, "");
+        // At a public address, the router matches that address.
+        let r = &router_side(std::slice::from_ref(&p), Some([198, 51, 100, 7].into()))[0];
+        assert_eq!((r.host_ip.as_str(), r.host_port), ("198.51.100.7", 8080));
         assert_eq!(port_name(&"ab".repeat(32)), "pabababababab");
         assert_eq!(router_id(7), "seg-7");
     }

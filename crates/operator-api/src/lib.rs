@@ -53,6 +53,12 @@ fn operator_routes(cluster: Arc<Cluster>) -> Router {
         )
         .route("/v1/containers", get(list_containers))
         .route("/v1/placement", get(get_placement).put(put_placement))
+        .route(
+            "/v1/public-network",
+            get(get_public_network)
+                .put(put_public_network)
+                .delete(delete_public_network),
+        )
         .with_state(cluster)
 }
 
@@ -173,4 +179,26 @@ async fn put_placement(
     Ok(Json(PlacementSetting {
         strategy: strategy_name(c.set_placement_strategy(&p.strategy).await?),
     }))
+}
+
+/// The datacenter's public network: `null` when none is set.
+async fn get_public_network(
+    State(c): State<Arc<Cluster>>,
+) -> ApiResult<Json<Option<cluster::public::PublicNetwork>>> {
+    Ok(Json(c.public_network().await?))
+}
+
+async fn put_public_network(
+    State(c): State<Arc<Cluster>>,
+    body: Bytes,
+) -> ApiResult<Json<Option<cluster::public::PublicNetwork>>> {
+    let p: cluster::public::PublicNetwork = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("bad public network: {e}")))?;
+    c.set_public_network(Some(p)).await?;
+    Ok(Json(c.public_network().await?))
+}
+
+async fn delete_public_network(State(c): State<Arc<Cluster>>) -> ApiResult<StatusCode> {
+    c.set_public_network(None).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

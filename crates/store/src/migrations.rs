@@ -122,4 +122,11 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX endpoints_container ON endpoints (container);
     "#,
+    // 9: `containers.ip` is now the container's address on the public
+    // network, unique in the whole datacenter (NULL: none).
+    r#"
+    DROP INDEX containers_ip;
+    UPDATE containers SET ip = NULL;
+    CREATE UNIQUE INDEX containers_public_ip ON containers (ip) WHERE ip IS NOT NULL;
+    "#,
 ];

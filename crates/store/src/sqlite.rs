@@ -30,10 +30,9 @@ fn backend(e: sqlx::Error) -> StoreError {
         let msg = db.message();
         let what = if msg.contains("containers.name") || msg.contains("containers.account") {
             "name"
-        } else if msg.contains("containers.ip")
-            || msg.contains("containers.node")
-            || msg.contains("endpoints.")
-        {
+        } else if msg.contains("containers.ip") {
+            "public ip"
+        } else if msg.contains("endpoints.") {
             "ip"
         } else if msg.contains("networks.") {
             "network"
@@ -137,8 +136,9 @@ impl SqliteStore {
         c: &ContainerRecord,
         insert: bool,
     ) -> StoreResult<u64> {
-        // Addresses are unique per network now (the `endpoints` table), not per server.
-        let ip: Option<String> = None;
+        // Fabric addresses are unique per network (the `endpoints` table);
+        // this column is the public address, unique in the datacenter.
+        let ip: Option<String> = c.spec.public.as_ref().map(|p| p.ip.to_string());
         let data = to_json(c)?;
         let sql = if insert {
             "INSERT INTO containers (account, name, node, ip, data, memory, disk, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -507,6 +507,20 @@ impl Store for SqliteStore {
             .map(|r| r.get(0))
             .ok_or(StoreError::NotFound)?;
         Ok(v as u64)
+    }
+
+    async fn public_ips(&self) -> StoreResult<Vec<std::net::Ipv4Addr>> {
+        let rows = sqlx::query("SELECT ip FROM containers WHERE ip IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let ip: &str = r.get(0);
+                ip.parse()
+                    .map_err(|e| StoreError::Backend(format!("corrupt public address {ip}: {e}")))
+            })
+            .collect()
     }
 
     async fn network_endpoints(&self, network: &str) -> StoreResult<(u64, Vec<EndpointRow>)> {
