@@ -527,6 +527,12 @@ impl Agent {
                 tracing::warn!("attaching waiting client to {}: {e}", spec.id);
             }
         }
+        if netns.is_some() {
+            // Its ports send nothing until their guards are in.
+            self.net.guarded(&spec.id).await.map_err(|e| {
+                AgentError::Internal(format!("guarding the container's network ports: {e}"))
+            })?;
+        }
         if let Err(e) = self.runc.start(&spec.id) {
             // A process that exits at once can be reaped, and its runc state
             // deleted by the shim, before `runc start` finishes tidying up: then

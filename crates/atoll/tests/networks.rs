@@ -612,3 +612,106 @@ fn networks_span_servers_and_accounts_stay_apart() {
         "every server's segments to go",
     );
 }
+
+/// With NET_ADMIN (hence also NET_RAW), a container forges its source
+/// address and its MAC, towards a container of its own network: every forged
+/// frame is dropped at its port, and its own address and MAC still work.
+#[test]
+fn forged_addresses_and_macs_are_dropped() {
+    let a = started();
+    a.docker_ok(&["network", "create", "--subnet", "10.0.0.0/24", "app"]);
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "peer",
+        "--network",
+        "app",
+        "--ip",
+        "10.0.0.3",
+        "busybox",
+        "nc",
+        "-ll",
+        "-p",
+        "8000",
+        "-e",
+        "echo",
+        "hi",
+    ]);
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "forger",
+        "--network",
+        "app",
+        "--ip",
+        "10.0.0.4",
+        "--cap-add",
+        "NET_ADMIN",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    let sh = |script: &str| testkit::combined(&a.docker(&["exec", "forger", "sh", "-c", script]));
+    wait_for(
+        || sh("nc 10.0.0.3 8000").0.contains("hi"),
+        Duration::from_secs(10),
+        "the peer's answer",
+    );
+    // Another source address (added to its interface, so the kernel sends
+    // from it): ICMP and ARP from it are dropped; from its own they pass.
+    assert_eq!(sh("ip addr add 10.0.0.9/24 dev eth0").1, 0);
+    for (forged, own) in [
+        (
+            "ping -c1 -W2 -I 10.0.0.9 10.0.0.3",
+            "ping -c1 -W2 -I 10.0.0.4 10.0.0.3",
+        ),
+        (
+            "arping -c1 -w2 -I eth0 -s 10.0.0.9 10.0.0.3",
+            "arping -c1 -w2 -I eth0 -s 10.0.0.4 10.0.0.3",
+        ),
+    ] {
+        let (out, code) = sh(forged);
+        assert_ne!(code, 0, "{forged} got through: {out}");
+        let (out, code) = sh(own);
+        assert_eq!(code, 0, "{own}: {out}");
+    }
+    // Another MAC: nothing passes; its own again, and TCP works.
+    let (out, _) = sh(
+        "ip link set eth0 address 02:42:0a:00:00:63 && nc -w 2 10.0.0.3 8000; \
+         ip link set eth0 address 02:42:0a:00:00:04",
+    );
+    assert!(!out.contains("hi"), "a forged MAC got an answer: {out}");
+    wait_for(
+        || sh("nc -w 2 10.0.0.3 8000").0.contains("hi"),
+        Duration::from_secs(10),
+        "the peer's answer with the own MAC again",
+    );
+
+    // The guard elements of gone containers' ports are deleted after a
+    // while (every 32 departures), those of the running ones kept.
+    let agent = a.data_dir().join("agent");
+    let seg = segments(&agent).into_iter().next().expect("the segment");
+    let guarded_ports = || {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!(
+                "--net={}",
+                agent.join("netns").join(&seg).display()
+            ))
+            .args(["nft", "list", "set", "bridge", "atoll", "port_id"])
+            .output()
+            .expect("nsenter nft");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.matches("\"p").count()
+    };
+    assert_eq!(guarded_ports(), 2);
+    for _ in 0..33 {
+        a.docker_ok(&["run", "--rm", "--network", "app", "busybox", "true"]);
+    }
+    wait_for(
+        || guarded_ports() == 2,
+        Duration::from_secs(10),
+        "the stale guard elements to go",
+    );
+}

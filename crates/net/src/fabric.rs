@@ -242,6 +242,17 @@ impl Fabric {
         Ok(())
     }
 
+    /// The names of the links in segment `id`'s router namespace.
+    pub async fn link_names(&self, id: &str) -> Result<Vec<String>, NetError> {
+        check_id(id)?;
+        let ns = NsConn::open(&self.router_ns(id))?;
+        Ok(all_links(&ns.handle)
+            .await?
+            .iter()
+            .filter_map(|l| crate::link::link_name(l).map(str::to_string))
+            .collect())
+    }
+
     /// The first free `ethN` name in the namespace at `netns`.
     pub async fn free_ifname(netns: &Path) -> Result<String, NetError> {
         let ns = NsConn::open(netns)?;

@@ -203,7 +203,7 @@ fn link_mac(m: &LinkMessage) -> Option<&[u8]> {
     })
 }
 
-fn link_name(m: &LinkMessage) -> Option<&str> {
+pub(crate) fn link_name(m: &LinkMessage) -> Option<&str> {
     m.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(s) => Some(s.as_str()),
         _ => None,

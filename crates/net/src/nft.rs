@@ -202,6 +202,36 @@ pub fn port_isolation_script(
     s
 }
 
+/// The bridge-family table of a segment's router namespace (anti-spoofing
+/// inside a network): a frame from a container's port (`p…`) must be IPv4 or
+/// ARP and carry the port's own MAC and address (`port_id`: one element per
+/// port, added before its container starts, so a port without one sends
+/// nothing). Frames from `vx0` come from other servers' guarded ports;
+/// frames the router itself sends pass no prerouting hook.
+pub fn segment_guard_script(table: &str) -> String {
+    let t = format!("{BRIDGE_FAMILY} {table}");
+    let mut s = format!("add table {t}\n");
+    let _ = writeln!(
+        s,
+        "add set {t} port_id {{ type ifname . ether_addr . ipv4_addr; }}"
+    );
+    let _ = writeln!(
+        s,
+        "add chain {t} prerouting {{ type filter hook prerouting priority filter; policy accept; }}"
+    );
+    let _ = writeln!(s, "flush chain {t} prerouting");
+    for rule in [
+        "iifname != \"p*\" accept",
+        "ether type != { ip, arp } drop",
+        "ether type ip iifname . ether saddr . ip saddr != @port_id drop",
+        "ether type arp iifname . arp saddr ether . arp saddr ip != @port_id drop",
+        "ether type arp iifname . ether saddr . arp saddr ip != @port_id drop",
+    ] {
+        let _ = writeln!(s, "add rule {t} prerouting {rule}");
+    }
+    s
+}
+
 /// Adds (or deletes) one more source `ip` of `port` (with `mac`), in one
 /// idempotent transaction: the add makes the delete safe when it is absent.
 pub fn source_element_script(

@@ -50,7 +50,14 @@ struct Seg {
     uplink: Option<Ipv4Addr>,
     /// Since when nobody uses it (it lingers a little: see [`LINGER`]).
     idle_since: Option<std::time::Instant>,
+    /// Containers gone since its guard's stale elements were last deleted.
+    released: u32,
 }
+
+/// After this many containers leave a segment, the guard elements of their
+/// ports are deleted (one listing and one `nft` run; until then a gone
+/// port's element is harmless: no port sends with its name).
+const GUARD_COLLECT: u32 = 32;
 
 /// How long a segment nobody uses is kept before it is removed. Making one
 /// costs ≈ 12–15 ms (namespace, uplink, nft table), so a network whose only
@@ -65,12 +72,17 @@ struct State {
     maps: HashMap<u32, (u64, Vec<Member>)>,
 }
 
+type Guarding = tokio::task::JoinHandle<Result<(), NetError>>;
+
 pub struct ServerNet {
     node: NodeNet,
     fabric: Fabric,
     vtep: Option<Ipv4Addr>,
     /// The server's interface on the datacenter's public network, if any.
     public: Option<PublicSide>,
+    /// Per container being started: its ports' guard elements being added
+    /// (see [`ServerNet::guarded`]).
+    guards: std::sync::Mutex<HashMap<String, Vec<Guarding>>>,
     /// Segment bookkeeping; held while a segment is made or removed, so a
     /// container never joins one being taken down.
     state: tokio::sync::Mutex<State>,
@@ -195,6 +207,7 @@ impl ServerNet {
                     users: BTreeSet::new(),
                     uplink,
                     idle_since: None,
+                    released: 0,
                 },
             );
         }
@@ -203,6 +216,7 @@ impl ServerNet {
             fabric,
             vtep,
             public,
+            guards: Default::default(),
             state: tokio::sync::Mutex::new(state),
         })
     }
@@ -266,6 +280,7 @@ impl ServerNet {
                 users: BTreeSet::new(),
                 uplink,
                 idle_since: None,
+                released: 0,
             },
         );
         let made = self.make_segment(&seg, uplink).await;
@@ -298,10 +313,11 @@ impl ServerNet {
                 .await?;
         }
         let path = self.fabric.ensure(seg).await?;
+        let mut script = nft::segment_guard_script(ROUTER_TABLE);
         if uplink.is_some() {
-            router_nft(&path).apply(&router_setup_script()).await?;
+            script.push_str(&router_setup_script());
         }
-        Ok(())
+        router_nft(&path).apply(&script).await
     }
 
     async fn remove_segment(&self, vni: u32) -> Result<(), NetError> {
@@ -318,7 +334,9 @@ impl ServerNet {
         let Some(s) = st.segments.get_mut(&vni) else {
             return Ok(());
         };
-        s.users.remove(user);
+        if s.users.remove(user) {
+            s.released += 1;
+        }
         // A segment found at start and not claimed yet may still be claimed
         // by a container being re-adopted: `collect_unused` decides.
         if s.users.is_empty() && s.seg.is_some() && s.idle_since.is_none() {
@@ -345,6 +363,62 @@ impl ServerNet {
             }
             st.segments.remove(&vni);
         }
+        for (vni, s) in st.segments.iter_mut() {
+            if s.released >= GUARD_COLLECT && s.seg.is_some() {
+                s.released = 0;
+                if let Err(e) = self.collect_guard(*vni).await {
+                    tracing::warn!("deleting stale guard elements of segment {vni}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Deletes the guard elements of segment `vni`'s ports that are gone.
+    /// Elements are listed before links: a port made after the link listing
+    /// has no element in the element listing.
+    async fn collect_guard(&self, vni: u32) -> Result<usize, NetError> {
+        let id = vni.to_string();
+        let router = router_nft(&self.fabric.router_ns(&id));
+        let Some(json) = router.list_table(nft::BRIDGE_FAMILY, ROUTER_TABLE).await? else {
+            return Ok(0);
+        };
+        let links: BTreeSet<String> = self.fabric.link_names(&id).await?.into_iter().collect();
+        let stale: Vec<(String, String)> = nft::isolation_elements(&json)?
+            .into_iter()
+            .filter(|(_, port, _)| !links.contains(port))
+            .map(|(set, _, elem)| (set, elem))
+            .collect();
+        if !stale.is_empty() {
+            router
+                .apply(&nft::isolation_delete_script(ROUTER_TABLE, &stale))
+                .await?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Waits until the ports [`ServerNet::attach`] made for container `id`
+    /// may send (their guard elements are in): before its process starts.
+    /// The elements are added in the background meanwhile, so the `nft` runs
+    /// cost a start nothing while the runtime prepares the container.
+    pub async fn guarded(&self, id: &str) -> Result<(), NetError> {
+        let pending = self
+            .guards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .unwrap_or_default();
+        for g in pending {
+            g.await
+                .map_err(|e| NetError::Nft(format!("adding a port's guard: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// Starts adding the guard element of `id`'s port on segment `a`.
+    fn guard(&self, id: &str, a: &Attachment) -> Guarding {
+        let router = router_nft(&self.fabric.router_ns(&a.vni.to_string()));
+        let script = nft::source_element_script(ROUTER_TABLE, &port_name(id), &a.mac, a.ip, true);
+        tokio::spawn(async move { router.apply(&script).await })
     }
 
     /// Wires container `id`: its namespace (owned by a new user namespace
@@ -366,6 +440,7 @@ impl ServerNet {
         let path = self.netns_path(id);
         self.node.backend().netns.create(&path, owner)?;
         let mut routed = false;
+        let mut guards = Vec::new();
         for (i, a) in nets.iter().enumerate() {
             let uplink = self.acquire(id, a).await?;
             let default_route = !a.internal && !routed;
@@ -381,6 +456,7 @@ impl ServerNet {
                     default_route,
                 )
                 .await?;
+            guards.push(self.guard(id, a));
             if i == 0
                 && !ports.is_empty()
                 && let Some(up) = uplink
@@ -388,6 +464,10 @@ impl ServerNet {
                 self.publish(id, a, up, ports, public).await?;
             }
         }
+        self.guards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), guards);
         Ok(path)
     }
 
@@ -436,6 +516,14 @@ impl ServerNet {
                 false,
             )
             .await;
+        let r = match r {
+            Ok(()) => self
+                .guard(id, a)
+                .await
+                .map_err(|e| NetError::Nft(format!("adding a port's guard: {e}")))
+                .and_then(|r| r),
+            e => e,
+        };
         if r.is_err() {
             let _ = self.disconnect(id, a).await;
         }
@@ -462,6 +550,10 @@ impl ServerNet {
         public: Option<Ipv4Addr>,
     ) -> Result<(), NetError> {
         crate::names::validate_id(id)?;
+        self.guards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         let mut first = None;
         let mut note = |r: Result<(), NetError>| {
             if let Err(e) = r {
@@ -515,6 +607,7 @@ impl ServerNet {
                 users: BTreeSet::new(),
                 uplink: None,
                 idle_since: None,
+                released: 0,
             });
             s.seg = Some(seg);
             s.users.insert(id.to_string());
