@@ -1,8 +1,10 @@
 //! The containers' resolver at 127.0.0.11 (Docker's embedded DNS), served by
 //! the agent: one UDP socket bound inside each networked container's
-//! namespace, answered from the overlay maps the head pushes (container
-//! names, short ids and aliases of the networks the asker is on), anything
-//! else forwarded to the upstream servers from the server's own namespace.
+//! namespace (and a TCP listener), answered from the overlay maps the head
+//! pushes (container names, short ids and aliases of the networks the asker
+//! is on, and the reverse names of their addresses), anything else
+//! forwarded to the upstream servers from the server's own namespace. The
+//! maps name running containers only, as Docker's resolver does.
 //!
 //! A name answers only on networks the asker shares with it, so one
 //! account's names never resolve for another. Several containers with one
@@ -21,6 +23,7 @@ use crate::manager::Agent;
 pub const RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 const TTL: u32 = 600;
 const TYPE_A: u16 = 1;
+const TYPE_PTR: u16 = 12;
 const CLASS_IN: u16 = 1;
 const RCODE_FORMERR: u8 = 1;
 const RCODE_SERVFAIL: u8 = 2;
@@ -86,24 +89,56 @@ pub fn parse_query(buf: &[u8]) -> Option<Query> {
 
 /// The answer to `q` (as it came, in `buf`): `ips` as A records, and `rcode`.
 pub fn answer(q: &Query, buf: &[u8], ips: &[Ipv4Addr], rcode: u8) -> Vec<u8> {
-    let mut out = Vec::with_capacity(q.question_end + ips.len() * 16);
+    let records: Vec<(u16, Vec<u8>)> = ips
+        .iter()
+        .map(|ip| (TYPE_A, ip.octets().to_vec()))
+        .collect();
+    answer_records(q, buf, &records, rcode)
+}
+
+/// The answer to `q` with one PTR record naming `target`.
+pub fn answer_ptr(q: &Query, buf: &[u8], target: &str) -> Vec<u8> {
+    let mut rdata = Vec::with_capacity(target.len() + 2);
+    for label in target.split('.').filter(|l| !l.is_empty()) {
+        let label = &label.as_bytes()[..label.len().min(63)];
+        rdata.push(label.len() as u8);
+        rdata.extend_from_slice(label);
+    }
+    rdata.push(0);
+    answer_records(q, buf, &[(TYPE_PTR, rdata)], 0)
+}
+
+/// The answer to `q`: its question, then `records` (type, data), each for
+/// the question's name.
+fn answer_records(q: &Query, buf: &[u8], records: &[(u16, Vec<u8>)], rcode: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(q.question_end + records.len() * 16);
     out.extend_from_slice(&q.id.to_be_bytes());
     // QR, the query's opcode and RD, RA, the rcode.
     let flags = 0x8000 | (q.flags & 0x7900) | 0x0080 | u16::from(rcode & 0x0f);
     out.extend_from_slice(&flags.to_be_bytes());
     out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&(ips.len() as u16).to_be_bytes());
+    out.extend_from_slice(&(records.len() as u16).to_be_bytes());
     out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(&buf[12..q.question_end]);
-    for ip in ips {
+    for (rtype, data) in records {
         out.extend_from_slice(&[0xc0, 0x0c]);
-        out.extend_from_slice(&TYPE_A.to_be_bytes());
+        out.extend_from_slice(&rtype.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
         out.extend_from_slice(&TTL.to_be_bytes());
-        out.extend_from_slice(&4u16.to_be_bytes());
-        out.extend_from_slice(&ip.octets());
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(data);
     }
     out
+}
+
+/// The address a reverse name (`d.c.b.a.in-addr.arpa`) asks about.
+fn reverse_address(name: &str) -> Option<Ipv4Addr> {
+    let rest = name.strip_suffix(".in-addr.arpa")?;
+    let o: Vec<u8> = rest
+        .split('.')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    (o.len() == 4).then(|| Ipv4Addr::new(o[3], o[2], o[1], o[0]))
 }
 
 /// The overlay maps' names, per VNI (the newest version of each).
@@ -145,6 +180,24 @@ impl Names {
         }
         (!ips.is_empty()).then_some(ips)
     }
+
+    /// The name of the container at `ip` on one of the given networks, as
+    /// Docker gives it: `<container>.<network>`.
+    pub fn reverse(&self, networks: &[(u32, String)], ip: Ipv4Addr) -> Option<String> {
+        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        networks.iter().find_map(|(vni, net)| {
+            let m = maps.get(vni)?.members.iter().find(|m| m.ip == ip)?;
+            m.names.first().map(|n| format!("{n}.{net}"))
+        })
+    }
+}
+
+/// What to do with one query.
+enum Reply {
+    /// Send this.
+    Now(Vec<u8>),
+    /// Not ours: ask the upstream servers.
+    Forward(Query),
 }
 
 /// Where a container's unanswered questions go: `--dns`, else the server's
@@ -169,15 +222,17 @@ pub fn upstreams(spec_dns: &[String], host_resolv: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// A UDP socket bound to 127.0.0.11:53 inside the namespace at `netns`
-/// (bound from a thread that joined it; the socket stays there).
-fn bind_in(netns: &Path) -> std::io::Result<std::net::UdpSocket> {
+/// UDP and TCP sockets bound to 127.0.0.11:53 inside the namespace at
+/// `netns` (bound from a thread that joined it; the sockets stay there).
+fn bind_in(netns: &Path) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
     let ns = std::fs::File::open(netns)?;
-    std::thread::spawn(move || -> std::io::Result<std::net::UdpSocket> {
+    std::thread::spawn(move || {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let s = std::net::UdpSocket::bind((RESOLVER, 53))?;
-        s.set_nonblocking(true)?;
-        Ok(s)
+        let udp = std::net::UdpSocket::bind((RESOLVER, 53))?;
+        udp.set_nonblocking(true)?;
+        let tcp = std::net::TcpListener::bind((RESOLVER, 53))?;
+        tcp.set_nonblocking(true)?;
+        Ok((udp, tcp))
     })
     .join()
     .unwrap_or_else(|_| Err(std::io::Error::other("resolver thread panicked")))
@@ -216,73 +271,65 @@ async fn forward(query: &[u8], id: u16, upstreams: &[SocketAddr]) -> Option<Vec<
 }
 
 impl Agent {
-    /// Serves container `id`'s resolver inside its namespace until
-    /// [`Agent::stop_resolver`] (its exit).
+    /// What container `cid`'s resolver does with `query`. None: not a query
+    /// (answered FORMERR with its header when it has one).
+    fn reply(&self, cid: &str, query: &[u8], forwarding: bool) -> Option<Reply> {
+        let Some(q) = parse_query(query) else {
+            if query.len() < 12 {
+                return None;
+            }
+            // Not one question: say so (FORMERR) with the header only.
+            let mut r = query[..12].to_vec();
+            r[2] |= 0x80;
+            r[3] = (r[3] & 0xf0) | RCODE_FORMERR;
+            r[4..12].fill(0);
+            return Some(Reply::Now(r));
+        };
+        let networks = self.resolver_networks(cid);
+        if q.qclass == CLASS_IN {
+            if let Some(mut ips) = self.names.lookup(&networks, &q.name) {
+                if q.qtype == TYPE_A {
+                    let k = rand_index(ips.len());
+                    ips.rotate_left(k);
+                } else {
+                    // A known name without records of that type.
+                    ips.clear();
+                }
+                return Some(Reply::Now(answer(&q, query, &ips, 0)));
+            }
+            if q.qtype == TYPE_PTR
+                && let Some(ip) = reverse_address(&q.name)
+                && let Some(target) = self.names.reverse(&networks, ip)
+            {
+                return Some(Reply::Now(answer_ptr(&q, query, &target)));
+            }
+        }
+        Some(if forwarding {
+            Reply::Forward(q)
+        } else {
+            Reply::Now(answer(&q, query, &[], RCODE_NXDOMAIN))
+        })
+    }
+
+    /// Serves container `id`'s resolver inside its namespace, over UDP and
+    /// TCP, until [`Agent::stop_resolver`] (its exit).
     pub(crate) fn start_resolver(
         self: &Arc<Self>,
         id: &str,
         netns: &Path,
         upstreams: Vec<SocketAddr>,
     ) -> std::io::Result<()> {
-        let sock = tokio::net::UdpSocket::from_std(bind_in(netns)?)?;
+        let (udp, tcp) = bind_in(netns)?;
+        let udp = tokio::net::UdpSocket::from_std(udp)?;
+        let tcp = tokio::net::TcpListener::from_std(tcp)?;
+        let upstreams = Arc::new(upstreams);
         let me: Weak<Agent> = Arc::downgrade(self);
-        let cid = id.to_string();
+        let cid: Arc<str> = Arc::from(id);
         let task = tokio::spawn(async move {
-            let sock = Arc::new(sock);
-            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS));
-            let upstreams = Arc::new(upstreams);
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let Ok((n, from)) = sock.recv_from(&mut buf).await else {
-                    return;
-                };
-                let Some(agent) = me.upgrade() else { return };
-                let query = &buf[..n];
-                let Some(q) = parse_query(query) else {
-                    if n >= 12 {
-                        // Not one question: say so (FORMERR) with the header only.
-                        let mut r = query[..12].to_vec();
-                        r[2] |= 0x80;
-                        r[3] = (r[3] & 0xf0) | RCODE_FORMERR;
-                        r[4..12].fill(0);
-                        let _ = sock.send_to(&r, from).await;
-                    }
-                    continue;
-                };
-                let networks = agent.resolver_networks(&cid);
-                let reply = match agent.names.lookup(&networks, &q.name) {
-                    Some(mut ips) if q.qclass == CLASS_IN => {
-                        if q.qtype == TYPE_A {
-                            let k = rand_index(ips.len());
-                            ips.rotate_left(k);
-                        } else {
-                            // A known name without records of that type.
-                            ips.clear();
-                        }
-                        answer(&q, query, &ips, 0)
-                    }
-                    _ if upstreams.is_empty() => answer(&q, query, &[], RCODE_NXDOMAIN),
-                    _ => {
-                        let Ok(slot) = slots.clone().try_acquire_owned() else {
-                            let _ = sock
-                                .send_to(&answer(&q, query, &[], RCODE_SERVFAIL), from)
-                                .await;
-                            continue;
-                        };
-                        let (sock, upstreams, query) =
-                            (sock.clone(), upstreams.clone(), query.to_vec());
-                        tokio::spawn(async move {
-                            let r = forward(&query, q.id, &upstreams)
-                                .await
-                                .unwrap_or_else(|| answer(&q, &query, &[], RCODE_SERVFAIL));
-                            let _ = sock.send_to(&r, from).await;
-                            drop(slot);
-                        });
-                        continue;
-                    }
-                };
-                let _ = sock.send_to(&reply, from).await;
-            }
+            tokio::join!(
+                serve_udp(me.clone(), cid.clone(), udp, upstreams.clone()),
+                serve_tcp(me, cid, tcp, upstreams),
+            );
         });
         if let Some(old) = self
             .resolvers
@@ -319,6 +366,107 @@ impl Agent {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// The resolver's UDP side: local answers at once, forwarded ones each in
+/// a task (at most [`MAX_FORWARDS`] at a time; more are SERVFAIL).
+async fn serve_udp(
+    me: Weak<Agent>,
+    cid: Arc<str>,
+    sock: tokio::net::UdpSocket,
+    upstreams: Arc<Vec<SocketAddr>>,
+) {
+    let sock = Arc::new(sock);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS));
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+            return;
+        };
+        let Some(agent) = me.upgrade() else { return };
+        let query = &buf[..n];
+        match agent.reply(&cid, query, !upstreams.is_empty()) {
+            None => {}
+            Some(Reply::Now(r)) => {
+                let _ = sock.send_to(&r, from).await;
+            }
+            Some(Reply::Forward(q)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    let _ = sock
+                        .send_to(&answer(&q, query, &[], RCODE_SERVFAIL), from)
+                        .await;
+                    continue;
+                };
+                let (sock, upstreams, query) = (sock.clone(), upstreams.clone(), query.to_vec());
+                tokio::spawn(async move {
+                    let r = forward(&query, q.id, &upstreams)
+                        .await
+                        .unwrap_or_else(|| answer(&q, &query, &[], RCODE_SERVFAIL));
+                    let _ = sock.send_to(&r, from).await;
+                    drop(slot);
+                });
+            }
+        }
+    }
+}
+
+/// How long a TCP client of the resolver may stay silent.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// The resolver's TCP side (RFC 7766: each message after its 2-byte
+/// length; several per connection). Connections go with the resolver.
+async fn serve_tcp(
+    me: Weak<Agent>,
+    cid: Arc<str>,
+    listener: tokio::net::TcpListener,
+    upstreams: Arc<Vec<SocketAddr>>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((conn, _)) = accepted else { return };
+                conns.spawn(serve_tcp_conn(me.clone(), cid.clone(), conn, upstreams.clone()));
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_tcp_conn(
+    me: Weak<Agent>,
+    cid: Arc<str>,
+    mut conn: tokio::net::TcpStream,
+    upstreams: Arc<Vec<SocketAddr>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if conn.read_exact(&mut query).await.is_err() {
+            return;
+        }
+        let Some(agent) = me.upgrade() else { return };
+        let reply = match agent.reply(&cid, &query, !upstreams.is_empty()) {
+            None => return,
+            Some(Reply::Now(r)) => r,
+            Some(Reply::Forward(q)) => forward(&query, q.id, &upstreams)
+                .await
+                .unwrap_or_else(|| answer(&q, &query, &[], RCODE_SERVFAIL)),
+        };
+        drop(agent);
+        let Ok(n) = u16::try_from(reply.len()) else {
+            return;
+        };
+        if conn.write_all(&n.to_be_bytes()).await.is_err() || conn.write_all(&reply).await.is_err()
+        {
+            return;
+        }
     }
 }
 
@@ -423,6 +571,51 @@ mod tests {
             names.lookup(&both, "db.back"),
             Some(vec![Ipv4Addr::new(10, 9, 0, 2)])
         );
+    }
+
+    #[test]
+    fn reverse_names() {
+        assert_eq!(
+            reverse_address("4.0.0.10.in-addr.arpa"),
+            Some(Ipv4Addr::new(10, 0, 0, 4))
+        );
+        for bad in [
+            "0.10.in-addr.arpa",
+            "x.0.0.10.in-addr.arpa",
+            "4.0.0.10",
+            "4.0.0.300.in-addr.arpa",
+        ] {
+            assert_eq!(reverse_address(bad), None, "{bad}");
+        }
+        let names = Names::default();
+        names.update(&NetworkMap {
+            vni: 1,
+            version: 1,
+            members: vec![NetworkMember {
+                mac: "02:42:0a:00:00:04".into(),
+                ip: Ipv4Addr::new(10, 0, 0, 4),
+                vtep: None,
+                names: vec!["web".into(), "abc".into()],
+            }],
+        });
+        let app = vec![(1, "app".to_string())];
+        assert_eq!(
+            names.reverse(&app, Ipv4Addr::new(10, 0, 0, 4)).as_deref(),
+            Some("web.app")
+        );
+        assert_eq!(names.reverse(&app, Ipv4Addr::new(10, 0, 0, 5)), None);
+        assert_eq!(
+            names.reverse(&[(2, "b".into())], Ipv4Addr::new(10, 0, 0, 4)),
+            None
+        );
+        let buf = query("4.0.0.10.in-addr.arpa", TYPE_PTR);
+        let q = parse_query(&buf).unwrap();
+        let a = answer_ptr(&q, &buf, "web.app");
+        assert_eq!(&a[6..8], &[0, 1], "one answer");
+        let rr = &a[buf.len()..];
+        assert_eq!(&rr[..4], &[0xc0, 0x0c, 0, 12]);
+        assert_eq!(&rr[10..12], &[0, 9]);
+        assert_eq!(&rr[12..], b"\x03web\x03app\x00");
     }
 
     #[test]

@@ -10,6 +10,26 @@ use std::time::Duration;
 
 use testkit::{AtollInstance, StartOptions, json, test_images, wait_for};
 
+/// Asks 127.0.0.11 for the A record of `argv[1]` over TCP; prints the last
+/// answer's address.
+const DNS_OVER_TCP: &str = r#"
+import socket, struct, sys
+name = b"".join(bytes([len(l)]) + l.encode() for l in sys.argv[1].split("."))
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x00\x01\x00\x01"
+s = socket.create_connection(("127.0.0.11", 53), timeout=5)
+s.sendall(struct.pack(">H", len(q)) + q)
+def read(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise SystemExit("closed")
+        b += c
+    return b
+r = read(struct.unpack(">H", read(2))[0])
+print(".".join(str(x) for x in r[-4:]))
+"#;
+
 fn started() -> AtollInstance {
     let a = AtollInstance::start();
     a.load_busybox();
@@ -262,6 +282,45 @@ fn network_commands_on_one_server() {
         },
         Duration::from_secs(10),
         "the new name to resolve",
+    );
+    // Reverse names, as Docker gives them.
+    let (out, _) = run_sh(|x| a.docker(x), "front", "nslookup 10.0.0.129");
+    assert!(out.contains("web3.front"), "{out}");
+    // Over TCP too (asked from web3's own namespace).
+    let id = a.docker_ok(&["inspect", "-f", "{{.Id}}", "web3"]);
+    let netns = a.data_dir().join("agent/netns").join(id.trim());
+    let tcp = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["python3", "-c", DNS_OVER_TCP, "web"])
+        .output()
+        .expect("nsenter python3");
+    assert_eq!(
+        String::from_utf8_lossy(&tcp.stdout).trim(),
+        "10.0.0.128",
+        "{}",
+        String::from_utf8_lossy(&tcp.stderr)
+    );
+    // A stopped container's name does not resolve (Docker's), and comes
+    // back with its start.
+    a.docker_ok(&["stop", "-t", "0", "web3"]);
+    wait_for(
+        || {
+            run_sh(|x| a.docker(x), "front", "nslookup web3")
+                .0
+                .contains("NXDOMAIN")
+        },
+        Duration::from_secs(10),
+        "a stopped container's name to go",
+    );
+    a.docker_ok(&["start", "web3"]);
+    wait_for(
+        || {
+            run_sh(|x| a.docker(x), "front", "nslookup web3")
+                .0
+                .contains("10.0.0.129")
+        },
+        Duration::from_secs(10),
+        "the name of the started container",
     );
     a.docker_ok(&["rm", "-f", "web3"]);
 

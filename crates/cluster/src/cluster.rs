@@ -90,6 +90,11 @@ impl Cluster {
     }
 
     pub(crate) fn notify(&self, c: &ContainerRecord, removed: bool) {
+        // Its names are answered only while it runs: every server holding
+        // its networks gets their maps again.
+        if let Some(me) = self.me.upgrade() {
+            me.push_maps_later(crate::containers::endpoint_keys(c));
+        }
         let _ = self.changes.send(Change {
             account: c.account.clone(),
             id: c.id.clone(),

@@ -272,7 +272,6 @@ impl Cluster {
                     }
                     self.notify(&rec, false);
                     self.emit_container(&rec, "create", &[]);
-                    self.push_maps_later(endpoint_keys(&rec));
                     return Ok((id, Vec::new()));
                 }
                 Err(StoreError::Conflict(what)) if what == "name" => {
@@ -718,7 +717,6 @@ impl Cluster {
         self.store.delete_container(account, &c.id).await?;
         self.notify(&c, true);
         self.emit_container(&c, "destroy", &[]);
-        self.push_maps_later(endpoint_keys(&c));
         drop(_g);
         self.forget_lock(&c.id);
         self.forget_execs(&c.id);

@@ -242,6 +242,10 @@ impl ContainerRecord {
     /// The names this container answers to on a network (Docker's): its
     /// name, its short id and its aliases there.
     pub fn dns_names(&self, e: &agent_client::Endpoint) -> Vec<String> {
+        // Docker's DNS answers for running containers only.
+        if !matches!(self.state.status, Status::Running | Status::Paused) {
+            return Vec::new();
+        }
         let mut v = vec![
             self.name.clone(),
             self.id[..self.id.len().min(12)].to_string(),
