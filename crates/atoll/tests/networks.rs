@@ -30,6 +30,33 @@ r = read(struct.unpack(">H", read(2))[0])
 print(".".join(str(x) for x in r[-4:]))
 "#;
 
+/// Prints "ready", then the first datagram on port argv[1] that says
+/// udp-hello (or "timeout" after 20 s).
+const UDP_RECEIVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(20)
+print("ready")
+try:
+    while True:
+        data, peer = s.recvfrom(2048)
+        if b"udp-hello" in data:
+            print(data.decode(errors="replace").strip(), "from", peer[0])
+            break
+except socket.timeout:
+    print("timeout")
+"#;
+
+/// Where container `id`'s namespace is pinned on simulated server `server`.
+fn nodes_netns(a: &AtollInstance, server: &str, id: &str) -> std::path::PathBuf {
+    a.data_dir()
+        .join("nodes")
+        .join(server)
+        .join("agent/netns")
+        .join(id)
+}
+
 fn started() -> AtollInstance {
     let a = AtollInstance::start();
     a.load_busybox();
@@ -660,6 +687,43 @@ fn networks_span_servers_and_accounts_stay_apart() {
         Duration::from_secs(20),
         "s2 to answer after its restart",
     );
+
+    // UDP across servers, by name: s2's syslogd forwards to s1:5140, where a
+    // receiver listens in s1's namespace (the host's python, entered there).
+    let s1 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "s1" && c["account"] != "alice")
+        .expect("op's s1")
+        .clone();
+    let netns = nodes_netns(
+        &a,
+        s1["server"].as_str().unwrap(),
+        s1["id"].as_str().unwrap(),
+    );
+    let mut receiver = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["python3", "-u", "-c", UDP_RECEIVER, "5140"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("nsenter python3");
+    let mut lines = std::io::BufReader::new(receiver.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    a.docker_ok(&[
+        "exec",
+        "s2",
+        "sh",
+        "-c",
+        "syslogd -n -R s1:5140 -O /dev/null & sleep 0.5; \
+         for i in 1 2 3 4 5; do logger udp-hello; sleep 0.3; done; kill $!",
+    ]);
+    line.clear();
+    std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
+    let _ = receiver.wait();
+    assert!(line.contains("udp-hello"), "s1 received: {line:?}");
 
     // Every segment goes with the last container of its network.
     a.docker_ok(&["rm", "-f", "s1", "s2", "s3"]);
