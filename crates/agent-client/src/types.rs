@@ -318,6 +318,10 @@ pub struct AgentInfo {
     /// traffic; None: a server alone (no VXLAN, networks stay local).
     #[serde(default)]
     pub vtep: Option<Ipv4Addr>,
+    /// The server has an interface on the datacenter's public network (it
+    /// can run containers with public addresses).
+    #[serde(default)]
+    pub public: bool,
     /// Size of the filesystem of the agent's data directory.
     #[serde(default)]
     pub disk_bytes: u64,

@@ -243,6 +243,7 @@ impl Agent {
             },
             runtime: "runc".into(),
             vtep: self.net.vtep(),
+            public: self.cfg.public_interface.is_some(),
             disk_bytes: nix::sys::statvfs::statvfs(&self.cfg.dir)
                 .map(|s| s.blocks() * s.fragment_size())
                 .unwrap_or(0),

@@ -229,3 +229,38 @@ fn published_ports_live_on_the_containers_public_addresses() {
         "the lowest free address comes back: {again}"
     );
 }
+
+/// One server without a public interface (`atoll up`): with a public network
+/// set, a container that publishes ports has nowhere to run, and says so;
+/// without one, ports are published on the server as before.
+#[test]
+fn publishing_needs_a_server_on_the_public_network() {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    let out = a.operator_ok(&["network", "public"]);
+    assert!(out.contains("no public network"), "{out}");
+    a.operator_ok(&[
+        "network",
+        "public",
+        "--subnet",
+        "198.51.100.0/24",
+        "--gateway",
+        "198.51.100.1",
+        "--range",
+        "198.51.100.64/26",
+    ]);
+    let set = json(&a.operator_ok(&["network", "public", "--json"]));
+    assert_eq!(set["range"], "198.51.100.64/26");
+    let err = a.docker_err(&["run", "-d", "-p", "8080:80", "busybox", "sleep", "60"]);
+    assert!(err.contains("no server is on the public network"), "{err}");
+    // Containers without ports are not concerned.
+    a.docker_ok(&["run", "--rm", "busybox", "true"]);
+    a.operator_ok(&["network", "public", "--remove"]);
+    a.docker_ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", "busybox", "sleep", "60",
+    ]);
+    assert_eq!(
+        a.docker_ok(&["port", "web"]).trim(),
+        "80/tcp -> 0.0.0.0:8080"
+    );
+}

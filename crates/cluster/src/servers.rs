@@ -219,7 +219,23 @@ impl Cluster {
         };
 
         let pinned = self.pinned_node(account, planned).await?;
-        let servers = self.servers().await?;
+        let mut servers = self.servers().await?;
+        // A container with a public address runs where the public network is.
+        if !planned.ports.is_empty() && self.public_network().await?.is_some() {
+            servers.retain(|(n, _)| n.info.public);
+            if let Some(p) = &pinned
+                && !servers.iter().any(|(n, _)| n.id == *p)
+            {
+                return Err(Error::Conflict(
+                    "the server holding this container's volumes is not on the public network, so it cannot publish ports".into(),
+                ));
+            }
+            if servers.is_empty() {
+                return Err(Error::Conflict(
+                    "no server is on the public network: ports cannot be published (the operator gives agents --public-interface)".into(),
+                ));
+            }
+        }
         let mine_records = self.store.list_containers(account).await?;
         let wrapped: Vec<Mine<'_>> = mine_records.iter().map(Mine).collect();
         let index: BTreeMap<&str, usize> = servers
