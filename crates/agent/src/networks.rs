@@ -40,7 +40,15 @@ impl Agent {
                 return Ok(());
             }
         }
+        let routed = {
+            let spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner());
+            spec.networks.iter().any(|n| !n.internal)
+        };
         self.net.connect(id, &a).await?;
+        // A container with no way out gets it through the new network.
+        if !routed && !a.internal {
+            self.net.route_default(id, &a).await?;
+        }
         self.update_spec(&ctr, |s| s.networks.push(e))
     }
 
@@ -48,12 +56,23 @@ impl Agent {
     pub async fn disconnect_network(&self, id: &str, network: &str) -> Result<(), AgentError> {
         let ctr = self.running_ctr(id)?;
         let _op = ctr.op.lock().await;
-        let e = {
+        let (e, next) = {
             let spec = ctr.spec.lock().unwrap_or_else(|p| p.into_inner());
-            spec.networks.iter().find(|n| n.network == network).cloned()
+            let mut outward = spec.networks.iter().filter(|n| !n.internal);
+            // The default route is the first outward network's: when that
+            // one goes, the next takes it (Docker's way).
+            let next = match outward.next() {
+                Some(first) if first.network == network => outward.next().cloned(),
+                _ => None,
+            };
+            let e = spec.networks.iter().find(|n| n.network == network).cloned();
+            (e, next)
         };
         let Some(e) = e else { return Ok(()) };
         self.net.disconnect(id, &attachment(&e)?).await?;
+        if let Some(next) = next {
+            self.net.route_default(id, &attachment(&next)?).await?;
+        }
         self.update_spec(&ctr, |s| s.networks.retain(|n| n.network != network))
     }
 }

@@ -400,6 +400,18 @@ fn network_commands_on_one_server() {
     assert!(!text.contains("10.0.0.") && !text.contains("web"), "{text}");
     let err = a.docker_err(&["network", "disconnect", "front", "client"]);
     assert!(err.contains("not connected"), "{err}");
+    // The default route moves to the next network when the network that
+    // had it goes, and comes with the first network of a container with none.
+    a.docker_ok(&["network", "connect", "front", "client"]);
+    a.docker_ok(&["network", "disconnect", "bridge", "client"]);
+    let routes = a.docker_ok(&["exec", "client", "ip", "route"]);
+    assert!(routes.contains("default via 10.0.0.254"), "{routes}");
+    a.docker_ok(&["network", "disconnect", "front", "client"]);
+    let routes = a.docker_ok(&["exec", "client", "ip", "route"]);
+    assert!(!routes.contains("default"), "{routes}");
+    a.docker_ok(&["network", "connect", "bridge", "client"]);
+    let routes = a.docker_ok(&["exec", "client", "ip", "route"]);
+    assert!(routes.contains("default via 172.17.0.1"), "{routes}");
 
     // Legacy links: the linked container under its alias in /etc/hosts,
     // and Docker's variables.

@@ -253,6 +253,42 @@ impl Fabric {
             .collect())
     }
 
+    /// Sends the default route of the namespace at `netns` through
+    /// `gateway`, on the interface holding `ip` (the network that had it was
+    /// disconnected, or the container had none).
+    pub async fn route_default(
+        netns: &Path,
+        ip: Ipv4Addr,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetError> {
+        let ns = NsConn::open(netns)?;
+        let h = &ns.handle;
+        let addrs: Vec<_> = h
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list addresses"))?;
+        let idx = addrs
+            .iter()
+            .find(|m| crate::link::addr_v4(m).map(|(a, _)| a) == Some(ip))
+            .map(|m| m.header.index)
+            .ok_or_else(|| {
+                NetError::netlink("find the interface", format!("no interface has {ip}"))
+            })?;
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(idx)
+            .build();
+        h.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl("replace the default route"))
+    }
+
     /// The first free `ethN` name in the namespace at `netns`.
     pub async fn free_ifname(netns: &Path) -> Result<String, NetError> {
         let ns = NsConn::open(netns)?;

@@ -118,7 +118,7 @@ pub(crate) async fn require_link(h: &Handle, name: &str) -> Result<LinkMessage, 
         .ok_or_else(|| NetError::netlink(format!("get link {name}"), "no such interface"))
 }
 
-fn addr_v4(m: &AddressMessage) -> Option<(Ipv4Addr, u8)> {
+pub(crate) fn addr_v4(m: &AddressMessage) -> Option<(Ipv4Addr, u8)> {
     if m.header.family != AddressFamily::Inet {
         return None;
     }

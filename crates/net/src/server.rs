@@ -530,6 +530,12 @@ impl ServerNet {
         r
     }
 
+    /// Makes network `a` carry container `id`'s default route.
+    pub async fn route_default(&self, id: &str, a: &Attachment) -> Result<(), NetError> {
+        crate::names::validate_id(id)?;
+        Fabric::route_default(&self.netns_path(id), a.ip, a.gateway).await
+    }
+
     /// Takes network `a` from container `id`. Idempotent.
     pub async fn disconnect(&self, id: &str, a: &Attachment) -> Result<(), NetError> {
         crate::names::validate_id(id)?;
