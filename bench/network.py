@@ -10,11 +10,13 @@
    client on a user network, queries for a peer's name to the resolver at
    127.0.0.11 (the host's python, entered with nsenter, so nothing but the
    resolver is timed); median and p99 on atoll and on Docker's embedded DNS.
+   Also what `-p 18080:80` adds to the run (a host port: no public network).
 3. Cross-server TCP throughput: `atoll up --nodes 2`, two containers on
    different servers, iperf3 (the host's binary, run in the containers'
    network namespaces) over the VXLAN fabric, against a bare veth pair
    between two namespaces this script makes, in the same run. Target: ratio
-   >= 0.6.
+   >= 0.6. On the same datacenter: what a public address (`-p 8080:80`)
+   adds to `docker run --rm busybox true`.
 
 Usage: bench/network.py [--runs N] [--lookups N] [--seconds S]
 (root; run scripts/install-deps.sh and `cargo build --release` first)
@@ -78,16 +80,18 @@ def lookups(sock, n):
 def setup_and_dns(runs, n_lookups):
     with side_by_side("atoll-network-") as pair:
         socks = {"atoll": pair.a_sock, "docker": pair.d_sock}
-        times = {(k, m): [] for k in socks for m in ("net", "none")}
+        times = {(k, m): [] for k in socks for m in ("net", "none", "port")}
         for _ in range(runs):
             for k, s in socks.items():
                 times[(k, "net")].append(timed(s, "run", "--rm", "busybox", "true"))
                 times[(k, "none")].append(timed(s, "run", "--rm", "--network", "none", "busybox", "true"))
+                times[(k, "port")].append(timed(s, "run", "--rm", "-p", "18080:80", "busybox", "true"))
         print(f"\n`docker run --rm busybox true`, {runs} interleaved runs each, medians (ms):")
-        print(f"{'':10}{'network':>10}{'none':>10}{'network cost':>14}")
+        print(f"{'':10}{'network':>10}{'none':>10}{'-p':>10}{'network cost':>14}{'-p cost':>10}")
         for k in socks:
-            net, none = ms(times[(k, 'net')]), ms(times[(k, 'none')])
-            print(f"{k:10}{net:10.1f}{none:10.1f}{net - none:14.1f}")
+            net, none, port = (ms(times[(k, m)]) for m in ("net", "none", "port"))
+            print(f"{k:10}{net:10.1f}{none:10.1f}{port:10.1f}{net - none:14.1f}{port - net:10.1f}")
+        print("(-p: a host port on one server, no public network)")
 
         for s in socks.values():
             docker(s, "network", "create", "bench")
@@ -124,7 +128,7 @@ def iperf(server_ns, client_ns, ip, seconds):
         srv.wait()
 
 
-def throughput(seconds, rounds):
+def throughput(seconds, rounds, publish_runs):
     if not shutil.which("iperf3"):
         sys.exit("iperf3 is missing: run scripts/install-deps.sh")
     atoll = os.environ.get("ATOLL_BIN", os.path.join(ROOT, "target/release/atoll"))
@@ -165,6 +169,16 @@ def throughput(seconds, rounds):
         for _ in range(rounds):
             fabric.append(iperf(netns[1], netns[0], ip2, seconds))
             bare.append(iperf(f"/run/netns/{ns_b}", f"/run/netns/{ns_a}", "10.99.0.2", seconds))
+        # What a public address costs a run: `-p` on the datacenter's public
+        # network (an address, its route and proxy entry, the router's DNAT)
+        # against the same run without ports.
+        pub = {"plain": [], "public": []}
+        for _ in range(publish_runs):
+            pub["plain"].append(timed(sock, "run", "--rm", "busybox", "true"))
+            pub["public"].append(timed(sock, "run", "--rm", "-p", "8080:80", "busybox", "true"))
+        plain, public = ms(pub["plain"]), ms(pub["public"])
+        print(f"\n`docker run --rm [-p 8080:80] busybox true` on `atoll up --nodes 2` ({publish_runs} interleaved runs, medians):")
+        print(f"  no ports {plain:.1f} ms, a public address {public:.1f} ms: cost {public - plain:.1f} ms")
         f, b = statistics.median(fabric), statistics.median(bare)
         print(f"\nTCP throughput (iperf3, {seconds} s x {rounds} rounds, medians), Gbit/s:")
         print(f"  atoll fabric, container to container across servers: {f:.2f}")
@@ -192,7 +206,7 @@ def main():
     if os.geteuid() != 0:
         sys.exit("run as root")
     setup_and_dns(args.runs, args.lookups)
-    throughput(args.seconds, args.rounds)
+    throughput(args.seconds, args.rounds, args.runs)
 
 
 if __name__ == "__main__":

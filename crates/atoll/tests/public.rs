@@ -56,12 +56,12 @@ fn routed(a: &AtollInstance, ip: Ipv4Addr) -> bool {
 
 #[test]
 fn published_ports_live_on_the_containers_public_addresses() {
-    let a = AtollInstance::start_with(StartOptions {
+    let mut a = AtollInstance::start_with(StartOptions {
         args: vec!["--nodes".into(), "2".into()],
         ..Default::default()
     });
     a.load_busybox();
-    let alice = a.tenant("alice");
+    let mut alice = a.tenant("alice");
     alice.docker_ok(&["load", "-i", &test_images().busybox.path.to_string_lossy()]);
 
     // The simulated datacenter set its public network up.
@@ -184,6 +184,13 @@ fn published_ports_live_on_the_containers_public_addresses() {
         Duration::from_secs(10),
         "after a restart",
     );
+    // So is it across a restart of the datacenter (head and agents; the
+    // containers keep running).
+    a.restart();
+    alice.set_address(&a.tls_address());
+    assert_eq!(port_of(|x| a.docker_ok(x), "web"), op_web);
+    assert_eq!(fetch(op_web).as_deref(), Ok("op"));
+    assert_eq!(fetch(alice_web).as_deref(), Ok("alice"));
 
     // A host address cannot be chosen: the address is the container's.
     let err = alice.docker_err(&["run", "-d", "-p", "127.0.0.1:8081:80", "busybox", "true"]);
