@@ -413,6 +413,8 @@ async fn serve_udp(
 
 /// How long a TCP client of the resolver may stay silent.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// TCP connections served at once per container; more are closed at once.
+const MAX_TCP: usize = 16;
 
 /// The resolver's TCP side (RFC 7766: each message after its 2-byte
 /// length; several per connection). Connections go with the resolver.
@@ -427,6 +429,9 @@ async fn serve_tcp(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((conn, _)) = accepted else { return };
+                if conns.len() >= MAX_TCP {
+                    continue;
+                }
                 conns.spawn(serve_tcp_conn(me.clone(), cid.clone(), conn, upstreams.clone()));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}

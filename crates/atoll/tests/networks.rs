@@ -301,17 +301,14 @@ fn network_commands_on_one_server() {
         "{out}"
     );
     a.docker_ok(&["rename", "web2", "web3"]);
+    let lookup = |name: &str| run_sh(|x| a.docker(x), "front", &format!("nslookup {name}")).0;
     wait_for(
-        || {
-            run_sh(|x| a.docker(x), "front", "nslookup web3")
-                .0
-                .contains("10.0.0.129")
-        },
+        || lookup("web3").contains("10.0.0.129"),
         Duration::from_secs(10),
         "the new name to resolve",
     );
     // Reverse names, as Docker gives them.
-    let (out, _) = run_sh(|x| a.docker(x), "front", "nslookup 10.0.0.129");
+    let out = lookup("10.0.0.129");
     assert!(out.contains("web3.front"), "{out}");
     // Over TCP too (asked from web3's own namespace).
     let id = a.docker_ok(&["inspect", "-f", "{{.Id}}", "web3"]);
@@ -331,21 +328,13 @@ fn network_commands_on_one_server() {
     // back with its start.
     a.docker_ok(&["stop", "-t", "0", "web3"]);
     wait_for(
-        || {
-            run_sh(|x| a.docker(x), "front", "nslookup web3")
-                .0
-                .contains("NXDOMAIN")
-        },
+        || lookup("web3").contains("NXDOMAIN"),
         Duration::from_secs(10),
         "a stopped container's name to go",
     );
     a.docker_ok(&["start", "web3"]);
     wait_for(
-        || {
-            run_sh(|x| a.docker(x), "front", "nslookup web3")
-                .0
-                .contains("10.0.0.129")
-        },
+        || lookup("web3").contains("10.0.0.129"),
         Duration::from_secs(10),
         "the name of the started container",
     );

@@ -52,6 +52,8 @@ pub struct Cluster {
     pub(crate) id_maps: StdMutex<HashMap<String, agent_client::IdMap>>,
     /// (server, network) → the overlay-map version last sent there.
     pub(crate) pushed_maps: StdMutex<HashMap<(String, String), u64>>,
+    /// Networks whose maps a background push is about to send.
+    pub(crate) maps_pending: StdMutex<std::collections::HashSet<String>>,
     pub name: String,
 }
 
@@ -73,6 +75,7 @@ impl Cluster {
             locks: StdMutex::new(HashMap::new()),
             id_maps: StdMutex::new(HashMap::new()),
             pushed_maps: StdMutex::new(HashMap::new()),
+            maps_pending: Default::default(),
             changes,
             execs: StdMutex::new(HashMap::new()),
             auth_cache: StdMutex::new(HashMap::new()),

@@ -56,16 +56,38 @@ pub(crate) fn upstream(e: ClientError) -> Error {
     }
 }
 
+/// How long a background push of overlay maps waits for more changes.
+const PUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl Cluster {
     /// Pushes the maps of `networks` without holding up the caller (a
     /// create or remove): the container's own server gets them before its
     /// start anyway, and agents keep the newest version whatever the order.
+    /// Changes within [`PUSH_DELAY`] share one push (a `docker run --rm`
+    /// changes its networks' maps four times in a few milliseconds).
     pub(crate) fn push_maps_later(self: &Arc<Self>, networks: Vec<(String, u32)>) {
-        if networks.is_empty() {
+        let fresh: Vec<(String, u32)> = {
+            let mut pending = self.maps_pending.lock().unwrap_or_else(|p| p.into_inner());
+            networks
+                .into_iter()
+                .filter(|(id, _)| pending.insert(id.clone()))
+                .collect()
+        };
+        if fresh.is_empty() {
             return;
         }
         let me = self.clone();
-        tokio::spawn(async move { me.push_network_maps(&networks).await });
+        tokio::spawn(async move {
+            tokio::time::sleep(PUSH_DELAY).await;
+            {
+                // A change from now on schedules a push of its own.
+                let mut pending = me.maps_pending.lock().unwrap_or_else(|p| p.into_inner());
+                for (id, _) in &fresh {
+                    pending.remove(id);
+                }
+            }
+            me.push_network_maps(&fresh).await
+        });
     }
 }
 

@@ -126,6 +126,15 @@ pub const BRIDGE_FAMILY: &str = "bridge";
 /// The sets of the bridge-family table, each keyed first by port name.
 pub const ISOLATION_SETS: [&str; 4] = ["ports", "port_group", "port_in_group", "port_id"];
 
+/// Prerouting rules of a bridge-family table: a frame from a guarded port
+/// is IPv4 or ARP, from the port's own MAC and address (set `port_id`).
+const ANTI_SPOOFING: [&str; 4] = [
+    "ether type != { ip, arp } drop",
+    "ether type ip iifname . ether saddr . ip saddr != @port_id drop",
+    "ether type arp iifname . arp saddr ether . arp saddr ip != @port_id drop",
+    "ether type arp iifname . ether saddr . arp saddr ip != @port_id drop",
+];
+
 /// The static bridge-family table. Its chains never change with containers:
 /// a container adds elements only (≈ 3 ms an `nft` run here, where making or
 /// deleting a chain or an element costs ≈ 20 ms: the kernel waits for RCU).
@@ -160,10 +169,13 @@ pub fn isolation_setup_script(table: &str) -> String {
         // instance's): frames between ports not ours are not ours to judge.
         "prerouting iifname != @ports accept",
         "forward iifname != @ports oifname != @ports accept",
-        "prerouting ether type != { ip, arp } drop",
-        "prerouting ether type ip iifname . ether saddr . ip saddr != @port_id drop",
-        "prerouting ether type arp iifname . arp saddr ether . arp saddr ip != @port_id drop",
-        "prerouting ether type arp iifname . ether saddr . arp saddr ip != @port_id drop",
+    ] {
+        let _ = writeln!(s, "add rule {t} {rule}");
+    }
+    for rule in ANTI_SPOOFING {
+        let _ = writeln!(s, "add rule {t} prerouting {rule}");
+    }
+    for rule in [
         "forward meta mark set iifname map @port_group",
         "forward oifname . meta mark != @port_in_group drop",
     ] {
@@ -220,34 +232,20 @@ pub fn segment_guard_script(table: &str) -> String {
         "add chain {t} prerouting {{ type filter hook prerouting priority filter; policy accept; }}"
     );
     let _ = writeln!(s, "flush chain {t} prerouting");
-    for rule in [
-        "iifname != \"p*\" accept",
-        "ether type != { ip, arp } drop",
-        "ether type ip iifname . ether saddr . ip saddr != @port_id drop",
-        "ether type arp iifname . arp saddr ether . arp saddr ip != @port_id drop",
-        "ether type arp iifname . ether saddr . arp saddr ip != @port_id drop",
-    ] {
+    let _ = writeln!(s, "add rule {t} prerouting iifname != \"p*\" accept");
+    for rule in ANTI_SPOOFING {
         let _ = writeln!(s, "add rule {t} prerouting {rule}");
     }
     s
 }
 
-/// Adds (or deletes) one more source `ip` of `port` (with `mac`), in one
-/// idempotent transaction: the add makes the delete safe when it is absent.
-pub fn source_element_script(
-    table: &str,
-    port: &str,
-    mac: &[u8; 6],
-    ip: Ipv4Addr,
-    add: bool,
-) -> String {
-    let t = format!("{BRIDGE_FAMILY} {table}");
-    let elem = format!("{{ \"{port}\" . {} . {ip} }}", mac_text(mac));
-    let mut s = format!("add element {t} port_id {elem}\n");
-    if !add {
-        s.push_str(&format!("delete element {t} port_id {elem}\n"));
-    }
-    s
+/// Lets `port` send from `mac` and `ip` (an element of `port_id`;
+/// idempotent).
+pub fn source_element_script(table: &str, port: &str, mac: &[u8; 6], ip: Ipv4Addr) -> String {
+    format!(
+        "add element {BRIDGE_FAMILY} {table} port_id {{ \"{port}\" . {} . {ip} }}\n",
+        mac_text(mac)
+    )
 }
 
 /// Deletes the given elements (`(set, element)`, as `nft -j` lists them and

@@ -305,6 +305,19 @@ impl NodeNet {
         self.attach_owned(id, ip, prefix, mac, ports, None, 0).await
     }
 
+    /// [`NodeNet::attach`] for a namespace of atoll's own (a fabric router's
+    /// uplink): no isolation elements, so it may send for the addresses it
+    /// routes (public addresses of its containers), and no ports.
+    pub async fn attach_trusted(
+        &self,
+        id: &str,
+        ip: Ipv4Addr,
+        prefix: u8,
+        mac: &str,
+    ) -> Result<PathBuf, NetError> {
+        self.wire(id, ip, prefix, mac, &[], None, None).await
+    }
+
     /// [`NodeNet::attach`], the namespace owned by a new user namespace mapped
     /// as `owner` (pinned at [`crate::netns::userns_pin`]) when given, and the
     /// port in isolation group `group` (an account's): it reaches only ports of
@@ -319,6 +332,23 @@ impl NodeNet {
         ports: &[PortMapping],
         owner: Option<crate::netns::UserNs>,
         group: u32,
+    ) -> Result<PathBuf, NetError> {
+        self.wire(id, ip, prefix, mac, ports, owner, Some(group))
+            .await
+    }
+
+    /// The namespace, veth and port rules of [`NodeNet::attach_owned`]; the
+    /// isolation elements only with a `group`.
+    #[allow(clippy::too_many_arguments)]
+    async fn wire(
+        &self,
+        id: &str,
+        ip: Ipv4Addr,
+        prefix: u8,
+        mac: &str,
+        ports: &[PortMapping],
+        owner: Option<crate::netns::UserNs>,
+        group: Option<u32>,
     ) -> Result<PathBuf, NetError> {
         names::validate_id(id)?;
         let mac = names::parse_mac(mac)?;
@@ -359,6 +389,14 @@ impl NodeNet {
             }
             VethState::Absent => self.b.links.create_veth(&spec).await?,
         }
+        let Some(group) = group else {
+            drop(made);
+            // No elements; rules only where there may be some to replace.
+            if !ports.is_empty() || state != VethState::Absent {
+                self.replace_port_rules(id, &port_rules).await?;
+            }
+            return Ok(path);
+        };
         let isolation = nft::port_isolation_script(&self.table, &spec.host, &mac, ip, group);
         // A fresh link with no ports has no rules to reconcile: one nft run.
         let res = if !ports.is_empty() || state != VethState::Absent {
@@ -389,22 +427,6 @@ impl NodeNet {
         names::validate_id(id)?;
         let rules = nft::port_rules(&self.table, id, ip, ports)?;
         self.replace_port_rules(id, &rules).await
-    }
-
-    /// Lets the port of `id` (with `mac`) also send from `ip`, or (`allow`
-    /// false) no longer: a router's uplink answers for the public addresses
-    /// it forwards to. Idempotent.
-    pub async fn allow_source(
-        &self,
-        id: &str,
-        mac: &str,
-        ip: Ipv4Addr,
-        allow: bool,
-    ) -> Result<(), NetError> {
-        names::validate_id(id)?;
-        let mac = names::parse_mac(mac)?;
-        let script = nft::source_element_script(&self.table, &self.host_veth(id), &mac, ip, allow);
-        self.b.nft.apply(&script).await
     }
 
     /// Removes `id`'s published ports. Idempotent.

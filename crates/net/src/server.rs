@@ -303,12 +303,11 @@ impl ServerNet {
     async fn make_segment(&self, seg: &Segment, uplink: Option<Ipv4Addr>) -> Result<(), NetError> {
         if let Some(ip) = uplink {
             self.node
-                .attach(
+                .attach_trusted(
                     &router_id(seg.vni),
                     ip,
                     self.node.subnet().prefix(),
                     &uplink_mac(ip),
-                    &[],
                 )
                 .await?;
         }
@@ -366,17 +365,19 @@ impl ServerNet {
         for (vni, s) in st.segments.iter_mut() {
             if s.released >= GUARD_COLLECT && s.seg.is_some() {
                 s.released = 0;
-                if let Err(e) = self.collect_guard(*vni).await {
+                // A user's port may be being made: its element stays.
+                let users: BTreeSet<String> = s.users.iter().map(|u| port_name(u)).collect();
+                if let Err(e) = self.collect_guard(*vni, &users).await {
                     tracing::warn!("deleting stale guard elements of segment {vni}: {e}");
                 }
             }
         }
     }
 
-    /// Deletes the guard elements of segment `vni`'s ports that are gone.
-    /// Elements are listed before links: a port made after the link listing
-    /// has no element in the element listing.
-    async fn collect_guard(&self, vni: u32) -> Result<usize, NetError> {
+    /// Deletes the guard elements of segment `vni`'s ports that are gone,
+    /// other than those of `users`' ports (the caller holds the state lock,
+    /// so no other container can start using the segment meanwhile).
+    async fn collect_guard(&self, vni: u32, users: &BTreeSet<String>) -> Result<usize, NetError> {
         let id = vni.to_string();
         let router = router_nft(&self.fabric.router_ns(&id));
         let Some(json) = router.list_table(nft::BRIDGE_FAMILY, ROUTER_TABLE).await? else {
@@ -385,7 +386,7 @@ impl ServerNet {
         let links: BTreeSet<String> = self.fabric.link_names(&id).await?.into_iter().collect();
         let stale: Vec<(String, String)> = nft::isolation_elements(&json)?
             .into_iter()
-            .filter(|(_, port, _)| !links.contains(port))
+            .filter(|(_, port, _)| !links.contains(port) && !users.contains(port))
             .map(|(set, _, elem)| (set, elem))
             .collect();
         if !stale.is_empty() {
@@ -417,7 +418,7 @@ impl ServerNet {
     /// Starts adding the guard element of `id`'s port on segment `a`.
     fn guard(&self, id: &str, a: &Attachment) -> Guarding {
         let router = router_nft(&self.fabric.router_ns(&a.vni.to_string()));
-        let script = nft::source_element_script(ROUTER_TABLE, &port_name(id), &a.mac, a.ip, true);
+        let script = nft::source_element_script(ROUTER_TABLE, &port_name(id), &a.mac, a.ip);
         tokio::spawn(async move { router.apply(&script).await })
     }
 
@@ -491,11 +492,11 @@ impl ServerNet {
         };
         let side = self.public.as_ref().ok_or(NetError::NoPublicInterface)?;
         let rules = nft::port_rules(ROUTER_TABLE, id, a.ip, &router_side(ports, Some(p.ip)))?;
-        nft::replace_commented_rules(&router, ROUTER_TABLE, id, &rules).await?;
-        self.node
-            .allow_source(&router_id(a.vni), &uplink_mac(up), p.ip, true)
-            .await?;
-        side.publish(self.node.bridge(), p, up).await
+        let (r, s) = futures::join!(
+            nft::replace_commented_rules(&router, ROUTER_TABLE, id, &rules),
+            side.publish(self.node.bridge(), p, up),
+        );
+        r.and(s)
     }
 
     /// Adds network `a` to running container `id` (the next free `ethN`).
@@ -567,27 +568,14 @@ impl ServerNet {
             }
         };
         if published {
-            note(self.node.unpublish(id).await);
-            if let (Some(ip), Some(side)) = (public, &self.public) {
-                note(side.unpublish(ip).await);
+            // At a public address: its route and proxy entry; else the
+            // server's DNAT rules.
+            match (public, &self.public) {
+                (Some(ip), Some(side)) => note(side.unpublish(ip).await),
+                (Some(_), None) => {}
+                (None, _) => note(self.node.unpublish(id).await),
             }
             if let Some(a) = nets.first() {
-                if let Some(ip) = public {
-                    let up = self
-                        .state
-                        .lock()
-                        .await
-                        .segments
-                        .get(&a.vni)
-                        .and_then(|s| s.uplink);
-                    if let Some(up) = up {
-                        note(
-                            self.node
-                                .allow_source(&router_id(a.vni), &uplink_mac(up), ip, false)
-                                .await,
-                        );
-                    }
-                }
                 let path = self.fabric.router_ns(&a.vni.to_string());
                 if path.exists() {
                     let router = router_nft(&path);
@@ -650,7 +638,9 @@ impl ServerNet {
         if st.maps.get(&vni).is_some_and(|(v, _)| *v > version) {
             return Ok(());
         }
-        if let Some(Seg { seg: Some(seg), .. }) = st.segments.get(&vni) {
+        // Only names changed (a start, a stop): the kernel has the members.
+        let same = st.maps.get(&vni).is_some_and(|(_, old)| *old == members);
+        if !same && let Some(Seg { seg: Some(seg), .. }) = st.segments.get(&vni) {
             self.fabric.set_members(seg, &members).await?;
         }
         st.maps.insert(vni, (version, members));
