@@ -5,14 +5,16 @@
 //! lifecycle with uplinks and published ports (`server`), and the server
 //! bridge (`node`: one Linux bridge `atl<inst>`, one `inet atoll_<inst>` nft
 //! table for masquerade and published ports). Links, addresses and routes go
-//! through rtnetlink; nftables changes are applied as whole `nft -f -`
-//! batches. Every privileged operation of the server bridge sits behind a
+//! through rtnetlink; nftables changes are applied as whole batches (one
+//! transaction each), in-process through libnftables (`libnft`; the `nft`
+//! binary where the library is missing). Every privileged operation of the server bridge sits behind a
 //! trait (`LinkOps`, `NetnsOps`, `Nft`, `Sysctl`) with a fake in [`fake`].
 
 pub mod error;
 pub mod fabric;
 pub mod fake;
 pub mod ipv4net;
+pub mod libnft;
 pub mod link;
 pub mod names;
 pub mod netns;

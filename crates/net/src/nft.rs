@@ -487,6 +487,12 @@ impl Default for NftCmd {
 impl Nft for NftCmd {
     async fn apply(&self, script: &str) -> Result<(), NetError> {
         use tokio::io::AsyncWriteExt;
+        if let Some(r) = crate::libnft::run(self.netns.clone(), script.to_string(), 0).await {
+            return r.map(|_| ()).map_err(|e| {
+                tracing::debug!(script, "nft failed");
+                NetError::Nft(e)
+            });
+        }
         let mut child = self
             .command()?
             .args(["-f", "-"])
@@ -532,6 +538,22 @@ impl Nft for NftCmd {
 impl NftCmd {
     /// Runs an `nft` listing: its JSON, or None when the object is missing.
     async fn list(&self, args: &[&str]) -> Result<Option<String>, NetError> {
+        let mut flags = 0;
+        let mut words = Vec::new();
+        for a in args {
+            match *a {
+                "-j" => flags |= crate::libnft::OUTPUT_JSON,
+                "-a" => flags |= crate::libnft::OUTPUT_HANDLE,
+                w => words.push(w),
+            }
+        }
+        if let Some(r) = crate::libnft::run(self.netns.clone(), words.join(" "), flags).await {
+            return match r {
+                Ok(out) => Ok(Some(out)),
+                Err(e) if e.contains("No such file or directory") => Ok(None),
+                Err(e) => Err(NetError::Nft(e)),
+            };
+        }
         let out = self
             .command()?
             .args(args)
