@@ -253,6 +253,10 @@ pub struct ContainerSpec {
     /// when the container has one, else on the server's own addresses.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// `--network host` (operator only): the server's own network
+    /// namespace, no networks of its own.
+    #[serde(default)]
+    pub host_network: bool,
     /// The container's own address on the datacenter's public network
     /// (where the operator configured one and the container publishes ports).
     #[serde(default)]

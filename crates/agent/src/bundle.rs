@@ -298,8 +298,9 @@ pub fn resolv_conf(spec: &ContainerSpec, host: &str) -> String {
         let mut f = line.split_whitespace();
         match f.next() {
             Some("nameserver") => {
+                // Loopback servers answer only in the server's own namespace.
                 if let Some(ns) = f.next()
-                    && !is_loopback_ns(ns)
+                    && (spec.host_network || !is_loopback_ns(ns))
                 {
                     nameservers.push(ns.to_string());
                 }
@@ -576,11 +577,14 @@ pub fn oci_config(
         json!({"type": "ipc"}),
         json!({"type": "uts"}),
         json!({"type": "mount"}),
-        match netns {
+    ];
+    // `--network host` (the operator's): the server's namespace, none of its own.
+    if !spec.host_network {
+        namespaces.push(match netns {
             Some(p) => json!({"type": "network", "path": p}),
             None => json!({"type": "network"}),
-        },
-    ];
+        });
+    }
     if spec.userns.is_some() {
         // Joined where the agent made it, as the owner of the network
         // namespace (so the container may mount its sysfs); else new.

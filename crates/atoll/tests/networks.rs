@@ -493,6 +493,36 @@ fn network_commands_on_one_server() {
     let err = a.docker_err(&["network", "connect", "front", "loner"]);
     assert!(err.contains("private (none) mode"), "{err}");
     a.docker_ok(&["rm", "-f", "loner"]);
+
+    // The operator's `--network host`: the server's own namespace (here the
+    // test's, as `atoll up` runs its agent in it), published ports dropped
+    // as Docker drops them, no networks to connect.
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hostnet",
+        "--network",
+        "host",
+        "-p",
+        "80:80",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let theirs = a.docker_ok(&["exec", "hostnet", "readlink", "/proc/self/ns/net"]);
+    assert_eq!(theirs.trim(), ours.to_string_lossy());
+    let nets = a.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.NetworkMode}} {{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}} {{len .NetworkSettings.Ports}}",
+        "hostnet",
+    ]);
+    assert_eq!(nets, "host host 0");
+    let err = a.docker_err(&["network", "connect", "front", "hostnet"]);
+    assert!(err.contains("host network"), "{err}");
+    a.docker_ok(&["rm", "-f", "hostnet"]);
     for filter in ["type=foo", "dangling=maybe", "colour=red"] {
         let err = a.docker_err(&["network", "ls", "--filter", filter]);
         assert!(err.contains("invalid filter"), "{filter}: {err}");

@@ -451,7 +451,8 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
     // Privileges, host namespaces and devices: `security::check`, which knows
     // the account, runs before this.
     let networks = network_requests(body)?;
-    let network_none = networks.is_empty();
+    let host_network = hc.network_mode.as_deref() == Some("host");
+    let network_none = networks.is_empty() && !host_network;
 
     let restart = RestartPolicy::of(body)?;
     let auto_remove = hc.auto_remove.unwrap_or(false);
@@ -605,6 +606,10 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
             "conflicting options: port publishing and the container type network mode".into(),
         );
     }
+    if host_network {
+        // Docker discards them too: the container's ports are the server's.
+        ports.clear();
+    }
 
     let (log_max_size, log_max_files) = log_options(&hc)?;
 
@@ -669,6 +674,7 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         networks: Vec::new(),
         ports: Vec::new(),
         public: None,
+        host_network,
         dns: hc.dns.clone().unwrap_or_default(),
         dns_search: hc.dns_search.clone().unwrap_or_default(),
         dns_options: hc.dns_options.clone().unwrap_or_default(),
@@ -734,11 +740,15 @@ fn network_requests(body: &ContainerCreateBody) -> Result<Vec<EndpointRequest>> 
             }
             return Ok(Vec::new());
         }
+        // The server's own namespace (the operator's: `security::check`
+        // refuses it to tenants).
         "host" => {
-            return Err(Error::InvalidArgument(
-                "the host network is not available: containers live on their account's networks"
-                    .into(),
-            ));
+            if endpoints.keys().any(|k| k != "host") {
+                return Err(Error::InvalidArgument(
+                    "container cannot be disconnected from host network or connected to host network".into(),
+                ));
+            }
+            return Ok(Vec::new());
         }
         m if m.starts_with("container:") => {
             return Err(Error::InvalidArgument(
@@ -1033,7 +1043,7 @@ mod tests {
             serde_json::json!({"HostConfig": {"PortBindings": {"80/sctp": [{"HostPort": "1"}]}}}),
             serde_json::json!({"HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "x"}]}}}),
             // (--privileged and host namespaces: `security::check`, tested there)
-            serde_json::json!({"HostConfig": {"NetworkMode": "host"}}),
+            serde_json::json!({"HostConfig": {"NetworkMode": "host"}, "NetworkingConfig": {"EndpointsConfig": {"app": {}}}}),
             serde_json::json!({"StopSignal": "SIGNOPE"}),
             serde_json::json!({"HostConfig": {"LogConfig": {"Type": "json-file", "Config": {"max-file": "3"}}}}),
             serde_json::json!({"HostConfig": {"ExtraHosts": ["nocolon"]}}),

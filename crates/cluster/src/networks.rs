@@ -618,6 +618,12 @@ impl Cluster {
                 "container cannot be connected to multiple networks with one of the networks in private (none) mode".into(),
             ));
         }
+        if c.spec.host_network {
+            return Err(Error::Forbidden(
+                "container cannot be disconnected from host network or connected to host network"
+                    .into(),
+            ));
+        }
         if c.spec.networks.iter().any(|e| e.network == n.id) {
             return Err(Error::Forbidden(format!(
                 "endpoint with name {} already exists in network {}",

@@ -196,10 +196,11 @@ fn networks_json(c: &ContainerRecord, running: bool) -> serde_json::Map<String, 
         networks.insert(e.name.clone(), endpoint_json(c, e, running));
     }
     if networks.is_empty() {
+        let mode = if c.spec.host_network { "host" } else { "none" };
         networks.insert(
-            "none".into(),
+            mode.into(),
             json!({"IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "",
-                   "NetworkID": "none", "EndpointID": "", "Gateway": "", "IPAddress": "",
+                   "NetworkID": mode, "EndpointID": "", "Gateway": "", "IPAddress": "",
                    "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
                    "GlobalIPv6PrefixLen": 0, "DNSNames": null}),
         );
