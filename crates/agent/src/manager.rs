@@ -167,6 +167,14 @@ impl Agent {
             );
         }
         let layers = LayerCache::open(&cfg.dir.join("layers"))?;
+        // `atoll reset` undoes the public interface's routes and entries.
+        let marker = cfg.dir.join(crate::reset::PUBLIC_INTERFACE_FILE);
+        match &cfg.public_interface {
+            Some(iface) => std::fs::write(&marker, iface)?,
+            None => {
+                let _ = std::fs::remove_file(&marker);
+            }
+        }
         let net = net::ServerNet::setup(
             net::NodeNetConfig {
                 instance: cfg.instance.clone(),

@@ -16,6 +16,9 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Names the agent's public interface (written at start), for [`reset`].
+pub(crate) const PUBLIC_INTERFACE_FILE: &str = "public-interface";
+
 pub async fn reset(agent_dir: &Path, instance: &str) -> Result<(), AgentError> {
     let runc = Runc::new(PathBuf::from("runc"), agent_dir.join("runc"));
     let containers = agent_dir.join("containers");
@@ -37,6 +40,9 @@ pub async fn reset(agent_dir: &Path, instance: &str) -> Result<(), AgentError> {
         let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
     }
     net::NodeNet::teardown(instance, &agent_dir.join("netns")).await?;
+    if let Ok(iface) = std::fs::read_to_string(agent_dir.join(PUBLIC_INTERFACE_FILE)) {
+        net::public::teardown(iface.trim()).await?;
+    }
     let parent = format!("atoll-{instance}");
     if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
         for c in ctrls.flatten() {

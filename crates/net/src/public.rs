@@ -215,6 +215,87 @@ impl PublicRouting for RtPublic {
     }
 }
 
+/// Removes what [`RtPublic`] made on `iface`: the proxy entries of the
+/// public subnet (read back from [`PUBLIC_TABLE`]), the table and the rule.
+/// The /32 routes went with the server bridge. For `atoll reset`.
+pub async fn teardown(iface: &str) -> Result<(), NetError> {
+    let (conn, h, _) = rtnetlink::new_connection().map_err(|e| NetError::netlink("open", e))?;
+    let task = tokio::spawn(conn);
+    let routes: Vec<_> = h
+        .route()
+        .get(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .table_id(PUBLIC_TABLE)
+                .build(),
+        )
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("list routes"))?;
+    let ours: Vec<_> = routes
+        .into_iter()
+        .filter(|r| {
+            r.attributes.iter().any(|a| {
+                matches!(a, netlink_packet_route::route::RouteAttribute::Table(t) if *t == PUBLIC_TABLE)
+            })
+        })
+        .collect();
+    let subnets: Vec<Ipv4Net> = ours
+        .iter()
+        .filter_map(|r| {
+            r.attributes.iter().find_map(|a| match a {
+                netlink_packet_route::route::RouteAttribute::Destination(
+                    netlink_packet_route::route::RouteAddress::Inet(ip),
+                ) => Ipv4Net::new(*ip, r.header.destination_prefix_length).ok(),
+                _ => None,
+            })
+        })
+        .collect();
+    if let Some(link) = link_by_name(&h, iface).await? {
+        let idx = link.header.index;
+        let neighbours: Vec<_> = h
+            .neighbours()
+            .get()
+            .proxies()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list proxy entries"))?;
+        for n in neighbours {
+            let ip = n.attributes.iter().find_map(|a| match a {
+                netlink_packet_route::neighbour::NeighbourAttribute::Destination(
+                    netlink_packet_route::neighbour::NeighbourAddress::Inet(ip),
+                ) => Some(*ip),
+                _ => None,
+            });
+            if n.header.ifindex == idx
+                && ip.is_some_and(|ip| subnets.iter().any(|s| s.contains(ip)))
+            {
+                let _ = h.neighbours().del(n).execute().await;
+            }
+        }
+    }
+    for r in ours {
+        let _ = h.route().del(r).execute().await;
+    }
+    let rules: Vec<_> = h
+        .rule()
+        .get(rtnetlink::IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("list rules"))?;
+    for r in rules {
+        if r.attributes.iter().any(|a| {
+            matches!(a, netlink_packet_route::rule::RuleAttribute::Priority(p) if *p == RULE_PRIORITY)
+        }) {
+            let _ = h.rule().del(r).execute().await;
+        }
+    }
+    task.abort();
+    Ok(())
+}
+
 /// The public interface of a server and what was readied on it.
 pub struct PublicSide {
     iface: String,
@@ -254,6 +335,72 @@ impl PublicSide {
 mod tests {
     use super::*;
     use crate::fake::FakePublic;
+
+    /// In a namespace of its own (a thread that unshared one; `ip` runs
+    /// there to make the links and to look): publish, unpublish, teardown.
+    #[test]
+    fn routes_entries_and_the_rule_for_real() {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let ip = |args: &str| {
+                let out = std::process::Command::new("ip")
+                    .args(args.split_whitespace())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "ip {args}: {out:?}");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            for cmd in [
+                "link add pubt0 type veth peer name pubt1",
+                "link add brt type bridge",
+                "addr add 10.1.0.1/24 dev brt",
+                "link set brt up",
+            ] {
+                ip(cmd);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let side = PublicSide::new(
+                    "pubt0".into(),
+                    Box::new(RtPublic::new(Box::new(crate::ProcSysctl)).unwrap()),
+                );
+                let p = |a: &str| PublicIp {
+                    ip: a.parse().unwrap(),
+                    subnet: "198.51.100.0/24".parse().unwrap(),
+                    gateway: "198.51.100.1".parse().unwrap(),
+                };
+                let via: Ipv4Addr = "10.1.0.2".parse().unwrap();
+                side.publish("brt", &p("198.51.100.7"), via).await.unwrap();
+                side.publish("brt", &p("198.51.100.8"), via).await.unwrap();
+                assert!(ip("rule").contains("from 198.51.100.0/24 iif brt lookup 28655"));
+                let table = ip("route show table 28655");
+                assert!(
+                    table.contains("default via 198.51.100.1 dev pubt0"),
+                    "{table}"
+                );
+                assert!(ip("route show 198.51.100.7/32").contains("via 10.1.0.2 dev brt"));
+                let proxies = ip("neigh show proxy");
+                assert!(proxies.contains("198.51.100.7") && proxies.contains("198.51.100.8"));
+                side.unpublish("198.51.100.8".parse().unwrap())
+                    .await
+                    .unwrap();
+                side.unpublish("198.51.100.8".parse().unwrap())
+                    .await
+                    .unwrap();
+                assert!(ip("route show 198.51.100.8/32").trim().is_empty());
+                assert!(!ip("neigh show proxy").contains("198.51.100.8"));
+                teardown("pubt0").await.unwrap();
+                assert!(!ip("rule").contains("28655"));
+                assert!(ip("route show table 28655").trim().is_empty());
+                assert!(ip("neigh show proxy").trim().is_empty());
+            });
+        })
+        .join()
+        .unwrap();
+    }
 
     #[tokio::test]
     async fn the_reply_path_is_readied_once_per_setting() {
