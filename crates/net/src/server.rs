@@ -160,6 +160,16 @@ fn router_setup_script() -> String {
     s
 }
 
+/// A router namespace's tables: the guard, and with an uplink the NAT and
+/// filter table.
+fn router_script(uplink: bool) -> String {
+    let mut script = nft::segment_guard_script(ROUTER_TABLE);
+    if uplink {
+        script.push_str(&router_setup_script());
+    }
+    script
+}
+
 /// Ports as the server publishes them: host port → the same port on the
 /// router's uplink.
 fn server_side(ports: &[PortMapping]) -> Vec<PortMapping> {
@@ -200,6 +210,14 @@ impl ServerNet {
         for id in fabric.pinned() {
             let Ok(vni) = id.parse::<u32>() else { continue };
             let uplink = fabric.router_address(&id, UPLINK).await.unwrap_or(None);
+            // Its tables as this version makes them (a re-run keeps the
+            // elements and the published ports).
+            if let Err(e) = router_nft(&fabric.router_ns(&id))
+                .apply(&router_script(uplink.is_some()))
+                .await
+            {
+                tracing::warn!("renewing the tables of segment {id}: {e}");
+            }
             state.segments.insert(
                 vni,
                 Seg {
@@ -312,11 +330,9 @@ impl ServerNet {
                 .await?;
         }
         let path = self.fabric.ensure(seg).await?;
-        let mut script = nft::segment_guard_script(ROUTER_TABLE);
-        if uplink.is_some() {
-            script.push_str(&router_setup_script());
-        }
-        router_nft(&path).apply(&script).await
+        router_nft(&path)
+            .apply(&router_script(uplink.is_some()))
+            .await
     }
 
     async fn remove_segment(&self, vni: u32) -> Result<(), NetError> {
