@@ -133,25 +133,7 @@ impl PublicRouting for RtPublic {
                 .map_err(nl("add public route"))?;
         }
         // One rule; an earlier one (another subnet) is replaced.
-        let rules: Vec<_> = h
-            .rule()
-            .get(rtnetlink::IpVersion::V4)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list rules"))?;
-        for r in rules {
-            let ours = r.attributes.iter().any(|a| {
-                matches!(a, netlink_packet_route::rule::RuleAttribute::Priority(p) if *p == RULE_PRIORITY)
-            });
-            if ours {
-                h.rule()
-                    .del(r)
-                    .execute()
-                    .await
-                    .map_err(nl("delete public rule"))?;
-            }
-        }
+        delete_rules(h).await?;
         allow_exists(
             h.rule()
                 .add()
@@ -278,6 +260,13 @@ pub async fn teardown(iface: &str) -> Result<(), NetError> {
     for r in ours {
         let _ = h.route().del(r).execute().await;
     }
+    let r = delete_rules(&h).await;
+    task.abort();
+    r
+}
+
+/// Deletes the reply rule (whatever its subnet).
+async fn delete_rules(h: &Handle) -> Result<(), NetError> {
     let rules: Vec<_> = h
         .rule()
         .get(rtnetlink::IpVersion::V4)
@@ -286,13 +275,17 @@ pub async fn teardown(iface: &str) -> Result<(), NetError> {
         .await
         .map_err(nl("list rules"))?;
     for r in rules {
-        if r.attributes.iter().any(|a| {
+        let ours = r.attributes.iter().any(|a| {
             matches!(a, netlink_packet_route::rule::RuleAttribute::Priority(p) if *p == RULE_PRIORITY)
-        }) {
-            let _ = h.rule().del(r).execute().await;
+        });
+        if ours {
+            h.rule()
+                .del(r)
+                .execute()
+                .await
+                .map_err(nl("delete public rule"))?;
         }
     }
-    task.abort();
     Ok(())
 }
 
