@@ -477,6 +477,18 @@ fn network_commands_on_one_server() {
     );
     assert!(!out.contains("default"), "{out}");
     assert!(out.contains("gw-ok"), "{out}");
+    // ...nor a way in: it cannot publish ports.
+    let err = a.docker_err(&[
+        "run",
+        "--rm",
+        "--network",
+        "quiet",
+        "-p",
+        "80",
+        "busybox",
+        "true",
+    ]);
+    assert!(err.contains("first network quiet is internal"), "{err}");
 
     // A container without networks cannot join one; bad filters are 400.
     a.docker_ok(&[

@@ -198,8 +198,16 @@ impl Cluster {
         planned.spec.seccomp_unconfined = security.seccomp_unconfined;
         planned.spec.userns = self.id_map(account).await?;
         planned.spec.layers = image.layers.iter().map(|l| l.layer_ref()).collect();
-        let (node, package, reservation) =
-            self.place_container(account, &rules, &mut planned).await?;
+        // Ports are published at a public address where the operator set a
+        // public network: placement then needs a server on it.
+        let public = if planned.ports.is_empty() {
+            None
+        } else {
+            self.public_network().await?
+        };
+        let (node, package, reservation) = self
+            .place_container(account, &rules, &mut planned, public.is_some())
+            .await?;
         let _limits = self
             .check_account_limits(account, reservation.memory)
             .await?;
@@ -241,9 +249,7 @@ impl Cluster {
             .resolve_links(account, &networks, &planned.links, &mut rec.spec)
             .await?;
         let env = rec.spec.process.env.clone();
-        let public = if planned.ports.is_empty() {
-            None
-        } else {
+        if !planned.ports.is_empty() {
             if networks.first().is_some_and(|(n, _)| n.internal) {
                 return Err(Error::InvalidArgument(format!(
                     "cannot publish ports: the container's first network {} is internal",
@@ -251,14 +257,12 @@ impl Cluster {
                 )));
             }
             let mut ports = planned.ports.clone();
-            let public = self.public_network().await?;
             match &public {
                 Some(_) => crate::public::public_ports(&mut ports)?,
                 None => self.assign_host_ports(&node.id, &mut ports).await?,
             }
             rec.spec.ports = ports;
-            public
-        };
+        }
         for attempt in 0..64u32 {
             rec.name = match &name {
                 Some(n) => n.clone(),

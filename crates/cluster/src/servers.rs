@@ -184,12 +184,14 @@ impl Cluster {
     }
 
     /// Sizes the container with its package (limits the user did not set come
-    /// from it) and picks its server.
+    /// from it) and picks its server (one on the public network when `public`:
+    /// the container gets a public address).
     pub(crate) async fn place_container(
         &self,
         account: &str,
         rules: &[Rule],
         planned: &mut Planned,
+        public: bool,
     ) -> Result<(NodeRecord, String, Reservation)> {
         let packages = self.store.list_packages().await?;
         let memory =
@@ -221,7 +223,7 @@ impl Cluster {
         let pinned = self.pinned_node(account, planned).await?;
         let mut servers = self.servers().await?;
         // A container with a public address runs where the public network is.
-        if !planned.ports.is_empty() && self.public_network().await?.is_some() {
+        if public {
             servers.retain(|(n, _)| n.info.public);
             if let Some(p) = &pinned
                 && !servers.iter().any(|(n, _)| n.id == *p)

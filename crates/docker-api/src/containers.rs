@@ -822,9 +822,7 @@ pub async fn prune(
     let removed = st
         .cluster
         .prune_containers(&acct.0, |c| {
-            !f.labels_match("label", &c.labels)
-                || f.labels_exclude("label!", &c.labels)
-                || until.is_some_and(|u| c.created > u)
+            f.prune_keeps(&c.labels) || until.is_some_and(|u| c.created > u)
         })
         .await?;
     Ok(Json(

@@ -364,9 +364,7 @@ pub async fn prune(
         .cluster
         .prune_images(&acct.0, all, |i| {
             let l = labels_of.get(&i.id).cloned().unwrap_or_default();
-            !f.labels_match("label", &l)
-                || f.labels_exclude("label!", &l)
-                || until.is_some_and(|u| i.created > u)
+            f.prune_keeps(&l) || until.is_some_and(|u| i.created > u)
         })
         .await?;
     Ok(Json(json!({

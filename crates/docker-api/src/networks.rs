@@ -162,9 +162,7 @@ pub async fn prune(
     let removed = st
         .cluster
         .prune_networks(&acct.0, |n| {
-            !f.labels_match("label", &n.labels)
-                || f.labels_exclude("label!", &n.labels)
-                || until.is_some_and(|u| n.created > u)
+            f.prune_keeps(&n.labels) || until.is_some_and(|u| n.created > u)
         })
         .await?;
     Ok(Json(json!({"NetworksDeleted": removed})))

@@ -150,6 +150,12 @@ impl Filters {
             None => labels.contains_key(w.as_str()),
         })
     }
+    /// Whether a prune keeps an object with `labels`: the `label` filters
+    /// do not all match, or a `label!` one does.
+    pub fn prune_keeps(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.labels_match("label", labels) || self.labels_exclude("label!", labels)
+    }
+
     /// `label!=...` style negative matching (`label!` key).
     pub fn labels_exclude(&self, key: &str, labels: &BTreeMap<String, String>) -> bool {
         let Some(want) = self.get(key) else {

@@ -135,9 +135,7 @@ pub async fn prune(
         .is_some_and(|a| a == "true" || a == "1");
     let removed = st
         .cluster
-        .prune_volumes(&acct.0, all, |v| {
-            !f.labels_match("label", &v.labels) || f.labels_exclude("label!", &v.labels)
-        })
+        .prune_volumes(&acct.0, all, |v| f.prune_keeps(&v.labels))
         .await?;
     Ok(Json(
         json!({"VolumesDeleted": removed, "SpaceReclaimed": 0}),

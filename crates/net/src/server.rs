@@ -364,20 +364,10 @@ impl ServerNet {
     /// every second.
     pub async fn collect_idle(&self, linger: std::time::Duration) {
         let mut st = self.state.lock().await;
-        let idle: Vec<u32> = st
-            .segments
-            .iter()
-            .filter(|(_, s)| {
-                s.users.is_empty() && s.idle_since.is_some_and(|t| t.elapsed() >= linger)
-            })
-            .map(|(v, _)| *v)
-            .collect();
-        for vni in idle {
-            if let Err(e) = self.remove_segment(vni).await {
-                tracing::warn!("removing idle segment {vni}: {e}");
-            }
-            st.segments.remove(&vni);
-        }
+        self.remove_segments(&mut st, "idle", |s| {
+            s.users.is_empty() && s.idle_since.is_some_and(|t| t.elapsed() >= linger)
+        })
+        .await;
         for (vni, s) in st.segments.iter_mut() {
             if s.released >= GUARD_COLLECT && s.seg.is_some() {
                 s.released = 0;
@@ -628,15 +618,21 @@ impl ServerNet {
     /// ended while the agent was down). Run after adoption.
     pub async fn collect_unused(&self) {
         let mut st = self.state.lock().await;
-        let unused: Vec<u32> = st
+        self.remove_segments(&mut st, "unused", |s| s.users.is_empty())
+            .await;
+    }
+
+    /// Removes the segments `pick` chooses (`why` names them in warnings).
+    async fn remove_segments(&self, st: &mut State, why: &str, pick: impl Fn(&Seg) -> bool) {
+        let gone: Vec<u32> = st
             .segments
             .iter()
-            .filter(|(_, s)| s.users.is_empty())
+            .filter(|(_, s)| pick(s))
             .map(|(v, _)| *v)
             .collect();
-        for vni in unused {
+        for vni in gone {
             if let Err(e) = self.remove_segment(vni).await {
-                tracing::warn!("removing unused segment {vni}: {e}");
+                tracing::warn!("removing {why} segment {vni}: {e}");
             }
             st.segments.remove(&vni);
         }
