@@ -159,6 +159,15 @@ pub struct Resources {
     pub disk: u64,
 }
 
+/// One `--ulimit`: Docker's name (`nofile`, `nproc`, …) and its soft and
+/// hard values (-1: unlimited).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
+}
+
 /// Where a mount's data comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -245,6 +254,10 @@ pub struct ContainerSpec {
     /// Run an init process (tini) as PID 1.
     pub init: bool,
     pub resources: Resources,
+    /// `--ulimit`s (rlimits of the container's processes), checked by the
+    /// head; RLIMIT_NOFILE has a default where none is given.
+    #[serde(default)]
+    pub ulimits: Vec<Ulimit>,
     /// The networks in Docker's order: the first is `eth0` and carries the
     /// default route (unless internal). Empty: `--network none`.
     #[serde(default)]

@@ -16,6 +16,8 @@ use std::path::{Component, Path, PathBuf};
 use agent_client::{IdMap, container_id, host_id};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::Mode;
+
+use crate::confined::{fstat, path_at, reopen_regular};
 use serde::Serialize;
 
 /// Errors a user can act on; the agent maps them to 404/400.
@@ -342,6 +344,7 @@ impl Root {
                     check(unsafe { libc::unlinkat(pfd, name.as_ptr(), 0) })?;
                 }
             }
+            let mut created: Option<OwnedFd> = None;
             match kind {
                 tar::EntryType::Directory => {
                     if existing != Some(libc::S_IFDIR) {
@@ -358,6 +361,7 @@ impl Root {
                     )?;
                     let mut f = File::from(fd);
                     io::copy(&mut entry, &mut f)?;
+                    created = Some(OwnedFd::from(f));
                 }
                 tar::EntryType::Symlink => {
                     let target = entry
@@ -385,6 +389,14 @@ impl Root {
                     })?;
                     continue;
                 }
+                tar::EntryType::Char | tar::EntryType::Block if self.ids.is_some() => {
+                    // A tenant's root cannot make device nodes in its own
+                    // container either (no CAP_MKNOD outside its namespace).
+                    return Err(ArchiveError::Invalid(format!(
+                        "device nodes cannot be copied into a container: {}",
+                        String::from_utf8_lossy(&raw)
+                    )));
+                }
                 tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                     let t = match kind {
                         tar::EntryType::Char => libc::S_IFCHR,
@@ -407,31 +419,54 @@ impl Root {
             };
             let ids = self.ids.as_ref();
             let (uid, gid) = (host_id(ids, uid), host_id(ids, gid));
-            // SAFETY: *at calls on our dir fd, not following a final symlink.
-            unsafe {
-                check(libc::fchownat(
-                    pfd,
-                    name.as_ptr(),
+            // Owner and mode go to what was just made, through a descriptor:
+            // the container may have swapped the name for a symlink to a host
+            // file meanwhile (a chmod by name would follow it).
+            let made = match created {
+                Some(fd) => fd,
+                None => path_at(parent.as_fd(), &name)?,
+            };
+            let st = fstat(made.as_fd())?;
+            let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+            if is_link != (kind == tar::EntryType::Symlink) {
+                return Err(ArchiveError::Invalid(format!(
+                    "{} changed while it was being copied",
+                    String::from_utf8_lossy(&raw)
+                )));
+            }
+            // SAFETY: fchownat on our own descriptor (AT_EMPTY_PATH: the
+            // inode it names, a symlink itself included).
+            check(unsafe {
+                libc::fchownat(
+                    made.as_raw_fd(),
+                    c"".as_ptr(),
                     uid,
                     gid,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                ))?;
-                if kind != tar::EntryType::Symlink {
-                    check(libc::fchmodat(pfd, name.as_ptr(), mode, 0))?;
-                }
-                let mtime = h.mtime().unwrap_or(0) as i64;
-                let ts = [
-                    libc::timespec {
-                        tv_sec: mtime,
-                        tv_nsec: 0,
-                    },
-                    libc::timespec {
-                        tv_sec: mtime,
-                        tv_nsec: 0,
-                    },
-                ];
-                libc::utimensat(pfd, name.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW);
+                    libc::AT_EMPTY_PATH,
+                )
+            })?;
+            if !is_link {
+                // chmod through the descriptor's /proc link reaches the very
+                // inode it names (fchmod refuses O_PATH descriptors).
+                let proc = CString::new(format!("/proc/self/fd/{}", made.as_raw_fd()))
+                    .map_err(|_| ArchiveError::Invalid("NUL in a path".into()))?;
+                // SAFETY: a NUL-terminated path.
+                check(unsafe { libc::chmod(proc.as_ptr(), mode) })?;
             }
+            let mtime = h.mtime().unwrap_or(0) as i64;
+            let ts = [
+                libc::timespec {
+                    tv_sec: mtime,
+                    tv_nsec: 0,
+                },
+                libc::timespec {
+                    tv_sec: mtime,
+                    tv_nsec: 0,
+                },
+            ];
+            // SAFETY: utimensat on our dir fd, not following a final symlink
+            // (a swapped name only gets a time it could set itself).
+            unsafe { libc::utimensat(pfd, name.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
         }
         Ok(())
     }
@@ -446,12 +481,16 @@ fn add_entry<W: Write>(
     walk: Walk,
 ) -> io::Result<()> {
     let layer = walk.layer;
-    let st = match stat_at(dir.as_raw_fd(), name) {
-        Ok(st) => st,
+    // One O_PATH descriptor for the entry, judged by its own fstat: the name
+    // may be swapped for anything meanwhile (the container is running), but
+    // the descriptor keeps naming what was judged.
+    let fd = match path_at(dir.as_fd(), name) {
+        Ok(fd) => fd,
         // Gone meanwhile (the container is running): skip it.
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
+    let st = fstat(fd.as_fd())?;
     let mut h = tar::Header::new_gnu();
     h.set_mode(st.st_mode & 0o7777);
     h.set_uid(container_id(walk.ids.as_ref(), st.st_uid) as u64);
@@ -481,12 +520,7 @@ fn add_entry<W: Write>(
         libc::S_IFDIR => {
             h.set_entry_type(tar::EntryType::Directory);
             b.append_data(&mut h, path, io::empty())?;
-            let sub = open_at(
-                dir.as_raw_fd(),
-                name,
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )?;
+            let sub = open_at(fd.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
             if layer && is_opaque(&sub) {
                 let mut h = tar::Header::new_gnu();
                 h.set_entry_type(tar::EntryType::Regular);
@@ -497,25 +531,24 @@ fn add_entry<W: Write>(
             add_children(b, &sub, path, walk)?;
         }
         libc::S_IFREG => {
-            let f = File::from(open_at(
-                dir.as_raw_fd(),
-                name,
-                libc::O_RDONLY | libc::O_NOFOLLOW,
-                0,
-            )?);
+            let what = path.display().to_string();
+            let f = reopen_regular(&fd, &st, &what).map_err(io::Error::other)?;
             let size = st.st_size.max(0) as u64;
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(size);
-            // A file that changes size meanwhile still fills its declared size.
+            // A file that changes size meanwhile still fills its declared
+            // size, and no more.
             let data = f.take(size).chain(io::repeat(0)).take(size);
             b.append_data(&mut h, path, data)?;
         }
         libc::S_IFLNK => {
-            let target = readlink_at(dir.as_raw_fd(), name)?;
+            // The link the descriptor names, not whatever the name is now.
+            let target = readlink_at(fd.as_raw_fd(), c"")?;
             h.set_entry_type(tar::EntryType::Symlink);
             b.append_link(&mut h, path, Path::new(OsStr::from_bytes(&target)))?;
         }
         t @ (libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO) => {
+            // Described, never opened.
             h.set_entry_type(match t {
                 libc::S_IFCHR => tar::EntryType::Char,
                 libc::S_IFBLK => tar::EntryType::Block,

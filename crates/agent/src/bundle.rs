@@ -391,6 +391,26 @@ pub fn tmpfs_options(opts: &str) -> Vec<String> {
     out
 }
 
+/// The OCI rlimits: the `--ulimit`s (-1 is unlimited), and Docker's
+/// RLIMIT_NOFILE unless one is given.
+pub fn rlimits(ulimits: &[agent_client::Ulimit], nofile: u64) -> Value {
+    let value = |v: i64| if v < 0 { u64::MAX } else { v as u64 };
+    let mut out: Vec<Value> = ulimits
+        .iter()
+        .map(|u| {
+            json!({
+                "type": format!("RLIMIT_{}", u.name.to_uppercase()),
+                "hard": value(u.hard),
+                "soft": value(u.soft),
+            })
+        })
+        .collect();
+    if !ulimits.iter().any(|u| u.name == "nofile") {
+        out.push(json!({"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}));
+    }
+    Value::Array(out)
+}
+
 /// The memory, cpu and pids limits; `swap_supported` says whether the host's
 /// memory cgroup accounts swap (else Docker drops the swap limit).
 pub fn resources(r: &Resources, swap_supported: bool) -> Value {
@@ -615,7 +635,7 @@ pub fn oci_config(
                 "effective": caps,
                 "permitted": caps,
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+            "rlimits": rlimits(&spec.ulimits, nofile),
             "noNewPrivileges": spec.no_new_privileges,
             "oomScoreAdj": 0,
         },

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod bundle;
+pub mod confined;
 pub mod dns;
 pub mod error;
 pub mod exec;

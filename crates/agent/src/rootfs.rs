@@ -124,7 +124,9 @@ fn mount_overlay_at(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        // A device node in an image or planted by `docker cp` opens nothing,
+        // inside the container or from the host side (the agent's reads).
+        MsFlags::MS_NODEV,
         Some(opts.as_str()),
     )
     .map_err(|e| RuntimeError::io("mounting the container's root filesystem", e.into()))

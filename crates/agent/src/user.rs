@@ -92,14 +92,20 @@ fn push_components(todo: &mut Vec<std::ffi::OsString>, p: &Path) {
     todo.extend(comps.into_iter().rev());
 }
 
-/// Reads a file of the container; a missing file reads as empty (as runc does).
+/// The most of /etc/passwd or /etc/group read (runc reads any size).
+const MAX_DB: u64 = 4 << 20;
+
+/// Reads a file of the container; a missing file reads as empty (as runc
+/// does). Only a regular file inside the rootfs, at most [`MAX_DB`] bytes: a
+/// FIFO or device planted there is refused, never opened.
 fn read_in_root(root: &Path, path: &str) -> Result<String, RuntimeError> {
-    let p = resolve_in_root(root, Path::new(path))?;
-    match std::fs::read(&p) {
-        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(String::new()),
-        Err(e) => Err(RuntimeError::io(format!("reading {path}"), e)),
+    match crate::confined::read_file_in_root(root, path, MAX_DB) {
+        Ok(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Ok(None) => Ok(String::new()),
+        Err(crate::confined::ConfinedError::Io(what, e)) => Err(RuntimeError::io(what, e)),
+        Err(e) => Err(RuntimeError::Invalid(format!(
+            "unable to read the user database: {e}"
+        ))),
     }
 }
 

@@ -671,6 +671,7 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
             pids_limit: hc.pids_limit.unwrap_or(0).max(0),
             disk: 0, // the package's, set at placement
         },
+        ulimits: ulimits(&hc)?,
         networks: Vec::new(),
         ports: Vec::new(),
         public: None,
@@ -913,6 +914,48 @@ pub fn parse_signal(s: &str) -> Result<i32> {
         }
     }
     Err(Error::InvalidArgument(format!("Invalid signal: {s}")))
+}
+
+/// Docker's `--ulimit` names.
+pub const ULIMIT_NAMES: [&str; 15] = [
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+/// `HostConfig.Ulimits`, checked as Docker checks them.
+fn ulimits(hc: &bollard_stubs::models::HostConfig) -> Result<Vec<agent_client::Ulimit>> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    let mut out: Vec<agent_client::Ulimit> = Vec::new();
+    for u in hc.ulimits.clone().unwrap_or_default() {
+        let name = u.name.unwrap_or_default();
+        if !ULIMIT_NAMES.contains(&name.as_str()) {
+            return bad(format!("invalid ulimit type: {name}"));
+        }
+        let (soft, hard) = (u.soft.unwrap_or(0), u.hard.unwrap_or(0));
+        // -1 is unlimited: the largest of all.
+        let order = |v: i64| if v < 0 { u64::MAX } else { v as u64 };
+        if order(soft) > order(hard) {
+            return bad(format!(
+                "ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
+            ));
+        }
+        out.retain(|o| o.name != name);
+        out.push(agent_client::Ulimit { name, soft, hard });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -215,6 +215,10 @@ impl Cluster {
             r.pids_limit = pkg.pids as i64;
         }
         r.disk = pkg.disk_bytes;
+        if account != crate::model::OPERATOR {
+            crate::ceiling::check_resources(r, &pkg)?;
+            crate::ceiling::check_ulimits(&planned.spec.ulimits, r, &pkg)?;
+        }
         let reservation = Reservation {
             memory: pkg.memory_bytes,
             disk: pkg.disk_bytes,

@@ -112,6 +112,16 @@ impl Cluster {
         if c.reservation.memory > 0 && resources.memory as u64 > c.reservation.memory {
             self.grow_package(&mut c, resources.memory as u64).await?;
         }
+        if account != crate::model::OPERATOR
+            && let Some(pkg) = self
+                .store
+                .list_packages()
+                .await?
+                .into_iter()
+                .find(|p| p.name == c.package)
+        {
+            crate::ceiling::check_resources(&resources, &pkg)?;
+        }
         if matches!(c.state.status, Status::Running | Status::Paused)
             && resources != c.spec.resources
         {
