@@ -9,17 +9,63 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::os::unix::fs::DirBuilderExt;
+
 use tokio::net::{TcpListener, UnixListener};
 use tower::ServiceExt;
 
-/// Binds a unix socket at `path`, replacing a stale one and creating its
-/// directory.
+/// Binds a unix socket at `path` with `mode` (who may connect) from the
+/// moment it exists: it is bound in a fresh private directory beside `path`,
+/// given its mode there and only then renamed into place, so no client ever
+/// meets it with the umask's mode. A stale socket is replaced; the
+/// directory is created. `group`: the socket's group (else root's).
+pub fn bind_unix_with_mode(
+    path: &std::path::Path,
+    mode: u32,
+    group: Option<u32>,
+) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a socket path needs a name",
+        )
+    })?;
+    let mut private = parent.as_os_str().to_os_string();
+    private.push(format!(
+        "/.{}.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let private = std::path::PathBuf::from(private);
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map(|()| ())?;
+    let staged = private.join("s");
+    let bound = (|| {
+        let listener = std::os::unix::net::UnixListener::bind(&staged)?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&staged, None, Some(gid))?;
+        }
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&staged, path)?;
+        listener.set_nonblocking(true)?;
+        UnixListener::from_std(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
+/// [`bind_unix_with_mode`] for root alone (0600).
 pub fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
-    let _ = std::fs::remove_file(path);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    UnixListener::bind(path)
+    bind_unix_with_mode(path, 0o600, None)
 }
 
 /// In the extensions of every request that came over TLS: the client

@@ -50,6 +50,7 @@ impl Agent {
         *ctr.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec.clone();
         let paths = self.paths(&spec.id);
         std::fs::create_dir_all(&paths.root)?;
+        crate::userns::make_private(&paths.root, spec.userns.as_ref())?;
         std::fs::write(
             paths.root.join("spec.json"),
             serde_json::to_vec(&spec).map_err(|e| AgentError::Internal(e.to_string()))?,

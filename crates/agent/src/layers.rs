@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 
@@ -19,6 +20,10 @@ pub struct LayerCache {
 impl LayerCache {
     pub fn open(dir: &Path) -> Result<LayerCache, AgentError> {
         std::fs::create_dir_all(dir)?;
+        // Unpacked layers keep their setuid bits and device nodes with host
+        // ids: nobody but root may reach them (overlayfs reads them with the
+        // agent's credentials).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(LayerCache {
             dir: dir.to_path_buf(),
             locks: StdMutex::new(HashMap::new()),

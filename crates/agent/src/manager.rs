@@ -416,6 +416,7 @@ impl Agent {
         *ctr.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec.clone();
         let paths = self.paths(&spec.id);
         std::fs::create_dir_all(&paths.root)?;
+        crate::userns::make_private(&paths.root, spec.userns.as_ref())?;
         // Execs of an earlier run died with it.
         let _ = std::fs::remove_dir_all(crate::exec::exec_root(&paths));
         std::fs::write(

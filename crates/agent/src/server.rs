@@ -305,8 +305,7 @@ async fn top(
         .unwrap_or_default();
     let v = tokio::task::spawn_blocking(move || {
         let pids = crate::top::container_pids(pid)?;
-        let out = crate::top::run_ps(&args)?;
-        crate::top::filter_ps(&out, &pids)
+        crate::top::top(&pids, &args)
     })
     .await
     .map_err(|e| AgentError::Internal(e.to_string()))??;
@@ -437,6 +436,9 @@ async fn archive_get(
     Ok(resp)
 }
 
+/// The most of a refused upload read and dropped before answering.
+const DRAIN_ON_ERROR: u64 = 256 << 20;
+
 async fn archive_put(
     State(a): State<Arc<Agent>>,
     Path(id): Path<String>,
@@ -456,11 +458,19 @@ async fn archive_put(
         .into_body()
         .into_data_stream()
         .map_err(std::io::Error::other);
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     tokio::task::spawn_blocking(move || {
         let root = crate::archive::Root::open(&lease.rootfs, lease.ids)?;
-        root.extract(&path, reader, no_overwrite, copy_ids)
-            .map_err(archive_error)
+        let res = root.extract(&path, &mut reader, no_overwrite, copy_ids);
+        if res.is_err() {
+            // Read what is left of the upload (within a bound) so the client
+            // gets the error rather than a broken pipe.
+            let _ = std::io::copy(
+                &mut std::io::Read::take(&mut reader, DRAIN_ON_ERROR),
+                &mut std::io::sink(),
+            );
+        }
+        res.map_err(archive_error)
     })
     .await
     .map_err(|e| AgentError::Internal(e.to_string()))??;

@@ -645,8 +645,12 @@ fn bind_socket(path: &Path, name: &str) -> Result<UnixListener, String> {
     let _ = std::fs::remove_file(name);
     // Bound by a relative name (cwd is the state dir) so long state dirs do
     // not hit the 108-byte limit of socket paths.
-    let l = UnixListener::bind(name)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    // Mode 0600 from creation: the shim is single-threaded, so the umask
+    // can be narrowed around the bind alone (the container keeps its own).
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(name);
+    nix::sys::stat::umask(old);
+    let l = bound.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     l.set_nonblocking(true)
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     Ok(l)

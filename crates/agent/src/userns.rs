@@ -115,6 +115,28 @@ pub fn allow_search(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Makes `dir` (a container's or a volume's) private to the container:
+/// root's, searchable by the container's root alone (through the group of
+/// its id range; runc reaches the rootfs and bind-mount sources as that
+/// user) and by nobody else on the server, who must never reach a tenant's
+/// setuid binaries, device nodes or data. Without `ids` (the operator's
+/// containers, host ids) root alone.
+pub fn make_private(dir: &Path, ids: Option<&IdMap>) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (gid, mode) = match ids {
+        Some(ids) => (ids.host_base, 0o710),
+        None => (0, 0o700),
+    };
+    let md = std::fs::metadata(dir)?;
+    if md.uid() != 0 || md.gid() != gid {
+        std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
+    }
+    if md.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 /// The directories at and above `dir` that others cannot search: tenants'
 /// containers cannot start below them.
 pub fn unsearchable_ancestors(dir: &Path) -> Vec<std::path::PathBuf> {

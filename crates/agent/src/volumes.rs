@@ -40,9 +40,10 @@ pub fn prepare_volumes(
     {
         check_volume_id(&m.source)?;
         let data = volume_data(volumes_dir, &m.source);
+        let parent = data.parent().unwrap_or(volumes_dir);
+        std::fs::create_dir_all(parent)?;
+        crate::userns::make_private(parent, spec.userns.as_ref())?;
         if !data.exists() {
-            let parent = data.parent().unwrap_or(volumes_dir);
-            std::fs::create_dir_all(parent)?;
             // Filled beside, then renamed: a crash never leaves half a copy-up.
             let tmp = parent.join("_data.new");
             let _ = std::fs::remove_dir_all(&tmp);

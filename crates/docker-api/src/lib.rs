@@ -269,7 +269,13 @@ pub async fn serve_unix(
     account: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = agent_client::serve::bind_unix(path)?;
+    // Docker's: root and the `docker` group (where the server has one).
+    let group = nix::unistd::Group::from_name("docker")
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw());
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    let listener = agent_client::serve::bind_unix_with_mode(path, mode, group)?;
     serve(listener, router(cluster, account), shutdown).await
 }
 

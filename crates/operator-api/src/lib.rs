@@ -68,9 +68,7 @@ pub async fn serve_unix(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let listener = agent_client::serve::bind_unix(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     serve(listener, app, shutdown).await
 }
 

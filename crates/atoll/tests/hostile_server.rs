@@ -1,0 +1,500 @@
+//! A tenant attacking the server through atoll's own paths: the agent's file
+//! operations on its container (`docker cp` both ways, `-u name`), the layer
+//! store and container directories on the server's disk, its package's
+//! limits, and `docker top`. Over TLS with the real docker CLI. Every refusal
+//! is asserted on its text, next to a positive control showing the attack
+//! really ran (the swap loop swapped, the FIFO is there, the host process
+//! exists).
+
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use testkit::{AtollInstance, Tenant, test_images};
+
+fn load_busybox(t: &Tenant) {
+    let path = test_images().busybox.path.to_string_lossy().into_owned();
+    t.docker_ok(&["load", "-i", &path]);
+}
+
+/// A root filesystem tar: static busybox with the applets the scripts use,
+/// then whatever `extra` appends.
+fn rootfs_tar(extra: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, p, std::io::empty()).expect("dir");
+    };
+    for d in ["bin", "etc", "tmp", "data", "dst", "proc", "sys", "dev"] {
+        dir(&mut b, d);
+    }
+    let busybox = std::fs::read(testkit::testimages::busybox_binary()).expect("busybox");
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(busybox.len() as u64);
+    b.append_data(&mut h, "bin/busybox", &busybox[..])
+        .expect("busybox");
+    for applet in [
+        "sh", "mv", "ln", "rm", "sleep", "cat", "ls", "stat", "true", "id", "echo", "test",
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .expect("applet");
+    }
+    extra(&mut b);
+    b.into_inner().expect("tar")
+}
+
+fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, path, data).expect("file");
+}
+
+fn special(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, dev: (u32, u32)) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(0o666);
+    h.set_size(0);
+    h.set_device_major(dev.0).expect("major");
+    h.set_device_minor(dev.1).expect("minor");
+    b.append_data(&mut h, path, std::io::empty())
+        .expect("special");
+}
+
+fn import(t: &Tenant, tar: &[u8], name: &str) {
+    let out = t.docker_stdin(&["import", "-", name], Some(tar));
+    testkit::instance::expect_success(&["import"], &out);
+}
+
+/// The device of the server's root filesystem as a block device if it is
+/// one, else /dev/zero: what a planted node would stream.
+fn host_device() -> (tar::EntryType, (u32, u32)) {
+    let dev = std::fs::metadata("/").expect("/").dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    if major != 0 {
+        (tar::EntryType::Block, (major, minor))
+    } else {
+        (tar::EntryType::Char, (1, 5))
+    }
+}
+
+#[test]
+fn cp_out_never_reads_a_device_swapped_in_for_a_file() {
+    let a = AtollInstance::start();
+    let mallory = a.tenant("mallory");
+    let (kind, dev) = host_device();
+    let content = vec![b'A'; 256 * 1024];
+    let tar = rootfs_tar(|b| {
+        file(b, "data/file", 0o644, &content);
+        special(b, "data/dev", kind, dev);
+    });
+    import(&mallory, &tar, "planted:1");
+    // The container swaps the file and the device node as fast as it can.
+    mallory.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "swapper",
+        "planted:1",
+        "sh",
+        "-c",
+        "while :; do mv /data/file /data/t; mv /data/dev /data/file; mv /data/file /data/dev; mv /data/t /data/file; done",
+    ]);
+    let (mut regular, mut device, mut missing) = (0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline && (regular < 5 || device < 5 || regular + device < 40) {
+        let out = mallory.docker(&["cp", "swapper:/data/file", "-"]);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("Could not find the file") || err.contains("No such"),
+                "unexpected cp failure: {err}"
+            );
+            missing += 1;
+            continue;
+        }
+        let mut ar = tar::Archive::new(&out.stdout[..]);
+        for e in ar.entries().expect("tar") {
+            let mut e = e.expect("entry");
+            match e.header().entry_type() {
+                tar::EntryType::Regular => {
+                    let mut got = Vec::new();
+                    e.read_to_end(&mut got).expect("read");
+                    assert!(
+                        got.len() == content.len() && got.iter().all(|&c| c == b'A'),
+                        "a copy carried bytes that are not the file's ({} bytes)",
+                        got.len()
+                    );
+                    regular += 1;
+                }
+                t if t == kind => {
+                    // Described as a device, never read: no data in the tar.
+                    assert_eq!(e.header().size().expect("size"), 0);
+                    device += 1;
+                }
+                t => panic!("unexpected entry type {t:?}"),
+            }
+        }
+    }
+    // Positive control: the swap really ran under the copies (both kinds were
+    // seen at the name).
+    assert!(
+        regular > 0 && device > 0,
+        "the race did not happen: {regular} regular, {device} device, {missing} missing"
+    );
+    // The neighbour-visible effect of a device read would be gigabytes; the
+    // agent is still well.
+    mallory.docker_ok(&["rm", "-f", "swapper"]);
+}
+
+#[test]
+fn cp_in_never_changes_a_host_file_through_a_swapped_symlink() {
+    let a = AtollInstance::start();
+    let mallory = a.tenant("mallory");
+    load_busybox(&mallory);
+    // A host file the tenant aims at: its mode must stay 0600.
+    let victim_dir = tempfile::tempdir().expect("tempdir");
+    let victim = victim_dir.path().join("victim");
+    std::fs::write(&victim, "host secret\n").expect("victim");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let target = victim.to_string_lossy().into_owned();
+    let script = format!("mkdir -p /dst; while :; do rm -f /dst/f; ln -s {target} /dst/f; done");
+    mallory.docker_ok(&[
+        "run", "-d", "--name", "swapper", "busybox", "sh", "-c", &script,
+    ]);
+    // A tar whose one file asks for mode 0777.
+    let mut b = tar::Builder::new(Vec::new());
+    file(&mut b, "f", 0o777, &vec![b'x'; 512 * 1024]);
+    let upload = b.into_inner().expect("tar");
+    let (mut ok, mut refused) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline && ok + refused < 30 {
+        let out = mallory.docker_stdin(&["cp", "-", "swapper:/dst"], Some(&upload));
+        if out.status.success() {
+            ok += 1;
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("changed while it was being copied")
+                    || err.contains("File exists")
+                    || err.contains("No such file"),
+                "unexpected cp failure: {err}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(ok + refused >= 5, "too few copies: {ok} + {refused}");
+    // Positive control: the loop keeps swapping the name for a symlink to
+    // the host file.
+    let seen = mallory.docker_ok(&[
+        "exec",
+        "swapper",
+        "sh",
+        "-c",
+        "for i in $(seq 1000); do readlink /dst/f && break; done",
+    ]);
+    assert_eq!(seen, target);
+    let mode = std::fs::metadata(&victim)
+        .expect("victim")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o600, "the host file's mode changed");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read"),
+        "host secret\n"
+    );
+    // Device nodes are not copied into a tenant's container at all.
+    let mut b = tar::Builder::new(Vec::new());
+    special(&mut b, "disk", tar::EntryType::Block, (8, 0));
+    let err = mallory.docker_stdin(
+        &["cp", "-", "swapper:/tmp"],
+        Some(&b.into_inner().expect("tar")),
+    );
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr)
+            .contains("device nodes cannot be copied into a container: disk"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+    mallory.docker_ok(&["rm", "-f", "swapper"]);
+}
+
+#[test]
+fn hostile_user_databases_are_refused_without_stalling_anyone() {
+    let a = AtollInstance::start();
+    let mallory = a.tenant("mallory");
+    let alice = a.tenant("alice");
+    load_busybox(&alice);
+    let tar = rootfs_tar(|b| special(b, "etc/passwd", tar::EntryType::Fifo, (0, 0)));
+    import(&mallory, &tar, "fifo:1");
+    let zero = rootfs_tar(|b| {
+        file(b, "etc/passwd", 0o644, b"web:x:1000:1000::/:/bin/sh\n");
+        special(b, "etc/group", tar::EntryType::Char, (1, 5));
+    });
+    import(&mallory, &zero, "zero:1");
+    let linked = rootfs_tar(|b| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "etc/passwd", "../../../../../../etc/shadow")
+            .expect("link");
+    });
+    import(&mallory, &linked, "linked:1");
+    // Positive control: the FIFO is really there.
+    mallory.docker_ok(&["create", "--name", "probe", "fifo:1", "true"]);
+    let out = mallory.docker(&["cp", "probe:/etc/passwd", "-"]);
+    let mut ar = tar::Archive::new(&out.stdout[..]);
+    let kinds: Vec<_> = ar
+        .entries()
+        .expect("tar")
+        .map(|e| e.expect("entry").header().entry_type())
+        .collect();
+    assert_eq!(kinds, [tar::EntryType::Fifo]);
+
+    let started = Instant::now();
+    let err = mallory.docker_err(&["run", "--rm", "-u", "web", "fifo:1", "true"]);
+    assert!(
+        err.contains("unable to read the user database: /etc/passwd is not a regular file"),
+        "{err}"
+    );
+    // A device as the group file (it would read zeros until memory ran out).
+    let err = mallory.docker_err(&["run", "--rm", "-u", "web", "zero:1", "true"]);
+    assert!(
+        err.contains("unable to read the user database: /etc/group is not a regular file"),
+        "{err}"
+    );
+    // And through an exec of a running container, a FIFO planted by cp.
+    load_busybox(&mallory);
+    mallory.docker_ok(&["run", "-d", "--name", "up", "busybox", "sleep", "600"]);
+    let mut b = tar::Builder::new(Vec::new());
+    special(&mut b, "group", tar::EntryType::Fifo, (0, 0));
+    let out = mallory.docker_stdin(&["cp", "-", "up:/etc"], Some(&b.into_inner().expect("tar")));
+    testkit::instance::expect_success(&["cp"], &out);
+    let listed = mallory.docker_ok(&["exec", "up", "stat", "-c", "%F", "/etc/group"]);
+    assert_eq!(listed, "fifo");
+    let err = mallory.docker_err(&["exec", "-u", "nobody", "up", "true"]);
+    assert!(err.contains("/etc/group is not a regular file"), "{err}");
+    // The neighbour was never stalled.
+    alice.docker_ok(&["run", "--rm", "busybox", "true"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A symlink out of the rootfs resolves inside it: the host's root user is
+    // not found (positive control: the host has one).
+    assert!(
+        std::fs::read_to_string("/etc/passwd")
+            .expect("passwd")
+            .starts_with("root:")
+    );
+    let err = mallory.docker_err(&["run", "--rm", "-u", "root", "linked:1", "true"]);
+    assert!(
+        err.contains("unable to find user root: no matching entries in passwd file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_package_is_a_ceiling_for_tenants() {
+    let a = AtollInstance::start();
+    let mallory = a.tenant("mallory");
+    load_busybox(&mallory);
+    let pkg = "sample-512M";
+    for (args, text) in [
+        (
+            vec!["--pids-limit", "4000000"],
+            format!("--pids-limit 4000000 is above the limit of package {pkg} (4096)"),
+        ),
+        (
+            vec!["--cpu-shares", "262144"],
+            format!("--cpu-shares 262144 is above the limit of package {pkg} (512)"),
+        ),
+        (
+            vec!["--cpus", "2"],
+            format!("--cpus 2.00 CPUs is above the limit of package {pkg} (1.00 CPUs)"),
+        ),
+        (
+            vec!["--memory-swap", "-1"],
+            format!("--memory-swap -1 (unlimited) is above the limit of package {pkg}"),
+        ),
+        (
+            vec!["--ulimit", "rtprio=99"],
+            format!("--ulimit rtprio 99 is above the limit of package {pkg} (0)"),
+        ),
+        (
+            vec!["--ulimit", "nofile=99999999"],
+            format!("--ulimit nofile 99999999 is above the limit of package {pkg} (1048576)"),
+        ),
+    ] {
+        let mut cmd = vec!["run", "--rm"];
+        cmd.extend(args.iter().copied());
+        cmd.extend(["busybox", "true"]);
+        let err = mallory.docker_err(&cmd);
+        assert!(err.contains(&text), "{args:?}: {err}");
+        assert!(err.contains("Error response from daemon"), "{err}");
+    }
+    // Nothing was left behind by the refusals.
+    assert_eq!(mallory.docker_ok(&["ps", "-aq"]), "");
+    // Positive controls: lower limits, and ulimits, apply.
+    let out = mallory.docker_ok(&[
+        "run",
+        "--rm",
+        "--pids-limit",
+        "100",
+        "--ulimit",
+        "nofile=1024:2048",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/pids/pids.max; ulimit -n; ulimit -Hn",
+    ]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["100", "1024", "2048"]
+    );
+    // docker update is bounded the same way.
+    mallory.docker_ok(&["run", "-d", "--name", "box", "busybox", "sleep", "600"]);
+    let err = mallory.docker_err(&["update", "--cpu-shares", "262144", "box"]);
+    assert!(
+        err.contains("--cpu-shares 262144 is above the limit"),
+        "{err}"
+    );
+    let err = mallory.docker_err(&["update", "--pids-limit", "4000000", "box"]);
+    assert!(
+        err.contains("--pids-limit 4000000 is above the limit"),
+        "{err}"
+    );
+    mallory.docker_ok(&["update", "--pids-limit", "50", "box"]);
+    assert_eq!(
+        mallory.docker_ok(&["exec", "box", "cat", "/sys/fs/cgroup/pids/pids.max"]),
+        "50"
+    );
+    // The operator is not bounded by packages.
+    a.load_busybox();
+    a.docker_ok(&["run", "--rm", "--pids-limit", "100000", "busybox", "true"]);
+}
+
+#[test]
+fn top_shows_the_containers_processes_only() {
+    let a = AtollInstance::start();
+    let mallory = a.tenant("mallory");
+    load_busybox(&mallory);
+    mallory.docker_ok(&["run", "-d", "--name", "box", "busybox", "sleep", "777"]);
+    // A process of the server with a recognisable command line.
+    let mut host = std::process::Command::new("sleep")
+        .arg("4242.5")
+        .spawn()
+        .expect("sleep");
+    let cmdline = format!("/proc/{}/cmdline", host.id());
+    testkit::wait_for(
+        || std::fs::read(&cmdline).is_ok_and(|c| String::from_utf8_lossy(&c).contains("4242.5")),
+        Duration::from_secs(10),
+        "the server's process to run",
+    );
+    for args in [
+        vec![],
+        vec!["aux"],
+        vec!["-ef"],
+        vec!["-eo", "pid,args"],
+        vec!["-A", "-o", "pid=PID,ppid,args"],
+        vec!["-p", "1", "-o", "pid,args"],
+    ] {
+        let mut cmd = vec!["top", "box"];
+        cmd.extend(args.iter().copied());
+        let out = mallory.docker_ok(&cmd);
+        assert!(out.contains("sleep 777"), "{args:?}: {out}");
+        assert!(
+            !out.contains("4242.5"),
+            "{args:?} shows a server process: {out}"
+        );
+        assert_eq!(out.lines().count(), 2, "{args:?}: {out}");
+    }
+    let err = mallory.docker_err(&["top", "box", "--sort=pid"]);
+    assert!(err.contains("unsupported option --sort=pid"), "{err}");
+    let _ = host.kill();
+    let _ = host.wait();
+}
+
+/// Runs `argv` as the server's `nobody`.
+fn as_nobody(argv: &[&str]) -> (String, i32) {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .args(argv)
+        .output()
+        .expect("setpriv");
+    testkit::combined(&out)
+}
+
+fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let ft = e.file_type().ok()?;
+        if ft.is_dir() {
+            if let Some(f) = find(&p, name) {
+                return Some(f);
+            }
+        } else if e.file_name() == name {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[test]
+fn tenant_files_are_out_of_reach_of_the_servers_users() {
+    let a = AtollInstance::start();
+    let mallory = a.tenant("mallory");
+    let busybox = std::fs::read(testkit::testimages::busybox_binary()).expect("busybox");
+    let tar = rootfs_tar(|b| file(b, "bin/rootshell", 0o4755, &busybox));
+    import(&mallory, &tar, "suid:1");
+    let id = mallory.docker_ok(&["run", "-d", "suid:1", "sleep", "600"]);
+    let agent = a.data_dir().join("agent");
+    // Positive control: the setuid-root file is on the server's disk.
+    let in_layer = find(&agent.join("layers"), "rootshell").expect("the layer holds it");
+    let md = std::fs::metadata(&in_layer).expect("stat");
+    assert_eq!((md.uid(), md.mode() & 0o7777), (0, 0o4755));
+    let in_rootfs = agent
+        .join("containers")
+        .join(&id)
+        .join("rootfs/bin/rootshell");
+    assert!(in_rootfs.exists());
+    for p in [&in_layer, &in_rootfs] {
+        let (out, code) = as_nobody(&["stat", "-c", "%a", &p.to_string_lossy()]);
+        assert_ne!(code, 0, "{}: {out}", p.display());
+        assert!(out.contains("Permission denied"), "{}: {out}", p.display());
+    }
+    // Positive control for the refusal: nobody can stat a path it may reach.
+    let (out, code) = as_nobody(&["stat", "-c", "%a", "/tmp"]);
+    assert_eq!((out.trim(), code), ("1777", 0));
+    // The container still runs from there (its root reaches its rootfs).
+    assert_eq!(mallory.docker_ok(&["exec", &id, "id", "-u"]), "0");
+    // The sockets are root's alone (the docker socket: and its group's).
+    for s in [a.socket().to_path_buf(), agent.join("agent.sock")] {
+        let mode = std::fs::metadata(&s).expect("socket").mode() & 0o777;
+        assert_eq!(mode & 0o007, 0, "{}: {mode:o}", s.display());
+    }
+    let logs = agent.join("containers").join(&id);
+    let (out, _) = as_nobody(&["ls", &logs.to_string_lossy()]);
+    assert!(out.contains("Permission denied"), "{out}");
+}
