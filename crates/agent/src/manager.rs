@@ -36,6 +36,9 @@ pub struct AgentConfig {
     /// containers' public addresses are answered for. None: containers with
     /// public addresses cannot run here.
     pub public_interface: Option<String>,
+    /// Networks no container reaches through this server (other servers,
+    /// heads); see `net::NodeNetConfig::protected`.
+    pub protected: Vec<net::Ipv4Net>,
 }
 
 /// Where an attach client waits for the container's next start.
@@ -180,6 +183,8 @@ impl Agent {
                 instance: cfg.instance.clone(),
                 netns_dir: cfg.dir.join("netns"),
                 subnet: None,
+                protected: cfg.protected.clone(),
+                underlay: cfg.vtep,
             },
             cfg.vtep,
             match &cfg.public_interface {

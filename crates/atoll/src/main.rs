@@ -79,6 +79,12 @@ enum Cmd {
         /// answers for the public addresses of its containers.
         #[arg(long)]
         public_interface: Option<String>,
+        /// A network no container may reach through this server (the
+        /// datacenter's servers, its admin network), CIDR; repeatable. The
+        /// head's address, the underlay's network and 169.254.0.0/16 are
+        /// always protected.
+        #[arg(long = "protect", value_name = "CIDR")]
+        protect: Vec<net::Ipv4Net>,
     },
     /// Stop everything an instance created (containers, mounts, network devices)
     /// and remove its state.
@@ -230,6 +236,7 @@ fn main() -> std::process::ExitCode {
                 name,
                 advertise,
                 public_interface,
+                protect,
             } => {
                 up::agent(up::AgentOptions {
                     data_dir,
@@ -239,6 +246,7 @@ fn main() -> std::process::ExitCode {
                     name,
                     advertise,
                     public_interface,
+                    protect,
                 })
                 .await
             }

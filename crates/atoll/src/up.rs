@@ -137,7 +137,7 @@ pub async fn run(o: HeadOptions) -> Result<()> {
             let agent_sock = inst.agent_socket();
             let listener = agent_client::serve::bind_unix(&agent_sock)
                 .with_context(|| format!("binding {}", agent_sock.display()))?;
-            let agent = start_agent(&inst, exe, None, None).await?;
+            let agent = start_agent(&inst, exe, None, None, Vec::new()).await?;
             agent_task = Some(tokio::spawn(agent::serve(
                 listener,
                 agent,
@@ -277,6 +277,8 @@ pub struct AgentOptions {
     pub name: Option<String>,
     pub advertise: Option<String>,
     pub public_interface: Option<String>,
+    /// Networks no container reaches through this server.
+    pub protect: Vec<net::Ipv4Net>,
 }
 
 /// `atoll agent`: one server's agent, serving until SIGTERM/SIGINT. On TCP it
@@ -338,7 +340,18 @@ pub async fn agent(o: AgentOptions) -> Result<()> {
             "no underlay address (a loopback or wildcard --listen without --advertise): this server's networks stay on it (no VXLAN)"
         );
     }
-    let agent = start_agent(&inst, exe, vtep, o.public_interface.clone()).await?;
+    let mut protected = o.protect.clone();
+    // The head: whatever addresses its name has.
+    if let Some(head) = &o.head
+        && let Ok(addrs) = tokio::net::lookup_host(head.as_str()).await
+    {
+        for a in addrs {
+            if let std::net::IpAddr::V4(v4) = a.ip() {
+                protected.push(net::Ipv4Net::new(v4, 32)?);
+            }
+        }
+    }
+    let agent = start_agent(&inst, exe, vtep, o.public_interface.clone(), protected).await?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         let _ = stop_rx.changed().await;
@@ -421,6 +434,7 @@ async fn start_agent(
     exe: PathBuf,
     vtep: Option<std::net::Ipv4Addr>,
     public_interface: Option<String>,
+    protected: Vec<net::Ipv4Net>,
 ) -> Result<Arc<agent::Agent>> {
     agent::Agent::start(agent::AgentConfig {
         dir: inst.agent_dir(),
@@ -428,6 +442,7 @@ async fn start_agent(
         exe,
         vtep,
         public_interface,
+        protected,
     })
     .await
     .context("starting the agent")

@@ -498,3 +498,91 @@ fn tenant_files_are_out_of_reach_of_the_servers_users() {
     let (out, _) = as_nobody(&["ls", &logs.to_string_lossy()]);
     assert!(out.contains("Permission denied"), "{out}");
 }
+
+/// `nc` from a container of `t` to `addr`: its output and exit code.
+fn connect_from_container(t: &Tenant, name: &str, addr: &str) -> (String, i32) {
+    let (host, port) = addr.rsplit_once(':').expect("ADDR:PORT");
+    let out = t.docker(&[
+        "exec",
+        name,
+        "sh",
+        "-c",
+        &format!("echo | nc -w 2 {host} {port}"),
+    ]);
+    testkit::combined(&out)
+}
+
+#[test]
+fn containers_reach_no_server_and_no_head() {
+    let a = AtollInstance::start_with(testkit::StartOptions {
+        args: vec!["--nodes".into(), "2".into()],
+        ..Default::default()
+    });
+    let mallory = a.tenant("mallory");
+    load_busybox(&mallory);
+    let servers = testkit::json(&a.operator_ok(&["server", "ls", "--json"]));
+    let agents: Vec<String> = servers
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| {
+            let addr = s["address"].as_str().expect("address");
+            addr.trim_start_matches("tcp://").to_string()
+        })
+        .collect();
+    assert_eq!(agents.len(), 2, "{servers}");
+    // The head's cluster port is on the underlay bridge's first address.
+    let underlay_host = agents[0].rsplit_once(':').expect("port").0;
+    let mut octets: Vec<&str> = underlay_host.split('.').collect();
+    octets[3] = "1";
+    let head = format!("{}:7071", octets.join("."));
+    let public = testkit::json(&a.operator_ok(&["network", "public", "--json"]));
+    let gateway = public["gateway"].as_str().expect("gateway").to_string();
+    let world = std::net::TcpListener::bind((gateway.as_str(), 0)).expect("listen");
+    let world_addr = world.local_addr().expect("addr").to_string();
+    world.set_nonblocking(true).expect("nonblocking");
+
+    // One container on each server (spread).
+    for n in ["m1", "m2"] {
+        mallory.docker_ok(&["run", "-d", "--name", n, "busybox", "sleep", "600"]);
+    }
+    let node = |i: usize| a.data_dir().join(format!("nodes/node-{i}.netns"));
+    for target in agents.iter().chain([&head]) {
+        // Positive control: the port answers from the servers themselves.
+        let (host, port) = target.rsplit_once(':').expect("port");
+        let ok = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", node(1).display()))
+            .args([
+                "python3",
+                "-c",
+                &format!("import socket; socket.create_connection(('{host}', {port}), 2)"),
+            ])
+            .status()
+            .expect("nsenter python3");
+        assert!(ok.success(), "{target} does not answer from a server");
+        for c in ["m1", "m2"] {
+            let (out, code) = connect_from_container(&mallory, c, target);
+            assert_ne!(code, 0, "{c} reached {target}: {out}");
+            assert!(out.contains("timed out"), "{c} → {target}: {out}");
+        }
+    }
+    // Positive control: the containers do reach the world (which hangs up
+    // at once, so nc ends).
+    let acceptor = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut accepted = 0;
+        while accepted < 2 && Instant::now() < deadline {
+            match world.accept() {
+                Ok(_) => accepted += 1,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        accepted
+    });
+    for c in ["m1", "m2"] {
+        let (out, code) = connect_from_container(&mallory, c, &world_addr);
+        assert_eq!(code, 0, "{c} cannot reach the world at {world_addr}: {out}");
+    }
+    let accepted = acceptor.join().expect("acceptor");
+    assert_eq!(accepted, 2);
+}

@@ -50,7 +50,7 @@ pub struct RuleRef {
 /// The static part of the instance's table. Base chains are flushed and refilled so calling
 /// it again (agent restart) neither duplicates rules nor touches the per-container
 /// `portmap` rules of running containers.
-pub fn setup_script(table: &str, bridge: &str, subnet: Ipv4Net) -> String {
+pub fn setup_script(table: &str, bridge: &str, subnet: Ipv4Net, protected: &[Ipv4Net]) -> String {
     let t = format!("{FAMILY} {table}");
     let mut s = String::new();
     let _ = writeln!(s, "add table {t}");
@@ -70,6 +70,10 @@ pub fn setup_script(table: &str, bridge: &str, subnet: Ipv4Net) -> String {
         (
             "forward",
             "type filter hook forward priority filter; policy accept;",
+        ),
+        (
+            "input",
+            "type filter hook input priority filter; policy accept;",
         ),
     ] {
         let _ = writeln!(s, "add chain {t} {chain} {{ {spec} }}");
@@ -102,6 +106,25 @@ pub fn setup_script(table: &str, bridge: &str, subnet: Ipv4Net) -> String {
         s,
         "add rule {t} postrouting oifname \"{bridge}\" ct status dnat ip saddr {subnet} masquerade"
     );
+    // Containers (behind their routers on the bridge) reach none of the
+    // server's own addresses — its agent, a head beside it, its VXLAN port,
+    // whatever it listens on — only answers to what the server started.
+    // Published ports are DNAT'd before routing, so they are forwarded, not
+    // delivered here.
+    let _ = writeln!(
+        s,
+        "add rule {t} input iifname \"{bridge}\" ct state established,related accept"
+    );
+    let _ = writeln!(s, "add rule {t} input iifname \"{bridge}\" drop");
+    // Nor the datacenter's other servers, heads and metadata addresses.
+    if !protected.is_empty() {
+        let list: Vec<String> = protected.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "add rule {t} forward iifname \"{bridge}\" ip daddr {{ {} }} drop",
+            list.join(", ")
+        );
+    }
     let _ = writeln!(s, "add rule {t} forward iifname \"{bridge}\" accept");
     let _ = writeln!(s, "add rule {t} forward oifname \"{bridge}\" accept");
     s
@@ -592,9 +615,13 @@ mod tests {
             "atoll_abc123",
             "atlabc123",
             "10.200.3.0/24".parse().unwrap(),
+            &[
+                "169.254.0.0/16".parse().unwrap(),
+                "192.0.2.0/24".parse().unwrap(),
+            ],
         );
         assert!(s.starts_with("add table inet atoll_abc123\n"));
-        for chain in ["prerouting", "output", "postrouting", "forward"] {
+        for chain in ["prerouting", "output", "postrouting", "forward", "input"] {
             assert!(s.contains(&format!("flush chain inet atoll_abc123 {chain}\n")));
         }
         // The portmap chain is created but never flushed: it holds running containers' ports.
@@ -607,6 +634,15 @@ mod tests {
         assert!(s.contains("output fib daddr type local jump portmap"));
         assert!(s.contains("prerouting fib daddr type local jump portmap"));
         assert!(s.contains("forward iifname \"atlabc123\" accept"));
+        // Containers reach neither the server nor the protected networks,
+        // and the drop comes before the accept.
+        let drop = "forward iifname \"atlabc123\" ip daddr { 169.254.0.0/16, 192.0.2.0/24 } drop";
+        let at = |r: &str| s.find(r).unwrap_or_else(|| panic!("{r} missing:\n{s}"));
+        assert!(at(drop) < at("forward iifname \"atlabc123\" accept"));
+        assert!(
+            at("input iifname \"atlabc123\" ct state established,related accept")
+                < at("input iifname \"atlabc123\" drop")
+        );
     }
 
     #[test]

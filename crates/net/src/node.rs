@@ -24,6 +24,12 @@ pub struct NodeNetConfig {
     pub netns_dir: PathBuf,
     /// None: pick a free /24 from 10.200.0.0/13.
     pub subnet: Option<Ipv4Net>,
+    /// Destinations no container may reach through this server (the
+    /// datacenter's servers and heads); link-local metadata addresses and
+    /// the networks of `underlay` are added.
+    pub protected: Vec<Ipv4Net>,
+    /// The server's underlay address: its network holds the other servers.
+    pub underlay: Option<Ipv4Addr>,
 }
 
 /// The privileged operations NodeNet uses; swap in `crate::fake` ones for unit tests.
@@ -176,10 +182,24 @@ impl NodeNet {
         b.sysctl.set("net/ipv4/ip_forward", "1")?;
         b.sysctl
             .set(&format!("net/ipv4/conf/{bridge}/route_localnet"), "1")?;
+        let mut protected = cfg.protected.clone();
+        protected.push(Ipv4Net::new(Ipv4Addr::new(169, 254, 0, 0), 16)?);
+        if let Some(u) = cfg.underlay {
+            // The underlay's own network (not a wide route that holds it).
+            protected.extend(
+                b.links
+                    .host_ipv4_nets()
+                    .await?
+                    .into_iter()
+                    .filter(|n| n.contains(u) && (16..32).contains(&n.prefix())),
+            );
+        }
+        protected.sort();
+        protected.dedup();
         b.nft
             .apply(&format!(
                 "{}{}",
-                nft::setup_script(&table, &bridge, subnet),
+                nft::setup_script(&table, &bridge, subnet, &protected),
                 nft::isolation_setup_script(&table)
             ))
             .await?;

@@ -41,6 +41,8 @@ fn cfg(subnet: Option<&str>) -> NodeNetConfig {
         instance: "abc123".into(),
         netns_dir: PathBuf::from("/data/agent/netns"),
         subnet: subnet.map(|s| s.parse().unwrap()),
+        protected: Vec::new(),
+        underlay: None,
     }
 }
 

@@ -63,6 +63,8 @@ async fn fresh_node(tmp: &Path, sub: &str) -> (NodeNet, Guard) {
         instance: inst,
         netns_dir: dir,
         subnet: None,
+        protected: Vec::new(),
+        underlay: None,
     })
     .await
     .expect("setup");
@@ -201,6 +203,8 @@ async fn bridge_forwarding_published_port_and_cleanup() {
         instance: inst.clone(),
         netns_dir: dir.clone(),
         subnet: None,
+        protected: Vec::new(),
+        underlay: None,
     })
     .await
     .expect("setup");
@@ -250,6 +254,8 @@ async fn bridge_forwarding_published_port_and_cleanup() {
         instance: inst.clone(),
         netns_dir: dir.clone(),
         subnet: None,
+        protected: Vec::new(),
+        underlay: None,
     })
     .await
     .expect("setup again");
@@ -361,6 +367,8 @@ async fn docker_coexistence() {
         instance: inst.clone(),
         netns_dir: dir.clone(),
         subnet: Some("10.207.250.0/24".parse().expect("subnet")),
+        protected: Vec::new(),
+        underlay: None,
     };
     let n = NodeNet::setup(cfg.clone()).await.expect("setup");
     let (ip_a, ip_b) = (
