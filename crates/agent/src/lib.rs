@@ -15,6 +15,7 @@ pub mod logs;
 pub mod manager;
 pub mod networks;
 pub mod nsexec;
+pub mod ports;
 pub mod quota;
 pub mod reset;
 pub mod rootfs;

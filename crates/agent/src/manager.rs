@@ -474,6 +474,20 @@ impl Agent {
                 )
                 .map_err(|e| AgentError::Internal(e.to_string()))?;
         }
+        if spec.public.is_none() && !spec.ports.is_empty() {
+            // On the server's own addresses: never over a port it serves.
+            let listening = crate::ports::Listening::read();
+            if let Some(p) = spec
+                .ports
+                .iter()
+                .find(|p| listening.taken(&p.proto, p.host_port))
+            {
+                return Err(AgentError::Conflict(format!(
+                    "cannot publish port {}/{}: the server listens on port {} itself",
+                    p.container_port, p.proto, p.host_port
+                )));
+            }
+        }
         let netns = if spec.networks.is_empty() {
             None
         } else {

@@ -304,7 +304,7 @@ async fn top(
         .next()
         .unwrap_or_default();
     let v = tokio::task::spawn_blocking(move || {
-        let pids = crate::top::container_pids(pid)?;
+        let pids = crate::top::container_pids(&id, pid)?;
         crate::top::top(&pids, &args)
     })
     .await

@@ -17,26 +17,43 @@ const MAX_CMDLINE: u64 = 4096;
 /// The most of any other `/proc` file read.
 const MAX_PROC_FILE: u64 = 64 * 1024;
 
-/// The pids in the container's cgroup (any v1 hierarchy it is in).
-pub fn container_pids(init_pid: u32) -> Result<BTreeSet<u32>, AgentError> {
-    let cg = read_bounded(&format!("/proc/{init_pid}/cgroup"), MAX_PROC_FILE)
-        .ok_or_else(|| AgentError::Conflict("the container is not running".into()))?;
+/// The pids in the container's cgroup (any v1 hierarchy it is in). The
+/// init's cgroup must be the container's own (its path ends with the id): an
+/// init that just exited shows the root cgroup, whose processes are the
+/// whole server's, and a reused pid is someone else's.
+pub fn container_pids(id: &str, init_pid: u32) -> Result<BTreeSet<u32>, AgentError> {
+    let gone = || AgentError::Conflict(format!("Container {id} is not running"));
+    let cg = read_bounded(&format!("/proc/{init_pid}/cgroup"), MAX_PROC_FILE).ok_or_else(gone)?;
+    // A v1 hierarchy with pids or memory; else the unified (v2) one.
+    let mut chosen: Option<(String, String)> = None;
     for l in cg.lines() {
         let mut parts = l.splitn(3, ':');
         let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        if ctrls.split(',').any(|c| c == "pids" || c == "memory") {
-            let file = std::path::Path::new("/sys/fs/cgroup")
-                .join(ctrls)
-                .join(path.trim_start_matches('/'))
-                .join("cgroup.procs");
-            if let Ok(text) = std::fs::read_to_string(file) {
-                return Ok(text.lines().filter_map(|p| p.trim().parse().ok()).collect());
-            }
+        let dir = if ctrls.split(',').any(|c| c == "pids" || c == "memory") {
+            ctrls.to_string()
+        } else if ctrls.is_empty() && chosen.is_none() {
+            String::new()
+        } else {
+            continue;
+        };
+        let v1 = !dir.is_empty();
+        chosen = Some((dir, path.trim().to_string()));
+        if v1 {
+            break;
         }
     }
-    Ok(BTreeSet::from([init_pid]))
+    let (dir, path) = chosen.ok_or_else(gone)?;
+    if id.is_empty() || !path.ends_with(&format!("/{id}")) {
+        return Err(gone());
+    }
+    let file = std::path::Path::new("/sys/fs/cgroup")
+        .join(dir)
+        .join(path.trim_start_matches('/'))
+        .join("cgroup.procs");
+    let text = read_bounded(&file.to_string_lossy(), 1 << 20).ok_or_else(gone)?;
+    Ok(text.lines().filter_map(|p| p.trim().parse().ok()).collect())
 }
 
 /// A `/proc` file, at most `cap` bytes; None if it cannot be read (the
@@ -482,6 +499,15 @@ mod tests {
         for bad in ["--sort=pid", "-Z", "-o nosuchfield", "-o"] {
             assert!(columns(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_the_containers_own_cgroup_is_listed() {
+        // This test process is in no cgroup named after a container.
+        let me = std::process::id();
+        let err = container_pids("0123abcd", me).expect_err("not a container");
+        assert_eq!(err.to_string(), "Container 0123abcd is not running");
+        assert!(container_pids("", me).is_err());
     }
 
     #[test]

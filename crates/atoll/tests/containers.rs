@@ -298,6 +298,22 @@ fn restart_policy_brings_a_container_back() {
     assert!(r.text().contains("AutoRemove"), "{}", r.text());
 }
 
+/// The server's own address: the first global IPv4 address of its lowest
+/// interface (its NIC, not a bridge a test made).
+fn server_address() -> std::net::Ipv4Addr {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .expect("ip addr");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cidr = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no global address: {text}"));
+    cidr.split('/').next().unwrap().parse().expect("an address")
+}
+
 #[test]
 fn network_bridge_nat_and_published_ports() {
     let a = started();
@@ -308,7 +324,7 @@ fn network_bridge_nat_and_published_ports() {
         "--name",
         "srv",
         "-p",
-        "127.0.0.1::8080",
+        "8080",
         "busybox",
         "sh",
         "-c",
@@ -329,12 +345,14 @@ fn network_bridge_nat_and_published_ports() {
         "container to container over the bridge",
     );
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    // The published port is reachable from the host on loopback.
+    // The published port is reachable at the server's address, from the
+    // server too; never on its loopback, which stays the server's own.
     let port = a.docker_ok(&["port", "srv", "8080"]);
     let port: u16 = port.rsplit(':').next().unwrap().trim().parse().unwrap();
+    let server = server_address();
     let got = wait_for_some(
         || {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            let mut s = std::net::TcpStream::connect((server, port)).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
             s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
             let mut buf = String::new();
@@ -345,6 +363,36 @@ fn network_bridge_nat_and_published_ports() {
         "published port from the host",
     );
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let err =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect_err("loopback is the server's");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    let err = a.docker_err(&["run", "-d", "-p", "127.0.0.1:2222:22", "busybox", "true"]);
+    assert!(
+        err.contains("cannot publish port 22 on 127.0.0.1: a server's loopback is its own"),
+        "{err}"
+    );
+    // A port the server listens on is never taken over (positive control:
+    // the server really listens there).
+    let own = std::net::TcpListener::bind(("0.0.0.0", 0)).expect("listen");
+    let own_port = own.local_addr().expect("addr").port().to_string();
+    a.docker_ok(&[
+        "create",
+        "--name",
+        "thief",
+        "-p",
+        &format!("{own_port}:80"),
+        "busybox",
+        "sleep",
+        "60",
+    ]);
+    let err = a.docker_err(&["start", "thief"]);
+    assert!(
+        err.contains(&format!(
+            "cannot publish port 80/tcp: the server listens on port {own_port} itself"
+        )),
+        "{err}"
+    );
+    drop(own);
     // --network none has only loopback.
     let ifs = a.docker_ok(&[
         "run",

@@ -193,7 +193,7 @@ fn published_ports_live_on_the_containers_public_addresses() {
     assert_eq!(fetch(alice_web).as_deref(), Ok("alice"));
 
     // A host address cannot be chosen: the address is the container's.
-    let err = alice.docker_err(&["run", "-d", "-p", "127.0.0.1:8081:80", "busybox", "true"]);
+    let err = alice.docker_err(&["run", "-d", "-p", "192.0.2.9:8081:80", "busybox", "true"]);
     assert!(err.contains("own public address"), "{err}");
     let err = a.operator_err(&[
         "network",

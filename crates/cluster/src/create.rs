@@ -573,8 +573,18 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
                     })?,
             };
             let host_ip = b.host_ip.clone().unwrap_or_default();
-            if !host_ip.is_empty() && host_ip.parse::<std::net::IpAddr>().is_err() {
-                return bad(format!("invalid IP address: {host_ip}"));
+            match host_ip.parse::<std::net::IpAddr>() {
+                Err(_) if !host_ip.is_empty() => {
+                    return bad(format!("invalid IP address: {host_ip}"));
+                }
+                // The server's own loopback clients are never redirected to
+                // a container: a port there would shadow the server's own.
+                Ok(ip) if ip.is_loopback() => {
+                    return bad(format!(
+                        "cannot publish port {port} on {host_ip}: a server's loopback is its own; publish on its address"
+                    ));
+                }
+                _ => {}
             }
             ports.push(PortMapping {
                 proto: proto.clone(),
@@ -1118,11 +1128,21 @@ mod tests {
         assert_eq!(p.ports[0].container_port, 80);
         assert_eq!(p.spec.resources.nano_cpus, 1_500_000_000);
         let b = body(
-            serde_json::json!({"HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}}}),
+            serde_json::json!({"HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "192.0.2.7", "HostPort": "8080"}]}}}),
         );
         let p = plan(ID, &b, &img()).unwrap();
         assert_eq!(p.ports[0].host_port, 8080);
-        assert_eq!(p.ports[0].host_ip, "127.0.0.1");
+        assert_eq!(p.ports[0].host_ip, "192.0.2.7");
+        let b = body(
+            serde_json::json!({"HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "22"}]}}}),
+        );
+        assert_eq!(
+            plan(ID, &b, &img())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+            "cannot publish port 80 on 127.0.0.1: a server's loopback is its own; publish on its address"
+        );
     }
 
     #[test]

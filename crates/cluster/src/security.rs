@@ -44,6 +44,19 @@ pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
     if hc.privileged == Some(true) {
         return refuse("--privileged");
     }
+    // Before any look at the path: whether a host path exists is not a
+    // tenant's to learn.
+    let host_bind = hc.binds.iter().flatten().any(|b| b.starts_with('/'))
+        || hc
+            .mounts
+            .iter()
+            .flatten()
+            .any(|m| m.typ == Some(bollard_stubs::models::MountType::BIND));
+    if tenant && host_bind {
+        return Err(Error::Forbidden(
+            "host bind mounts are not allowed for this account".into(),
+        ));
+    }
     for (what, mode) in [
         ("pid", &hc.pid_mode),
         ("ipc", &hc.ipc_mode),
@@ -213,6 +226,9 @@ mod tests {
             serde_json::json!({"CapAdd": ["CAP_SYS_MODULE"]}),
             serde_json::json!({"CapAdd": ["sys_ptrace"]}),
             serde_json::json!({"CapAdd": ["NET_ADMIN"]}),
+            // A path that cannot exist: the refusal comes before any look.
+            serde_json::json!({"Binds": ["/no/such/path/anywhere:/x"]}),
+            serde_json::json!({"Mounts": [{"Type": "bind", "Source": "/etc/shadow", "Target": "/x"}]}),
         ] {
             let h = hc(v.clone());
             assert_eq!(status(check("alice", &h)), "403", "{v}");

@@ -60,6 +60,8 @@ const OS: &str = "linux";
 const ARCH: &str = "amd64";
 /// Index → index → manifest nesting deeper than this is refused.
 const MAX_NESTING: usize = 4;
+/// The most bytes of a manifest, an index or `manifest.json` (as a registry's).
+const MANIFEST_MAX: u64 = crate::registry::MANIFEST_MAX as u64;
 
 pub fn load_archive<R: Read>(reader: R, store: &BlobStore) -> Result<Vec<LoadedImage>> {
     let mut created: HashSet<Digest> = HashSet::new();
@@ -221,7 +223,10 @@ fn verify_layer(store: &BlobStore, blob: &Digest, diff_id: &Digest, index: usize
 }
 
 fn read_config(store: &BlobStore, config: &Digest) -> Result<ImageConfig> {
-    parse_json("invalid image config", &store.read(config)?)
+    parse_json(
+        "invalid image config",
+        &store.read_document(config, crate::registry::CONFIG_MAX, "an image config")?,
+    )
 }
 
 fn check_layer_count(cfg: &ImageConfig, layers: usize) -> Result<()> {
@@ -239,7 +244,7 @@ fn check_layer_count(cfg: &ImageConfig, layers: usize) -> Result<()> {
 fn load_docker(c: &Contents, store: &BlobStore) -> Result<Vec<LoadedImage>> {
     let manifest: Vec<SaveManifestEntry> = parse_json(
         "invalid manifest.json",
-        &store.read(c.require("manifest.json")?)?,
+        &store.read_document(c.require("manifest.json")?, MANIFEST_MAX, "manifest.json")?,
     )?;
     let mut out = Vec::new();
     for entry in manifest {
@@ -273,8 +278,10 @@ fn load_docker(c: &Contents, store: &BlobStore) -> Result<Vec<LoadedImage>> {
 
 /// Plain OCI layouts: driven by index.json.
 fn load_oci(c: &Contents, store: &BlobStore) -> Result<Vec<LoadedImage>> {
-    let index: ImageIndex =
-        parse_json("invalid index.json", &store.read(c.require("index.json")?)?)?;
+    let index: ImageIndex = parse_json(
+        "invalid index.json",
+        &store.read_document(c.require("index.json")?, MANIFEST_MAX, "index.json")?,
+    )?;
     let mut out: Vec<LoadedImage> = Vec::new();
     for desc in &index.manifests {
         let Some((config, layers)) = resolve_image(c, store, desc, 0)? else {
@@ -326,7 +333,7 @@ fn resolve_image(
         return Err(ImageError::archive("image index nesting is too deep"));
     }
     let blob = c.blob(&desc.digest)?;
-    let bytes = store.read(blob)?;
+    let bytes = store.read_document(blob, MANIFEST_MAX, "an image manifest or index")?;
     let kind = if is_index_media_type(&desc.media_type) {
         DocumentKind::Index
     } else if desc.media_type.is_empty() {
@@ -675,6 +682,42 @@ mod tests {
         assert_eq!(s.list().unwrap(), want);
         // The config bytes are kept exactly (the image ID is their digest).
         assert_eq!(s.read(&img.config).unwrap(), cfg);
+    }
+
+    #[test]
+    fn documents_past_their_size_are_refused_unread() {
+        let (_d, s) = store();
+        // A small compressed archive holding a huge "config" (whitespace
+        // that would parse): refused by its size, and nothing is kept.
+        let l1 = layer("a", b"first");
+        let mut cfg = config_for(&[Digest::of(&l1)]);
+        cfg.extend(std::iter::repeat_n(b' ', 33 << 20));
+        let cfg_name = format!("{}.json", Digest::of(&cfg).hex());
+        let manifest = json!([{"Config": cfg_name, "RepoTags": ["big:1"], "Layers": ["l.tar"]}]);
+        let tar = gz(&tar_of(|b| {
+            file(b, "l.tar", &l1);
+            file(b, &cfg_name, &cfg);
+            file(b, "manifest.json", manifest.to_string().as_bytes());
+        }));
+        assert!(tar.len() < 1 << 20, "{}", tar.len());
+        let err = load_archive(&tar[..], &s).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "an image config is {} bytes, more than the 33554432 allowed",
+                cfg.len()
+            )),
+            "{err}"
+        );
+        assert!(s.list().unwrap().is_empty());
+        // The same for manifest.json itself.
+        let mut big = manifest.to_string().into_bytes();
+        big.extend(std::iter::repeat_n(b' ', 5 << 20));
+        let tar = tar_of(|b| file(b, "manifest.json", &big));
+        let err = load_archive(&tar[..], &s).unwrap_err().to_string();
+        assert!(err.contains("manifest.json is"), "{err}");
+        // Positive control: the same archive with a normal config loads.
+        let (tar, _, _) = legacy_archive();
+        assert_eq!(load_archive(&tar[..], &s).unwrap().len(), 1);
     }
 
     #[test]

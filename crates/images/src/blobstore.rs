@@ -127,6 +127,23 @@ impl BlobStore {
         fs::read(self.path(d)).map_err(|e| Self::map_nf(d, e))
     }
 
+    /// A blob that is a document (a manifest, an index, a config), refused
+    /// past `cap` bytes before any of it is read: a tenant's archive may
+    /// hold a multi-GB "config" that would otherwise be read whole.
+    pub fn read_document(&self, d: &Digest, cap: u64, what: &str) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let f = fs::File::open(self.path(d)).map_err(|e| Self::map_nf(d, e))?;
+        let size = f.metadata()?.len();
+        if size > cap {
+            return Err(crate::error::ImageError::InvalidArchive(format!(
+                "{what} is {size} bytes, more than the {cap} allowed"
+            )));
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        f.take(cap).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
     /// Removes a blob; removing one that is not there is not an error.
     pub fn delete(&self, d: &Digest) -> Result<()> {
         match fs::remove_file(self.path(d)) {

@@ -56,9 +56,9 @@ const LAYER_MEDIA_TYPES: &[&str] = &[
 ];
 
 /// Docker's own limit on manifest size; protects against endless answers.
-const MANIFEST_MAX: usize = 4 << 20;
+pub(crate) const MANIFEST_MAX: usize = 4 << 20;
 /// Image configs are small JSON documents; refuse absurd ones before fetching.
-const CONFIG_MAX: u64 = 32 << 20;
+pub(crate) const CONFIG_MAX: u64 = 32 << 20;
 /// Error bodies are only read for their message.
 const ERROR_BODY_MAX: usize = 64 << 10;
 const MAX_REDIRECTS: usize = 10;

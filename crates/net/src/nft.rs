@@ -50,7 +50,13 @@ pub struct RuleRef {
 /// The static part of the instance's table. Base chains are flushed and refilled so calling
 /// it again (agent restart) neither duplicates rules nor touches the per-container
 /// `portmap` rules of running containers.
-pub fn setup_script(table: &str, bridge: &str, subnet: Ipv4Net, protected: &[Ipv4Net]) -> String {
+pub fn setup_script(
+    table: &str,
+    bridge: &str,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    protected: &[Ipv4Net],
+) -> String {
     let t = format!("{FAMILY} {table}");
     let mut s = String::new();
     let _ = writeln!(s, "add table {t}");
@@ -80,26 +86,21 @@ pub fn setup_script(table: &str, bridge: &str, subnet: Ipv4Net, protected: &[Ipv
         let _ = writeln!(s, "flush chain {t} {chain}");
     }
     let _ = writeln!(s, "add chain {t} {PORTMAP_CHAIN}");
-    // Published ports: for packets addressed to any local address, from outside or from
-    // the host itself (so 127.0.0.1:<port> works without a userland proxy).
+    // Published ports: for packets addressed to any local address, from
+    // outside or from the server itself — but never to its loopback, where
+    // its own services (and their local clients) must stay its own.
     let _ = writeln!(
         s,
         "add rule {t} prerouting fib daddr type local jump {PORTMAP_CHAIN}"
     );
     let _ = writeln!(
         s,
-        "add rule {t} output fib daddr type local jump {PORTMAP_CHAIN}"
+        "add rule {t} output fib daddr type local ip daddr != 127.0.0.0/8 jump {PORTMAP_CHAIN}"
     );
     // Egress NAT for containers.
     let _ = writeln!(
         s,
         "add rule {t} postrouting ip saddr {subnet} oifname != \"{bridge}\" masquerade"
-    );
-    // Host loopback to a published port: the reply must come back to a routable source
-    // (needs route_localnet=1 on the bridge).
-    let _ = writeln!(
-        s,
-        "add rule {t} postrouting oifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade"
     );
     // Hairpin: a container reaching a published port of its own bridge.
     let _ = writeln!(
@@ -114,6 +115,11 @@ pub fn setup_script(table: &str, bridge: &str, subnet: Ipv4Net, protected: &[Ipv
     let _ = writeln!(
         s,
         "add rule {t} input iifname \"{bridge}\" ct state established,related accept"
+    );
+    // A ping of the bridge's own address (the routers' gateway) answers.
+    let _ = writeln!(
+        s,
+        "add rule {t} input iifname \"{bridge}\" ip daddr {gateway} icmp type echo-request accept"
     );
     let _ = writeln!(s, "add rule {t} input iifname \"{bridge}\" drop");
     // Nor the datacenter's other servers, heads and metadata addresses.
@@ -615,6 +621,7 @@ mod tests {
             "atoll_abc123",
             "atlabc123",
             "10.200.3.0/24".parse().unwrap(),
+            Ipv4Addr::new(10, 200, 3, 1),
             &[
                 "169.254.0.0/16".parse().unwrap(),
                 "192.0.2.0/24".parse().unwrap(),
@@ -630,8 +637,8 @@ mod tests {
         assert!(
             s.contains("postrouting ip saddr 10.200.3.0/24 oifname != \"atlabc123\" masquerade")
         );
-        assert!(s.contains("oifname \"atlabc123\" ip saddr 127.0.0.0/8 masquerade"));
-        assert!(s.contains("output fib daddr type local jump portmap"));
+        assert!(!s.contains("127.0.0.0/8 masquerade"));
+        assert!(s.contains("output fib daddr type local ip daddr != 127.0.0.0/8 jump portmap"));
         assert!(s.contains("prerouting fib daddr type local jump portmap"));
         assert!(s.contains("forward iifname \"atlabc123\" accept"));
         // Containers reach neither the server nor the protected networks,
@@ -641,6 +648,10 @@ mod tests {
         assert!(at(drop) < at("forward iifname \"atlabc123\" accept"));
         assert!(
             at("input iifname \"atlabc123\" ct state established,related accept")
+                < at("input iifname \"atlabc123\" drop")
+        );
+        assert!(
+            at("input iifname \"atlabc123\" ip daddr 10.200.3.1 icmp type echo-request accept")
                 < at("input iifname \"atlabc123\" drop")
         );
     }

@@ -180,8 +180,10 @@ impl NodeNet {
             .ensure_bridge(&bridge, names::bridge_mac(inst), gateway, subnet.prefix())
             .await?;
         b.sysctl.set("net/ipv4/ip_forward", "1")?;
+        // Loopback addresses never cross the bridge (an older version let
+        // them, for published ports on 127.0.0.1): off, explicitly.
         b.sysctl
-            .set(&format!("net/ipv4/conf/{bridge}/route_localnet"), "1")?;
+            .set(&format!("net/ipv4/conf/{bridge}/route_localnet"), "0")?;
         let mut protected = cfg.protected.clone();
         protected.push(Ipv4Net::new(Ipv4Addr::new(169, 254, 0, 0), 16)?);
         if let Some(u) = cfg.underlay {
@@ -199,7 +201,7 @@ impl NodeNet {
         b.nft
             .apply(&format!(
                 "{}{}",
-                nft::setup_script(&table, &bridge, subnet, &protected),
+                nft::setup_script(&table, &bridge, subnet, gateway, &protected),
                 nft::isolation_setup_script(&table)
             ))
             .await?;

@@ -240,13 +240,24 @@ async fn bridge_forwarding_published_port_and_cleanup() {
     })
     .expect("A reaches B");
     assert_eq!(seen, ip_a.to_string());
-    // Host loopback -> published port -> B; the source is masqueraded to the gateway.
+    // The host, at one of its addresses -> published port -> B.
     let seen = ask(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SocketAddr::from((n.gateway(), port)),
         Duration::from_secs(5),
     )
     .expect("host reaches published port");
     assert_eq!(seen, n.gateway().to_string());
+    // Never at its loopback, which stays the host's own.
+    let refused = ask(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Duration::from_secs(2),
+    )
+    .expect_err("loopback is the host's");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
 
     // Agent restart: setup again adopts everything; attach again is a no-op that keeps
     // exactly one rule.
@@ -275,7 +286,7 @@ async fn bridge_forwarding_published_port_and_cleanup() {
     let rules = nft_out(&["-a", "list", "chain", "inet", &table, "portmap"]).await;
     assert_eq!(rules.matches("comment \"ctr-b\"").count(), 1, "{rules}");
     let seen = ask(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SocketAddr::from((n2.gateway(), port)),
         Duration::from_secs(5),
     )
     .expect("still published after restart");
