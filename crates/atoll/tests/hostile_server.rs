@@ -586,3 +586,91 @@ fn containers_reach_no_server_and_no_head() {
     let accepted = acceptor.join().expect("acceptor");
     assert_eq!(accepted, 2);
 }
+
+/// A docker CLI process of `t` left running (a stream).
+fn spawn_stream(t: &Tenant, args: &[&str]) -> std::process::Child {
+    let mut cmd = t.docker_command(args);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.spawn().expect("docker stream")
+}
+
+/// Waits (bounded) for every stream to end; how long it took.
+fn all_end(streams: &mut [(&str, std::process::Child)], within: Duration) -> Duration {
+    let started = Instant::now();
+    for (what, child) in streams.iter_mut() {
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            if started.elapsed() > within {
+                let _ = child.kill();
+                panic!("the {what} stream was still open {within:?} after the refusal");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    started.elapsed()
+}
+
+#[test]
+fn a_refused_account_loses_its_open_streams() {
+    let a = AtollInstance::start();
+    let alice = a.tenant("alice");
+    load_busybox(&alice);
+    alice.docker_ok(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "ticker",
+        "busybox",
+        "sh",
+        "-c",
+        "while :; do echo tick; sleep 0.2; done",
+    ]);
+    let open = |alice: &Tenant| {
+        vec![
+            ("logs -f", spawn_stream(alice, &["logs", "-f", "ticker"])),
+            ("events", spawn_stream(alice, &["events"])),
+            ("attach", spawn_stream(alice, &["attach", "ticker"])),
+            (
+                "exec -i",
+                spawn_stream(alice, &["exec", "-i", "ticker", "cat"]),
+            ),
+        ]
+    };
+    let mut streams = open(&alice);
+    // Positive control: the streams are open and flowing.
+    let mut logs = streams[0].1.stdout.take().expect("stdout");
+    let mut first = [0u8; 5];
+    logs.read_exact(&mut first).expect("a line of logs");
+    assert_eq!(&first, b"tick\n");
+    std::thread::sleep(Duration::from_millis(500));
+    for (what, child) in streams.iter_mut() {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "{what} ended early"
+        );
+    }
+    a.operator_ok(&["account", "disable", "alice"]);
+    let took = all_end(&mut streams, Duration::from_secs(10));
+    eprintln!("streams of a disabled account ended in {took:?}");
+    a.operator_ok(&["account", "enable", "alice"]);
+
+    // The same when the certificate is revoked.
+    let mut streams = open(&alice);
+    let mut logs = streams[0].1.stdout.take().expect("stdout");
+    logs.read_exact(&mut first).expect("a line of logs");
+    let certs = testkit::json(&a.operator_ok(&["account", "certs", "alice", "--json"]));
+    let serial = certs[0]["serial"].as_str().expect("serial").to_string();
+    a.operator_ok(&["account", "revoke", &serial]);
+    let took = all_end(&mut streams, Duration::from_secs(10));
+    eprintln!("streams of a revoked certificate ended in {took:?}");
+    let err = alice.docker_err(&["ps"]);
+    assert!(err.contains("certificate refused"), "{err}");
+    // The container itself runs on (disabling stops no one's work).
+    let all = a.operator_ok(&["container", "ls"]);
+    assert!(all.contains("ticker") && all.contains("running"), "{all}");
+}

@@ -19,6 +19,8 @@ use crate::model::{AccountLimits, AccountRecord, CertificateRecord, OPERATOR};
 /// disabled account takes effect at once on this head (the cache is cleared),
 /// and within this time on other heads.
 const AUTH_CACHE_TTL: Duration = Duration::from_secs(2);
+/// How often an open stream checks its caller again when nothing changed here.
+const RECHECK_STREAMS: Duration = Duration::from_secs(3);
 
 /// An answer of [`Cluster::authenticate`] and when it was given: the account,
 /// or the refusal the caller is shown.
@@ -253,6 +255,24 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.auth_changes.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves once `id` is refused (revoked, its account disabled or
+    /// gone): checked at every change of accounts on this head, and every
+    /// few seconds for changes made elsewhere. Long-lived streams (attach,
+    /// exec, logs, events, stats) end on it.
+    pub async fn refused(&self, id: &pki::Identity) {
+        let mut changes = self.auth_changes.subscribe();
+        loop {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(RECHECK_STREAMS) => {}
+            }
+            if self.authenticate(id).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Refuses a new container that would take `account` past its limits.

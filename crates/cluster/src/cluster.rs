@@ -46,6 +46,9 @@ pub struct Cluster {
     pub(crate) events: crate::events::EventLog,
     /// Recent answers of `authenticate`, by certificate serial.
     pub(crate) auth_cache: StdMutex<HashMap<String, crate::accounts::CachedAuth>>,
+    /// Bumped on every change to accounts and certificates on this head:
+    /// open streams check their caller again.
+    pub(crate) auth_changes: tokio::sync::watch::Sender<u64>,
     /// Exec instances (in memory, as Docker keeps them).
     pub(crate) execs: StdMutex<HashMap<String, crate::exec::ExecRecord>>,
     /// User-namespace ranges of accounts (they never change while one lives).
@@ -79,6 +82,7 @@ impl Cluster {
             changes,
             execs: StdMutex::new(HashMap::new()),
             auth_cache: StdMutex::new(HashMap::new()),
+            auth_changes: tokio::sync::watch::Sender::new(0),
             events: crate::events::EventLog::default(),
             name: name.to_string(),
         }))

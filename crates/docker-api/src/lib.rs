@@ -114,10 +114,45 @@ async fn account_of_certificate(
     match cluster.authenticate(&id).await {
         Ok(account) => {
             req.extensions_mut().insert(Account(account));
-            next.run(req).await
+            let refused = Refused {
+                cluster: cluster.clone(),
+                id,
+            };
+            // Hijacked streams (attach, exec) watch it themselves.
+            req.extensions_mut().insert(refused.clone());
+            let resp = next.run(req).await;
+            end_streams_when_refused(resp, refused)
         }
         Err(e) => ApiError(e).into_response(),
     }
+}
+
+/// The caller of a request over TLS, to end its long-lived streams once its
+/// certificate or account is refused (revoked, disabled, deleted).
+#[derive(Clone)]
+pub struct Refused {
+    cluster: Arc<Cluster>,
+    id: pki::Identity,
+}
+
+impl Refused {
+    /// Resolves once the caller is refused.
+    pub async fn wait(self) {
+        self.cluster.refused(&self.id).await
+    }
+}
+
+/// A streamed body (no known length: logs -f, events, stats) ends when the
+/// caller is refused; bodies of a known size are left as they are.
+fn end_streams_when_refused(resp: Response, refused: Refused) -> Response {
+    use axum::body::HttpBody as _;
+    use futures::StreamExt;
+    if resp.body().size_hint().exact().is_some() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let stream = body.into_data_stream().take_until(Box::pin(refused.wait()));
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
 /// Every route of the API, with its methods: the router is built only from

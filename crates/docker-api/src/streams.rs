@@ -37,11 +37,25 @@ pub fn hijack(
     upstream: hyper::upgrade::Upgraded,
     tty: bool,
 ) -> Response {
+    let refused = req.extensions().get::<crate::Refused>().cloned();
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(client) => agent_client::splice::splice(client, TokioIo::new(upstream)).await,
-            Err(e) => tracing::debug!("client upgrade failed: {e}"),
+        let splice = async move {
+            match on_upgrade.await {
+                Ok(client) => agent_client::splice::splice(client, TokioIo::new(upstream)).await,
+                Err(e) => tracing::debug!("client upgrade failed: {e}"),
+            }
+        };
+        match refused {
+            // A caller over TLS loses the session once refused: both
+            // connections are dropped.
+            Some(r) => {
+                tokio::select! {
+                    _ = splice => {}
+                    _ = r.wait() => tracing::info!("ended a hijacked stream: its caller was refused"),
+                }
+            }
+            None => splice.await,
         }
     });
     let mut resp = Response::new(Body::empty());
