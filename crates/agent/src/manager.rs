@@ -679,9 +679,14 @@ impl Agent {
 
     pub async fn kill(&self, id: &str, signal: &str) -> Result<(), AgentError> {
         let ctr = self.running_ctr(id)?;
-        self.runc
-            .kill(id, signal, true)
-            .map_err(|e| AgentError::Internal(e.to_string()))?;
+        self.runc.kill(id, signal, true).map_err(|e| {
+            if crate::runc::is_not_exist(&e) {
+                // It ended a moment ago: its exit is on the way.
+                AgentError::Conflict(format!("Container {id} is not running"))
+            } else {
+                AgentError::Internal(e.to_string())
+            }
+        })?;
         if matches!(signal.trim_start_matches("SIG"), "KILL" | "kill" | "9") {
             self.thaw(&ctr, id);
         }

@@ -177,7 +177,8 @@ pub fn runc_error_message(stderr: &[u8]) -> String {
     }
 }
 
-fn is_not_exist(e: &RuntimeError) -> bool {
+/// runc no longer knows the container (it exited and was deleted).
+pub fn is_not_exist(e: &RuntimeError) -> bool {
     matches!(e, RuntimeError::Runtime(m) if m.contains("does not exist") || m.contains("not exist"))
 }
 
