@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzz atoll's Docker API over TLS with schemathesis, driven by Docker Engine's own
 # OpenAPI (Swagger 2.0) description of API v1.50 (tests/fuzz/swagger.yaml, see README.md).
-# Not wired into CI. Needs `pip install schemathesis` (written against 4.32.5).
+# CI runs it for 60 s (tests/python/test_fuzz.py). Needs schemathesis 4.32.5
+# (scripts/install-deps.sh installs it).
 #
 #   ATOLL_FUZZ_URL       https://127.0.0.1:PORT   (atoll's --tls-listen; no path)
 #   ATOLL_FUZZ_CERT_DIR  directory with ca.pem, cert.pem, key.pem (as DOCKER_CERT_PATH)
