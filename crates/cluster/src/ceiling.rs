@@ -78,6 +78,33 @@ pub fn check_resources(r: &Resources, pkg: &Package) -> Result<()> {
     Ok(())
 }
 
+/// A tenant's json-file log without `max-size`: Docker's `local` driver's
+/// bounds (20 MiB, five files), so no container fills a server with output.
+pub const DEFAULT_LOG_SIZE: u64 = 20 << 20;
+pub const DEFAULT_LOG_FILES: u32 = 5;
+
+/// Bounds a tenant's log: the default where none is set, and at most the
+/// package's disk in all (size × files) where one is.
+pub fn bound_logs(spec: &mut agent_client::ContainerSpec, pkg: &Package) -> Result<()> {
+    if spec.log_max_size == 0 {
+        spec.log_max_size = DEFAULT_LOG_SIZE;
+        spec.log_max_files = DEFAULT_LOG_FILES;
+        return Ok(());
+    }
+    let total = spec
+        .log_max_size
+        .saturating_mul(spec.log_max_files.max(1) as u64);
+    if total > pkg.disk_bytes {
+        return Err(over(
+            "--log-opt max-size × max-file",
+            total,
+            pkg.disk_bytes,
+            pkg,
+        ));
+    }
+    Ok(())
+}
+
 /// Checks `--ulimit`s: none may raise what a shared server must keep
 /// (real-time priority and niceness let one container starve the others).
 pub fn check_ulimits(ulimits: &[Ulimit], r: &Resources, pkg: &Package) -> Result<()> {
@@ -206,6 +233,27 @@ mod tests {
             })
             .starts_with("--memory 1073741824")
         );
+    }
+
+    #[test]
+    fn logs_are_bounded() {
+        let mut spec = agent_client::ContainerSpec {
+            log_max_size: 0,
+            log_max_files: 1,
+            ..Default::default()
+        };
+        bound_logs(&mut spec, &pkg()).expect("default");
+        assert_eq!((spec.log_max_size, spec.log_max_files), (20 << 20, 5));
+        spec.log_max_size = 1 << 30;
+        spec.log_max_files = 20;
+        assert_eq!(
+            bound_logs(&mut spec, &pkg())
+                .expect_err("20 GiB")
+                .to_string(),
+            "--log-opt max-size × max-file 21474836480 is above the limit of package small (10737418240)"
+        );
+        spec.log_max_files = 2;
+        bound_logs(&mut spec, &pkg()).expect("2 GiB");
     }
 
     #[test]

@@ -218,6 +218,7 @@ impl Cluster {
         if account != crate::model::OPERATOR {
             crate::ceiling::check_resources(r, &pkg)?;
             crate::ceiling::check_ulimits(&planned.spec.ulimits, r, &pkg)?;
+            crate::ceiling::bound_logs(&mut planned.spec, &pkg)?;
         }
         let reservation = Reservation {
             memory: pkg.memory_bytes,
