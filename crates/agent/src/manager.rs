@@ -39,6 +39,8 @@ pub struct AgentConfig {
     /// Networks no container reaches through this server (other servers,
     /// heads); see `net::NodeNetConfig::protected`.
     pub protected: Vec<net::Ipv4Net>,
+    /// Destinations opened by the operator despite `protected`.
+    pub reachable: Vec<net::Ipv4Net>,
 }
 
 /// Where an attach client waits for the container's next start.
@@ -185,6 +187,7 @@ impl Agent {
                 subnet: None,
                 protected: cfg.protected.clone(),
                 underlay: cfg.vtep,
+                reachable: cfg.reachable.clone(),
             },
             cfg.vtep,
             match &cfg.public_interface {

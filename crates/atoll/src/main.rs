@@ -85,6 +85,10 @@ enum Cmd {
         /// always protected.
         #[arg(long = "protect", value_name = "CIDR")]
         protect: Vec<net::Ipv4Net>,
+        /// A destination containers may reach although it is protected (a
+        /// resolver or proxy on the admin network), CIDR; repeatable.
+        #[arg(long = "reach", value_name = "CIDR")]
+        reach: Vec<net::Ipv4Net>,
     },
     /// Stop everything an instance created (containers, mounts, network devices)
     /// and remove its state.
@@ -237,6 +241,7 @@ fn main() -> std::process::ExitCode {
                 advertise,
                 public_interface,
                 protect,
+                reach,
             } => {
                 up::agent(up::AgentOptions {
                     data_dir,
@@ -247,6 +252,7 @@ fn main() -> std::process::ExitCode {
                     advertise,
                     public_interface,
                     protect,
+                    reach,
                 })
                 .await
             }

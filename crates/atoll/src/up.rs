@@ -137,7 +137,7 @@ pub async fn run(o: HeadOptions) -> Result<()> {
             let agent_sock = inst.agent_socket();
             let listener = agent_client::serve::bind_unix(&agent_sock)
                 .with_context(|| format!("binding {}", agent_sock.display()))?;
-            let agent = start_agent(&inst, exe, None, None, Vec::new()).await?;
+            let agent = start_agent(&inst, exe, None, None, Default::default()).await?;
             agent_task = Some(tokio::spawn(agent::serve(
                 listener,
                 agent,
@@ -279,6 +279,8 @@ pub struct AgentOptions {
     pub public_interface: Option<String>,
     /// Networks no container reaches through this server.
     pub protect: Vec<net::Ipv4Net>,
+    /// Protected destinations containers may reach anyway.
+    pub reach: Vec<net::Ipv4Net>,
 }
 
 /// `atoll agent`: one server's agent, serving until SIGTERM/SIGINT. On TCP it
@@ -351,7 +353,14 @@ pub async fn agent(o: AgentOptions) -> Result<()> {
             }
         }
     }
-    let agent = start_agent(&inst, exe, vtep, o.public_interface.clone(), protected).await?;
+    let agent = start_agent(
+        &inst,
+        exe,
+        vtep,
+        o.public_interface.clone(),
+        (protected, o.reach.clone()),
+    )
+    .await?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         let _ = stop_rx.changed().await;
@@ -434,7 +443,7 @@ async fn start_agent(
     exe: PathBuf,
     vtep: Option<std::net::Ipv4Addr>,
     public_interface: Option<String>,
-    protected: Vec<net::Ipv4Net>,
+    (protected, reachable): (Vec<net::Ipv4Net>, Vec<net::Ipv4Net>),
 ) -> Result<Arc<agent::Agent>> {
     agent::Agent::start(agent::AgentConfig {
         dir: inst.agent_dir(),
@@ -443,6 +452,7 @@ async fn start_agent(
         vtep,
         public_interface,
         protected,
+        reachable,
     })
     .await
     .context("starting the agent")

@@ -56,6 +56,7 @@ pub fn setup_script(
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
     protected: &[Ipv4Net],
+    reachable: &[Ipv4Net],
 ) -> String {
     let t = format!("{FAMILY} {table}");
     let mut s = String::new();
@@ -122,7 +123,16 @@ pub fn setup_script(
         "add rule {t} input iifname \"{bridge}\" ip daddr {gateway} icmp type echo-request accept"
     );
     let _ = writeln!(s, "add rule {t} input iifname \"{bridge}\" drop");
-    // Nor the datacenter's other servers, heads and metadata addresses.
+    // Nor the datacenter's other servers, heads and metadata addresses,
+    // except what the operator opened.
+    if !reachable.is_empty() && !protected.is_empty() {
+        let list: Vec<String> = reachable.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "add rule {t} forward iifname \"{bridge}\" ip daddr {{ {} }} accept",
+            list.join(", ")
+        );
+    }
     if !protected.is_empty() {
         let list: Vec<String> = protected.iter().map(|n| n.to_string()).collect();
         let _ = writeln!(
@@ -626,6 +636,7 @@ mod tests {
                 "169.254.0.0/16".parse().unwrap(),
                 "192.0.2.0/24".parse().unwrap(),
             ],
+            &["192.0.2.53/32".parse().unwrap()],
         );
         assert!(s.starts_with("add table inet atoll_abc123\n"));
         for chain in ["prerouting", "output", "postrouting", "forward", "input"] {
@@ -646,6 +657,8 @@ mod tests {
         let drop = "forward iifname \"atlabc123\" ip daddr { 169.254.0.0/16, 192.0.2.0/24 } drop";
         let at = |r: &str| s.find(r).unwrap_or_else(|| panic!("{r} missing:\n{s}"));
         assert!(at(drop) < at("forward iifname \"atlabc123\" accept"));
+        // What the operator opened comes first.
+        assert!(at("forward iifname \"atlabc123\" ip daddr { 192.0.2.53/32 } accept") < at(drop));
         assert!(
             at("input iifname \"atlabc123\" ct state established,related accept")
                 < at("input iifname \"atlabc123\" drop")

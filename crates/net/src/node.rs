@@ -30,6 +30,9 @@ pub struct NodeNetConfig {
     pub protected: Vec<Ipv4Net>,
     /// The server's underlay address: its network holds the other servers.
     pub underlay: Option<Ipv4Addr>,
+    /// Destinations inside `protected` that containers may reach anyway
+    /// (opened by the operator: a resolver, a proxy on the admin network).
+    pub reachable: Vec<Ipv4Net>,
 }
 
 /// The privileged operations NodeNet uses; swap in `crate::fake` ones for unit tests.
@@ -201,7 +204,7 @@ impl NodeNet {
         b.nft
             .apply(&format!(
                 "{}{}",
-                nft::setup_script(&table, &bridge, subnet, gateway, &protected),
+                nft::setup_script(&table, &bridge, subnet, gateway, &protected, &cfg.reachable),
                 nft::isolation_setup_script(&table)
             ))
             .await?;

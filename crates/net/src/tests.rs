@@ -43,6 +43,7 @@ fn cfg(subnet: Option<&str>) -> NodeNetConfig {
         subnet: subnet.map(|s| s.parse().unwrap()),
         protected: Vec::new(),
         underlay: None,
+        reachable: Vec::new(),
     }
 }
 

@@ -65,6 +65,7 @@ async fn fresh_node(tmp: &Path, sub: &str) -> (NodeNet, Guard) {
         subnet: None,
         protected: Vec::new(),
         underlay: None,
+        reachable: Vec::new(),
     })
     .await
     .expect("setup");
@@ -205,6 +206,7 @@ async fn bridge_forwarding_published_port_and_cleanup() {
         subnet: None,
         protected: Vec::new(),
         underlay: None,
+        reachable: Vec::new(),
     })
     .await
     .expect("setup");
@@ -267,6 +269,7 @@ async fn bridge_forwarding_published_port_and_cleanup() {
         subnet: None,
         protected: Vec::new(),
         underlay: None,
+        reachable: Vec::new(),
     })
     .await
     .expect("setup again");
@@ -380,6 +383,7 @@ async fn docker_coexistence() {
         subnet: Some("10.207.250.0/24".parse().expect("subnet")),
         protected: Vec::new(),
         underlay: None,
+        reachable: Vec::new(),
     };
     let n = NodeNet::setup(cfg.clone()).await.expect("setup");
     let (ip_a, ip_b) = (
