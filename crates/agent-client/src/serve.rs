@@ -44,10 +44,7 @@ pub fn bind_unix_with_mode(
     ));
     let private = std::path::PathBuf::from(private);
     let _ = std::fs::remove_dir_all(&private);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&private)
-        .map(|()| ())?;
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
     let staged = private.join("s");
     let bound = (|| {
         let listener = std::os::unix::net::UnixListener::bind(&staged)?;
