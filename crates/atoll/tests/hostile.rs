@@ -230,22 +230,6 @@ fn host_uid(p: &std::path::Path) -> u32 {
     std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(p).unwrap())
 }
 
-/// The one file called `name` under `dir` (a volume's directory on the host).
-fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        let ft = e.file_type().ok()?;
-        if ft.is_dir() {
-            if let Some(f) = find_file(&p, name) {
-                return Some(f);
-            }
-        } else if ft.is_file() && e.file_name() == name {
-            return Some(p);
-        }
-    }
-    None
-}
-
 #[test]
 fn container_root_is_not_host_root() {
     let a = AtollInstance::start();
@@ -313,7 +297,7 @@ fn container_root_is_not_host_root() {
         ["eth0", "lo"],
         "{sys}"
     );
-    let marker = find_file(a.data_dir(), "marker").expect("the volume's file on the host");
+    let marker = testkit::find_file(a.data_dir(), "marker").expect("the volume's file on the host");
     assert!(in_alices(host_uid(&marker)), "{}", host_uid(&marker));
     assert!(in_alices(host_uid(marker.parent().unwrap())));
 
@@ -478,10 +462,11 @@ fn a_disk_filler_hits_its_package_size_not_the_servers_disk() {
     assert!(!out.status.success(), "the filler wrote 200 MB: {err}");
     assert!(err.contains("Disk quota exceeded"), "{err}");
     // What it managed to write stays within its package's disk.
-    let written =
-        std::fs::metadata(find_file(&fs.path().join("d"), "fill").expect("the filler's file"))
-            .unwrap()
-            .len();
+    let written = std::fs::metadata(
+        testkit::find_file(&fs.path().join("d"), "fill").expect("the filler's file"),
+    )
+    .unwrap()
+    .len();
     assert!(
         (16 << 20..=32 << 20).contains(&written),
         "wrote {written} bytes"

@@ -8,7 +8,6 @@
 
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use testkit::{AtollInstance, Tenant, test_images};
@@ -446,21 +445,6 @@ fn as_nobody(argv: &[&str]) -> (String, i32) {
     testkit::combined(&out)
 }
 
-fn find(dir: &Path, name: &str) -> Option<PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        let ft = e.file_type().ok()?;
-        if ft.is_dir() {
-            if let Some(f) = find(&p, name) {
-                return Some(f);
-            }
-        } else if e.file_name() == name {
-            return Some(p);
-        }
-    }
-    None
-}
-
 #[test]
 fn tenant_files_are_out_of_reach_of_the_servers_users() {
     let a = AtollInstance::start();
@@ -471,7 +455,8 @@ fn tenant_files_are_out_of_reach_of_the_servers_users() {
     let id = mallory.docker_ok(&["run", "-d", "suid:1", "sleep", "600"]);
     let agent = a.data_dir().join("agent");
     // Positive control: the setuid-root file is on the server's disk.
-    let in_layer = find(&agent.join("layers"), "rootshell").expect("the layer holds it");
+    let in_layer =
+        testkit::find_file(&agent.join("layers"), "rootshell").expect("the layer holds it");
     let md = std::fs::metadata(&in_layer).expect("stat");
     assert_eq!((md.uid(), md.mode() & 0o7777), (0, 0o4755));
     let in_rootfs = agent

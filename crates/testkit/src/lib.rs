@@ -33,3 +33,19 @@ pub fn combined(out: &std::process::Output) -> (String, i32) {
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
+
+/// The first entry named `name` that is not a directory, anywhere under
+/// `dir` (a file in a volume's or layer's directory on the server).
+pub fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if e.file_type().ok()?.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if e.file_name() == name {
+            return Some(p);
+        }
+    }
+    None
+}
