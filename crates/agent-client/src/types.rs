@@ -186,6 +186,9 @@ pub struct MountSpec {
     /// Absolute path inside the container.
     pub destination: String,
     pub read_only: bool,
+    /// A volume's size limit, set when the server makes it (0: none).
+    #[serde(default)]
+    pub size_bytes: u64,
 }
 
 /// A container's healthcheck, resolved by the head from the image and the create

@@ -9,7 +9,7 @@ use agent_client::{ContainerSpec, IdMap, Resources};
 use serde_json::{Value, json};
 
 use crate::runc::RuntimeError;
-use crate::user::{ExecUser, resolve_in_root, resolve_user};
+use crate::user::{ExecUser, resolve_user};
 
 /// What `--init` runs, and where Docker puts it in the container.
 pub const INIT_BINARY: &str = "/usr/bin/tini-static";
@@ -228,17 +228,18 @@ fn ensure_cwd(
     user: &ExecUser,
     ids: Option<&IdMap>,
 ) -> Result<(), RuntimeError> {
-    let p = resolve_in_root(rootfs, Path::new(cwd))?;
-    if p.is_dir() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(&p).map_err(|e| {
+    // Through descriptors: the container's root may change meanwhile (a
+    // `docker cp` into it), and nothing may be made or chowned outside it.
+    let (dir, made) = crate::confined::mkdir_all_in_root(rootfs, cwd).map_err(|e| {
         RuntimeError::Invalid(format!("cannot create working directory {cwd}: {e}"))
     })?;
-    std::os::unix::fs::chown(
-        &p,
-        Some(agent_client::host_id(ids, user.uid)),
-        Some(agent_client::host_id(ids, user.gid)),
+    if !made {
+        return Ok(());
+    }
+    crate::confined::chown_fd(
+        std::os::fd::AsFd::as_fd(&dir),
+        agent_client::host_id(ids, user.uid),
+        agent_client::host_id(ids, user.gid),
     )
     .map_err(|e| RuntimeError::io("changing the owner of the working directory", e))
 }

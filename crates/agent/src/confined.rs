@@ -86,21 +86,8 @@ pub fn read_file_in_root(
     cap: u64,
 ) -> Result<Option<Vec<u8>>, ConfinedError> {
     let io_err = |e: io::Error| ConfinedError::Io(format!("reading {path}"), e);
-    let root_fd = nix::fcntl::open(
-        root,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io_err(e.into()))?;
-    let rel = path.trim_start_matches('/');
-    let rel = if rel.is_empty() { "." } else { rel };
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = match openat2(root_fd.as_fd(), OsStr::new(rel), how) {
-        Ok(fd) => fd,
-        Err(nix::Error::ENOENT | nix::Error::ENOTDIR) => return Ok(None),
-        Err(e) => return Err(io_err(e.into())),
+    let Some(fd) = path_in_root(root, path, OFlag::empty()).map_err(io_err)? else {
+        return Ok(None);
     };
     let st = fstat(fd.as_fd()).map_err(io_err)?;
     let file = reopen_regular(&fd, &st, path)?;
@@ -122,9 +109,107 @@ pub fn read_file_in_root(
     Ok(Some(out))
 }
 
+/// `path` (absolute, as the container sees it) in `root`, resolved inside
+/// it (`RESOLVE_IN_ROOT`: symlinks and `..` never leave it), as an `O_PATH`
+/// descriptor (with `O_DIRECTORY` in `flags`: only a directory). None when
+/// it (or a directory on the way) is missing.
+pub fn path_in_root(root: &Path, path: &str, flags: OFlag) -> io::Result<Option<OwnedFd>> {
+    let root_fd = open_root(root)?;
+    let rel = path.trim_start_matches('/');
+    let rel = if rel.is_empty() { "." } else { rel };
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | flags)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match openat2(root_fd.as_fd(), OsStr::new(rel), how) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(nix::Error::ENOENT | nix::Error::ENOTDIR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn open_root(root: &Path) -> io::Result<OwnedFd> {
+    Ok(nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The directory `path` (absolute, as the container sees it) in `root`,
+/// made where missing (mode 0755, like `mkdir -p`), as an `O_PATH`
+/// descriptor, and whether its last component was made here. Every step is
+/// resolved inside the root, and a directory made here is opened by its
+/// name in the descriptor of its parent without following a symlink: a name
+/// the container swaps meanwhile is refused, never followed out of the root.
+pub fn mkdir_all_in_root(root: &Path, path: &str) -> io::Result<(OwnedFd, bool)> {
+    let mut cur = open_root(root)?;
+    let mut made = false;
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        let prefix = parts[..=i].join("/");
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        match openat2(open_root(root)?.as_fd(), OsStr::new(&prefix), how) {
+            Ok(fd) => {
+                cur = fd;
+                made = false;
+            }
+            Err(nix::Error::ENOENT) => {
+                let name = std::ffi::CString::new(*part)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                // SAFETY: a valid dir fd and a NUL-terminated name.
+                if unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: as above; the kernel returns a new fd we own.
+                let fd = unsafe {
+                    libc::openat(
+                        cur.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: a fresh fd from the kernel.
+                cur = unsafe { OwnedFd::from_raw_fd(fd) };
+                made = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((cur, made))
+}
+
+/// `fchownat(fd, "", AT_EMPTY_PATH)`: the owner of what an (`O_PATH`)
+/// descriptor names, never of whatever bears its name now.
+pub fn chown_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: a valid fd and an empty NUL-terminated path with AT_EMPTY_PATH.
+    let r = unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn only_regular_files_inside_the_root_are_read() {
@@ -186,5 +271,42 @@ mod tests {
             read_file_in_root(&root, "/etc/ok", 3),
             Err(ConfinedError::TooLarge { cap: 3, .. })
         ));
+    }
+
+    #[test]
+    fn directories_are_made_inside_the_root() {
+        let host = tempfile::tempdir().expect("tempdir");
+        let root = host.path().join("rootfs");
+        std::fs::create_dir_all(root.join("srv")).expect("srv");
+        let (_, made) = mkdir_all_in_root(&root, "/srv/app/./data").expect("mkdir");
+        assert!(made);
+        assert!(root.join("srv/app/data").is_dir());
+        let (_, made) = mkdir_all_in_root(&root, "/srv/app").expect("again");
+        assert!(!made);
+        // Links lead inside the root, whatever they say.
+        std::os::unix::fs::symlink(host.path(), root.join("up")).expect("link");
+        std::os::unix::fs::symlink("../../..", root.join("srv/dotdot")).expect("link");
+        // Dangling inside the root: refused, and nothing is made outside.
+        let e = mkdir_all_in_root(&root, "/up/escaped").expect_err("dangling");
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
+        assert!(!host.path().join("escaped").exists());
+        let inside = root.join(host.path().strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(&inside).expect("target inside");
+        let (fd, made) = mkdir_all_in_root(&root, "/up/escaped").expect("abs link");
+        assert!(made);
+        assert!(!host.path().join("escaped").exists());
+        let st = fstat(fd.as_fd()).expect("fstat");
+        let md = std::fs::metadata(inside.join("escaped")).expect("made inside");
+        assert_eq!(st.st_ino, md.ino());
+        mkdir_all_in_root(&root, "/srv/dotdot/top").expect("dotdot");
+        assert!(root.join("top").is_dir() && !host.path().join("top").exists());
+        // A file on the way is not a directory.
+        std::fs::write(root.join("file"), "").expect("file");
+        let e = mkdir_all_in_root(&root, "/file/x").expect_err("file");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR), "{e}");
+        // The owner changes through the descriptor.
+        chown_fd(fd.as_fd(), 1234, 5678).expect("chown");
+        let md = std::fs::metadata(inside.join("escaped")).expect("made inside");
+        assert_eq!((md.uid(), md.gid()), (1234, 5678));
     }
 }

@@ -73,6 +73,8 @@ pub struct Agent {
     pub(crate) mounter: RealMounter,
     /// Disk limits of writable layers (btrfs quotas, or none).
     quota: Box<dyn crate::quota::DiskQuota>,
+    /// Disk limits of volumes (the same, where the volumes are).
+    volume_quota: Box<dyn crate::quota::DiskQuota>,
     containers_dir: PathBuf,
     ctrs: StdMutex<HashMap<String, Arc<Ctr>>>,
     events: broadcast::Sender<ContainerStatus>,
@@ -164,6 +166,7 @@ impl Agent {
                 containers_dir.display()
             );
         }
+        let volume_quota = crate::quota::for_dir(&cfg.dir.join("volumes"))?;
         let closed = crate::userns::unsearchable_ancestors(&containers_dir);
         if !closed.is_empty() {
             tracing::warn!(
@@ -209,6 +212,7 @@ impl Agent {
             runc,
             mounter: RealMounter,
             quota,
+            volume_quota,
             containers_dir,
             ctrs: StdMutex::new(HashMap::new()),
             events,
@@ -521,7 +525,12 @@ impl Agent {
             self.start_resolver(&spec.id, ns, resolver_upstreams(spec))
                 .map_err(|e| AgentError::Internal(format!("starting the resolver: {e}")))?;
         }
-        let spec = &crate::volumes::prepare_volumes(spec, &self.volumes_dir(), &paths.rootfs)?;
+        let spec = &crate::volumes::prepare_volumes(
+            spec,
+            &self.volumes_dir(),
+            &paths.rootfs,
+            &*self.volume_quota,
+        )?;
         write_bundle(spec, paths, netns.as_deref(), &self.cgroup_parent)
             .map_err(|e| AgentError::Runtime(e.to_string()))?;
         let args = ShimArgs {

@@ -1,15 +1,13 @@
 //! Docker's `-u` resolved against the container's own /etc/passwd and
-//! /etc/group (like runc's libcontainer/user), read through a path resolver
-//! that keeps every symlink inside the rootfs.
+//! /etc/group (like runc's libcontainer/user), read inside the rootfs (see
+//! `confined`).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use crate::runc::RuntimeError;
 
 /// Docker refuses ids outside this range.
 const MAX_ID: u64 = i32::MAX as u64;
-/// Like the kernel's limit on symlinks followed while resolving one path.
-const MAX_LINKS: usize = 40;
 
 /// The ids the container's process runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,62 +32,6 @@ struct GroupEntry {
     name: String,
     gid: u32,
     members: Vec<String>,
-}
-
-/// Resolves `path` (absolute, as seen inside the container) to a host path
-/// under `root`, following symlinks as if `root` were `/`: `..` and absolute
-/// link targets never leave `root`. The result may not exist.
-pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, RuntimeError> {
-    // Components still to walk, in reverse order (a stack).
-    let mut todo: Vec<std::ffi::OsString> = Vec::new();
-    push_components(&mut todo, path);
-    let mut done: Vec<std::ffi::OsString> = Vec::new();
-    let mut links = 0;
-    while let Some(c) = todo.pop() {
-        if c == ".." {
-            done.pop();
-            continue;
-        }
-        if c == "." || c.is_empty() {
-            continue;
-        }
-        let mut candidate = root.to_path_buf();
-        candidate.extend(done.iter());
-        candidate.push(&c);
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(RuntimeError::Invalid(format!(
-                        "too many levels of symbolic links in {}",
-                        path.display()
-                    )));
-                }
-                let target = std::fs::read_link(&candidate)
-                    .map_err(|e| RuntimeError::io("reading a symlink in the rootfs", e))?;
-                if target.is_absolute() {
-                    done.clear();
-                }
-                push_components(&mut todo, &target);
-            }
-            _ => done.push(c),
-        }
-    }
-    let mut out = root.to_path_buf();
-    out.extend(done.iter());
-    Ok(out)
-}
-
-fn push_components(todo: &mut Vec<std::ffi::OsString>, p: &Path) {
-    let comps: Vec<std::ffi::OsString> = p
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    todo.extend(comps.into_iter().rev());
 }
 
 /// The most of /etc/passwd or /etc/group read (runc reads any size).
@@ -292,14 +234,8 @@ mod tests {
         std::fs::write(root.join("real/passwd"), "inside:x:7:7::/:/bin/sh\n").expect("passwd");
         std::os::unix::fs::symlink("../../../evil", root.join("etc/passwd")).expect("link");
         assert!(resolve_user(&root, "evil").is_err());
-        assert_eq!(
-            resolve_in_root(&root, Path::new("/etc/passwd")).expect("resolve"),
-            root.join("evil")
-        );
         std::fs::remove_file(root.join("etc/passwd")).expect("rm");
         std::os::unix::fs::symlink("/real/passwd", root.join("etc/passwd")).expect("link");
         assert_eq!(resolve_user(&root, "inside").expect("inside").uid, 7);
-        std::os::unix::fs::symlink("loop", root.join("loop")).expect("loop");
-        assert!(resolve_in_root(&root, Path::new("/loop/x")).is_err());
     }
 }

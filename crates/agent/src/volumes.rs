@@ -3,13 +3,17 @@
 //! the image has at the mount point ("copy-up", as Docker does), so `VOLUME
 //! /var/lib/x` keeps the image's files there.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use agent_client::{ContainerSpec, MountKind};
+use nix::fcntl::OFlag;
 
+use crate::confined;
 use crate::error::AgentError;
-use crate::user::resolve_in_root;
+use crate::quota::DiskQuota;
 
 /// Volume ids are the head's: 64 hex characters.
 pub fn check_volume_id(id: &str) -> Result<(), AgentError> {
@@ -31,6 +35,7 @@ pub fn prepare_volumes(
     spec: &ContainerSpec,
     volumes_dir: &Path,
     rootfs: &Path,
+    quota: &dyn DiskQuota,
 ) -> Result<ContainerSpec, AgentError> {
     let mut out = spec.clone();
     for m in out
@@ -47,12 +52,12 @@ pub fn prepare_volumes(
             // Filled beside, then renamed: a crash never leaves half a copy-up.
             let tmp = parent.join("_data.new");
             let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir(&tmp)?;
-            if let Ok(src) = resolve_in_root(rootfs, Path::new(&m.destination))
-                && src.is_dir()
-            {
-                copy_tree(&src, &tmp)?;
-                copy_owner_and_mode(&src, &tmp)?;
+            // Limited to its size where the disk can: a volume that fills
+            // gets "Disk quota exceeded", not the server's disk.
+            quota.create_limited(&tmp, m.size_bytes)?;
+            if let Some(src) = confined::path_in_root(rootfs, &m.destination, OFlag::O_DIRECTORY)? {
+                copy_tree_at(&src, &tmp)?;
+                copy_owner_and_mode(&confined::fstat(src.as_fd())?, &tmp)?;
             } else if let Some(ids) = &spec.userns {
                 // Nothing to copy: the container's root owns it (the rootfs
                 // shows copied files with shifted owners already).
@@ -65,35 +70,59 @@ pub fn prepare_volumes(
     Ok(out)
 }
 
-fn copy_owner_and_mode(from: &Path, to: &Path) -> std::io::Result<()> {
-    let md = std::fs::symlink_metadata(from)?;
-    std::os::unix::fs::lchown(to, Some(md.uid()), Some(md.gid()))?;
-    if !md.file_type().is_symlink() {
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
+/// Gives `to` the owner and mode of what `st` describes.
+fn copy_owner_and_mode(st: &libc::stat, to: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(to, Some(st.st_uid), Some(st.st_gid))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(st.st_mode & 0o7777))?;
     }
     Ok(())
 }
 
-/// Copies the contents of `from` into the existing directory `to`: files,
-/// directories and symlinks with owners and modes. Device nodes, sockets and
-/// fifos are skipped (images rarely carry them under a VOLUME).
-pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let src = e.path();
-        let dst = to.join(e.file_name());
-        let ft = e.file_type()?;
-        if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-        } else if ft.is_dir() {
-            std::fs::create_dir(&dst)?;
-            copy_tree(&src, &dst)?;
-        } else if ft.is_file() {
-            std::fs::copy(&src, &dst)?;
-        } else {
-            continue;
+/// Copies what directory `dir` (an `O_PATH` or open descriptor in a
+/// container's root) holds into the existing directory `to`: files,
+/// directories and symlinks with owners and modes; device nodes, sockets
+/// and fifos are skipped (images rarely carry them under a VOLUME). The
+/// container's root is hostile and may change meanwhile (a `docker cp`
+/// into it): every entry is opened without following it, judged by `fstat`
+/// of its descriptor, and read or walked through that descriptor. `to` is
+/// the agent's own (a new volume nobody sees yet).
+fn copy_tree_at(dir: &OwnedFd, to: &Path) -> std::io::Result<()> {
+    let listing = nix::fcntl::openat(
+        dir,
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let mut d = nix::dir::Dir::from_fd(listing)?;
+    let names: Vec<std::ffi::CString> = d
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    for name in names {
+        let fd = confined::path_at(dir.as_fd(), &name)?;
+        let st = confined::fstat(fd.as_fd())?;
+        let dst = to.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => {
+                let target = nix::fcntl::readlinkat(&fd, "")?;
+                std::os::unix::fs::symlink(target, &dst)?;
+            }
+            libc::S_IFDIR => {
+                std::fs::create_dir(&dst)?;
+                copy_tree_at(&fd, &dst)?;
+            }
+            libc::S_IFREG => {
+                let mut from = confined::reopen_regular(&fd, &st, &dst.to_string_lossy())
+                    .map_err(std::io::Error::other)?;
+                let mut into = std::fs::File::create_new(&dst)?;
+                std::io::copy(&mut from, &mut into)?;
+            }
+            _ => continue,
         }
-        copy_owner_and_mode(&src, &dst)?;
+        copy_owner_and_mode(&st, &dst)?;
     }
     Ok(())
 }
@@ -112,6 +141,7 @@ pub fn remove_volume(volumes_dir: &Path, id: &str) -> Result<(), AgentError> {
 mod tests {
     use super::*;
     use agent_client::MountSpec;
+    use std::os::unix::ffi::OsStringExt;
 
     #[test]
     fn new_volumes_are_filled_from_the_image_once() {
@@ -133,10 +163,12 @@ mod tests {
                 source: id.clone(),
                 destination: "/var/lib/app".into(),
                 read_only: false,
+                size_bytes: 0,
             }],
             ..Default::default()
         };
-        let out = prepare_volumes(&spec, vols.path(), root.path()).unwrap();
+        let out =
+            prepare_volumes(&spec, vols.path(), root.path(), &crate::quota::Unlimited).unwrap();
         let dir = volume_data(vols.path(), &id);
         assert_eq!(out.mounts[0].source, dir.to_string_lossy());
         assert_eq!(
@@ -158,7 +190,7 @@ mod tests {
         assert!(dir.join("sub").is_dir());
         // Used again: what the container wrote stays, nothing is copied over it.
         std::fs::write(dir.join("seed.txt"), "changed").unwrap();
-        prepare_volumes(&spec, vols.path(), root.path()).unwrap();
+        prepare_volumes(&spec, vols.path(), root.path(), &crate::quota::Unlimited).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join("seed.txt")).unwrap(),
             "changed"
@@ -167,5 +199,75 @@ mod tests {
         assert!(!dir.exists());
         remove_volume(vols.path(), &id).unwrap();
         assert!(remove_volume(vols.path(), "../x").is_err());
+    }
+
+    /// The image's side is hostile: the mount point's path and the entries
+    /// under it are never followed out of the root, and FIFOs and devices
+    /// are neither opened nor copied.
+    #[test]
+    fn copy_up_stays_inside_the_root_and_copies_only_files() {
+        let host = tempfile::tempdir().unwrap();
+        let secret = host.path().join("secret");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::write(secret.join("key"), "host secret").unwrap();
+        let root = host.path().join("rootfs");
+        let vols = host.path().join("volumes");
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::create_dir(&vols).unwrap();
+        // The mount point is a link to the host's directory (absolute), and an
+        // entry links to the host's file: the first resolves in the root
+        // (missing there), the second is copied as a link.
+        std::os::unix::fs::symlink(&secret, root.join("escape")).unwrap();
+        std::os::unix::fs::symlink(secret.join("key"), root.join("data/key")).unwrap();
+        let fifo =
+            std::ffi::CString::new(root.join("data/fifo").into_os_string().into_vec()).unwrap();
+        // SAFETY: mkfifo with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let dev =
+            std::ffi::CString::new(root.join("data/zero").into_os_string().into_vec()).unwrap();
+        // SAFETY: mknod with a valid path (/dev/zero's numbers; we are root).
+        assert_eq!(
+            unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 5)) },
+            0
+        );
+        std::fs::write(root.join("data/plain"), "inside").unwrap();
+        let volume = |id: &str, at: &str| ContainerSpec {
+            mounts: vec![MountSpec {
+                kind: MountKind::Volume,
+                source: id.repeat(64),
+                destination: at.into(),
+                read_only: false,
+                size_bytes: 0,
+            }],
+            ..Default::default()
+        };
+        prepare_volumes(
+            &volume("b", "/escape"),
+            &vols,
+            &root,
+            &crate::quota::Unlimited,
+        )
+        .unwrap();
+        let escaped = volume_data(&vols, &"b".repeat(64));
+        // Positive control: the host's directory really has a file.
+        assert!(secret.join("key").exists());
+        assert_eq!(std::fs::read_dir(&escaped).unwrap().count(), 0);
+        prepare_volumes(
+            &volume("c", "/data"),
+            &vols,
+            &root,
+            &crate::quota::Unlimited,
+        )
+        .unwrap();
+        let data = volume_data(&vols, &"c".repeat(64));
+        assert_eq!(
+            std::fs::read_link(data.join("key")).unwrap(),
+            secret.join("key")
+        );
+        assert_eq!(
+            std::fs::read_to_string(data.join("plain")).unwrap(),
+            "inside"
+        );
+        assert!(!data.join("fifo").exists() && !data.join("zero").exists());
     }
 }

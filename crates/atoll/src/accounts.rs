@@ -11,7 +11,7 @@ use crate::operator::{Client, Target, parse_size, print_table, segment, size, st
 
 #[derive(Subcommand, Debug)]
 pub enum AccountCmd {
-    /// List accounts: state, limits, containers, memory reserved.
+    /// List accounts: state, limits, containers, memory reserved, storage held.
     Ls,
     /// Create an account.
     Create { name: String },
@@ -28,6 +28,10 @@ pub enum AccountCmd {
         /// Most memory, summed over its containers' packages, e.g. 8G.
         #[arg(long)]
         memory: Option<String>,
+        /// Most storage, e.g. 100G: its images, volumes (their sizes) and
+        /// containers (package disk and log bound).
+        #[arg(long)]
+        storage: Option<String>,
     },
     /// Delete an account that holds nothing.
     Rm { name: String },
@@ -70,6 +74,7 @@ pub async fn account(t: &Target, cmd: AccountCmd) -> Result<()> {
             name,
             containers,
             memory,
+            storage,
         } => {
             let current = c.call("GET", &path(&name), None).await?;
             let mut limits = current["limits"].clone();
@@ -82,11 +87,13 @@ pub async fn account(t: &Target, cmd: AccountCmd) -> Result<()> {
                         ))?),
                     };
             }
-            if let Some(m) = memory {
-                limits["memory_bytes"] = match m.as_str() {
-                    "none" => Value::Null,
-                    m => json!(parse_size(m)?),
-                };
+            for (key, value) in [("memory_bytes", memory), ("storage_bytes", storage)] {
+                if let Some(v) = value {
+                    limits[key] = match v.as_str() {
+                        "none" => Value::Null,
+                        v => json!(parse_size(v)?),
+                    };
+                }
             }
             c.call("PATCH", &path(&name), patch(json!({ "limits": limits })))
                 .await?
@@ -157,19 +164,30 @@ pub async fn account(t: &Target, cmd: AccountCmd) -> Result<()> {
         "STATE".into(),
         "CONTAINERS".into(),
         "MEMORY".into(),
+        "STORAGE".into(),
         "LIMITS".into(),
         "HOST IDS".into(),
     ]];
     for a in &list {
         let l = &a["limits"];
-        let limits = match (l["containers"].as_u64(), l["memory_bytes"].as_u64()) {
-            (None, None) => "-".to_string(),
-            (c, m) => format!(
-                "{} containers, {} memory",
+        let limits = match (
+            l["containers"].as_u64(),
+            l["memory_bytes"].as_u64(),
+            l["storage_bytes"].as_u64(),
+        ) {
+            (None, None, None) => "-".to_string(),
+            (c, m, s) => format!(
+                "{} containers, {} memory, {} storage",
                 c.map(|c| c.to_string()).unwrap_or_else(|| "any".into()),
-                m.map(placement::human).unwrap_or_else(|| "any".into())
+                m.map(placement::human).unwrap_or_else(|| "any".into()),
+                s.map(placement::human).unwrap_or_else(|| "any".into())
             ),
         };
+        let st = &a["storage"];
+        let held = ["images", "volumes", "containers"]
+            .iter()
+            .map(|k| st[k].as_u64().unwrap_or(0))
+            .sum::<u64>();
         rows.push(vec![
             str_of(&a["name"]),
             if a["disabled"].as_bool() == Some(true) {
@@ -181,6 +199,7 @@ pub async fn account(t: &Target, cmd: AccountCmd) -> Result<()> {
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),
             size(&a["memory_reserved"]),
+            placement::human(held),
             limits,
             match (
                 a["userns"]["host_base"].as_u64(),

@@ -117,6 +117,10 @@ enum Cmd {
         /// spread: fewest of the account's containers first; pack: fullest server that fits.
         #[arg(long)]
         strategy: Option<String>,
+        /// Host ports no container may publish on a server's addresses, as
+        /// 22,8000-8100 (`none`: only atoll's own, always reserved).
+        #[arg(long, value_name = "RANGES")]
+        reserved_ports: Option<String>,
     },
     /// Show or set the datacenter's public network, where containers that
     /// publish ports get their own address (operator).
@@ -260,7 +264,11 @@ fn main() -> std::process::ExitCode {
             Cmd::Server { target, cmd } => operator::server(&target, cmd).await,
             Cmd::Package { target, cmd } => operator::package(&target, cmd).await,
             Cmd::Container { target, cmd } => operator::container(&target, cmd).await,
-            Cmd::Placement { target, strategy } => operator::placement(&target, strategy).await,
+            Cmd::Placement {
+                target,
+                strategy,
+                reserved_ports,
+            } => operator::placement(&target, strategy, reserved_ports).await,
             Cmd::Network { target, cmd } => operator::network(&target, cmd).await,
             Cmd::Cert { target, name, out } => operator::cert(&target, &name, &out).await,
             Cmd::Account { target, cmd } => accounts::account(&target, cmd).await,

@@ -362,19 +362,33 @@ pub async fn container(t: &Target, cmd: ContainerCmd) -> Result<()> {
     Ok(())
 }
 
-pub async fn placement(t: &Target, strategy: Option<String>) -> Result<()> {
+pub async fn placement(
+    t: &Target,
+    strategy: Option<String>,
+    reserved_ports: Option<String>,
+) -> Result<()> {
     let c = Client::new(t)?;
-    let v = match strategy {
-        Some(s) => {
-            let body = serde_json::to_vec(&serde_json::json!({ "strategy": s }))?;
-            c.call("PUT", "/v1/placement", Some(body)).await?
-        }
-        None => c.call("GET", "/v1/placement", None).await?,
+    let v = if strategy.is_some() || reserved_ports.is_some() {
+        let body = serde_json::to_vec(
+            &serde_json::json!({ "strategy": strategy, "reserved_ports": reserved_ports }),
+        )?;
+        c.call("PUT", "/v1/placement", Some(body)).await?
+    } else {
+        c.call("GET", "/v1/placement", None).await?
     };
     if t.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("strategy: {}", str_of(&v["strategy"]));
+        let reserved = str_of(&v["reserved_ports"]);
+        println!(
+            "reserved ports: {} (and atoll's own: 2375-2376, 7071, each server's agent port)",
+            if reserved.is_empty() {
+                "none"
+            } else {
+                &reserved
+            }
+        );
     }
     Ok(())
 }

@@ -393,6 +393,40 @@ fn network_bridge_nat_and_published_ports() {
         "{err}"
     );
     drop(own);
+    // Ports the operator reserves, and atoll's own, are refused at create;
+    // the port next to a range is not (positive control), nor a range's
+    // once the reservation is lifted.
+    let e = a.operator_err(&["placement", "--reserved-ports", "9-8"]);
+    assert!(e.contains("invalid port range \"9-8\""), "{e}");
+    a.operator_ok(&["placement", "--reserved-ports", "2222,18000-18010"]);
+    let shown = a.operator_ok(&["placement"]);
+    assert!(
+        shown.contains("reserved ports: 2222,18000-18010"),
+        "{shown}"
+    );
+    for port in ["18005", "2222", "2376"] {
+        let err = a.docker_err(&["create", "-p", &format!("{port}:80"), "busybox", "true"]);
+        assert!(
+            err.contains(&format!(
+                "cannot publish port 80/tcp on host port {port}: the datacenter reserves it"
+            )),
+            "{err}"
+        );
+    }
+    for port in ["18011", "18005"] {
+        let name = format!("res{port}");
+        a.docker_ok(&[
+            "create",
+            "--name",
+            &name,
+            "-p",
+            &format!("{port}:80"),
+            "busybox",
+            "true",
+        ]);
+        a.docker_ok(&["rm", &name]);
+        a.operator_ok(&["placement", "--reserved-ports", "none"]);
+    }
     // --network none has only loopback.
     let ifs = a.docker_ok(&[
         "run",

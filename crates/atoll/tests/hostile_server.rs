@@ -570,6 +570,173 @@ fn containers_reach_no_server_and_no_head() {
     }
     let accepted = acceptor.join().expect("acceptor");
     assert_eq!(accepted, 2);
+
+    vxlan_only_from_servers_of_the_network(&a, &mallory, &agents, &head);
+}
+
+/// Sends `count` VXLAN packets to `vtep` from `source` (an address of the
+/// namespace `netns`, or of the test's own when None), each carrying an
+/// Ethernet frame from `(src_mac, src_ip)` to `(dst_mac, dst_ip)`, UDP port 9
+/// (no listener: the receiver counts it in Udp NoPorts).
+#[allow(clippy::too_many_arguments)]
+fn send_vxlan(
+    netns: Option<&std::path::Path>,
+    source: &str,
+    vtep: &str,
+    vni: u32,
+    (src_mac, src_ip): (&str, &str),
+    (dst_mac, dst_ip): (&str, &str),
+    count: u32,
+) {
+    let script = format!(
+        r#"
+import socket, struct
+def mac(m): return bytes(int(x, 16) for x in m.split(":"))
+src, dst = socket.inet_aton("{src_ip}"), socket.inet_aton("{dst_ip}")
+udp = struct.pack("!HHHH", 40000, 9, 8 + 6, 0) + b"forged"
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst)
+s = sum(struct.unpack("!10H", ip)); s = (s & 0xffff) + (s >> 16); s = (s & 0xffff) + (s >> 16)
+ip = ip[:10] + struct.pack("!H", ~s & 0xffff) + ip[12:]
+frame = mac("{dst_mac}") + mac("{src_mac}") + b"\x08\x00" + ip + udp
+vxlan = struct.pack("!II", 0x08000000, {vni} << 8)
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("{source}", 0))
+for _ in range({count}): sock.sendto(vxlan + frame, ("{vtep}", {port}))
+"#,
+        port = net::fabric::VXLAN_PORT
+    );
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("python3");
+            c
+        }
+        None => std::process::Command::new("python3"),
+    };
+    let out = cmd.args(["-c", &script]).output().expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Udp NoPorts of container `name` (datagrams to a port nobody listens on).
+fn udp_no_ports(t: &Tenant, name: &str) -> u64 {
+    let snmp = t.docker_ok(&["exec", name, "cat", "/proc/net/snmp"]);
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (
+        udp.next().expect("Udp names"),
+        udp.next().expect("Udp values"),
+    );
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "NoPorts")
+        .expect("NoPorts");
+    values
+        .split_whitespace()
+        .nth(at)
+        .expect("value")
+        .parse()
+        .expect("number")
+}
+
+/// Forged VXLAN into a network: dropped from an underlay address that is not
+/// a server of that network (the head's, here), taken from one that is.
+fn vxlan_only_from_servers_of_the_network(
+    a: &AtollInstance,
+    mallory: &Tenant,
+    agents: &[String],
+    head: &str,
+) {
+    let placed = testkit::json(&a.operator_ok(&["container", "ls", "--json"]));
+    let server_of = |name: &str| -> String {
+        let row = placed
+            .as_array()
+            .expect("containers")
+            .iter()
+            .find(|c| c["name"].as_str().map(|n| n.trim_start_matches('/')) == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in {placed}"));
+        row["server"].as_str().expect("server").to_string()
+    };
+    let servers = testkit::json(&a.operator_ok(&["server", "ls", "--json"]));
+    let underlay_of = |server: &str| -> String {
+        let s = servers
+            .as_array()
+            .expect("servers")
+            .iter()
+            .find(|s| s["id"] == server)
+            .unwrap_or_else(|| panic!("{server} not in {servers}"));
+        let addr = s["address"].as_str().expect("address");
+        let host = addr
+            .trim_start_matches("tcp://")
+            .rsplit_once(':')
+            .expect("port")
+            .0;
+        assert!(agents.iter().any(|a| a.starts_with(host)));
+        host.to_string()
+    };
+    let (s1, s2) = (server_of("m1"), server_of("m2"));
+    assert_ne!(s1, s2, "spread puts them apart");
+    let endpoint = |name: &str| -> (String, String) {
+        let i = testkit::json(&mallory.docker_ok(&["inspect", name]));
+        let n = &i[0]["NetworkSettings"]["Networks"]["bridge"];
+        (
+            n["MacAddress"].as_str().expect("mac").to_string(),
+            n["IPAddress"].as_str().expect("ip").to_string(),
+        )
+    };
+    let (m1, m2) = (endpoint("m1"), endpoint("m2"));
+    // The network's VNI names its segment's router namespace on m2's server.
+    let node_dir = a.data_dir().join("nodes").join(&s2);
+    let vni = segment_vnis(&node_dir);
+    assert_eq!(vni.len(), 1, "one segment on {s2}: {vni:?}");
+    let vni = vni[0];
+    let (vtep1, vtep2) = (underlay_of(&s1), underlay_of(&s2));
+    let node1_ns = a.data_dir().join(format!("nodes/{s1}.netns"));
+    assert!(node1_ns.exists(), "{}", node1_ns.display());
+    let stranger = head.rsplit_once(':').expect("port").0;
+
+    let before = udp_no_ports(mallory, "m2");
+    // From a stranger on the underlay, as if from m1: dropped at m2's server.
+    let m1_pair = (m1.0.as_str(), m1.1.as_str());
+    let m2_pair = (m2.0.as_str(), m2.1.as_str());
+    send_vxlan(None, stranger, &vtep2, vni, m1_pair, m2_pair, 5);
+    // Positive control, sent after: the same frames from m1's server arrive.
+    send_vxlan(Some(&node1_ns), &vtep1, &vtep2, vni, m1_pair, m2_pair, 3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = 0;
+    while Instant::now() < deadline {
+        got = udp_no_ports(mallory, "m2") - before;
+        if got >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        got, 3,
+        "the 3 frames from {s1} arrive, none of the 5 from {stranger}"
+    );
+}
+
+/// The VNIs of the segments (router namespaces `seg-<vni>`) under `dir`.
+fn segment_vnis(dir: &std::path::Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(vni) = name.strip_prefix("seg-").and_then(|v| v.parse().ok()) {
+                found.push(vni);
+            } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+        }
+    }
+    found
 }
 
 /// A docker CLI process of `t` left running (a stream).

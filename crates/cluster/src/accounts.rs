@@ -33,6 +33,8 @@ pub struct AccountView {
     pub account: AccountRecord,
     pub containers: u64,
     pub memory_reserved: u64,
+    /// What it holds on disk, as its storage limit counts it.
+    pub storage: crate::storage::StorageUse,
     /// Its user-namespace range: container ids 0.. are host ids `host_base`..
     pub userns: IdMap,
 }
@@ -130,10 +132,12 @@ impl Cluster {
                 .id_map(&account.name)
                 .await?
                 .ok_or_else(|| Error::Internal("the operator has no id range".into()))?;
+            let storage = self.storage_use(&account.name).await?;
             out.push(AccountView {
                 account,
                 containers,
                 memory_reserved,
+                storage,
                 userns,
             });
         }
@@ -275,13 +279,13 @@ impl Cluster {
         }
     }
 
-    /// Refuses a new container that would take `account` past its limits.
+    /// Refuses a new object that would take `account` past its limits.
     /// Returns a guard that serialises the account's creates until the
-    /// container is recorded, so concurrent creates cannot overshoot together.
+    /// object is recorded, so concurrent creates cannot overshoot together.
     pub(crate) async fn check_account_limits(
         &self,
         account: &str,
-        memory: u64,
+        needs: Needs,
     ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>> {
         if account == OPERATOR {
             return Ok(None); // not an account: no store query on its creates
@@ -295,22 +299,53 @@ impl Cluster {
         let guard = self.lock(&format!("account:{account}")).await;
         let (count, reserved) = self.store.account_usage(account).await?;
         if let Some(max) = a.limits.containers
-            && count + 1 > max
+            && needs.containers > 0
+            && count + needs.containers > max
         {
             return Err(Error::Forbidden(format!(
                 "account limit reached: at most {max} containers"
             )));
         }
         if let Some(max) = a.limits.memory_bytes
-            && reserved + memory > max
+            && needs.memory > 0
+            && reserved + needs.memory > max
         {
             return Err(Error::Forbidden(format!(
                 "account limit reached: {} of memory in all, {} in use, this container needs {}",
                 placement::human(max),
                 placement::human(reserved),
-                placement::human(memory)
+                placement::human(needs.memory)
             )));
+        }
+        if let Some(max) = a.limits.storage_bytes
+            && needs.storage > 0
+        {
+            let used = self.storage_use(account).await?;
+            if used.total() + needs.storage > max {
+                let h = placement::human;
+                return Err(Error::Forbidden(format!(
+                    "account limit reached: {} of storage in all, {} in use (images {}, volumes {}, containers {}), this {} needs {}",
+                    h(max),
+                    h(used.total()),
+                    h(used.images),
+                    h(used.volumes),
+                    h(used.containers),
+                    needs.what,
+                    h(needs.storage)
+                )));
+            }
         }
         Ok(Some(guard))
     }
+}
+
+/// What a new object takes from its account's limits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Needs {
+    pub containers: u64,
+    pub memory: u64,
+    /// Bytes of storage (see `storage`).
+    pub storage: u64,
+    /// What it is, for the refusal: "container", "volume", "image".
+    pub what: &'static str,
 }

@@ -208,8 +208,19 @@ impl Cluster {
         let (node, package, reservation) = self
             .place_container(account, &rules, &mut planned, public.is_some())
             .await?;
+        let storage = reservation.disk
+            + crate::storage::log_bound(planned.spec.log_max_size, planned.spec.log_max_files)
+            + self.new_volumes_storage(account, &planned).await?;
         let _limits = self
-            .check_account_limits(account, reservation.memory)
+            .check_account_limits(
+                account,
+                crate::accounts::Needs {
+                    containers: 1,
+                    memory: reservation.memory,
+                    storage,
+                    what: "container",
+                },
+            )
             .await?;
         let (mounts, anonymous_volumes) = self.resolve_mounts(account, &node.id, &planned).await?;
         planned.spec.mounts = mounts;
@@ -259,7 +270,7 @@ impl Cluster {
             let mut ports = planned.ports.clone();
             match &public {
                 Some(_) => crate::public::public_ports(&mut ports)?,
-                None => self.assign_host_ports(&node.id, &mut ports).await?,
+                None => self.assign_host_ports(&node, &mut ports).await?,
             }
             rec.spec.ports = ports;
         }
@@ -412,52 +423,6 @@ impl Cluster {
             names.push((var, alias.clone()));
         }
         Ok(names)
-    }
-
-    /// Gives every `host_port: 0` a free port in Docker's ephemeral range and checks
-    /// explicit ones against the other containers of the server.
-    async fn assign_host_ports(
-        &self,
-        node: &str,
-        ports: &mut [agent_client::PortMapping],
-    ) -> Result<()> {
-        let others = self.store.containers_on_node(node).await?;
-        let taken: Vec<(String, u16)> = others
-            .iter()
-            .filter(|c| c.spec.public.is_none())
-            .flat_map(|c| c.spec.ports.iter().map(|p| (p.proto.clone(), p.host_port)))
-            .collect();
-        let mut mine: Vec<(String, u16)> = Vec::new();
-        for p in ports.iter_mut() {
-            if p.host_port == 0 {
-                let start = 32768 + (rand::random::<u16>() % 28000);
-                let mut port = start;
-                loop {
-                    let key = (p.proto.clone(), port);
-                    if !taken.contains(&key) && !mine.contains(&key) && port_is_free(&p.proto, port)
-                    {
-                        break;
-                    }
-                    port = if port >= 60999 { 32768 } else { port + 1 };
-                    if port == start {
-                        return Err(Error::Conflict("no free host port left".into()));
-                    }
-                }
-                p.host_port = port;
-            } else if taken.contains(&(p.proto.clone(), p.host_port)) {
-                return Err(Error::Conflict(format!(
-                    "Bind for {}:{} failed: port is already allocated",
-                    if p.host_ip.is_empty() {
-                        "0.0.0.0"
-                    } else {
-                        &p.host_ip
-                    },
-                    p.host_port
-                )));
-            }
-            mine.push((p.proto.clone(), p.host_port));
-        }
-        Ok(())
     }
 
     /// Streams every missing layer of the container's image to its server.
@@ -1080,14 +1045,6 @@ impl Cluster {
             }
         }
         Ok(removed)
-    }
-}
-
-fn port_is_free(proto: &str, port: u16) -> bool {
-    if proto == "udp" {
-        std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok()
-    } else {
-        std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
     }
 }
 

@@ -53,6 +53,11 @@ impl From<images::ImageError> for Error {
         match e {
             E::Io(io) => Error::internal("image storage failed", io),
             E::NotFound(m) => Error::NotFound(m),
+            E::StorageExceeded { needs, left } => Error::Forbidden(format!(
+                "account limit reached: this image needs {} more storage, {} is left",
+                placement::human(needs),
+                placement::human(left)
+            )),
             other => Error::InvalidArgument(other.to_string()),
         }
     }

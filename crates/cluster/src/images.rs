@@ -1,6 +1,7 @@
 //! Image commands: load, import, save, pull, list, tag, rmi, history, prune.
 //! Blobs are shared between accounts; records and tags are per account.
 
+use std::collections::HashSet;
 use std::io::Read;
 
 use chrono::{DateTime, Utc};
@@ -113,6 +114,48 @@ impl Cluster {
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_else(Utc::now);
+        // What it adds to the account's storage: the blobs it holds no
+        // other image of the account holds.
+        let storage = if self.storage_left(account).await?.is_some() {
+            let owned = self.owned_blobs(account).await?;
+            let mut counted = HashSet::new();
+            layers
+                .iter()
+                .filter_map(|l| {
+                    Digest::parse(&l.blob)
+                        .ok()
+                        .map(|d| (d, l.size.max(0) as u64))
+                })
+                .chain(std::iter::once((
+                    config.clone(),
+                    self.blobs.size(config).unwrap_or(0),
+                )))
+                .filter(|(d, _)| !owned.contains(d) && counted.insert(d.clone()))
+                .map(|(_, size)| size)
+                .sum()
+        } else {
+            0
+        };
+        let limits = self
+            .check_account_limits(
+                account,
+                crate::accounts::Needs {
+                    storage,
+                    what: "image",
+                    ..Default::default()
+                },
+            )
+            .await;
+        let _limits = match limits {
+            Ok(guard) => guard,
+            Err(e) => {
+                // Its blobs go, unless an image of any account holds them.
+                let mut blobs: Vec<String> = layers.iter().map(|l| l.blob.clone()).collect();
+                blobs.push(config.to_string());
+                self.delete_unused_blobs(blobs).await?;
+                return Err(e);
+            }
+        };
         let existing = self.store.get_image(account, config.as_ref()).await?;
         let mut repo_digests = existing.map(|e| e.repo_digests).unwrap_or_default();
         if let Some(rd) = repo_digest
@@ -339,7 +382,15 @@ impl Cluster {
             };
             let _ = tx.try_send(v);
         };
-        let pulled = self.registry.pull(&r, &self.blobs, &mut progress).await?;
+        // What the account already holds needs no registry's word.
+        let allowance = images::registry::Allowance {
+            owns: self.owned_blobs(account).await?,
+            bytes: self.storage_left(account).await?,
+        };
+        let pulled = self
+            .registry
+            .pull_with_credentials(&r, None, &self.blobs, &allowance, &mut progress)
+            .await?;
         let layers: Vec<ImageLayer> = pulled
             .layers
             .iter()
@@ -468,6 +519,11 @@ impl Cluster {
         self.store.delete_image(&img.account, &img.id).await?;
         let mut blobs: Vec<String> = img.layers.iter().map(|l| l.blob.clone()).collect();
         blobs.push(img.id.clone());
+        self.delete_unused_blobs(blobs).await
+    }
+
+    /// Deletes the blobs no image of any account holds.
+    async fn delete_unused_blobs(&self, blobs: Vec<String>) -> Result<()> {
         for b in blobs {
             if !self.store.blob_in_use(&b).await?
                 && let Ok(d) = Digest::parse(&b)

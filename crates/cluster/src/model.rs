@@ -208,6 +208,9 @@ pub struct VolumeRecord {
     pub created: DateTime<Utc>,
     /// Made for a container (image `VOLUME`, `-v /path`), not by name.
     pub anonymous: bool,
+    /// Most bytes it may hold (0: unbounded; see `storage::volume_size`).
+    #[serde(default)]
+    pub size_bytes: u64,
 }
 
 /// A network of one account: a VXLAN segment (`vni`) spanning every server
@@ -287,6 +290,10 @@ pub struct AccountLimits {
     /// The sum of its containers' package memory.
     #[serde(default)]
     pub memory_bytes: Option<u64>,
+    /// What it may hold on disk: images, volumes, containers' writable
+    /// layers and logs (see `storage`).
+    #[serde(default)]
+    pub storage_bytes: Option<u64>,
 }
 
 /// A certificate the cluster CA issued to an account or an operator; a revoked

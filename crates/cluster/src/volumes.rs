@@ -14,6 +14,7 @@ use crate::create::{MountRequest, MountSource, Planned, validate_volume_name};
 use crate::error::{Error, Result, StoreError};
 use crate::model::{ContainerRecord, OPERATOR, VolumeRecord};
 use crate::names::new_id;
+use crate::storage::volume_size;
 
 fn no_such_volume(name: &str) -> Error {
     Error::NotFound(format!("get {name}: no such volume"))
@@ -29,8 +30,48 @@ impl Cluster {
         labels: BTreeMap<String, String>,
         options: BTreeMap<String, String>,
     ) -> Result<VolumeRecord> {
+        let exists = match name.filter(|n| !n.is_empty()) {
+            Some(n) => self.store.get_volume(account, n).await?.is_some(),
+            None => false,
+        };
+        let storage = if exists {
+            0
+        } else {
+            volume_size(account, volume_options(&options)?)
+        };
+        let _limits = self
+            .check_account_limits(
+                account,
+                crate::accounts::Needs {
+                    storage,
+                    what: "volume",
+                    ..Default::default()
+                },
+            )
+            .await?;
         self.create_volume_on(account, name, driver, labels, options, None)
             .await
+    }
+
+    /// The storage of the volumes a new container makes: its anonymous ones
+    /// and the named ones that do not exist yet.
+    pub(crate) async fn new_volumes_storage(
+        &self,
+        account: &str,
+        planned: &Planned,
+    ) -> Result<u64> {
+        let mut bytes = 0;
+        for m in &planned.mounts {
+            let new = match &m.source {
+                MountSource::Anonymous => true,
+                MountSource::Named(name) => self.store.get_volume(account, name).await?.is_none(),
+                MountSource::Host(_) => false,
+            };
+            if new {
+                bytes += volume_size(account, None);
+            }
+        }
+        Ok(bytes)
     }
 
     /// `create_volume` on `node` (a container's server), or on a server chosen
@@ -49,11 +90,7 @@ impl Cluster {
                 "error looking up volume plugin {driver}: plugin \"{driver}\" not found"
             )));
         }
-        if !options.is_empty() {
-            return Err(Error::InvalidArgument(
-                "volume driver options are not supported".into(),
-            ));
-        }
+        let size_bytes = volume_size(account, volume_options(&options)?);
         let name = match name.filter(|n| !n.is_empty()) {
             Some(n) => {
                 validate_volume_name(n)?;
@@ -68,7 +105,9 @@ impl Cluster {
             Some(n) => n.to_string(),
             None => self.place_volume(account).await?.id,
         };
-        let v = new_volume(account, &name, &node, labels, false);
+        let mut v = new_volume(account, &name, &node, labels, false);
+        v.size_bytes = size_bytes;
+        v.options = options;
         match self.store.insert_volume(&v).await {
             Ok(()) => {
                 self.emit_volume(&v, "create");
@@ -189,14 +228,14 @@ impl Cluster {
         {
             // Explicit mounts win over --volumes-from ones at the same path.
             mounts.retain(|m| &m.destination != destination);
-            let (kind, source) = match source {
+            let (kind, source, size_bytes) = match source {
                 MountSource::Host(path) => {
                     if account != OPERATOR {
                         return Err(Error::Forbidden(
                             "host bind mounts are not allowed for this account".into(),
                         ));
                     }
-                    (MountKind::Bind, path.clone())
+                    (MountKind::Bind, path.clone(), 0)
                 }
                 MountSource::Named(name) => {
                     let v = self
@@ -214,13 +253,14 @@ impl Cluster {
                             "volume {name} is on another server"
                         )));
                     }
-                    (MountKind::Volume, v.id)
+                    (MountKind::Volume, v.id, v.size_bytes)
                 }
                 MountSource::Anonymous => {
-                    let v = new_volume(account, &new_id(), node, BTreeMap::new(), true);
-                    let id = v.id.clone();
+                    let mut v = new_volume(account, &new_id(), node, BTreeMap::new(), true);
+                    v.size_bytes = volume_size(account, None);
+                    let (id, size) = (v.id.clone(), v.size_bytes);
                     anonymous.push(v);
-                    (MountKind::Volume, id)
+                    (MountKind::Volume, id, size)
                 }
             };
             mounts.push(MountSpec {
@@ -228,6 +268,7 @@ impl Cluster {
                 source,
                 destination: destination.clone(),
                 read_only: *read_only,
+                size_bytes,
             });
         }
         Ok((mounts, anonymous))
@@ -245,6 +286,33 @@ impl Cluster {
             }
         }
     }
+}
+
+/// The size `--opt size=…` asks for (the only option of the local driver
+/// here).
+fn volume_options(options: &BTreeMap<String, String>) -> Result<Option<u64>> {
+    let mut size = None;
+    for (k, v) in options {
+        match k.as_str() {
+            "size" => {
+                size = Some(
+                    crate::create::parse_size(v)
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| {
+                            Error::InvalidArgument(format!(
+                                "invalid volume size {v:?}: a size such as 512M or 10G"
+                            ))
+                        })?,
+                );
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "volume option {other:?} is not supported: only size"
+                )));
+            }
+        }
+    }
+    Ok(size)
 }
 
 fn uses_volume(c: &ContainerRecord, id: &str) -> bool {
@@ -271,5 +339,6 @@ fn new_volume(
         options: BTreeMap::new(),
         created: Utc::now(),
         anonymous,
+        size_bytes: 0,
     }
 }

@@ -3,7 +3,7 @@
 //! so a crash can leave at most stale files in `root/tmp`.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -16,6 +16,9 @@ use crate::error::{ImageError, Result};
 /// Temp files older than this when the store is opened are leftovers of a crash.
 const STALE_TMP: Duration = Duration::from_secs(24 * 3600);
 
+/// At most this much of a blob's origins file is read.
+const ORIGINS_MAX: u64 = 64 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
@@ -25,6 +28,7 @@ impl BlobStore {
     pub fn open(root: &Path) -> Result<BlobStore> {
         fs::create_dir_all(root.join("sha256"))?;
         fs::create_dir_all(root.join("tmp"))?;
+        fs::create_dir_all(root.join("origins"))?;
         let store = BlobStore {
             root: root.to_path_buf(),
         };
@@ -131,7 +135,6 @@ impl BlobStore {
     /// past `cap` bytes before any of it is read: a tenant's archive may
     /// hold a multi-GB "config" that would otherwise be read whole.
     pub fn read_document(&self, d: &Digest, cap: u64, what: &str) -> Result<Vec<u8>> {
-        use std::io::Read;
         let f = fs::File::open(self.path(d)).map_err(|e| Self::map_nf(d, e))?;
         let size = f.metadata()?.len();
         if size > cap {
@@ -144,13 +147,51 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Removes a blob; removing one that is not there is not an error.
+    /// Removes a blob (and its origins); removing one that is not there is
+    /// not an error.
     pub fn delete(&self, d: &Digest) -> Result<()> {
-        match fs::remove_file(self.path(d)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
+        for p in [self.path(d), self.origins_path(d)] {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(())
+    }
+
+    /// The registries a blob was downloaded from, one host per line: a blob
+    /// is reused for another account's pull only from the registry that
+    /// served it (which then confirms this account may read it).
+    fn origins_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("origins").join(d.hex())
+    }
+
+    /// Records that `registry` served blob `d`.
+    pub fn add_origin(&self, d: &Digest, registry: &str) -> Result<()> {
+        if self.has_origin(d, registry) {
+            return Ok(());
+        }
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.origins_path(d))?;
+        // One write per line: appends never interleave.
+        f.write_all(format!("{registry}\n").as_bytes())?;
+        Ok(())
+    }
+
+    /// Whether `registry` served blob `d` before.
+    pub fn has_origin(&self, d: &Digest, registry: &str) -> bool {
+        let Ok(f) = fs::File::open(self.origins_path(d)) else {
+            return false;
+        };
+        let mut text = String::new();
+        // Host names: a few per blob; the cap only guards a damaged file.
+        if f.take(ORIGINS_MAX).read_to_string(&mut text).is_err() {
+            return false;
+        }
+        text.lines().any(|l| l == registry)
     }
 
     /// Every stored blob, sorted.

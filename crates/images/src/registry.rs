@@ -8,6 +8,7 @@
 //! Blobs are streamed to disk in bounded chunks and become visible in the store only
 //! once verified; a failed pull leaves no partial file behind.
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -257,17 +258,24 @@ impl RegistryClient {
         store: &BlobStore,
         progress: &mut (dyn FnMut(PullProgress) + Send),
     ) -> Result<PulledImage, ImageError> {
-        self.pull_with_credentials(reference, None, store, progress)
+        self.pull_with_credentials(reference, None, store, &Allowance::default(), progress)
             .await
     }
 
     /// Resolves the reference to an image manifest (picking this client's platform from
-    /// an index), then fetches the config and every layer not yet in `store`.
+    /// an index), then fetches the config and every layer it may not reuse from
+    /// `store`: one the puller already owns, or one this registry served before
+    /// and now confirms to this request (a HEAD with its credentials). The store is
+    /// shared by every account: a blob is never handed to a puller on its digest
+    /// alone, so no account assembles another's private layers, nor learns which
+    /// digests exist, from a registry of its own that names them. Nothing is
+    /// downloaded when what is missing exceeds the allowance's bytes.
     pub async fn pull_with_credentials(
         &self,
         reference: &Reference,
         credentials: Option<&Credentials>,
         store: &BlobStore,
+        allowance: &Allowance,
         progress: &mut (dyn FnMut(PullProgress) + Send),
     ) -> Result<PulledImage, ImageError> {
         let reference = reference.clone().with_default_tag();
@@ -311,7 +319,29 @@ impl RegistryClient {
         };
         let (config_desc, layer_descs) = image_parts(&session, &image.json)?;
 
-        if !store.has(&config_desc.digest) {
+        let owns = &allowance.owns;
+        let (config_reusable, reusable) = futures::future::try_join(
+            session.reusable(store, owns, &config_desc.digest),
+            futures::future::try_join_all(
+                layer_descs
+                    .iter()
+                    .map(|d| session.reusable(store, owns, &d.digest)),
+            ),
+        )
+        .await?;
+        // Refused before any download when it would not fit.
+        if let Some(left) = allowance.bytes {
+            let mut fetched = HashSet::new();
+            let needs: u64 = std::iter::once((config_desc, config_reusable))
+                .chain(layer_descs.iter().zip(reusable.iter().copied()))
+                .filter(|(d, reuse)| !reuse && fetched.insert(&d.digest))
+                .map(|(d, _)| d.size)
+                .sum();
+            if needs > left {
+                return Err(ImageError::StorageExceeded { needs, left });
+            }
+        }
+        if !config_reusable {
             session.download(store, config_desc, None, None).await?;
         }
         let config_bytes = read_blob(store, &config_desc.digest).await?;
@@ -320,11 +350,11 @@ impl RegistryClient {
             return Err(session.err("layers from manifest don't match image configuration"));
         }
 
-        let mut queued = std::collections::HashSet::new();
+        let mut queued = HashSet::new();
         let mut to_fetch = Vec::new();
-        for (desc, diff_id) in layer_descs.iter().zip(&diff_ids) {
+        for ((desc, diff_id), reuse) in layer_descs.iter().zip(&diff_ids).zip(reusable) {
             let id = short_id(&desc.digest);
-            if store.has(&desc.digest) {
+            if reuse {
                 emit(&progress, PullProgress::LayerAlreadyExists { id });
             } else if queued.insert(desc.digest.clone()) {
                 emit(&progress, PullProgress::LayerWaiting { id });
@@ -379,6 +409,17 @@ impl RegistryClient {
                 ))
             })
     }
+}
+
+/// What one pull may take: blobs of the shared store, and bytes of its
+/// puller's storage.
+#[derive(Debug, Clone, Default)]
+pub struct Allowance {
+    /// Blobs the puller holds already (its images' configs and layers):
+    /// reused without asking the registry.
+    pub owns: HashSet<Digest>,
+    /// Most bytes it may download (None: no limit).
+    pub bytes: Option<u64>,
 }
 
 /// Per-pull state: where to connect and the authorization obtained so far.
@@ -562,6 +603,28 @@ impl Session<'_> {
         })
     }
 
+    /// Whether blob `digest` in the shared store may serve this pull without a
+    /// download (see [`RegistryClient::pull_with_credentials`]).
+    async fn reusable(
+        &self,
+        store: &BlobStore,
+        owns: &HashSet<Digest>,
+        digest: &Digest,
+    ) -> Result<bool, ImageError> {
+        if !store.has(digest) {
+            return Ok(false);
+        }
+        if owns.contains(digest) {
+            return Ok(true);
+        }
+        if !store.has_origin(digest, self.domain()) {
+            return Ok(false);
+        }
+        let uri = self.url(&format!("blobs/{digest}"))?;
+        let resp = self.request(Method::HEAD, uri, None).await?;
+        Ok(resp.status() == StatusCode::OK)
+    }
+
     /// Streams one blob into the store, verifying size, digest and (for layers) the
     /// uncompressed `diff_id`. Reports progress when `progress` is given.
     async fn download(
@@ -656,6 +719,7 @@ impl Session<'_> {
         })
         .map_err(|e| self.layer_error(blob, e))?;
         verified.map_err(|m| self.err(m))?;
+        store.add_origin(blob, self.domain())?;
         if let Some(p) = progress {
             emit(p, PullProgress::LayerDownloadComplete { id });
         }
@@ -672,10 +736,15 @@ impl Session<'_> {
         }
     }
 
-    /// GET that follows redirects (registries send blobs to object storage) and
-    /// answers one authentication challenge.
-    async fn get(
+    async fn get(&self, uri: Uri, accept: Option<&str>) -> Result<Response<Incoming>, ImageError> {
+        self.request(Method::GET, uri, accept).await
+    }
+
+    /// A request that follows redirects (registries send blobs to object
+    /// storage) and answers one authentication challenge.
+    async fn request(
         &self,
+        method: Method,
         start: Uri,
         accept: Option<&str>,
     ) -> Result<Response<Incoming>, ImageError> {
@@ -692,7 +761,7 @@ impl Session<'_> {
             if same_origin && let Some(auth) = self.auth.lock().ok().and_then(|g| g.clone()) {
                 headers.push((header::AUTHORIZATION, auth));
             }
-            let resp = self.roundtrip(&uri, &headers).await?;
+            let resp = self.roundtrip(method.clone(), &uri, &headers).await?;
             let status = resp.status();
             if status.is_redirection() && resp.headers().contains_key(header::LOCATION) {
                 redirects += 1;
@@ -785,7 +854,7 @@ impl Session<'_> {
             if let Some(c) = self.credentials {
                 headers.push((header::AUTHORIZATION, basic_auth(c)?));
             }
-            let resp = self.roundtrip(&uri, &headers).await?;
+            let resp = self.roundtrip(Method::GET, &uri, &headers).await?;
             let status = resp.status();
             let mut body = resp.into_body();
             let bytes = self.read_limited(&mut body, MANIFEST_MAX, "token").await?;
@@ -828,6 +897,7 @@ impl Session<'_> {
     /// One HTTP/1.1 request on a fresh connection.
     async fn roundtrip(
         &self,
+        method: Method,
         uri: &Uri,
         headers: &[(HeaderName, HeaderValue)],
     ) -> Result<Response<Incoming>, ImageError> {
@@ -861,7 +931,7 @@ impl Session<'_> {
         });
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let mut req = Request::builder()
-            .method(Method::GET)
+            .method(method)
             .uri(path)
             .header(header::HOST, authority.as_str())
             .header(header::USER_AGENT, USER_AGENT);

@@ -1,7 +1,7 @@
 //! Pull tests against Debian's real `docker-registry` (fed by `skopeo`) and against
 //! small fake registries on loopback that misbehave on purpose.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use images::registry::{
-    Credentials, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, Platform, PullProgress, PulledImage,
-    RegistryClient,
+    Allowance, Credentials, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, Platform, PullProgress,
+    PulledImage, RegistryClient,
 };
 use images::{BlobStore, Digest, ImageError, reference::Reference};
 use serde_json::json;
@@ -39,7 +39,26 @@ async fn pull(
     reference: &str,
     store: &BlobStore,
 ) -> (Result<PulledImage, ImageError>, Vec<PullProgress>) {
-    pull_as(client, reference, None, store).await
+    pull_owning(client, reference, store, &HashSet::new()).await
+}
+
+/// A pull by an account that holds the blobs `owns` already.
+async fn pull_owning(
+    client: &RegistryClient,
+    reference: &str,
+    store: &BlobStore,
+    owns: &HashSet<Digest>,
+) -> (Result<PulledImage, ImageError>, Vec<PullProgress>) {
+    let r = Reference::parse(reference).unwrap();
+    let mut events = Vec::new();
+    let mut record = |p: PullProgress| events.push(p);
+    let allowance = Allowance {
+        owns: owns.clone(),
+        bytes: None,
+    };
+    let res =
+        assert_send(client.pull_with_credentials(&r, None, store, &allowance, &mut record)).await;
+    (res, events)
 }
 
 async fn pull_as(
@@ -51,7 +70,14 @@ async fn pull_as(
     let r = Reference::parse(reference).unwrap();
     let mut events = Vec::new();
     let mut record = |p: PullProgress| events.push(p);
-    let res = assert_send(client.pull_with_credentials(&r, creds, store, &mut record)).await;
+    let res = assert_send(client.pull_with_credentials(
+        &r,
+        creds,
+        store,
+        &Allowance::default(),
+        &mut record,
+    ))
+    .await;
     (res, events)
 }
 
@@ -692,6 +718,7 @@ fn reply(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Respo
 /// One request as a fake registry saw it.
 #[derive(Debug, Clone)]
 struct Seen {
+    method: Method,
     path: String,
     /// The Host header: lets a fake name itself in challenges.
     host: String,
@@ -722,6 +749,7 @@ impl FakeRegistry {
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let s = Seen {
+                            method: req.method().clone(),
                             path: req
                                 .uri()
                                 .path_and_query()
@@ -789,6 +817,102 @@ async fn fake_registry_serves_a_good_image() {
     assert_eq!(got.layers[0].blob, img.layer_digest);
     assert_eq!(got.layers[0].diff_id, img.diff_id);
     assert_layers_verified(&store, &got);
+}
+
+fn reused(events: &[PullProgress]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, PullProgress::LayerAlreadyExists { .. }))
+        .count()
+}
+
+fn blob_requests(reg: &FakeRegistry, method: Method, blob: &Digest) -> usize {
+    let path = format!("/v2/test/img/blobs/{blob}");
+    reg.seen()
+        .iter()
+        .filter(|s| s.method == method && s.path == path)
+        .count()
+}
+
+/// The blob store is shared by every account: a blob in it serves a pull only
+/// when the puller owns it already, or when the registry that served it
+/// confirms it to this pull. A registry of the puller's own that names
+/// another account's digests (and claims to have them) gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_blobs_are_reused_only_when_their_registry_confirms_them() {
+    let img = FakeImage::new(b"a private layer");
+    let (_dir, store) = new_store();
+    let client = RegistryClient::new(vec![]);
+
+    // The victim's registry, which stops serving the blob when `deny` is set.
+    let deny = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (i, d) = (img.clone(), deny.clone());
+    let victims = FakeRegistry::start(move |s| {
+        if d.load(std::sync::atomic::Ordering::SeqCst) && s.path.contains("/blobs/") {
+            return reply(
+                404,
+                &[],
+                r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#,
+            );
+        }
+        i.serve(&s.path)
+    })
+    .await;
+    let (res, events) = pull(&client, &format!("{}/test/img:1", victims.addr), &store).await;
+    res.unwrap();
+    assert_eq!(reused(&events), 0);
+    assert!(store.has(&img.layer_digest));
+
+    // A hostile registry: the victim's manifest, HEAD "yes" to every blob,
+    // but it has none of them.
+    let i = img.clone();
+    let hostile = FakeRegistry::start(move |s| {
+        if s.path.contains("/blobs/") {
+            if s.method == Method::HEAD {
+                return reply(200, &[], "");
+            }
+            return reply(
+                404,
+                &[],
+                r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#,
+            );
+        }
+        i.serve(&s.path)
+    })
+    .await;
+    let hostile_ref = format!("{}/test/img:1", hostile.addr);
+    let (res, events) = pull(&client, &hostile_ref, &store).await;
+    let e = expect_err(res);
+    assert!(e.to_string().contains("blob unknown"), "{e}");
+    assert_eq!(reused(&events), 0);
+    // The attack ran: the pull asked the hostile registry for the blob.
+    assert_eq!(blob_requests(&hostile, Method::GET, &img.config_digest), 1);
+    // Positive control: an account that owns the blobs reuses them, with
+    // no registry's word.
+    let owns: HashSet<Digest> = [img.config_digest.clone(), img.layer_digest.clone()].into();
+    let (res, events) = pull_owning(&client, &hostile_ref, &store, &owns).await;
+    res.unwrap();
+    assert_eq!(reused(&events), 1);
+
+    // Another account pulling from the victim's registry: it confirms the
+    // blobs (HEAD), so nothing is downloaded again...
+    let victim_ref = format!("{}/test/img:1", victims.addr);
+    let gets = blob_requests(&victims, Method::GET, &img.layer_digest);
+    let (res, events) = pull(&client, &victim_ref, &store).await;
+    res.unwrap();
+    assert_eq!(reused(&events), 1);
+    assert_eq!(blob_requests(&victims, Method::HEAD, &img.layer_digest), 1);
+    assert_eq!(
+        blob_requests(&victims, Method::GET, &img.layer_digest),
+        gets
+    );
+    // ...and when the registry refuses this account, neither is the blob
+    // handed over from the store.
+    deny.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (res, events) = pull(&client, &victim_ref, &store).await;
+    let e = expect_err(res);
+    assert!(e.to_string().contains("blob unknown"), "{e}");
+    assert_eq!(reused(&events), 0);
 }
 
 /// Runs a pull against a fake whose `/v2/test/img/...` answers come from `answer`

@@ -146,6 +146,52 @@ pub fn setup_script(
     s
 }
 
+/// VXLAN from the underlay, appended to [`setup_script`]'s (which flushes
+/// `input`): a frame is taken only from a server that hosts its network,
+/// `vxlan_peers` holding (underlay address . VNI) of every other server with
+/// a member of a segment here (the VNI is the 24 bits after the VXLAN
+/// header's flags and reserved bytes). The set is made, never flushed here,
+/// so a restarted agent keeps its overlay reachable until it rewrites it
+/// with [`vxlan_peers_script`]. VXLAN is IPv4 here: IPv6 to the port is
+/// dropped.
+pub fn vxlan_guard_script(table: &str, port: u16) -> String {
+    let t = format!("{FAMILY} {table}");
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "add set {t} {VXLAN_PEERS} {{ typeof ip saddr . @th,96,24; }}"
+    );
+    let _ = writeln!(
+        s,
+        "add rule {t} input udp dport {port} ip saddr . @th,96,24 != @{VXLAN_PEERS} drop"
+    );
+    let _ = writeln!(
+        s,
+        "add rule {t} input meta nfproto ipv6 udp dport {port} drop"
+    );
+    s
+}
+
+/// The set of [`vxlan_guard_script`].
+const VXLAN_PEERS: &str = "vxlan_peers";
+
+/// Replaces the VXLAN peers (underlay address, VNI) in one transaction.
+pub fn vxlan_peers_script(
+    table: &str,
+    peers: &std::collections::BTreeSet<(Ipv4Addr, u32)>,
+) -> String {
+    let t = format!("{FAMILY} {table}");
+    let mut s = format!("flush set {t} {VXLAN_PEERS}\n");
+    if !peers.is_empty() {
+        let list: Vec<String> = peers
+            .iter()
+            .map(|(ip, vni)| format!("{ip} . {vni}"))
+            .collect();
+        let _ = writeln!(s, "add element {t} {VXLAN_PEERS} {{ {} }}", list.join(", "));
+    }
+    s
+}
+
 /// Removes the whole table (and the bridge-family one of the same name); the
 /// `add` first makes it a no-op when it is already gone.
 pub fn teardown_script(table: &str) -> String {
@@ -623,6 +669,34 @@ mod tests {
             host_ip: hip.into(),
             host_port: hport,
         }
+    }
+
+    #[test]
+    fn vxlan_is_taken_only_from_peers_of_its_network() {
+        let g = vxlan_guard_script("atoll_abc123", 4789);
+        assert!(
+            g.contains("add set inet atoll_abc123 vxlan_peers { typeof ip saddr . @th,96,24; }")
+        );
+        assert!(g.contains(
+            "add rule inet atoll_abc123 input udp dport 4789 ip saddr . @th,96,24 != @vxlan_peers drop"
+        ));
+        // Kept across a re-run: only the peers script flushes it.
+        assert!(!g.contains("flush set"));
+        let peers = [
+            (Ipv4Addr::new(192, 0, 2, 3), 7),
+            (Ipv4Addr::new(192, 0, 2, 4), 7),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            vxlan_peers_script("atoll_abc123", &peers),
+            "flush set inet atoll_abc123 vxlan_peers\n\
+             add element inet atoll_abc123 vxlan_peers { 192.0.2.3 . 7, 192.0.2.4 . 7 }\n"
+        );
+        assert_eq!(
+            vxlan_peers_script("atoll_abc123", &Default::default()),
+            "flush set inet atoll_abc123 vxlan_peers\n"
+        );
     }
 
     #[test]

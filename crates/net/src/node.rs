@@ -9,6 +9,7 @@ use crate::names;
 use crate::netns::{NetnsOps, RealNetns};
 use crate::nft::{self, FAMILY, Nft, NftCmd, PORTMAP_CHAIN, PortMapping};
 use crate::sysctl::{ProcSysctl, Sysctl};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -201,13 +202,15 @@ impl NodeNet {
         }
         protected.sort();
         protected.dedup();
-        b.nft
-            .apply(&format!(
-                "{}{}",
-                nft::setup_script(&table, &bridge, subnet, gateway, &protected, &cfg.reachable),
-                nft::isolation_setup_script(&table)
-            ))
-            .await?;
+        let mut script = format!(
+            "{}{}",
+            nft::setup_script(&table, &bridge, subnet, gateway, &protected, &cfg.reachable),
+            nft::isolation_setup_script(&table)
+        );
+        if cfg.underlay.is_some() {
+            script.push_str(&nft::vxlan_guard_script(&table, crate::fabric::VXLAN_PORT));
+        }
+        b.nft.apply(&script).await?;
         sync_docker_user(&b, inst, Some(&bridge)).await?;
         tracing::debug!(%subnet, %bridge, "node network ready");
         let n = NodeNet {
@@ -461,6 +464,16 @@ impl NodeNet {
 
     /// The privileged operations this network uses (for namespaces made
     /// beside it).
+    /// The servers VXLAN frames are taken from: (underlay address, VNI) of
+    /// every other server hosting a network that has a segment here (see
+    /// [`nft::vxlan_guard_script`]; only where the server has an underlay).
+    pub async fn set_vxlan_peers(&self, peers: &BTreeSet<(Ipv4Addr, u32)>) -> Result<(), NetError> {
+        self.b
+            .nft
+            .apply(&nft::vxlan_peers_script(&self.table, peers))
+            .await
+    }
+
     pub fn backend(&self) -> &Backend {
         &self.b
     }

@@ -70,6 +70,25 @@ struct State {
     segments: HashMap<u32, Seg>,
     /// The newest overlay map per VNI: version and members.
     maps: HashMap<u32, (u64, Vec<Member>)>,
+    /// The VXLAN peers last written (None: not yet, since the agent started).
+    peers: Option<BTreeSet<(Ipv4Addr, u32)>>,
+}
+
+impl State {
+    /// Every other server hosting a network that has a segment here, with
+    /// the network's VNI.
+    fn vxlan_peers(&self, me: Ipv4Addr) -> BTreeSet<(Ipv4Addr, u32)> {
+        self.maps
+            .iter()
+            .filter(|(vni, _)| self.segments.get(vni).is_some_and(|s| s.seg.is_some()))
+            .flat_map(|(vni, (_, members))| {
+                members
+                    .iter()
+                    .filter(|m| m.vtep != me)
+                    .map(move |m| (m.vtep, *vni))
+            })
+            .collect()
+    }
 }
 
 type Guarding = tokio::task::JoinHandle<Result<(), NetError>>;
@@ -315,6 +334,7 @@ impl ServerNet {
         let s = st.segments.get_mut(&a.vni).expect("booked above");
         s.seg = Some(seg);
         s.users.insert(user.to_string());
+        self.sync_vxlan_peers(&mut st).await;
         Ok(uplink)
     }
 
@@ -636,6 +656,24 @@ impl ServerNet {
             }
             st.segments.remove(&vni);
         }
+        // Before the first write since the agent started, the kernel's set
+        // (a superset) stays until the head's maps arrive.
+        if st.peers.is_some() {
+            self.sync_vxlan_peers(st).await;
+        }
+    }
+
+    /// Writes the VXLAN peers if they changed (see [`NodeNet::set_vxlan_peers`]).
+    async fn sync_vxlan_peers(&self, st: &mut State) {
+        let Some(me) = self.vtep else { return };
+        let peers = st.vxlan_peers(me);
+        if st.peers.as_ref() == Some(&peers) {
+            return;
+        }
+        match self.node.set_vxlan_peers(&peers).await {
+            Ok(()) => st.peers = Some(peers),
+            Err(e) => tracing::warn!("writing the VXLAN peers: {e}"),
+        }
     }
 
     /// Network `vni`'s overlay map, version `version`: kept if newer than
@@ -656,6 +694,9 @@ impl ServerNet {
             self.fabric.set_members(seg, &members).await?;
         }
         st.maps.insert(vni, (version, members));
+        if !same {
+            self.sync_vxlan_peers(&mut st).await;
+        }
         Ok(())
     }
 }

@@ -152,7 +152,12 @@ async fn list_containers(State(c): State<Arc<Cluster>>) -> ApiResult<Json<Vec<Pl
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PlacementSetting {
-    strategy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    strategy: Option<String>,
+    /// Host ports no published port may take, as `22,8000-8100` (atoll's
+    /// own ports are reserved on top).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reserved_ports: Option<String>,
 }
 
 fn strategy_name(s: placement::Strategy) -> String {
@@ -162,10 +167,15 @@ fn strategy_name(s: placement::Strategy) -> String {
     }
 }
 
-async fn get_placement(State(c): State<Arc<Cluster>>) -> ApiResult<Json<PlacementSetting>> {
+async fn placement_setting(c: &Cluster) -> ApiResult<Json<PlacementSetting>> {
     Ok(Json(PlacementSetting {
-        strategy: strategy_name(c.placement_strategy().await?),
+        strategy: Some(strategy_name(c.placement_strategy().await?)),
+        reserved_ports: Some(c.reserved_ports().await?.to_string()),
     }))
+}
+
+async fn get_placement(State(c): State<Arc<Cluster>>) -> ApiResult<Json<PlacementSetting>> {
+    placement_setting(&c).await
 }
 
 async fn put_placement(
@@ -174,9 +184,13 @@ async fn put_placement(
 ) -> ApiResult<Json<PlacementSetting>> {
     let p: PlacementSetting = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("bad placement setting: {e}")))?;
-    Ok(Json(PlacementSetting {
-        strategy: strategy_name(c.set_placement_strategy(&p.strategy).await?),
-    }))
+    if let Some(s) = &p.strategy {
+        c.set_placement_strategy(s).await?;
+    }
+    if let Some(r) = &p.reserved_ports {
+        c.set_reserved_ports(r).await?;
+    }
+    placement_setting(&c).await
 }
 
 /// The datacenter's public network: `null` when none is set.

@@ -285,6 +285,7 @@ async fn volumes_are_per_account_and_names_unique() {
         options: Default::default(),
         created: chrono::Utc::now(),
         anonymous: false,
+        size_bytes: 0,
     };
     s.insert_volume(&vol("alice", "data")).await.unwrap();
     s.insert_volume(&vol("bob", "data")).await.unwrap();
