@@ -487,6 +487,32 @@ fn a_disk_filler_hits_its_package_size_not_the_servers_disk() {
     );
     mallory.docker_ok(&["rm", "-f", "filler"]);
     alice.docker_ok(&["rm", "-f", "calm"]);
+
+    // A volume holds its size, not the server's disk.
+    mallory.docker_ok(&["volume", "create", "--opt", "size=16M", "bounded"]);
+    let out = mallory.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        "bounded:/v",
+        "busybox",
+        "dd",
+        "if=/dev/zero",
+        "of=/v/vfill",
+        "bs=1M",
+        "count=64",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Disk quota exceeded"), "{err}");
+    let written = std::fs::metadata(
+        testkit::find_file(&fs.path().join("d"), "vfill").expect("the volume's file"),
+    )
+    .unwrap()
+    .len();
+    assert!(
+        (8 << 20..=16 << 20).contains(&written),
+        "wrote {written} bytes"
+    );
 }
 
 #[test]

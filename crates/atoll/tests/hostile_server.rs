@@ -826,3 +826,133 @@ fn a_refused_account_loses_its_open_streams() {
     let all = a.operator_ok(&["container", "ls"]);
     assert!(all.contains("ticker") && all.contains("running"), "{all}");
 }
+
+/// Bytes under `dir` (files only).
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => total += disk_bytes(&e.path()),
+            Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => {}
+        }
+    }
+    total
+}
+
+/// A tar holding one file of `mb` MiB of incompressible bytes.
+fn noise_tar(mb: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..mb << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, "noise", &data[..]).expect("noise");
+    b.into_inner().expect("tar")
+}
+
+#[test]
+fn an_accounts_storage_is_bounded() {
+    let a = AtollInstance::start();
+    a.operator_ok(&[
+        "package", "create", "small", "--memory", "64M", "--disk", "64M",
+    ]);
+    let alice = a.tenant("alice");
+    let bob = a.tenant("bob");
+    a.operator_ok(&["account", "limit", "alice", "--storage", "200M"]);
+    load_busybox(&alice);
+    load_busybox(&bob);
+    // 64 MB of writable layer and 4 MB of logs.
+    let small = [
+        "--label",
+        "com.joyent.package=small",
+        "--log-opt",
+        "max-size=4m",
+        "--log-opt",
+        "max-file=1",
+    ];
+    let run = |t: &Tenant, name: &str, extra: &[&str]| {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend(small);
+        args.extend(extra);
+        args.extend(["busybox", "sleep", "600"]);
+        t.docker(&args)
+    };
+    testkit::instance::expect_success(&["run"], &run(&alice, "c1", &[]));
+    alice.docker_ok(&["volume", "create", "--opt", "size=100M", "v1"]);
+    // Now about 170 MB of 200: the next container, volume and image do not fit.
+    let (err, _) = testkit::combined(&run(&alice, "c2", &[]));
+    assert!(
+        err.contains("account limit reached: 200 MB of storage in all")
+            && err.contains("this container needs 68 MB"),
+        "{err}"
+    );
+    let err = alice.docker_err(&["volume", "create", "--opt", "size=50M", "v2"]);
+    assert!(err.contains("this volume needs 50 MB"), "{err}");
+    // An anonymous volume is a tenant's default size (10 GB).
+    let (err, _) = testkit::combined(&run(&alice, "c3", &["-v", "/data"]));
+    assert!(err.contains("this container needs 10"), "{err}");
+    // The existing volume costs nothing again.
+    alice.docker_ok(&["volume", "create", "--opt", "size=100M", "v1"]);
+    let before = disk_bytes(a.data_dir());
+    let tar = noise_tar(40, 7);
+    let out = alice.docker_stdin(&["import", "-", "noise:1"], Some(&tar));
+    let (err, _) = testkit::combined(&out);
+    assert!(err.contains("this image needs 40"), "{err}");
+    // What the refused import wrote is gone.
+    let grown = disk_bytes(a.data_dir()).saturating_sub(before);
+    assert!(grown < 8 << 20, "the refused import left {grown} bytes");
+    // Nothing was created by the refusals.
+    assert!(
+        !alice
+            .docker_ok(&["ps", "-a", "--format", "{{.Names}}"])
+            .contains("c2")
+    );
+    assert_eq!(
+        alice
+            .docker_ok(&["volume", "ls", "-q"])
+            .lines()
+            .collect::<Vec<_>>(),
+        ["v1"]
+    );
+    // Another account is not bounded by alice's limit.
+    testkit::instance::expect_success(&["run"], &run(&bob, "b1", &["-v", "/data"]));
+
+    // Positive controls: with room, the same requests pass.
+    a.operator_ok(&["account", "limit", "alice", "--storage", "400M"]);
+    import(&alice, &tar, "noise:1");
+    assert!(disk_bytes(a.data_dir()) >= before + (40 << 20));
+    testkit::instance::expect_success(&["run"], &run(&alice, "c2", &[]));
+    alice.docker_ok(&["volume", "create", "--opt", "size=50M", "v2"]);
+    let accounts = testkit::json(&a.operator_ok(&["account", "ls", "--json"]));
+    let held = accounts
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .find(|x| x["name"] == "alice")
+        .expect("alice")["storage"]
+        .clone();
+    assert_eq!(held["volumes"], 150u64 << 20, "{held}");
+    assert_eq!(held["containers"], 2 * (68u64 << 20), "{held}");
+    assert!(
+        held["images"].as_u64().expect("images") > 40 << 20,
+        "{held}"
+    );
+
+    // Bad sizes and options are refused as such.
+    let err = alice.docker_err(&["volume", "create", "--opt", "size=lots", "v3"]);
+    assert!(err.contains("invalid volume size \"lots\""), "{err}");
+    let err = alice.docker_err(&["volume", "create", "--opt", "type=nfs", "v3"]);
+    assert!(
+        err.contains("volume option \"type\" is not supported: only size"),
+        "{err}"
+    );
+}

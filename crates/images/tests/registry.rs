@@ -915,6 +915,43 @@ async fn shared_blobs_are_reused_only_when_their_registry_confirms_them() {
     assert_eq!(reused(&events), 0);
 }
 
+/// A pull whose missing blobs exceed what its puller may still store is
+/// refused before anything is downloaded.
+#[tokio::test]
+async fn a_pull_past_the_allowance_downloads_nothing() {
+    let img = FakeImage::new(&noise(1 << 20));
+    let i = img.clone();
+    let reg = FakeRegistry::start(move |s| i.serve(&s.path)).await;
+    let (_dir, store) = new_store();
+    let client = RegistryClient::new(vec![]);
+    let r = Reference::parse(&format!("{}/test/img:1", reg.addr)).unwrap();
+    let needs = (img.layer.len() + img.config.len()) as u64;
+    let pull_with = |bytes| {
+        let allowance = Allowance {
+            owns: HashSet::new(),
+            bytes: Some(bytes),
+        };
+        let (client, r, store) = (&client, &r, &store);
+        async move {
+            client
+                .pull_with_credentials(r, None, store, &allowance, &mut |_| {})
+                .await
+        }
+    };
+    match pull_with(needs - 1).await {
+        Err(ImageError::StorageExceeded { needs: n, left }) => {
+            assert_eq!((n, left), (needs, needs - 1));
+        }
+        other => panic!("expected StorageExceeded, got {other:?}"),
+    }
+    assert_eq!(blob_requests(&reg, Method::GET, &img.layer_digest), 0);
+    assert_eq!(blob_requests(&reg, Method::GET, &img.config_digest), 0);
+    assert!(!store.has(&img.layer_digest));
+    // Positive control: exactly enough is enough.
+    pull_with(needs).await.unwrap();
+    assert!(store.has(&img.layer_digest));
+}
+
 /// Runs a pull against a fake whose `/v2/test/img/...` answers come from `answer`
 /// (None: behave well), and returns the error.
 async fn pull_failing(
