@@ -932,6 +932,14 @@ fn an_accounts_storage_is_bounded() {
     assert!(disk_bytes(a.data_dir()) >= before + (40 << 20));
     testkit::instance::expect_success(&["run"], &run(&alice, "c2", &[]));
     alice.docker_ok(&["volume", "create", "--opt", "size=50M", "v2"]);
+    // Growing into a larger package (sample-128M: 1280 MB of disk) counts too,
+    // and changes nothing when refused.
+    let err = alice.docker_err(&["update", "-m", "100m", "c1"]);
+    assert!(err.contains("this container needs 1.2 GB"), "{err}");
+    assert_eq!(
+        alice.docker_ok(&["inspect", "-f", "{{.HostConfig.Memory}}", "c1"]),
+        (64u64 << 20).to_string()
+    );
     let accounts = testkit::json(&a.operator_ok(&["account", "ls", "--json"]));
     let held = accounts
         .as_array()

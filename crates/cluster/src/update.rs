@@ -109,9 +109,24 @@ impl Cluster {
         }
         // Growing past its package moves the container to a larger package,
         // if its server has room for the difference.
-        if c.reservation.memory > 0 && resources.memory as u64 > c.reservation.memory {
+        // What it grows by counts against the account's limits.
+        let _limits = if c.reservation.memory > 0 && resources.memory as u64 > c.reservation.memory
+        {
+            let before = c.reservation;
             self.grow_package(&mut c, resources.memory as u64).await?;
-        }
+            self.check_account_limits(
+                account,
+                crate::accounts::Needs {
+                    memory: c.reservation.memory.saturating_sub(before.memory),
+                    storage: c.reservation.disk.saturating_sub(before.disk),
+                    what: "container",
+                    ..Default::default()
+                },
+            )
+            .await?
+        } else {
+            None
+        };
         if account != crate::model::OPERATOR
             && let Some(pkg) = self
                 .store
