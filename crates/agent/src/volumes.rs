@@ -91,7 +91,7 @@ fn copy_tree_at(dir: &OwnedFd, to: &Path) -> std::io::Result<()> {
     let listing = nix::fcntl::openat(
         dir,
         ".",
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )?;
     let mut d = nix::dir::Dir::from_fd(listing)?;

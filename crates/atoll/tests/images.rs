@@ -205,6 +205,51 @@ fn pull_from_a_local_registry() {
     assert!(err.to_lowercase().contains("refused"), "{err}");
 }
 
+/// A private registry over TLS (its CA in atoll's default certs dir) with
+/// basic auth: `docker login` checks the credentials, the CLI's stored ones
+/// then ride along each pull, and an account without them gets nothing —
+/// not even from the blobs another account pulled.
+#[test]
+fn login_and_pull_from_a_private_tls_registry() {
+    let a = AtollInstance::start();
+    let reg = Registry::start_secure("alice", "s3cret");
+    let name = reg.push_archive(&test_images().busybox.path, "private/busybox:1");
+    let alice = a.tenant("alice");
+    let bob = a.tenant("bob");
+    let server = reg.addr();
+
+    let err = alice.docker_err(&["login", &server, "-u", "alice", "-p", "wrong"]);
+    assert!(
+        err.contains(&format!(
+            "login attempt to https://{server}/v2/ failed with status: 401 Unauthorized"
+        )),
+        "{err}"
+    );
+    // Not logged in: the registry refuses the pull.
+    let err = alice.docker_err(&["pull", &name]);
+    assert!(err.contains("unauthorized"), "{err}");
+    let out = alice.docker_ok(&["login", &server, "-u", "alice", "-p", "s3cret"]);
+    assert!(out.contains("Login Succeeded"), "{out}");
+    let out = alice.docker_ok(&["pull", &name]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    assert_eq!(
+        alice.docker_ok(&["run", "--rm", &name, "echo", "pulled"]),
+        "pulled"
+    );
+    // Bob has the blobs on the same head, but no credentials: nothing.
+    let downloads = reg.blob_downloads();
+    let err = bob.docker_err(&["pull", &name]);
+    assert!(err.contains("unauthorized"), "{err}");
+    assert!(bob.docker_ok(&["images", "-q"]).is_empty());
+    assert_eq!(reg.blob_downloads(), downloads);
+    // With his own (the same user, as if he had been given it), the registry
+    // confirms each blob and none is downloaded again.
+    bob.docker_ok(&["login", &server, "-u", "alice", "-p", "s3cret"]);
+    let out = bob.docker_ok(&["pull", &name]);
+    assert!(out.contains("Already exists"), "{out}");
+    assert_eq!(reg.blob_downloads(), downloads);
+}
+
 #[test]
 fn image_prune_removes_dangling_only() {
     let a = AtollInstance::start();

@@ -53,6 +53,7 @@ impl From<images::ImageError> for Error {
         match e {
             E::Io(io) => Error::internal("image storage failed", io),
             E::NotFound(m) => Error::NotFound(m),
+            E::Unauthorized(m) => Error::Unauthorized(m),
             E::StorageExceeded { needs, left } => Error::Forbidden(format!(
                 "account limit reached: this image needs {} more storage, {} is left",
                 placement::human(needs),

@@ -336,13 +336,28 @@ impl Cluster {
         Ok(out)
     }
 
+    /// `docker login`: whether the registry takes `credentials`.
+    pub async fn registry_login(
+        &self,
+        server: &str,
+        credentials: &images::registry::Credentials,
+    ) -> Result<()> {
+        Ok(self.registry.login(server, credentials).await?)
+    }
+
     pub fn blob_store(&self) -> &images::BlobStore {
         &self.blobs
     }
 
     /// `docker pull`: fetches into the shared blob store once, then records the
     /// image for the account. Progress goes to `tx` as Docker JSON messages.
-    pub async fn pull_image(&self, account: &str, reference: &str, tx: ProgressTx) -> Result<()> {
+    pub async fn pull_image(
+        &self,
+        account: &str,
+        reference: &str,
+        credentials: Option<images::registry::Credentials>,
+        tx: ProgressTx,
+    ) -> Result<()> {
         let r = Reference::parse(reference)?.with_default_tag();
         let send = |v: Value| {
             let _ = tx.try_send(v);
@@ -389,7 +404,13 @@ impl Cluster {
         };
         let pulled = self
             .registry
-            .pull_with_credentials(&r, None, &self.blobs, &allowance, &mut progress)
+            .pull_with_credentials(
+                &r,
+                credentials.as_ref(),
+                &self.blobs,
+                &allowance,
+                &mut progress,
+            )
             .await?;
         let layers: Vec<ImageLayer> = pulled
             .layers

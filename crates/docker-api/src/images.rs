@@ -258,6 +258,90 @@ pub async fn load(
     Ok(json_lines(futures::stream::iter(msgs)))
 }
 
+/// The registry credentials of one request (`X-Registry-Auth`: base64url
+/// JSON, as the docker CLI sends them): used for this request only, never
+/// kept. None when absent or empty (`{}`, the CLI's "not logged in").
+pub fn registry_auth(
+    headers: &http::HeaderMap,
+) -> ApiResult<Option<images::registry::Credentials>> {
+    use base64::Engine as _;
+    let Some(value) = headers.get("x-registry-auth") else {
+        return Ok(None);
+    };
+    let bad = || ApiError::bad("invalid X-Registry-Auth header: not base64url JSON");
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(text))
+        .map_err(|_| bad())?;
+    #[derive(serde::Deserialize)]
+    struct AuthConfig {
+        #[serde(default)]
+        username: String,
+        #[serde(default)]
+        password: String,
+        /// `user:password`, base64, as in a config.json.
+        #[serde(default)]
+        auth: String,
+    }
+    let c: AuthConfig = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let (username, password) = if !c.username.is_empty() {
+        (c.username, c.password)
+    } else if !c.auth.is_empty() {
+        let pair = base64::engine::general_purpose::STANDARD
+            .decode(&c.auth)
+            .map_err(|_| bad())?;
+        let pair = String::from_utf8(pair).map_err(|_| bad())?;
+        match pair.split_once(':') {
+            Some((u, p)) => (u.to_string(), p.to_string()),
+            None => return Err(bad()),
+        }
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(images::registry::Credentials { username, password }))
+}
+
+/// `POST /auth` (`docker login`): checks the credentials against the
+/// registry and answers as dockerd does. Nothing is kept: every later pull
+/// or push carries its own `X-Registry-Auth`.
+pub async fn auth(
+    State(st): State<AppState>,
+    Extension(_acct): Extension<Account>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    #[derive(serde::Deserialize)]
+    struct AuthBody {
+        #[serde(default)]
+        username: String,
+        #[serde(default)]
+        password: String,
+        #[serde(default)]
+        serveraddress: String,
+    }
+    let b: AuthBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("invalid JSON in request body: {e}")))?;
+    if b.username.is_empty() {
+        return Err(ApiError::bad("username is required"));
+    }
+    let server = if b.serveraddress.is_empty() {
+        "https://index.docker.io/v1/"
+    } else {
+        &b.serveraddress
+    };
+    let credentials = images::registry::Credentials {
+        username: b.username,
+        password: b.password,
+    };
+    st.cluster.registry_login(server, &credentials).await?;
+    Ok(Json(
+        json!({"Status": "Login Succeeded", "IdentityToken": ""}),
+    ))
+}
+
 /// `POST /images/create`: pull (`fromImage`) or import (`fromSrc`).
 pub async fn create(
     State(st): State<AppState>,
@@ -306,10 +390,15 @@ pub async fn create(
     } else {
         format!("{image}:{tag}")
     };
+    let credentials = registry_auth(req.headers())?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(256);
     let cluster = st.cluster.clone();
     let account = acct.0.clone();
-    let mut task = tokio::spawn(async move { cluster.pull_image(&account, &reference, tx).await });
+    let mut task = tokio::spawn(async move {
+        cluster
+            .pull_image(&account, &reference, credentials, tx)
+            .await
+    });
     // Until the first progress line, a failure is still an HTTP error (Docker does
     // the same); after it, errors travel in the stream.
     let first = tokio::select! {

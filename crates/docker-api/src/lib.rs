@@ -189,6 +189,7 @@ fn table() -> Table {
     .add(&["GET"], "/version", get(system::version))
     .add(&["GET"], "/info", get(system::info))
     .add(&["GET"], "/system/df", get(system::df))
+    .add(&["POST"], "/auth", post(images::auth))
     .add(&["GET"], "/events", get(events::events))
     .add(&["POST"], "/containers/create", post(containers::create))
     .add(&["GET"], "/containers/json", get(containers::list))

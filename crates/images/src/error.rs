@@ -45,6 +45,9 @@ pub enum ImageError {
     /// sense (bad JSON, wrong content type, digest mismatch). 500.
     #[error("{0}")]
     Registry(String),
+    /// The registry refused the credentials. 401.
+    #[error("{0}")]
+    Unauthorized(String),
     /// What a pull would download exceeds what its puller may still store. 403.
     #[error("the image needs {needs} bytes of storage, {left} are left")]
     StorageExceeded { needs: u64, left: u64 },

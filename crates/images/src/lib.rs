@@ -11,6 +11,7 @@ pub mod import;
 pub mod layer;
 pub mod reference;
 pub mod registry;
+pub mod transport;
 
 pub use blobstore::{BlobStore, BlobWriter};
 pub use digest::Digest;

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -30,6 +30,7 @@ use crate::compress::{self, Compression};
 use crate::digest::{Digest, HashingWriter};
 use crate::error::ImageError;
 use crate::reference::{DEFAULT_DOMAIN, Reference};
+use crate::transport::{ConnectError, Tls, host_of};
 
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MEDIA_DOCKER_MANIFEST_LIST: &str =
@@ -185,6 +186,7 @@ impl std::fmt::Display for Platform {
 #[derive(Debug, Clone)]
 pub struct RegistryClient {
     insecure: Vec<String>,
+    tls: Arc<Tls>,
     connect_timeout: Duration,
     io_timeout: Duration,
     platform: Platform,
@@ -197,6 +199,7 @@ impl RegistryClient {
     pub fn new(insecure: Vec<String>) -> RegistryClient {
         RegistryClient {
             insecure,
+            tls: Arc::new(Tls::new(crate::transport::DEFAULT_CERTS_DIR)),
             connect_timeout: Duration::from_secs(15),
             io_timeout: Duration::from_secs(60),
             platform: Platform::host(),
@@ -210,27 +213,25 @@ impl RegistryClient {
         self
     }
 
+    /// Where registries' CAs and client certificates are (Docker's
+    /// `certs.d` layout; default [`crate::transport::DEFAULT_CERTS_DIR`]).
+    pub fn with_certs_dir(mut self, dir: impl Into<std::path::PathBuf>) -> RegistryClient {
+        self.tls = Arc::new(Tls::new(dir));
+        self
+    }
+
     /// The platform picked from multi-platform images (default: the host's).
     pub fn with_platform(mut self, platform: Platform) -> RegistryClient {
         self.platform = platform;
         self
     }
 
-    /// The `host[:port]` to connect to for a reference's domain, if plain HTTP to it
-    /// is allowed.
-    pub fn endpoint(&self, domain: &str) -> Result<String, ImageError> {
-        let authority = if domain == DEFAULT_DOMAIN {
-            "registry-1.docker.io"
+    /// The `host[:port]` to connect to for a reference's domain.
+    pub fn endpoint(&self, domain: &str) -> String {
+        if domain == DEFAULT_DOMAIN {
+            "registry-1.docker.io".to_string()
         } else {
-            domain
-        };
-        if self.plain_http_allowed(domain) || self.plain_http_allowed(authority) {
-            Ok(authority.to_string())
-        } else {
-            Err(ImageError::Registry(format!(
-                "registry {domain}: https is not supported yet \
-                 (only loopback and insecure registries can be used)"
-            )))
+            domain.to_string()
         }
     }
 
@@ -280,14 +281,16 @@ impl RegistryClient {
     ) -> Result<PulledImage, ImageError> {
         let reference = reference.clone().with_default_tag();
         progress(PullProgress::Resolving);
-        let authority = self.endpoint(&reference.domain)?;
+        let authority = self.endpoint(&reference.domain);
         let session = Session {
             client: self,
             authority,
             reference: &reference,
             credentials,
             auth: Mutex::new(None),
+            plain: std::sync::atomic::AtomicBool::new(false),
         };
+        session.pick_scheme().await?;
         let progress = Mutex::new(progress);
 
         let wanted = match (&reference.digest, &reference.tag) {
@@ -385,6 +388,41 @@ impl RegistryClient {
         })
     }
 
+    /// `docker login`: whether `server` (a host[:port], or a URL as the CLI
+    /// sends Docker Hub's, `https://index.docker.io/v1/`) accepts
+    /// `credentials`, through its basic or token flow. Nothing is kept.
+    pub async fn login(&self, server: &str, credentials: &Credentials) -> Result<(), ImageError> {
+        let domain = login_domain(server)?;
+        let reference = Reference {
+            domain: domain.clone(),
+            path: String::new(),
+            tag: None,
+            digest: None,
+        };
+        let session = Session {
+            client: self,
+            authority: self.endpoint(&domain),
+            reference: &reference,
+            credentials: Some(credentials),
+            auth: Mutex::new(None),
+            plain: std::sync::atomic::AtomicBool::new(false),
+        };
+        session.pick_scheme().await?;
+        let uri: Uri = format!("{}://{}/v2/", session.scheme(), session.authority)
+            .parse()
+            .map_err(|_| session.err(format!("invalid registry address {server:?}")))?;
+        let resp = session.get(uri.clone(), None).await?;
+        match resp.status() {
+            StatusCode::OK => Ok(()),
+            StatusCode::UNAUTHORIZED => Err(ImageError::Unauthorized(format!(
+                "login attempt to {uri} failed with status: 401 Unauthorized"
+            ))),
+            other => Err(session.err(format!(
+                "login attempt to {uri} failed with status: {other}"
+            ))),
+        }
+    }
+
     /// The index entry for this client's platform, as Docker picks it.
     fn select_platform<'m>(&self, index: &'m ManifestJson) -> Result<&'m Descriptor, ImageError> {
         let entries = index.manifests.as_deref().unwrap_or_default();
@@ -429,6 +467,9 @@ struct Session<'a> {
     reference: &'a Reference,
     credentials: Option<&'a Credentials>,
     auth: Mutex<Option<HeaderValue>>,
+    /// Plain HTTP: the registry does not speak TLS (allowed for loopback
+    /// and insecure registries only).
+    plain: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,14 +551,48 @@ impl Session<'_> {
         &self.reference.domain
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.plain.load(std::sync::atomic::Ordering::Relaxed) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    /// HTTPS, verified; a loopback or insecure registry that does not speak
+    /// TLS (or has nothing on the HTTPS port) is spoken to in plain HTTP.
+    /// A TLS failure (an untrusted certificate) is never a reason to fall
+    /// back: it is the error.
+    async fn pick_scheme(&self) -> Result<(), ImageError> {
+        if !self.client.plain_http_allowed(&self.authority) {
+            return Ok(());
+        }
+        let timeouts = (self.client.connect_timeout, self.client.io_timeout);
+        match self
+            .client
+            .tls
+            .connect(&self.authority, 443, true, timeouts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ConnectError::NotTls | ConnectError::Dial(_)) => {
+                self.plain.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(ConnectError::Tls(m)) => Err(self.err(format!("tls: {m}"))),
+        }
+    }
+
     fn err(&self, msg: impl std::fmt::Display) -> ImageError {
         ImageError::Registry(format!("registry {}: {msg}", self.domain()))
     }
 
     fn url(&self, tail: &str) -> Result<Uri, ImageError> {
         let s = format!(
-            "http://{}/v2/{}/{tail}",
-            self.authority, self.reference.path
+            "{}://{}/v2/{}/{tail}",
+            self.scheme(),
+            self.authority,
+            self.reference.path
         );
         s.parse()
             .map_err(|_| self.err(format!("cannot build a request URL from {s:?}")))
@@ -806,7 +881,8 @@ impl Session<'_> {
                 format!("{dir}{loc}")
             };
             let authority = from.authority().map(|a| a.as_str()).unwrap_or_default();
-            return format!("http://{authority}{path}")
+            let scheme = from.scheme_str().unwrap_or("https");
+            return format!("{scheme}://{authority}{path}")
                 .parse()
                 .map_err(|_| self.err(format!("redirect to an invalid location {loc:?}")));
         }
@@ -814,15 +890,17 @@ impl Session<'_> {
         Ok(target)
     }
 
-    /// Only plain HTTP to allowed hosts: redirects and token realms are checked too.
+    /// HTTPS anywhere; plain HTTP only to allowed hosts: redirects and token
+    /// realms are checked too.
     fn check_plain_http(&self, uri: &Uri, what: &str) -> Result<(), ImageError> {
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-        if uri.scheme_str() != Some("http") || !self.client.plain_http_allowed(authority) {
-            return Err(self.err(format!(
-                "{what} to {uri}: https and non-loopback hosts are not supported yet"
-            )));
+        match uri.scheme_str() {
+            Some("https") => Ok(()),
+            Some("http") if self.client.plain_http_allowed(authority) => Ok(()),
+            _ => Err(self.err(format!(
+                "{what} to {uri}: only https, or http to loopback and insecure registries"
+            ))),
         }
-        Ok(())
     }
 
     /// Handles a 401 challenge. Ok(false) when there is nothing to retry with.
@@ -838,14 +916,22 @@ impl Session<'_> {
             let realm = bearer
                 .param("realm")
                 .ok_or_else(|| self.err("token challenge without a realm"))?;
-            let default_scope = format!("repository:{}:pull", self.reference.path);
-            let scope = bearer.param("scope").unwrap_or(&default_scope);
-            let mut url = realm.to_string();
-            url.push(if realm.contains('?') { '&' } else { '?' });
+            // A login (no repository) asks for a token without a scope.
+            let default_scope = (!self.reference.path.is_empty())
+                .then(|| format!("repository:{}:pull", self.reference.path));
+            let scope = bearer.param("scope").or(default_scope.as_deref());
+            let mut query = Vec::new();
             if let Some(service) = bearer.param("service") {
-                url.push_str(&format!("service={}&", query_escape(service)));
+                query.push(format!("service={}", query_escape(service)));
             }
-            url.push_str(&format!("scope={}", query_escape(scope)));
+            if let Some(scope) = scope {
+                query.push(format!("scope={}", query_escape(scope)));
+            }
+            let mut url = realm.to_string();
+            if !query.is_empty() {
+                url.push(if realm.contains('?') { '&' } else { '?' });
+                url.push_str(&query.join("&"));
+            }
             let uri: Uri = url
                 .parse()
                 .map_err(|_| self.err(format!("invalid token realm {realm:?}")))?;
@@ -858,6 +944,13 @@ impl Session<'_> {
             let status = resp.status();
             let mut body = resp.into_body();
             let bytes = self.read_limited(&mut body, MANIFEST_MAX, "token").await?;
+            if status == StatusCode::UNAUTHORIZED {
+                let detail = error_detail(&bytes).unwrap_or_else(|| status.to_string());
+                return Err(ImageError::Unauthorized(format!(
+                    "registry {}: unauthorized: {detail}",
+                    self.domain()
+                )));
+            }
             if status != StatusCode::OK {
                 let detail = error_detail(&bytes).unwrap_or_else(|| status.to_string());
                 return Err(self.err(format!("authentication failed: {detail}")));
@@ -905,22 +998,29 @@ impl Session<'_> {
             .authority()
             .map(|a| a.as_str().to_string())
             .ok_or_else(|| self.err(format!("request URL without a host: {uri}")))?;
-        let addr = if uri.port().is_some() {
-            authority.clone()
-        } else {
-            format!("{authority}:80")
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(self.err(format!("unsupported URL {uri}"))),
         };
-        let timeout = self.client.connect_timeout;
-        let stream =
-            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(self.err(format!("Get \"{uri}\": dial tcp {addr}: {e}"))),
-                Err(_) => {
-                    return Err(self.err(format!(
-                        "Get \"{uri}\": dial tcp {addr}: timed out after {timeout:?}"
-                    )));
-                }
-            };
+        let port = if tls { 443 } else { 80 };
+        let stream = self
+            .client
+            .tls
+            .connect(
+                &authority,
+                port,
+                tls,
+                (self.client.connect_timeout, self.client.io_timeout),
+            )
+            .await
+            .map_err(|e| match e {
+                ConnectError::Dial(m) => self.err(format!("Get \"{uri}\": {m}")),
+                ConnectError::NotTls => self.err(format!(
+                    "Get \"{uri}\": http: server gave HTTP response to HTTPS client"
+                )),
+                ConnectError::Tls(m) => self.err(format!("Get \"{uri}\": tls: {m}")),
+            })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.err(format!("Get \"{uri}\": {e}")))?;
@@ -1397,15 +1497,28 @@ fn header_value(s: &str) -> Result<HeaderValue, ImageError> {
         .map_err(|_| ImageError::Registry(format!("invalid header value {s:?}")))
 }
 
-/// The host of `host[:port]`, without IPv6 brackets.
-fn host_of(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+/// The registry a `docker login` names: `host[:port]`, with any scheme and
+/// path dropped; Docker Hub's addresses are `docker.io`.
+fn login_domain(server: &str) -> Result<String, ImageError> {
+    let s = server.trim();
+    let s = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s);
+    let host = s.split('/').next().unwrap_or_default();
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+    if !valid {
+        return Err(ImageError::InvalidReference(format!(
+            "invalid registry address {server:?}"
+        )));
     }
-    match authority.rsplit_once(':') {
-        Some((h, _)) => h,
-        None => authority,
-    }
+    Ok(match host {
+        "index.docker.io" | "registry-1.docker.io" | "docker.io" => DEFAULT_DOMAIN.to_string(),
+        h => h.to_ascii_lowercase(),
+    })
 }
 
 /// One `insecure-registries` entry: `host`, `host:port` or a CIDR.
@@ -1500,20 +1613,10 @@ mod tests {
         ] {
             assert!(!c.plain_http_allowed(no), "{no}");
         }
-        assert_eq!(c.endpoint("127.0.0.1:5000").unwrap(), "127.0.0.1:5000");
-        let e = c.endpoint("docker.io").unwrap_err().to_string();
-        assert!(
-            e.contains("registry docker.io: https is not supported yet"),
-            "{e}"
-        );
-        let e = c.endpoint("quay.io").unwrap_err().to_string();
-        assert!(
-            e.contains("registry quay.io: https is not supported yet"),
-            "{e}"
-        );
-        // Docker Hub is reached at its API host when explicitly allowed.
-        let hub = RegistryClient::new(vec!["docker.io".into()]);
-        assert_eq!(hub.endpoint("docker.io").unwrap(), "registry-1.docker.io");
+        assert_eq!(c.endpoint("127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(c.endpoint("quay.io"), "quay.io");
+        // Docker Hub is reached at its API host.
+        assert_eq!(c.endpoint("docker.io"), "registry-1.docker.io");
     }
 
     fn json(s: &str) -> ManifestJson {

@@ -183,9 +183,60 @@ struct RealRegistry {
     _dir: tempfile::TempDir,
 }
 
+/// A CA made for a test and a server certificate it signed for 127.0.0.1.
+struct TestCa {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let cert = server.signed_by(&key, &issuer).unwrap();
+        TestCa {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
 impl RealRegistry {
     fn start() -> RealRegistry {
+        Self::start_with(None)
+    }
+
+    /// Over TLS with `ca`'s server certificate.
+    fn start_tls(ca: &TestCa) -> RealRegistry {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(tls: Option<&TestCa>) -> RealRegistry {
         let dir = tempfile::tempdir().unwrap();
+        let tls_config = match tls {
+            None => String::new(),
+            Some(ca) => {
+                let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+                std::fs::write(&cert, &ca.cert_pem).unwrap();
+                std::fs::write(&key, &ca.key_pem).unwrap();
+                format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                )
+            }
+        };
         // A port picked this way can be taken before the registry binds it: retry.
         for _ in 0..5 {
             let port = free_port();
@@ -194,7 +245,7 @@ impl RealRegistry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_config}",
                     dir.path().join("data").display()
                 ),
             )
@@ -213,8 +264,10 @@ impl RealRegistry {
                 if child.try_wait().unwrap().is_some() {
                     break;
                 }
+                // Over TLS, a listening port is ready enough: the test's
+                // first pull retries nothing, so a late start shows there.
                 if TcpStream::connect(&addr).is_ok()
-                    && http(&addr, "GET", "/v2/", &[], b"").0 == 200
+                    && (tls.is_some() || http(&addr, "GET", "/v2/", &[], b"").0 == 200)
                 {
                     return RealRegistry {
                         child,
@@ -283,6 +336,41 @@ fn config_digest(manifest: &[u8]) -> String {
 
 fn archive(which: &testkit::testimages::ImageFacts, transport: &str) -> String {
     format!("{transport}:{}", which.path.display())
+}
+
+/// HTTPS, verified against the registry's CA from the certs.d layout; a
+/// registry whose certificate is not trusted is a TLS error naming the
+/// reason, never a fall-back to plain HTTP (even on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_over_tls_with_the_registrys_ca() {
+    let images = testkit::testimages::test_images();
+    let ca = TestCa::new();
+    let reg = RealRegistry::start_tls(&ca);
+    reg.push(
+        &archive(&images.busybox, "docker-archive"),
+        "tls/busybox:1",
+        &[],
+    );
+    let certs = tempfile::tempdir().unwrap();
+    let reference = format!("{}/tls/busybox:1", reg.addr);
+    let (_dir, store) = new_store();
+    let untrusting = RegistryClient::new(vec![]).with_certs_dir(certs.path());
+    let (res, _) = pull(&untrusting, &reference, &store).await;
+    let e = expect_err(res).to_string();
+    assert!(
+        e.contains(&format!(
+            "registry {}: tls: invalid peer certificate: UnknownIssuer",
+            reg.addr
+        )),
+        "{e}"
+    );
+    std::fs::create_dir(certs.path().join(&reg.addr)).unwrap();
+    std::fs::write(certs.path().join(&reg.addr).join("ca.crt"), &ca.ca_pem).unwrap();
+    let client = RegistryClient::new(vec![]).with_certs_dir(certs.path());
+    let (res, _) = pull(&client, &reference, &store).await;
+    let img = res.unwrap();
+    assert_eq!(img.config.as_str(), images.busybox.id);
+    assert_layers_verified(&store, &img);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -582,10 +670,26 @@ async fn unreachable_and_https_registries_fail_clearly() {
     );
     assert_eq!(events, vec![PullProgress::Resolving]);
 
-    for r in ["busybox", "quay.io/foo/bar:1", "10.1.2.3:5000/x"] {
+    // Other registries are HTTPS only (none is reachable from here: the
+    // lookup fails, or a proxy answers with its own certificate); Docker Hub
+    // names go to its API host.
+    for (r, url) in [
+        (
+            "busybox",
+            "https://registry-1.docker.io/v2/library/busybox/manifests/latest",
+        ),
+        (
+            "quay.io/foo/bar:1",
+            "https://quay.io/v2/foo/bar/manifests/1",
+        ),
+        (
+            "10.1.2.3:5000/x",
+            "https://10.1.2.3:5000/v2/x/manifests/latest",
+        ),
+    ] {
         let (res, _) = pull(&client, r, &store).await;
         let m = expect_err(res).to_string();
-        assert!(m.contains("https is not supported yet"), "{r}: {m}");
+        assert!(m.contains(&format!("Get \"{url}\": ")), "{r}: {m}");
     }
     assert!(store.list().unwrap().is_empty());
 }
@@ -606,7 +710,13 @@ async fn a_silent_registry_times_out() {
         .with_timeouts(Duration::from_secs(2), Duration::from_millis(300));
     let (res, _) = pull(&client, &format!("{addr}/test/img"), &store).await;
     let m = expect_err(res).to_string();
-    assert!(m.contains("no answer within"), "{m}");
+    // The first thing said to it is a TLS hello.
+    assert!(
+        m.contains(&format!(
+            "TLS handshake with {addr}: no answer within 300ms"
+        )),
+        "{m}"
+    );
     holder.abort();
 }
 
@@ -819,6 +929,15 @@ async fn fake_registry_serves_a_good_image() {
     assert_layers_verified(&store, &got);
 }
 
+/// A registry's answer for a blob it does not have.
+fn blob_unknown() -> Response<Full<Bytes>> {
+    reply(
+        404,
+        &[],
+        r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#,
+    )
+}
+
 fn reused(events: &[PullProgress]) -> usize {
     events
         .iter()
@@ -849,11 +968,7 @@ async fn shared_blobs_are_reused_only_when_their_registry_confirms_them() {
     let (i, d) = (img.clone(), deny.clone());
     let victims = FakeRegistry::start(move |s| {
         if d.load(std::sync::atomic::Ordering::SeqCst) && s.path.contains("/blobs/") {
-            return reply(
-                404,
-                &[],
-                r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#,
-            );
+            return blob_unknown();
         }
         i.serve(&s.path)
     })
@@ -871,11 +986,7 @@ async fn shared_blobs_are_reused_only_when_their_registry_confirms_them() {
             if s.method == Method::HEAD {
                 return reply(200, &[], "");
             }
-            return reply(
-                404,
-                &[],
-                r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#,
-            );
+            return blob_unknown();
         }
         i.serve(&s.path)
     })
@@ -1269,11 +1380,8 @@ async fn basic_auth() {
 #[test]
 fn insecure_list_allows_plain_http_to_other_hosts() {
     let client = RegistryClient::new(vec!["registry.internal:5000".into()]);
-    assert_eq!(
-        client.endpoint("registry.internal:5000").unwrap(),
-        "registry.internal:5000"
-    );
-    assert!(client.endpoint("registry.internal:5001").is_err());
+    assert!(client.plain_http_allowed("registry.internal:5000"));
+    assert!(!client.plain_http_allowed("registry.internal:5001"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

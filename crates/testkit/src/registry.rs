@@ -23,14 +23,41 @@ pub struct Registry {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    secure: Option<Secure>,
+}
+
+/// Where atoll looks for registries' CAs by default (Docker's layout).
+pub const CERTS_DIR: &str = "/etc/atoll/certs.d";
+
+/// TLS with a CA made for the test (installed in [`CERTS_DIR`] for the
+/// registry's address, removed on drop) and htpasswd basic auth.
+struct Secure {
+    user: String,
+    password: String,
+    ca_pem: String,
 }
 
 impl Registry {
     /// Starts a registry on a free loopback port and waits until `GET /v2/` answers 200.
     pub fn start() -> Registry {
+        Self::start_with(None)
+    }
+
+    /// A registry over TLS (its CA installed where atoll looks by default)
+    /// that takes only `user` with `password` (htpasswd).
+    pub fn start_secure(user: &str, password: &str) -> Registry {
+        Self::start_with(Some(Secure {
+            user: user.to_string(),
+            password: password.to_string(),
+            ca_pem: String::new(),
+        }))
+    }
+
+    fn start_with(secure: Option<Secure>) -> Registry {
         // The port is free when probed and taken by the registry a moment later; retry
         // the rare case where something else grabbed it in between.
         let mut last_err = String::new();
+        let mut secure = secure;
         for _ in 0..3 {
             let mut reg = Registry {
                 child: None,
@@ -39,10 +66,16 @@ impl Registry {
                     .prefix("atoll-registry-")
                     .tempdir()
                     .unwrap_or_else(|e| panic!("creating a registry dir: {e}")),
+                secure: secure.take(),
             };
             match reg.spawn() {
                 Ok(()) => return reg,
-                Err(e) => last_err = e,
+                Err(e) => {
+                    last_err = e;
+                    // Kept for the next try, its CA removed now.
+                    secure = reg.secure.take();
+                    let _ = std::fs::remove_dir_all(Path::new(CERTS_DIR).join(reg.addr()));
+                }
             }
         }
         panic!("the test registry did not start: {last_err}");
@@ -52,13 +85,21 @@ impl Registry {
         let storage = self.dir.path().join("storage");
         let config = self.dir.path().join("config.yml");
         let log_path = self.log_path();
+        let secure_config = match self.secure.as_mut() {
+            None => String::new(),
+            Some(sec) => {
+                let files = secure_files(self.dir.path(), sec)?;
+                install_ca(&format!("127.0.0.1:{}", self.port), &sec.ca_pem)?;
+                files
+            }
+        };
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\n\
                  log:\n  level: warn\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{}\n",
+                 http:\n  addr: 127.0.0.1:{}\n{secure_config}",
                 storage.display(),
                 self.port
             ),
@@ -82,7 +123,7 @@ impl Registry {
                 {
                     return Some(Err(st));
                 }
-                matches!(self.get("/v2/"), Ok(r) if r.status == 200).then_some(Ok(()))
+                self.answers().then_some(Ok(()))
             },
             Duration::from_secs(20),
         );
@@ -98,6 +139,16 @@ impl Registry {
                 Err(format!("registry did not answer /v2/: {}", log_text()))
             }
         }
+    }
+
+    /// Whether `GET /v2/` answers 200; a secure one, whether it listens (it
+    /// listens once its configuration is read; curl's OpenSSL cannot be the
+    /// judge here: it fails against it with "bad record MAC" on this machine).
+    fn answers(&self) -> bool {
+        if self.secure.is_some() {
+            return std::net::TcpStream::connect(self.addr()).is_ok();
+        }
+        matches!(self.get("/v2/"), Ok(r) if r.status == 200)
     }
 
     fn kill(&mut self) {
@@ -156,8 +207,11 @@ impl Registry {
         cmd.arg("--insecure-policy")
             .arg("copy")
             .arg("--quiet")
-            .arg("--dest-tls-verify=false")
-            .arg(format!("{transport}:{}", archive.display()))
+            .arg("--dest-tls-verify=false");
+        if let Some(sec) = &self.secure {
+            cmd.arg(format!("--dest-creds={}:{}", sec.user, sec.password));
+        }
+        cmd.arg(format!("{transport}:{}", archive.display()))
             .arg(format!("docker://{reference}"))
             .env("TMPDIR", self.dir.path());
         let out = run_with_timeout(cmd, None, Duration::from_secs(120))
@@ -177,7 +231,52 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.kill();
+        if self.secure.is_some() {
+            let _ = std::fs::remove_dir_all(Path::new(CERTS_DIR).join(self.addr()));
+        }
     }
+}
+
+/// A CA, a server certificate for 127.0.0.1 it signed, and an htpasswd file
+/// in `dir`; the registry's `tls` and `auth` settings for them.
+fn secure_files(dir: &Path, sec: &mut Secure) -> Result<String, String> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let e = |e: rcgen::Error| e.to_string();
+    let ca_key = KeyPair::generate().map_err(e)?;
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    sec.ca_pem = ca_cert.pem();
+    let issuer = Issuer::from_ca_cert_pem(&sec.ca_pem, ca_key).map_err(e)?;
+    let key = KeyPair::generate().map_err(e)?;
+    let mut server = CertificateParams::new(vec!["localhost".to_string()]).map_err(e)?;
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = server.signed_by(&key, &issuer).map_err(e)?;
+    let hash = bcrypt::hash(&sec.password, 6).map_err(|e| e.to_string())?;
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display()))?;
+        Ok::<_, String>(p)
+    };
+    let cert = write("server.pem", &cert.pem())?;
+    let key = write("server-key.pem", &key.serialize_pem())?;
+    let htpasswd = write("htpasswd", &format!("{}:{hash}\n", sec.user))?;
+    Ok(format!(
+        "  tls:\n    certificate: {}\n    key: {}\n\
+         auth:\n  htpasswd:\n    realm: atoll-test\n    path: {}\n",
+        cert.display(),
+        key.display(),
+        htpasswd.display()
+    ))
+}
+
+/// Puts `ca_pem` where atoll trusts it for `authority` by default.
+fn install_ca(authority: &str, ca_pem: &str) -> Result<(), String> {
+    let dir = Path::new(CERTS_DIR).join(authority);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::write(dir.join("ca.crt"), ca_pem).map_err(|e| format!("writing the CA: {e}"))
 }
 
 /// A port that was free a moment ago on 127.0.0.1.

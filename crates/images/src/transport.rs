@@ -1,0 +1,257 @@
+//! Connections to registries: TCP with a connect timeout, then TLS (rustls)
+//! verified against the system's roots plus what the operator put in
+//! Docker's per-registry layout, `<certs dir>/<host[:port]>/`: every `*.crt`
+//! is a CA for that registry, and `client.cert` with `client.key` is the
+//! client certificate shown to it. Plain HTTP is the caller's choice (only
+//! for loopback and insecure registries); TLS is never unverified.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// Where the operator keeps registries' CAs and client certificates.
+pub const DEFAULT_CERTS_DIR: &str = "/etc/atoll/certs.d";
+
+/// Why a connection failed, phrased for a registry error.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// TCP: refused, unreachable, timed out.
+    Dial(String),
+    /// The server does not speak TLS (a plain HTTP registry).
+    NotTls,
+    /// TLS failed: an untrusted or wrong certificate, a bad client
+    /// certificate, a protocol error.
+    Tls(String),
+}
+
+/// A connection to a registry, plain or TLS.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// TLS settings per registry, made once each.
+#[derive(Debug)]
+pub struct Tls {
+    certs_dir: PathBuf,
+    configs: Mutex<HashMap<String, Arc<ClientConfig>>>,
+}
+
+impl Tls {
+    pub fn new(certs_dir: impl Into<PathBuf>) -> Tls {
+        Tls {
+            certs_dir: certs_dir.into(),
+            configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn certs_dir(&self) -> &Path {
+        &self.certs_dir
+    }
+
+    /// The client settings for `authority` (`host[:port]`).
+    pub fn config(&self, authority: &str) -> Result<Arc<ClientConfig>, String> {
+        if let Some(c) = self.lock().get(authority) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(self.build(authority)?);
+        self.lock().insert(authority.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ClientConfig>>> {
+        self.configs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn build(&self, authority: &str) -> Result<ClientConfig, String> {
+        let mut roots = system_roots().clone();
+        // An authority is a host and maybe a port: never a path.
+        let dir = (!authority.contains('/') && !authority.starts_with('.'))
+            .then(|| self.certs_dir.join(authority));
+        let mut client_cert = None;
+        if let Some(dir) = dir.as_deref().filter(|d| d.is_dir()) {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| format!("reading {}: {e}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            entries.sort();
+            for p in entries.iter().filter(|p| has_ext(p, "crt")) {
+                for cert in CertificateDer::pem_file_iter(p)
+                    .map_err(|e| format!("reading {}: {e}", p.display()))?
+                {
+                    let cert = cert.map_err(|e| format!("reading {}: {e}", p.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("CA certificate {}: {e}", p.display()))?;
+                }
+            }
+            for cert in entries.iter().filter(|p| has_ext(p, "cert")) {
+                let key = cert.with_extension("key");
+                if !key.exists() {
+                    return Err(format!(
+                        "client certificate {} has no key {}",
+                        cert.display(),
+                        key.display()
+                    ));
+                }
+                client_cert = Some((cert.clone(), key));
+            }
+        }
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS versions: {e}"))?
+                .with_root_certificates(roots);
+        let mut config = match client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(&cert)
+                    .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("reading {}: {e}", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(&key)
+                    .map_err(|e| format!("reading {}: {e}", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate {}: {e}", cert.display()))?
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// A TCP connection to `authority` (`default_port` when it has none),
+    /// within `timeout`, then TLS over it when `tls`, the server answering
+    /// within `answer`.
+    pub async fn connect(
+        &self,
+        authority: &str,
+        default_port: u16,
+        tls: bool,
+        (timeout, answer): (Duration, Duration),
+    ) -> Result<Box<dyn Stream>, ConnectError> {
+        let addr = if has_port(authority) {
+            authority.to_string()
+        } else {
+            format!("{authority}:{default_port}")
+        };
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ConnectError::Dial(format!("dial tcp {addr}: {e}"))),
+            Err(_) => {
+                return Err(ConnectError::Dial(format!(
+                    "dial tcp {addr}: timed out after {timeout:?}"
+                )));
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        if !tls {
+            return Ok(Box::new(tcp));
+        }
+        let config = self.config(authority).map_err(ConnectError::Tls)?;
+        let host = host_of(authority);
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| ConnectError::Tls(format!("invalid server name {host:?}: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        match tokio::time::timeout(answer, connector.connect(name, tcp)).await {
+            Ok(Ok(s)) => Ok(Box::new(s)),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(ConnectError::Tls(format!(
+                "TLS handshake with {addr}: no answer within {answer:?}"
+            ))),
+        }
+    }
+}
+
+/// A server that answers a TLS hello with anything but TLS (an HTTP
+/// server's "400 Bad Request", or closing) does not speak TLS; anything
+/// else is a TLS failure to report.
+fn classify(e: std::io::Error) -> ConnectError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return ConnectError::NotTls;
+    }
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidMessage(_)) => ConnectError::NotTls,
+        Some(other) => ConnectError::Tls(other.to_string()),
+        None => ConnectError::Tls(e.to_string()),
+    }
+}
+
+fn has_ext(p: &Path, ext: &str) -> bool {
+    p.extension().is_some_and(|e| e == ext)
+}
+
+/// The host of `host[:port]` (an IPv6 literal keeps no brackets).
+pub fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h,
+        _ => authority,
+    }
+}
+
+fn has_port(authority: &str) -> bool {
+    host_of(authority) != authority.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The system's trusted roots (Debian's ca-certificates), read once.
+fn system_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!("reading the system's CA certificates: {e}");
+        }
+        let (added, ignored) = roots.add_parsable_certificates(found.certs);
+        tracing::debug!("{added} system CA certificates ({ignored} unusable)");
+        roots
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_split() {
+        assert_eq!(host_of("registry.example:5000"), "registry.example");
+        assert_eq!(host_of("registry.example"), "registry.example");
+        assert_eq!(host_of("[::1]:5000"), "::1");
+        assert!(has_port("127.0.0.1:5000") && !has_port("ghcr.io"));
+        assert!(!has_port("[::1]"));
+    }
+
+    #[test]
+    fn per_registry_files_make_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = Tls::new(dir.path());
+        // Nothing for it: the system's roots only.
+        tls.config("ghcr.io").unwrap();
+        let reg = dir.path().join("reg.test:5000");
+        std::fs::create_dir(&reg).unwrap();
+        std::fs::write(
+            reg.join("ca.crt"),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = tls.config("reg.test:5000").unwrap_err();
+        assert!(e.contains("ca.crt"), "{e}");
+        let ca = rcgen::generate_simple_self_signed(vec!["reg.test".into()]).unwrap();
+        std::fs::write(reg.join("ca.crt"), ca.cert.pem()).unwrap();
+        std::fs::write(reg.join("client.cert"), ca.cert.pem()).unwrap();
+        let e = Tls::new(dir.path()).config("reg.test:5000").unwrap_err();
+        assert!(e.contains("has no key"), "{e}");
+        std::fs::write(reg.join("client.key"), ca.signing_key.serialize_pem()).unwrap();
+        Tls::new(dir.path()).config("reg.test:5000").unwrap();
+        // Not a path.
+        assert!(Tls::new(dir.path()).config("../etc").is_ok());
+    }
+}
