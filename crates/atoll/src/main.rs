@@ -41,6 +41,8 @@ enum Cmd {
         cluster_listen: Option<String>,
         #[command(flatten)]
         tls: up::TlsArgs,
+        #[command(flatten)]
+        registries: up::RegistryArgs,
     },
     /// Run a head alone: servers join it with `atoll agent --head` over the network.
     Head {
@@ -54,6 +56,8 @@ enum Cmd {
         cluster_listen: String,
         #[command(flatten)]
         tls: up::TlsArgs,
+        #[command(flatten)]
+        registries: up::RegistryArgs,
     },
     /// Run one server's agent in the foreground.
     Agent {
@@ -207,12 +211,14 @@ fn main() -> std::process::ExitCode {
                 nodes,
                 cluster_listen,
                 tls,
+                registries,
             } => {
                 up::run(up::HeadOptions {
                     data_dir,
                     docker_socket,
                     cluster_listen,
                     tls,
+                    registries,
                     servers: if nodes == 0 {
                         up::Servers::Local
                     } else {
@@ -226,12 +232,14 @@ fn main() -> std::process::ExitCode {
                 docker_socket,
                 cluster_listen,
                 tls,
+                registries,
             } => {
                 up::run(up::HeadOptions {
                     data_dir,
                     docker_socket,
                     cluster_listen: Some(cluster_listen),
                     tls,
+                    registries,
                     servers: up::Servers::Remote,
                 })
                 .await

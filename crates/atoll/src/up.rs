@@ -23,11 +23,32 @@ pub struct TlsArgs {
     pub tls_sans: Vec<String>,
 }
 
+/// How the head reaches registries.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Registries' CAs and client certificates, in Docker's layout:
+    /// DIR/<host[:port]>/ with `*.crt` (CAs), `client.cert` and `client.key`.
+    #[arg(long, default_value = images::transport::DEFAULT_CERTS_DIR)]
+    pub registry_certs: PathBuf,
+    /// A registry that may be spoken to in plain HTTP when it does not speak
+    /// TLS: HOST, HOST:PORT or a CIDR (repeat; loopback ones always may).
+    #[arg(long = "insecure-registry", value_name = "REGISTRY")]
+    pub insecure_registries: Vec<String>,
+}
+
+impl RegistryArgs {
+    fn client(&self) -> images::registry::RegistryClient {
+        images::registry::RegistryClient::new(self.insecure_registries.clone())
+            .with_certs_dir(&self.registry_certs)
+    }
+}
+
 /// What a head process runs beside the head itself.
 pub struct HeadOptions {
     pub data_dir: PathBuf,
     pub docker_socket: PathBuf,
     pub tls: TlsArgs,
+    pub registries: RegistryArgs,
     /// The cluster port (`ADDR:PORT`): agents join and the head's operator API is
     /// served there over TLS. `atoll up --nodes` puts it on the underlay bridge.
     pub cluster_listen: Option<String>,
@@ -74,8 +95,13 @@ pub async fn run(o: HeadOptions) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
     let dc_name = format!("atoll-{}", inst.id);
-    let cluster = Cluster::new(Arc::new(store), &inst.head_dir(), &dc_name)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cluster = Cluster::new(
+        Arc::new(store),
+        &inst.head_dir(),
+        &dc_name,
+        o.registries.client(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     cluster
         .seed_packages()
         .await

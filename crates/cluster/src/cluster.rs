@@ -61,8 +61,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `data_dir` is the head's own directory (blobs, temp files).
-    pub fn new(store: Arc<dyn Store>, data_dir: &Path, name: &str) -> Result<Arc<Cluster>> {
+    /// `data_dir` is the head's own directory (blobs, temp files); `registry`
+    /// how it reaches registries.
+    pub fn new(
+        store: Arc<dyn Store>,
+        data_dir: &Path,
+        name: &str,
+        registry: images::registry::RegistryClient,
+    ) -> Result<Arc<Cluster>> {
         let blobs = BlobStore::open(&data_dir.join("blobs"))
             .map_err(|e| Error::internal("opening the blob store", e))?;
         let (changes, _) = broadcast::channel(1024);
@@ -70,7 +76,7 @@ impl Cluster {
             me: me.clone(),
             store,
             blobs,
-            registry: images::registry::RegistryClient::new(Vec::new()),
+            registry,
             agents: StdMutex::new(HashMap::new()),
             followers: Default::default(),
             agent_tls: StdMutex::new(None),
