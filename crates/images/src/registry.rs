@@ -947,7 +947,7 @@ impl Session<'_> {
             if status == StatusCode::UNAUTHORIZED {
                 let detail = error_detail(&bytes).unwrap_or_else(|| status.to_string());
                 return Err(ImageError::Unauthorized(format!(
-                    "registry {}: unauthorized: {detail}",
+                    "registry {}: {detail}",
                     self.domain()
                 )));
             }

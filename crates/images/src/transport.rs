@@ -140,7 +140,19 @@ impl Tls {
         } else {
             format!("{authority}:{default_port}")
         };
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+        let dial = async {
+            let targets: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&addr)
+                .await?
+                .filter(|a| !link_local(a.ip()))
+                .collect();
+            if targets.is_empty() {
+                return Err(std::io::Error::other(
+                    "no usable address (link-local addresses, where metadata services live, are never registries)",
+                ));
+            }
+            TcpStream::connect(&targets[..]).await
+        };
+        let tcp = match tokio::time::timeout(timeout, dial).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(ConnectError::Dial(format!("dial tcp {addr}: {e}"))),
             Err(_) => {
@@ -179,6 +191,15 @@ fn classify(e: std::io::Error) -> ConnectError {
         Some(rustls::Error::InvalidMessage(_)) => ConnectError::NotTls,
         Some(other) => ConnectError::Tls(other.to_string()),
         None => ConnectError::Tls(e.to_string()),
+    }
+}
+
+/// 169.254.0.0/16 and fe80::/10: a tenant's pull must not make the head
+/// talk to a metadata service.
+fn link_local(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
     }
 }
 
@@ -227,6 +248,23 @@ mod tests {
         assert_eq!(host_of("[::1]:5000"), "::1");
         assert!(has_port("127.0.0.1:5000") && !has_port("ghcr.io"));
         assert!(!has_port("[::1]"));
+    }
+
+    #[tokio::test]
+    async fn link_local_addresses_are_never_dialled() {
+        assert!(link_local("169.254.169.254".parse().unwrap()));
+        assert!(link_local("fe80::1".parse().unwrap()));
+        assert!(!link_local("127.0.0.1".parse().unwrap()));
+        let tls = Tls::new("/nonexistent");
+        let t = (Duration::from_secs(2), Duration::from_secs(2));
+        match tls.connect("169.254.169.254", 80, false, t).await {
+            Err(ConnectError::Dial(m)) => assert!(m.contains("link-local"), "{m}"),
+            other => panic!("dialled a link-local address: {:?}", other.err()),
+        }
+        // Positive control: the same path dials a listening loopback port.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        assert!(tls.connect(&addr, 80, false, t).await.is_ok());
     }
 
     #[test]

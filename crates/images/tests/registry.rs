@@ -1333,9 +1333,14 @@ async fn token_auth_and_blob_redirects() {
         &store2,
     )
     .await;
-    let m = expect_err(res).to_string();
+    let e = expect_err(res);
+    assert!(matches!(e, ImageError::Unauthorized(_)), "{e:?}");
+    let m = e.to_string();
     assert!(
-        m.contains("authentication failed: unauthorized: incorrect username or password"),
+        m.contains(&format!(
+            "registry {}: unauthorized: incorrect username or password",
+            reg.addr
+        )),
         "{m}"
     );
     assert!(store2.list().unwrap().is_empty());
