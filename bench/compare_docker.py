@@ -118,6 +118,11 @@ class Pair:
     a_sock = d_sock = None
 
 
+def _exit_on_signal(signum, _frame):
+    # A killed benchmark still stops its atoll and dockerd (the `finally` below).
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def side_by_side(prefix, atoll_args=()):
     """Starts `atoll up [atoll_args]` and a dockerd (Debian's docker.io) on their
@@ -134,6 +139,8 @@ def side_by_side(prefix, atoll_args=()):
     a_data, a_sock = os.path.join(tmp, "atoll"), os.path.join(tmp, "atoll.sock")
     d_root, d_exec, d_sock = os.path.join(tmp, "docker"), os.path.join(tmp, "dexec"), os.path.join(tmp, "docker.sock")
     had_docker0 = os.path.exists("/sys/class/net/docker0")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     procs = []
     try:
         a = subprocess.Popen([atoll, "up", "--tls-listen", "127.0.0.1:0", *atoll_args, "--data-dir", a_data, "--docker-socket", a_sock],
