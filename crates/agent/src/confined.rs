@@ -142,7 +142,8 @@ fn open_root(root: &Path) -> io::Result<OwnedFd> {
 /// name in the descriptor of its parent without following a symlink: a name
 /// the container swaps meanwhile is refused, never followed out of the root.
 pub fn mkdir_all_in_root(root: &Path, path: &str) -> io::Result<(OwnedFd, bool)> {
-    let mut cur = open_root(root)?;
+    let root_fd = open_root(root)?;
+    let mut cur = root_fd.try_clone()?;
     let mut made = false;
     let parts: Vec<&str> = path
         .split('/')
@@ -153,7 +154,7 @@ pub fn mkdir_all_in_root(root: &Path, path: &str) -> io::Result<(OwnedFd, bool)>
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        match openat2(open_root(root)?.as_fd(), OsStr::new(&prefix), how) {
+        match openat2(root_fd.as_fd(), OsStr::new(&prefix), how) {
             Ok(fd) => {
                 cur = fd;
                 made = false;

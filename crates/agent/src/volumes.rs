@@ -56,7 +56,7 @@ pub fn prepare_volumes(
             // gets "Disk quota exceeded", not the server's disk.
             quota.create_limited(&tmp, m.size_bytes)?;
             if let Some(src) = confined::path_in_root(rootfs, &m.destination, OFlag::O_DIRECTORY)? {
-                copy_tree_at(&src, &tmp)?;
+                copy_tree_at(&src, &tmp, 0)?;
                 copy_owner_and_mode(&confined::fstat(src.as_fd())?, &tmp)?;
             } else if let Some(ids) = &spec.userns {
                 // Nothing to copy: the container's root owns it (the rootfs
@@ -69,6 +69,9 @@ pub fn prepare_volumes(
     }
     Ok(out)
 }
+
+/// How deep a copy-up walks (Linux allows deeper trees than any image needs).
+const MAX_DEPTH: usize = 256;
 
 /// Gives `to` the owner and mode of what `st` describes.
 fn copy_owner_and_mode(st: &libc::stat, to: &Path) -> std::io::Result<()> {
@@ -86,8 +89,15 @@ fn copy_owner_and_mode(st: &libc::stat, to: &Path) -> std::io::Result<()> {
 /// container's root is hostile and may change meanwhile (a `docker cp`
 /// into it): every entry is opened without following it, judged by `fstat`
 /// of its descriptor, and read or walked through that descriptor. `to` is
-/// the agent's own (a new volume nobody sees yet).
-fn copy_tree_at(dir: &OwnedFd, to: &Path) -> std::io::Result<()> {
+/// the agent's own (a new volume nobody sees yet). `depth` counts the
+/// directories above: a tenant's tree nested past [`MAX_DEPTH`] is refused
+/// rather than walked until the agent's stack or descriptors run out.
+fn copy_tree_at(dir: &OwnedFd, to: &Path, depth: usize) -> std::io::Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(std::io::Error::other(format!(
+            "the image's directories under the volume's mount point are nested deeper than {MAX_DEPTH}"
+        )));
+    }
     let listing = nix::fcntl::openat(
         dir,
         ".",
@@ -101,6 +111,7 @@ fn copy_tree_at(dir: &OwnedFd, to: &Path) -> std::io::Result<()> {
         .map(|e| e.file_name().to_owned())
         .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
         .collect();
+    drop(d); // one descriptor per level, not two
     for name in names {
         let fd = confined::path_at(dir.as_fd(), &name)?;
         let st = confined::fstat(fd.as_fd())?;
@@ -112,7 +123,7 @@ fn copy_tree_at(dir: &OwnedFd, to: &Path) -> std::io::Result<()> {
             }
             libc::S_IFDIR => {
                 std::fs::create_dir(&dst)?;
-                copy_tree_at(&fd, &dst)?;
+                copy_tree_at(&fd, &dst, depth + 1)?;
             }
             libc::S_IFREG => {
                 let mut from = confined::reopen_regular(&fd, &st, &dst.to_string_lossy())
@@ -269,5 +280,30 @@ mod tests {
             "inside"
         );
         assert!(!data.join("fifo").exists() && !data.join("zero").exists());
+
+        // A tree nested past the bound is refused, not walked (positive
+        // control: one level less is copied).
+        let mut deep = root.join("deep");
+        for _ in 0..=MAX_DEPTH {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        let e = prepare_volumes(
+            &volume("d", "/deep"),
+            &vols,
+            &root,
+            &crate::quota::Unlimited,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nested deeper than 256"), "{e}");
+        std::fs::remove_dir(&deep).unwrap();
+        prepare_volumes(
+            &volume("e", "/deep"),
+            &vols,
+            &root,
+            &crate::quota::Unlimited,
+        )
+        .unwrap();
     }
 }

@@ -413,20 +413,14 @@ fn network_bridge_nat_and_published_ports() {
             "{err}"
         );
     }
-    for port in ["18011", "18005"] {
-        let name = format!("res{port}");
-        a.docker_ok(&[
-            "create",
-            "--name",
-            &name,
-            "-p",
-            &format!("{port}:80"),
-            "busybox",
-            "true",
-        ]);
-        a.docker_ok(&["rm", &name]);
-        a.operator_ok(&["placement", "--reserved-ports", "none"]);
-    }
+    a.docker_ok(&[
+        "create", "--name", "next", "-p", "18011:80", "busybox", "true",
+    ]);
+    a.operator_ok(&["placement", "--reserved-ports", "none"]);
+    a.docker_ok(&[
+        "create", "--name", "freed", "-p", "18005:80", "busybox", "true",
+    ]);
+    a.docker_ok(&["rm", "next", "freed"]);
     // --network none has only loopback.
     let ifs = a.docker_ok(&[
         "run",

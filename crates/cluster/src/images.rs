@@ -116,7 +116,7 @@ impl Cluster {
             .unwrap_or_else(Utc::now);
         // What it adds to the account's storage: the blobs it holds no
         // other image of the account holds.
-        let storage = if self.storage_left(account).await?.is_some() {
+        let storage = if self.storage_limit(account).await?.is_some() {
             let owned = self.owned_blobs(account).await?;
             let mut counted = HashSet::new();
             layers

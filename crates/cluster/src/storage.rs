@@ -102,17 +102,21 @@ impl Cluster {
             .collect())
     }
 
-    /// How many more bytes `account` may hold (None: no storage limit).
-    pub(crate) async fn storage_left(&self, account: &str) -> Result<Option<u64>> {
+    /// `account`'s storage limit, if it has one (one record read).
+    pub(crate) async fn storage_limit(&self, account: &str) -> Result<Option<u64>> {
         if account == OPERATOR {
             return Ok(None);
         }
-        let Some(limit) = self
+        Ok(self
             .store
             .get_account(account)
             .await?
-            .and_then(|a| a.limits.storage_bytes)
-        else {
+            .and_then(|a| a.limits.storage_bytes))
+    }
+
+    /// How many more bytes `account` may hold (None: no storage limit).
+    pub(crate) async fn storage_left(&self, account: &str) -> Result<Option<u64>> {
+        let Some(limit) = self.storage_limit(account).await? else {
             return Ok(None);
         };
         Ok(Some(

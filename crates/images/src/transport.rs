@@ -50,10 +50,6 @@ impl Tls {
         }
     }
 
-    pub fn certs_dir(&self) -> &Path {
-        &self.certs_dir
-    }
-
     /// The client settings for `authority` (`host[:port]`).
     pub fn config(&self, authority: &str) -> Result<Arc<ClientConfig>, String> {
         if let Some(c) = self.lock().get(authority) {
