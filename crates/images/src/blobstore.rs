@@ -160,9 +160,11 @@ impl BlobStore {
         Ok(())
     }
 
-    /// The registries a blob was downloaded from, one host per line: a blob
-    /// is reused for another account's pull only from the registry that
-    /// served it (which then confirms this account may read it).
+    /// Where a blob came from or went to, one per line: a registry host
+    /// (`host[:port]`), or a repository on it (`host[:port]/path`). A blob is
+    /// reused for another account's pull only from a registry that served it
+    /// (which then confirms this account may read it); a push mounts it from
+    /// a repository that holds it.
     fn origins_path(&self, d: &Digest) -> PathBuf {
         self.root.join("origins").join(d.hex())
     }
@@ -181,17 +183,35 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Records that repository `path` of `registry` holds blob `d`.
+    pub fn add_origin_repository(&self, d: &Digest, registry: &str, path: &str) -> Result<()> {
+        self.add_origin(d, &format!("{registry}/{path}"))
+    }
+
     /// Whether `registry` served blob `d` before.
     pub fn has_origin(&self, d: &Digest, registry: &str) -> bool {
+        self.origins(d).iter().any(|l| l == registry)
+    }
+
+    /// The repositories of `registry` known to hold blob `d`.
+    pub fn origin_repositories(&self, d: &Digest, registry: &str) -> Vec<String> {
+        let prefix = format!("{registry}/");
+        self.origins(d)
+            .into_iter()
+            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    fn origins(&self, d: &Digest) -> Vec<String> {
         let Ok(f) = fs::File::open(self.origins_path(d)) else {
-            return false;
+            return Vec::new();
         };
         let mut text = String::new();
-        // Host names: a few per blob; the cap only guards a damaged file.
+        // A few lines per blob; the cap only guards a damaged file.
         if f.take(ORIGINS_MAX).read_to_string(&mut text).is_err() {
-            return false;
+            return Vec::new();
         }
-        text.lines().any(|l| l == registry)
+        text.lines().map(str::to_string).collect()
     }
 
     /// Every stored blob, sorted.

@@ -1,8 +1,8 @@
-//! A Docker Registry HTTP API v2 client for pulling images into the [`BlobStore`].
+//! A Docker Registry HTTP API v2 client: pulls images into the [`BlobStore`]
+//! and pushes them from it ([`push`]).
 //!
-//! Only plain HTTP is spoken for now, so only registries on loopback or in the
-//! operator's `insecure` allow-list can be reached; anything else fails early with a
-//! clear message instead of a confusing TLS error. Everything fetched is verified:
+//! HTTPS, verified, everywhere; plain HTTP only to loopback registries and the
+//! operator's `insecure` allow-list. Everything fetched is verified:
 //! manifests against their digest, blobs against their digest and size, layers also
 //! against the config's `diff_ids` (hashed while downloading, so nothing is read twice).
 //! Blobs are streamed to disk in bounded chunks and become visible in the store only
@@ -31,6 +31,9 @@ use crate::digest::{Digest, HashingWriter};
 use crate::error::ImageError;
 use crate::reference::{DEFAULT_DOMAIN, Reference};
 use crate::transport::{ConnectError, Tls, host_of};
+
+pub mod push;
+pub use push::{PushImage, PushProgress, PushedManifest};
 
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MEDIA_DOCKER_MANIFEST_LIST: &str =
@@ -190,6 +193,7 @@ pub struct RegistryClient {
     connect_timeout: Duration,
     io_timeout: Duration,
     platform: Platform,
+    upload_chunk: u64,
 }
 
 impl RegistryClient {
@@ -203,6 +207,7 @@ impl RegistryClient {
             connect_timeout: Duration::from_secs(15),
             io_timeout: Duration::from_secs(60),
             platform: Platform::host(),
+            upload_chunk: push::DEFAULT_UPLOAD_CHUNK,
         }
     }
 
@@ -223,6 +228,12 @@ impl RegistryClient {
     /// The platform picked from multi-platform images (default: the host's).
     pub fn with_platform(mut self, platform: Platform) -> RegistryClient {
         self.platform = platform;
+        self
+    }
+
+    /// Blobs larger than `bytes` are pushed in PATCH chunks of that size.
+    pub fn with_upload_chunk(mut self, bytes: u64) -> RegistryClient {
+        self.upload_chunk = bytes.max(1);
         self
     }
 
@@ -287,6 +298,7 @@ impl RegistryClient {
             authority,
             reference: &reference,
             credentials,
+            scopes: vec![format!("repository:{}:pull", reference.path)],
             auth: Mutex::new(None),
             plain: std::sync::atomic::AtomicBool::new(false),
         };
@@ -404,6 +416,7 @@ impl RegistryClient {
             authority: self.endpoint(&domain),
             reference: &reference,
             credentials: Some(credentials),
+            scopes: Vec::new(),
             auth: Mutex::new(None),
             plain: std::sync::atomic::AtomicBool::new(false),
         };
@@ -466,6 +479,9 @@ struct Session<'a> {
     authority: String,
     reference: &'a Reference,
     credentials: Option<&'a Credentials>,
+    /// Token scopes asked for (`repository:NAME:pull,push`); empty: the
+    /// challenge's own.
+    scopes: Vec<String>,
     auth: Mutex<Option<HeaderValue>>,
     /// Plain HTTP: the registry does not speak TLS (allowed for loopback
     /// and insecure registries only).
@@ -795,6 +811,7 @@ impl Session<'_> {
         .map_err(|e| self.layer_error(blob, e))?;
         verified.map_err(|m| self.err(m))?;
         store.add_origin(blob, self.domain())?;
+        store.add_origin_repository(blob, self.domain(), &self.reference.path)?;
         if let Some(p) = progress {
             emit(p, PullProgress::LayerDownloadComplete { id });
         }
@@ -815,30 +832,45 @@ impl Session<'_> {
         self.request(Method::GET, uri, accept).await
     }
 
-    /// A request that follows redirects (registries send blobs to object
-    /// storage) and answers one authentication challenge.
     async fn request(
         &self,
         method: Method,
         start: Uri,
         accept: Option<&str>,
     ) -> Result<Response<Incoming>, ImageError> {
+        let headers = match accept {
+            Some(a) => vec![(header::ACCEPT, header_value(a)?)],
+            None => Vec::new(),
+        };
+        self.request_with(method, start, &headers, None).await
+    }
+
+    /// A request that follows redirects (registries send blobs to object
+    /// storage; only for GET and HEAD) and answers one authentication
+    /// challenge. `body` is small and sent again on a retry.
+    async fn request_with(
+        &self,
+        method: Method,
+        start: Uri,
+        extra: &[(HeaderName, HeaderValue)],
+        body: Option<Bytes>,
+    ) -> Result<Response<Incoming>, ImageError> {
         let mut uri = start;
         let mut redirects = 0;
         let mut authenticated = false;
+        let follows = method == Method::GET || method == Method::HEAD;
         loop {
-            let same_origin = uri.authority().map(|a| a.as_str()) == Some(self.authority.as_str());
-            let mut headers = Vec::new();
-            if let Some(a) = accept {
-                headers.push((header::ACCEPT, header_value(a)?));
-            }
-            // Credentials never leave the registry's origin (storage redirects are signed).
-            if same_origin && let Some(auth) = self.auth.lock().ok().and_then(|g| g.clone()) {
+            let mut headers = extra.to_vec();
+            if let Some(auth) = self.auth_for(&uri) {
                 headers.push((header::AUTHORIZATION, auth));
             }
-            let resp = self.roundtrip(method.clone(), &uri, &headers).await?;
+            let req_body = body.clone().map_or_else(empty_body, bytes_body);
+            let resp = self
+                .roundtrip(method.clone(), &uri, &headers, req_body)
+                .await?;
             let status = resp.status();
-            if status.is_redirection() && resp.headers().contains_key(header::LOCATION) {
+            let same_origin = self.same_origin(&uri);
+            if follows && status.is_redirection() && resp.headers().contains_key(header::LOCATION) {
                 redirects += 1;
                 if redirects > MAX_REDIRECTS {
                     return Err(self.err("too many redirects"));
@@ -863,14 +895,24 @@ impl Session<'_> {
     }
 
     fn redirect_target(&self, from: &Uri, resp: &Response<Incoming>) -> Result<Uri, ImageError> {
+        self.location(from, resp, "redirect")
+    }
+
+    /// The `Location` of an answer (a redirect, an upload), resolved against
+    /// the request; plain HTTP only where it is allowed.
+    fn location(
+        &self,
+        from: &Uri,
+        resp: &Response<Incoming>,
+        what: &str,
+    ) -> Result<Uri, ImageError> {
         let loc = resp
             .headers()
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| self.err("redirect without a usable Location"))?;
-        let target: Uri = loc
-            .parse()
-            .map_err(|_| self.err(format!("redirect to an invalid location {loc:?}")))?;
+            .ok_or_else(|| self.err(format!("{what} without a usable Location")))?;
+        let invalid = || self.err(format!("{what} to an invalid location {loc:?}"));
+        let target: Uri = loc.parse().map_err(|_| invalid())?;
         if target.scheme().is_none() {
             // Relative: same scheme and authority as the request.
             let path = if loc.starts_with('/') {
@@ -884,9 +926,9 @@ impl Session<'_> {
             let scheme = from.scheme_str().unwrap_or("https");
             return format!("{scheme}://{authority}{path}")
                 .parse()
-                .map_err(|_| self.err(format!("redirect to an invalid location {loc:?}")));
+                .map_err(|_| invalid());
         }
-        self.check_plain_http(&target, "redirect")?;
+        self.check_plain_http(&target, what)?;
         Ok(target)
     }
 
@@ -917,14 +959,16 @@ impl Session<'_> {
                 .param("realm")
                 .ok_or_else(|| self.err("token challenge without a realm"))?;
             // A login (no repository) asks for a token without a scope.
-            let default_scope = (!self.reference.path.is_empty())
-                .then(|| format!("repository:{}:pull", self.reference.path));
-            let scope = bearer.param("scope").or(default_scope.as_deref());
+            let scopes: Vec<&str> = if self.scopes.is_empty() {
+                bearer.param("scope").into_iter().collect()
+            } else {
+                self.scopes.iter().map(String::as_str).collect()
+            };
             let mut query = Vec::new();
             if let Some(service) = bearer.param("service") {
                 query.push(format!("service={}", query_escape(service)));
             }
-            if let Some(scope) = scope {
+            for scope in scopes {
                 query.push(format!("scope={}", query_escape(scope)));
             }
             let mut url = realm.to_string();
@@ -940,7 +984,9 @@ impl Session<'_> {
             if let Some(c) = self.credentials {
                 headers.push((header::AUTHORIZATION, basic_auth(c)?));
             }
-            let resp = self.roundtrip(Method::GET, &uri, &headers).await?;
+            let resp = self
+                .roundtrip(Method::GET, &uri, &headers, empty_body())
+                .await?;
             let status = resp.status();
             let mut body = resp.into_body();
             let bytes = self.read_limited(&mut body, MANIFEST_MAX, "token").await?;
@@ -987,12 +1033,50 @@ impl Session<'_> {
         Ok(false)
     }
 
-    /// One HTTP/1.1 request on a fresh connection.
+    /// The Authorization header for a request to `uri`: credentials never
+    /// leave the registry's origin (storage redirects are signed).
+    fn auth_for(&self, uri: &Uri) -> Option<HeaderValue> {
+        if !self.same_origin(uri) {
+            return None;
+        }
+        self.auth.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn same_origin(&self, uri: &Uri) -> bool {
+        uri.authority().map(|a| a.as_str()) == Some(self.authority.as_str())
+    }
+
+    /// One HTTP/1.1 request on a fresh connection; the answer's headers
+    /// must come within the I/O timeout.
     async fn roundtrip(
         &self,
         method: Method,
         uri: &Uri,
         headers: &[(HeaderName, HeaderValue)],
+        body: ReqBody,
+    ) -> Result<Response<Incoming>, ImageError> {
+        match tokio::time::timeout(
+            self.client.io_timeout,
+            self.roundtrip_untimed(method, uri, headers, body),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(self.err(format!(
+                "{uri}: no answer within {:?}",
+                self.client.io_timeout
+            ))),
+        }
+    }
+
+    /// [`roundtrip`](Self::roundtrip) without the overall timeout (connect
+    /// still has its own), for uploads whose caller watches progress.
+    async fn roundtrip_untimed(
+        &self,
+        method: Method,
+        uri: &Uri,
+        headers: &[(HeaderName, HeaderValue)],
+        body: ReqBody,
     ) -> Result<Response<Incoming>, ImageError> {
         let authority = uri
             .authority()
@@ -1004,6 +1088,14 @@ impl Session<'_> {
             _ => return Err(self.err(format!("unsupported URL {uri}"))),
         };
         let port = if tls { 443 } else { 80 };
+        // Go's wording, as Docker's messages have it: `Get "https://…": …`.
+        let verb = {
+            let m = method.as_str().to_ascii_lowercase();
+            let mut c = m.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        };
         let stream = self
             .client
             .tls
@@ -1015,15 +1107,15 @@ impl Session<'_> {
             )
             .await
             .map_err(|e| match e {
-                ConnectError::Dial(m) => self.err(format!("Get \"{uri}\": {m}")),
+                ConnectError::Dial(m) => self.err(format!("{verb} \"{uri}\": {m}")),
                 ConnectError::NotTls => self.err(format!(
-                    "Get \"{uri}\": http: server gave HTTP response to HTTPS client"
+                    "{verb} \"{uri}\": http: server gave HTTP response to HTTPS client"
                 )),
-                ConnectError::Tls(m) => self.err(format!("Get \"{uri}\": tls: {m}")),
+                ConnectError::Tls(m) => self.err(format!("{verb} \"{uri}\": tls: {m}")),
             })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| self.err(format!("Get \"{uri}\": {e}")))?;
+            .map_err(|e| self.err(format!("{verb} \"{uri}\": {e}")))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("registry connection ended: {e}");
@@ -1031,7 +1123,7 @@ impl Session<'_> {
         });
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let mut req = Request::builder()
-            .method(method)
+            .method(method.clone())
             .uri(path)
             .header(header::HOST, authority.as_str())
             .header(header::USER_AGENT, USER_AGENT);
@@ -1039,16 +1131,12 @@ impl Session<'_> {
             req = req.header(k, v);
         }
         let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| self.err(format!("Get \"{uri}\": {e}")))?;
-        match tokio::time::timeout(self.client.io_timeout, sender.send_request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(self.err(format!("Get \"{uri}\": {e}"))),
-            Err(_) => Err(self.err(format!(
-                "Get \"{uri}\": no answer within {:?}",
-                self.client.io_timeout
-            ))),
-        }
+            .body(body)
+            .map_err(|e| self.err(format!("{verb} \"{uri}\": {e}")))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.err(format!("{verb} \"{uri}\": {e}")))
     }
 
     async fn next_chunk(&self, body: &mut Incoming) -> Result<Option<Bytes>, ImageError> {
@@ -1266,9 +1354,9 @@ fn parse_diff_ids(session: &Session<'_>, config: &[u8]) -> Result<Vec<Digest>, I
     Ok(c.rootfs.map(|r| r.diff_ids).unwrap_or_default())
 }
 
-type ProgressSink<'a> = Mutex<&'a mut (dyn FnMut(PullProgress) + Send)>;
+type ProgressSink<'a, P = PullProgress> = Mutex<&'a mut (dyn FnMut(P) + Send)>;
 
-fn emit(sink: &ProgressSink<'_>, event: PullProgress) {
+fn emit<P>(sink: &ProgressSink<'_, P>, event: P) {
     // A panicking callback poisons the lock; keep reporting to it regardless.
     let mut f = sink.lock().unwrap_or_else(|e| e.into_inner());
     (*f)(event);
@@ -1300,6 +1388,17 @@ fn blocking_io<T>(f: impl FnOnce() -> T) -> T {
         }
         _ => f(),
     }
+}
+
+/// A request body: small ones are kept for a retry, uploads stream.
+type ReqBody = http_body_util::combinators::BoxBody<Bytes, io::Error>;
+
+fn empty_body() -> ReqBody {
+    Empty::<Bytes>::new().map_err(|n| match n {}).boxed()
+}
+
+fn bytes_body(b: Bytes) -> ReqBody {
+    http_body_util::Full::new(b).map_err(|n| match n {}).boxed()
 }
 
 async fn put_blob(store: &BlobStore, bytes: Bytes) -> Result<Digest, ImageError> {

@@ -172,6 +172,12 @@ impl Registry {
             .count()
     }
 
+    /// Everything it logged so far, its access log included (one line per
+    /// request: `"METHOD /path HTTP/1.1" status …`).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
