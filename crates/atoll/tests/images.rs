@@ -250,6 +250,112 @@ fn login_and_pull_from_a_private_tls_registry() {
     assert_eq!(reg.blob_downloads(), downloads);
 }
 
+/// `docker push` of an image committed in atoll: refused without a login,
+/// then uploaded; skopeo reads exactly what was pushed; `--all-tags` finds
+/// the layers already there; another account pulls it back bit-identical.
+#[test]
+fn push_a_committed_image_and_pull_it_back_elsewhere() {
+    let a = AtollInstance::start();
+    let reg = Registry::start_secure("alice", "s3cret");
+    let server = reg.addr();
+    let alice = a.tenant("alice");
+    let bob = a.tenant("bob");
+    let busybox = test_images().busybox.path.display().to_string();
+    alice.docker_ok(&["load", "-i", &busybox]);
+    alice.docker_ok(&[
+        "run",
+        "--name",
+        "maker",
+        "busybox",
+        "sh",
+        "-c",
+        "echo made-by-alice > /made",
+    ]);
+    let app = format!("{server}/alice/app");
+    alice.docker_ok(&["commit", "maker", &format!("{app}:1")]);
+    alice.docker_ok(&["tag", &format!("{app}:1"), &format!("{app}:2")]);
+    let id = alice.docker_ok(&["image", "inspect", "-f", "{{.Id}}", &format!("{app}:1")]);
+
+    let err = alice.docker_err(&["push", &format!("{app}:1")]);
+    assert!(err.contains("authentication required"), "{err}");
+    let err = alice.docker_err(&["push", &format!("{server}/alice/nothing:1")]);
+    assert!(
+        err.contains(&format!(
+            "An image does not exist locally with the tag: {server}/alice/nothing"
+        )),
+        "{err}"
+    );
+    // Positive control: logged in, the push goes through.
+    alice.docker_ok(&["login", &server, "-u", "alice", "-p", "s3cret"]);
+    let out = alice.docker_ok(&["push", &format!("{app}:1")]);
+    assert!(
+        out.contains(&format!("The push refers to repository [{app}]")),
+        "{out}"
+    );
+    assert!(out.contains("Pushed"), "{out}");
+    let digest = out
+        .lines()
+        .find_map(|l| l.strip_prefix("1: digest: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest line in {out}"))
+        .to_string();
+
+    // skopeo, an independent client, reads what was pushed.
+    let inspect = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds=alice:s3cret",
+        ])
+        .arg(format!("docker://{app}:1"))
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{inspect:?}");
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&inspect.stdout)),
+        digest,
+        "manifest digest"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(manifest["config"]["digest"], id.as_str());
+
+    let repo_digests = alice.docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .RepoDigests}}",
+        &format!("{app}:1"),
+    ]);
+    assert!(
+        repo_digests.contains(&format!("{app}@{digest}")),
+        "{repo_digests}"
+    );
+
+    let out = alice.docker_ok(&["push", "--all-tags", &app]);
+    assert!(out.contains("Layer already exists"), "{out}");
+    assert!(out.contains(&format!("2: digest: {digest}")), "{out}");
+
+    // Bob pulls it with his own login: the same image, bit for bit.
+    let err = bob.docker_err(&["pull", &format!("{app}:2")]);
+    assert!(err.contains("unauthorized"), "{err}");
+    bob.docker_ok(&["login", &server, "-u", "alice", "-p", "s3cret"]);
+    bob.docker_ok(&["pull", &format!("{app}:2")]);
+    assert_eq!(
+        bob.docker_ok(&["image", "inspect", "-f", "{{.Id}}", &format!("{app}:2")]),
+        id
+    );
+    assert_eq!(
+        bob.docker_ok(&["run", "--rm", &format!("{app}:2"), "cat", "/made"]),
+        "made-by-alice"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 #[test]
 fn image_prune_removes_dangling_only() {
     let a = AtollInstance::start();

@@ -436,6 +436,128 @@ impl Cluster {
         Ok(())
     }
 
+    /// `docker push`: `name` with `tag`, or every tag of the repository when
+    /// `tag` is empty (`--all-tags`). Progress goes to `tx` as Docker JSON
+    /// messages; each pushed tag's digest joins its image's `RepoDigests`.
+    pub async fn push_image(
+        &self,
+        account: &str,
+        name: &str,
+        tag: &str,
+        credentials: Option<images::registry::Credentials>,
+        tx: ProgressTx,
+    ) -> Result<()> {
+        let mut repo = Reference::parse(name)?;
+        if repo.digest.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "cannot push a digest reference: {name}"
+            )));
+        }
+        let tag = match (tag, repo.tag.take()) {
+            ("", named) => named,
+            (t, _) => Some(t.to_string()),
+        };
+        let mut targets = Vec::new();
+        for t in self.store.list_tags(account).await? {
+            let Ok(r) = Reference::parse(&t.reference) else {
+                continue;
+            };
+            if r.domain == repo.domain && r.path == repo.path && (tag.is_none() || r.tag == tag) {
+                targets.push((r, t.image_id));
+            }
+        }
+        if targets.is_empty() {
+            let wanted = match &tag {
+                Some(t) => format!("{}:{t}", repo.familiar()),
+                None => repo.familiar(),
+            };
+            return Err(Error::NotFound(format!(
+                "An image does not exist locally with the tag: {wanted}"
+            )));
+        }
+        targets.sort_by(|a, b| a.0.tag.cmp(&b.0.tag));
+        let send = |v: Value| {
+            let _ = tx.try_send(v);
+        };
+        send(serde_json::json!({
+            "status": format!("The push refers to repository [{}]", repo.full_repository())
+        }));
+        for (r, image_id) in targets {
+            let img = self
+                .store
+                .get_image(account, &image_id)
+                .await?
+                .ok_or_else(|| Error::no_such_image(&image_id))?;
+            let layers = img
+                .layers
+                .iter()
+                .map(|l| {
+                    Ok(images::registry::PulledLayer {
+                        blob: Digest::parse(&l.blob)?,
+                        diff_id: Digest::parse(&l.diff_id)?,
+                        size: l.size.max(0) as u64,
+                        media_type: l.media_type.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let config = Digest::parse(&img.id)?;
+            let mut progress = |p: images::registry::PushProgress| {
+                use images::registry::PushProgress as P;
+                let (status, id, detail) = match p {
+                    P::Preparing { id } => ("Preparing".to_string(), id, None),
+                    P::Waiting { id } => ("Waiting".to_string(), id, None),
+                    P::Pushing { id, current, total } => {
+                        ("Pushing".to_string(), id, Some((current, total)))
+                    }
+                    P::Pushed { id } => ("Pushed".to_string(), id, None),
+                    P::AlreadyExists { id } => ("Layer already exists".to_string(), id, None),
+                    P::Mounted { id, from } => (format!("Mounted from {from}"), id, None),
+                };
+                let detail = match detail {
+                    Some((current, total)) => {
+                        serde_json::json!({"current": current, "total": total})
+                    }
+                    None => serde_json::json!({}),
+                };
+                send(serde_json::json!({"status": status, "progressDetail": detail, "id": id}));
+            };
+            let pushed = self
+                .registry
+                .push(
+                    &r,
+                    credentials.as_ref(),
+                    &self.blobs,
+                    images::registry::PushImage {
+                        config: &config,
+                        layers: &layers,
+                    },
+                    &mut progress,
+                )
+                .await?;
+            let t = r.tag.clone().unwrap_or_else(|| "latest".into());
+            // The last lines are the ones the CLI shows: never dropped.
+            let _ = tx
+                .send(serde_json::json!({"status": format!(
+                    "{t}: digest: {} size: {}", pushed.digest, pushed.size
+                )}))
+                .await;
+            let _ = tx
+                .send(serde_json::json!({"progressDetail": {}, "aux": {
+                    "Tag": t, "Digest": pushed.digest.to_string(), "Size": pushed.size
+                }}))
+                .await;
+            let repo_digest = format!("{}@{}", r.repository(), pushed.digest);
+            if let Some(mut rec) = self.store.get_image(account, &image_id).await?
+                && !rec.repo_digests.contains(&repo_digest)
+            {
+                rec.repo_digests.push(repo_digest);
+                self.store.put_image(&rec).await?;
+            }
+            self.emit_image(account, "push", &r.familiar(), &r.familiar());
+        }
+        Ok(())
+    }
+
     /// `docker rmi`.
     pub async fn remove_image(
         &self,

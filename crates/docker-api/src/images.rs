@@ -234,8 +234,16 @@ pub async fn dispatch(
                 .await?;
             return Ok(StatusCode::CREATED.into_response());
         }
-        if split("/push").is_some() {
-            return Err(ApiError::bad("docker push is not supported yet"));
+        if let Some(name) = split("/push") {
+            let credentials = registry_auth(req.headers())?;
+            let (cluster, account) = (st.cluster.clone(), a.clone());
+            let (name, tag) = (name.to_string(), p.get("tag").unwrap_or("").to_string());
+            return progress_response(move |tx| async move {
+                cluster
+                    .push_image(&account, &name, &tag, credentials, tx)
+                    .await
+            })
+            .await;
         }
     } else if method == Method::DELETE {
         let items = st.cluster.remove_image(a, &rest, p.bool("force")).await?;
@@ -391,23 +399,32 @@ pub async fn create(
         format!("{image}:{tag}")
     };
     let credentials = registry_auth(req.headers())?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(256);
-    let cluster = st.cluster.clone();
-    let account = acct.0.clone();
-    let mut task = tokio::spawn(async move {
+    let (cluster, account) = (st.cluster.clone(), acct.0.clone());
+    progress_response(move |tx| async move {
         cluster
             .pull_image(&account, &reference, credentials, tx)
             .await
-    });
-    // Until the first progress line, a failure is still an HTTP error (Docker does
-    // the same); after it, errors travel in the stream.
+    })
+    .await
+}
+
+/// Runs `job` (a pull, a push) with a progress channel and answers with its
+/// lines as a JSON stream. Until the first line, a failure is still an HTTP
+/// error (Docker does the same); after it, errors travel in the stream.
+async fn progress_response<F, Fut>(job: F) -> ApiResult<Response>
+where
+    F: FnOnce(cluster::images::ProgressTx) -> Fut,
+    Fut: std::future::Future<Output = cluster::Result<()>> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(256);
+    let mut task = tokio::spawn(job(tx));
     let first = tokio::select! {
         m = rx.recv() => m,
         r = &mut task => {
             match r {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(ApiError(cluster::Error::internal("pull task", e))),
+                Err(e) => return Err(ApiError(cluster::Error::internal("progress task", e))),
             }
         }
     };
