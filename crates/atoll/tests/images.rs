@@ -1,6 +1,6 @@
 //! Images through the real docker CLI against a temporary `atoll up`.
 
-use testkit::{AtollInstance, Registry, test_images};
+use testkit::{AtollInstance, Registry, TokenIssuer, TokenUser, test_images};
 
 #[test]
 fn load_list_inspect_tag_rmi_history() {
@@ -349,6 +349,73 @@ fn push_a_committed_image_and_pull_it_back_elsewhere() {
         bob.docker_ok(&["run", "--rm", &format!("{app}:2"), "cat", "/made"]),
         "made-by-alice"
     );
+}
+
+/// Token authentication, as Docker Hub runs it: each account's pulls and
+/// pushes carry tokens issued to its own login, scoped to what the issuer
+/// grants that user. Bob cannot read alice's repository, nor have her blobs
+/// mounted into his, through anything atoll holds.
+#[test]
+fn token_auth_scopes_every_pull_and_push_to_its_account() {
+    let issuer = TokenIssuer::start(vec![
+        TokenUser::owner("alice", "alice-pw"),
+        TokenUser::owner("bob", "bob-pw"),
+    ]);
+    let reg = Registry::start_token(&issuer, "alice");
+    let server = reg.addr();
+    let a = AtollInstance::start();
+    let alice = a.tenant("alice");
+    let bob = a.tenant("bob");
+    let busybox = test_images().busybox.path.display().to_string();
+    for t in [&alice, &bob] {
+        t.docker_ok(&["load", "-i", &busybox]);
+    }
+
+    let err = bob.docker_err(&["login", &server, "-u", "bob", "-p", "wrong"]);
+    assert!(err.contains("incorrect username or password"), "{err}");
+    for (t, user, pw) in [(&alice, "alice", "alice-pw"), (&bob, "bob", "bob-pw")] {
+        let out = t.docker_ok(&["login", &server, "-u", user, "-p", pw]);
+        assert!(out.contains("Login Succeeded"), "{out}");
+    }
+    let mine = format!("{server}/alice/bb:1");
+    alice.docker_ok(&["tag", "busybox", &mine]);
+    let out = alice.docker_ok(&["push", &mine]);
+    assert!(out.contains("Pushed"), "{out}");
+    let pushes: Vec<_> = issuer
+        .issued()
+        .into_iter()
+        .filter(|i| {
+            i.granted
+                .contains(&"repository:alice/bb:pull,push".to_string())
+        })
+        .collect();
+    assert!(!pushes.is_empty() && pushes.iter().all(|i| i.user.as_deref() == Some("alice")));
+    // Alice's second repository gets the blobs mounted, not uploaded.
+    alice.docker_ok(&["tag", "busybox", &format!("{server}/alice/copy:1")]);
+    let out = alice.docker_ok(&["push", &format!("{server}/alice/copy:1")]);
+    assert!(out.contains("Mounted from alice/bb"), "{out}");
+
+    // Bob, logged in as himself: alice's repository is not his to read.
+    let before = issuer.issued().len();
+    let err = bob.docker_err(&["pull", &mine]);
+    assert!(err.contains("pull access denied for"), "{err}");
+    let asked: Vec<_> = issuer.issued()[before..].to_vec();
+    assert!(!asked.is_empty());
+    assert!(
+        asked
+            .iter()
+            .all(|i| i.user.as_deref() == Some("bob") && i.granted.is_empty()),
+        "{asked:?}"
+    );
+    // His own repository: the same blobs are uploaded (the registry would
+    // not mount them from alice's for him), and pulled back.
+    let his = format!("{server}/bob/bb:1");
+    bob.docker_ok(&["tag", "busybox", &his]);
+    let out = bob.docker_ok(&["push", &his]);
+    assert!(out.contains("Pushed") && !out.contains("Mounted"), "{out}");
+    bob.docker_ok(&["rmi", &his]);
+    let out = bob.docker_ok(&["pull", &his]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -8,12 +8,14 @@ pub mod instance;
 pub mod registry;
 pub mod tenant;
 pub mod testimages;
+pub mod token_issuer;
 pub mod wait;
 
 pub use instance::{AtollInstance, BtrfsMount, StartOptions, atoll_bin, docker_cli};
 pub use registry::Registry;
 pub use tenant::Tenant;
 pub use testimages::{ImageFacts, TestImages, sha256_hex, test_images};
+pub use token_issuer::{TokenIssuer, TokenUser};
 pub use wait::{try_wait_for_some, wait_for, wait_for_some};
 
 /// A finished command's stdout and stderr together, and its exit code (-1

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::http::{self, Request, Response};
 use crate::instance::{run_with_timeout, spawn_with_parent_death_signal};
+use crate::token_issuer::TokenIssuer;
 use crate::wait::try_wait_for_some;
 
 /// `$ATOLL_TEST_REGISTRY_BIN` or `/usr/bin/docker-registry`.
@@ -30,11 +31,15 @@ pub struct Registry {
 pub const CERTS_DIR: &str = "/etc/atoll/certs.d";
 
 /// TLS with a CA made for the test (installed in [`CERTS_DIR`] for the
-/// registry's address, removed on drop) and htpasswd basic auth.
+/// registry's address, removed on drop) and htpasswd basic auth, or token
+/// auth against a [`TokenIssuer`].
 struct Secure {
+    /// The htpasswd user; with token auth, whom skopeo feeds it as.
     user: String,
     password: String,
     ca_pem: String,
+    /// Token auth: the issuer's realm and certificate.
+    token: Option<(String, String)>,
 }
 
 impl Registry {
@@ -50,6 +55,22 @@ impl Registry {
             user: user.to_string(),
             password: password.to_string(),
             ca_pem: String::new(),
+            token: None,
+        }))
+    }
+
+    /// A registry over TLS that takes only tokens from `issuer` (Docker's
+    /// token authentication); `feeder`, a user of the issuer, is whom
+    /// [`push_archive`](Self::push_archive) pushes as.
+    pub fn start_token(issuer: &TokenIssuer, feeder: &str) -> Registry {
+        let (user, password) = issuer
+            .credentials(feeder)
+            .unwrap_or_else(|| panic!("{feeder} is not a user of the token issuer"));
+        Self::start_with(Some(Secure {
+            user,
+            password,
+            ca_pem: String::new(),
+            token: Some((issuer.realm(), issuer.cert_pem().to_string())),
         }))
     }
 
@@ -268,13 +289,28 @@ fn secure_files(dir: &Path, sec: &mut Secure) -> Result<String, String> {
     };
     let cert = write("server.pem", &cert.pem())?;
     let key = write("server-key.pem", &key.serialize_pem())?;
-    let htpasswd = write("htpasswd", &format!("{}:{hash}\n", sec.user))?;
+    let auth = match &sec.token {
+        None => {
+            let htpasswd = write("htpasswd", &format!("{}:{hash}\n", sec.user))?;
+            format!(
+                "auth:\n  htpasswd:\n    realm: atoll-test\n    path: {}\n",
+                htpasswd.display()
+            )
+        }
+        Some((realm, cert_pem)) => {
+            let bundle = write("token-issuer.pem", cert_pem)?;
+            format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                crate::token_issuer::SERVICE,
+                crate::token_issuer::ISSUER,
+                bundle.display()
+            )
+        }
+    };
     Ok(format!(
-        "  tls:\n    certificate: {}\n    key: {}\n\
-         auth:\n  htpasswd:\n    realm: atoll-test\n    path: {}\n",
+        "  tls:\n    certificate: {}\n    key: {}\n{auth}",
         cert.display(),
         key.display(),
-        htpasswd.display()
     ))
 }
 
