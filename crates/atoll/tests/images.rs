@@ -418,6 +418,68 @@ fn token_auth_scopes_every_pull_and_push_to_its_account() {
     assert!(out.contains("Downloaded newer image"), "{out}");
 }
 
+/// `docker pull --platform` picks from a manifest list, refuses a platform
+/// it lacks and an image manifest for another platform; a pull by digest
+/// records the digest in `RepoDigests`.
+#[test]
+fn pull_picks_the_requested_platform() {
+    let reg = Registry::start();
+    let imgs = test_images();
+    let amd64 = reg.push_archive(&imgs.busybox.path, "test/multi:amd64");
+    reg.push_archive(&imgs.multilayer.path, "test/multi:arm64");
+    let list_digest = reg.put_manifest_list(
+        "test/multi",
+        "multi",
+        &[("arm64", "linux/arm64/v8"), ("amd64", "linux/amd64")],
+    );
+    let a = AtollInstance::start();
+    let multi = format!("{}/test/multi:multi", reg.addr());
+    let id = |r: &str| a.docker_ok(&["image", "inspect", "-f", "{{.Id}}", r]);
+
+    a.docker_ok(&["pull", "--platform", "linux/arm64", &multi]);
+    assert_eq!(id(&multi), imgs.multilayer.id);
+    a.docker_ok(&["pull", "--platform", "linux/amd64", &multi]);
+    assert_eq!(id(&multi), imgs.busybox.id);
+    let err = a.docker_err(&["pull", "--platform", "linux/s390x", &multi]);
+    assert!(
+        err.contains("no matching manifest for linux/s390x in the manifest list entries"),
+        "{err}"
+    );
+    // A single-platform image for another platform than the one asked for.
+    let err = a.docker_err(&["pull", "--platform", "linux/arm64", &amd64]);
+    assert!(
+        err.contains(
+            "does not match the specified platform: wanted linux/arm64, actual: linux/amd64"
+        ),
+        "{err}"
+    );
+    a.docker_ok(&["pull", "--platform", "linux/amd64", &amd64]);
+    let r = a.api(
+        "POST",
+        &format!(
+            "/images/create?fromImage={}&platform=linux%2F",
+            amd64.replace('/', "%2F")
+        ),
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("invalid platform"), "{}", r.text());
+
+    let by_digest = format!("{}/test/multi@{list_digest}", reg.addr());
+    a.docker_ok(&["pull", &by_digest]);
+    let digests = a.docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .RepoDigests}}",
+        &by_digest,
+    ]);
+    assert!(
+        digests.contains(&format!("{}/test/multi@{list_digest}", reg.addr())),
+        "{digests}"
+    );
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))

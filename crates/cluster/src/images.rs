@@ -350,15 +350,24 @@ impl Cluster {
     }
 
     /// `docker pull`: fetches into the shared blob store once, then records the
-    /// image for the account. Progress goes to `tx` as Docker JSON messages.
+    /// image for the account; `platform` is `--platform`'s. Progress goes to `tx` as Docker JSON messages.
     pub async fn pull_image(
         &self,
         account: &str,
         reference: &str,
         credentials: Option<images::registry::Credentials>,
+        platform: Option<images::registry::Platform>,
         tx: ProgressTx,
     ) -> Result<()> {
         let r = Reference::parse(reference)?.with_default_tag();
+        let requested;
+        let registry = match platform {
+            Some(p) => {
+                requested = self.registry.clone().with_requested_platform(p);
+                &requested
+            }
+            None => &self.registry,
+        };
         let send = |v: Value| {
             let _ = tx.try_send(v);
         };
@@ -402,8 +411,7 @@ impl Cluster {
             owns: self.owned_blobs(account).await?,
             bytes: self.storage_left(account).await?,
         };
-        let pulled = self
-            .registry
+        let pulled = registry
             .pull_with_credentials(
                 &r,
                 credentials.as_ref(),

@@ -399,10 +399,16 @@ pub async fn create(
         format!("{image}:{tag}")
     };
     let credentials = registry_auth(req.headers())?;
+    let platform = p
+        .get("platform")
+        .filter(|p| !p.is_empty())
+        .map(str::parse::<images::registry::Platform>)
+        .transpose()
+        .map_err(|e| ApiError(e.into()))?;
     let (cluster, account) = (st.cluster.clone(), acct.0.clone());
     progress_response(move |tx| async move {
         cluster
-            .pull_image(&account, &reference, credentials, tx)
+            .pull_image(&account, &reference, credentials, platform, tx)
             .await
     })
     .await

@@ -175,6 +175,50 @@ impl Platform {
     }
 }
 
+impl std::str::FromStr for Platform {
+    type Err = ImageError;
+
+    /// `os[/arch[/variant]]` or a bare `arch`, as `--platform` takes it;
+    /// architectures by their OCI names (`x86_64` is `amd64`), `arm64/v8`
+    /// the same as `arm64`.
+    fn from_str(s: &str) -> Result<Platform, ImageError> {
+        let bad =
+            |why: &str| ImageError::InvalidReference(format!("invalid platform {s:?}: {why}"));
+        let parts: Vec<String> = s.split('/').map(str::to_ascii_lowercase).collect();
+        if parts.len() > 3 {
+            return Err(bad("expected os/arch[/variant]"));
+        }
+        if parts.iter().any(|p| {
+            p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        }) {
+            return Err(bad("expected os/arch[/variant]"));
+        }
+        let host = Platform::host();
+        let (os, arch, variant) = match parts.as_slice() {
+            [one] if one == "linux" => (one.clone(), host.architecture, None),
+            [one] => ("linux".to_string(), one.clone(), None),
+            [os, arch] => (os.clone(), arch.clone(), None),
+            [os, arch, variant] => (os.clone(), arch.clone(), Some(variant.clone())),
+            _ => return Err(bad("expected os/arch[/variant]")),
+        };
+        let architecture = match arch.as_str() {
+            "x86_64" | "x86-64" => "amd64".to_string(),
+            "aarch64" => "arm64".to_string(),
+            "i386" => "386".to_string(),
+            _ => arch,
+        };
+        let variant = variant.filter(|v| !(architecture == "arm64" && v == "v8"));
+        Ok(Platform {
+            os,
+            architecture,
+            variant,
+        })
+    }
+}
+
 impl std::fmt::Display for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.os, self.architecture)?;
@@ -193,6 +237,9 @@ pub struct RegistryClient {
     connect_timeout: Duration,
     io_timeout: Duration,
     platform: Platform,
+    /// The platform was asked for (`--platform`): an image manifest for
+    /// another one is refused instead of taken.
+    platform_strict: bool,
     upload_chunk: u64,
 }
 
@@ -207,6 +254,7 @@ impl RegistryClient {
             connect_timeout: Duration::from_secs(15),
             io_timeout: Duration::from_secs(60),
             platform: Platform::host(),
+            platform_strict: false,
             upload_chunk: push::DEFAULT_UPLOAD_CHUNK,
         }
     }
@@ -228,6 +276,14 @@ impl RegistryClient {
     /// The platform picked from multi-platform images (default: the host's).
     pub fn with_platform(mut self, platform: Platform) -> RegistryClient {
         self.platform = platform;
+        self
+    }
+
+    /// `docker pull --platform`: `platform` is picked from an index, and an
+    /// image manifest for another platform is an error.
+    pub fn with_requested_platform(mut self, platform: Platform) -> RegistryClient {
+        self.platform = platform;
+        self.platform_strict = true;
         self
     }
 
@@ -314,6 +370,7 @@ impl RegistryClient {
             .fetch_manifest(&wanted, reference.digest.as_ref())
             .await?;
         let manifest_digest = top.digest.clone();
+        let top_kind = top.kind;
         put_blob(store, top.bytes.clone()).await?;
         let image = match top.kind {
             ManifestKind::Image => top,
@@ -360,7 +417,21 @@ impl RegistryClient {
             session.download(store, config_desc, None, None).await?;
         }
         let config_bytes = read_blob(store, &config_desc.digest).await?;
-        let diff_ids = parse_diff_ids(&session, &config_bytes)?;
+        let config = parse_config(&session, &config_bytes)?;
+        if self.platform_strict
+            && top_kind == ManifestKind::Image
+            && (config.os != self.platform.os || config.architecture != self.platform.architecture)
+        {
+            return Err(ImageError::ManifestUnknown(format!(
+                "image with reference {} was found but does not match the specified platform: \
+                 wanted {}, actual: {}/{}",
+                reference.familiar(),
+                self.platform,
+                config.os,
+                config.architecture
+            )));
+        }
+        let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
         if diff_ids.len() != layer_descs.len() {
             return Err(session.err("layers from manifest don't match image configuration"));
         }
@@ -533,6 +604,10 @@ struct PlatformJson {
 #[derive(Deserialize)]
 struct ConfigJson {
     rootfs: Option<RootFsJson>,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
 }
 
 #[derive(Deserialize)]
@@ -1348,10 +1423,9 @@ fn image_parts<'m>(
     Ok((config, layers))
 }
 
-fn parse_diff_ids(session: &Session<'_>, config: &[u8]) -> Result<Vec<Digest>, ImageError> {
-    let c: ConfigJson = serde_json::from_slice(config)
-        .map_err(|e| session.err(format!("invalid image configuration: {e}")))?;
-    Ok(c.rootfs.map(|r| r.diff_ids).unwrap_or_default())
+fn parse_config(session: &Session<'_>, config: &[u8]) -> Result<ConfigJson, ImageError> {
+    serde_json::from_slice(config)
+        .map_err(|e| session.err(format!("invalid image configuration: {e}")))
 }
 
 type ProgressSink<'a, P = PullProgress> = Mutex<&'a mut (dyn FnMut(P) + Send)>;
@@ -1803,6 +1877,25 @@ mod tests {
             e.to_string(),
             "no matching manifest for linux/arm64/v7 in the manifest list entries"
         );
+    }
+
+    #[test]
+    fn platforms_parse_as_the_platform_flag_takes_them() {
+        let p = |s: &str| s.parse::<Platform>().map(|p| p.to_string());
+        assert_eq!(p("linux/arm64").unwrap(), "linux/arm64");
+        assert_eq!(p("linux/arm64/v8").unwrap(), "linux/arm64");
+        assert_eq!(p("linux/arm/v7").unwrap(), "linux/arm/v7");
+        assert_eq!(p("linux/x86_64").unwrap(), "linux/amd64");
+        assert_eq!(p("LINUX/AMD64").unwrap(), "linux/amd64");
+        assert_eq!(p("arm64").unwrap(), "linux/arm64");
+        assert_eq!(p("linux").unwrap(), Platform::host().to_string());
+        for bad in ["", "linux/", "/amd64", "linux/arm/v7/x", "linux/am d64"] {
+            let e = p(bad).unwrap_err();
+            assert!(
+                matches!(&e, ImageError::InvalidReference(m) if m.starts_with("invalid platform")),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

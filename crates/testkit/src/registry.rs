@@ -255,6 +255,62 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Puts a manifest list `repo:tag` whose entries are the manifests of
+    /// `repo`'s tags, each for a platform (`linux/arm64/v8`); returns its
+    /// digest. Plain-HTTP registries only.
+    pub fn put_manifest_list(&self, repo: &str, tag: &str, entries: &[(&str, &str)]) -> String {
+        const LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+        let accept = "application/vnd.docker.distribution.manifest.v2+json";
+        let mut manifests = Vec::new();
+        for (entry_tag, platform) in entries {
+            let path = format!("/v2/{repo}/manifests/{entry_tag}");
+            let resp = self
+                .request(&Request {
+                    method: "GET",
+                    path: &path,
+                    headers: &[("Accept", accept)],
+                    body: None,
+                })
+                .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            assert_eq!(resp.status, 200, "GET {path}: {}", resp.text());
+            let mut p = platform.split('/');
+            let mut platform = serde_json::json!({
+                "os": p.next().unwrap_or_default(),
+                "architecture": p.next().unwrap_or_default(),
+            });
+            if let Some(v) = p.next() {
+                platform["variant"] = v.into();
+            }
+            manifests.push(serde_json::json!({
+                "mediaType": resp.header("content-type").unwrap_or(accept),
+                "digest": resp.header("docker-content-digest").unwrap_or_default(),
+                "size": resp.body.len(),
+                "platform": platform,
+            }));
+        }
+        let list = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": LIST, "manifests": manifests,
+        }))
+        .unwrap_or_default();
+        let path = format!("/v2/{repo}/manifests/{tag}");
+        let resp = self
+            .request(&Request {
+                method: "PUT",
+                path: &path,
+                headers: &[],
+                body: Some(http::Body {
+                    content_type: LIST,
+                    bytes: &list,
+                }),
+            })
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        assert_eq!(resp.status, 201, "PUT {path}: {}", resp.text());
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&list)))
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         self.kill();
