@@ -2,6 +2,7 @@
 //! `reset`. Wiring only; the logic lives in the crates.
 
 mod accounts;
+mod config;
 mod instance;
 mod nodes;
 mod operator;

@@ -26,20 +26,51 @@ pub struct TlsArgs {
 /// How the head reaches registries.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RegistryArgs {
+    /// The head's configuration file (`registry-mirrors`,
+    /// `insecure-registries`, `registry-certs`, as in dockerd's daemon.json);
+    /// default /etc/atoll/config.json, when it exists.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Registries' CAs and client certificates, in Docker's layout:
-    /// DIR/<host[:port]>/ with `*.crt` (CAs), `client.cert` and `client.key`.
-    #[arg(long, default_value = images::transport::DEFAULT_CERTS_DIR)]
-    pub registry_certs: PathBuf,
+    /// DIR/<host[:port]>/ with `*.crt` (CAs), `client.cert` and `client.key`
+    /// [default: /etc/atoll/certs.d].
+    #[arg(long)]
+    pub registry_certs: Option<PathBuf>,
     /// A registry that may be spoken to in plain HTTP when it does not speak
     /// TLS: HOST, HOST:PORT or a CIDR (repeat; loopback ones always may).
     #[arg(long = "insecure-registry", value_name = "REGISTRY")]
     pub insecure_registries: Vec<String>,
+    /// A Docker Hub mirror, https://HOST[:PORT] (repeat; tried in order,
+    /// after the configuration file's, before Docker Hub).
+    #[arg(long = "registry-mirror", value_name = "URL")]
+    pub registry_mirrors: Vec<String>,
 }
 
 impl RegistryArgs {
-    fn client(&self) -> images::registry::RegistryClient {
-        images::registry::RegistryClient::new(self.insecure_registries.clone())
-            .with_certs_dir(&self.registry_certs)
+    /// The registry client: the configuration file, then the flags.
+    fn client(&self) -> Result<images::registry::RegistryClient> {
+        let (path, explicit) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(crate::config::DEFAULT_PATH), false),
+        };
+        let file = crate::config::HeadConfig::load(&path, explicit)?;
+        let mirrors = file
+            .registry_mirrors
+            .iter()
+            .chain(&self.registry_mirrors)
+            .map(|m| m.parse().map_err(anyhow::Error::from))
+            .collect::<Result<Vec<images::registry::Mirror>>>()
+            .with_context(|| format!("registry mirrors (from {} and flags)", path.display()))?;
+        let mut insecure = file.insecure_registries;
+        insecure.extend(self.insecure_registries.iter().cloned());
+        let certs = self
+            .registry_certs
+            .clone()
+            .or(file.registry_certs)
+            .unwrap_or_else(|| PathBuf::from(images::transport::DEFAULT_CERTS_DIR));
+        Ok(images::registry::RegistryClient::new(insecure)
+            .with_certs_dir(certs)
+            .with_mirrors(mirrors))
     }
 }
 
@@ -99,7 +130,7 @@ pub async fn run(o: HeadOptions) -> Result<()> {
         Arc::new(store),
         &inst.head_dir(),
         &dc_name,
-        o.registries.client(),
+        o.registries.client()?,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     cluster

@@ -1,6 +1,6 @@
 //! Images through the real docker CLI against a temporary `atoll up`.
 
-use testkit::{AtollInstance, Registry, TokenIssuer, TokenUser, test_images};
+use testkit::{AtollInstance, Registry, StartOptions, TokenIssuer, TokenUser, test_images};
 
 #[test]
 fn load_list_inspect_tag_rmi_history() {
@@ -478,6 +478,69 @@ fn pull_picks_the_requested_platform() {
         digests.contains(&format!("{}/test/multi@{list_digest}", reg.addr())),
         "{digests}"
     );
+}
+
+/// Docker Hub names resolve through the operator's mirrors, in order (the
+/// config file's, then the flags'), a dead one skipped; what no mirror has
+/// falls back to Docker Hub itself. `docker info` lists the mirrors.
+#[test]
+fn docker_hub_pulls_go_through_the_mirrors_in_order() {
+    let mirror = Registry::start();
+    mirror.push_archive(&test_images().busybox.path, "library/busybox:latest");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        format!(r#"{{"registry-mirrors": ["http://127.0.0.1:{dead}"], "insecure-registries": ["10.9.0.0/16", "reg.internal:5000"]}}"#),
+    )
+    .unwrap();
+    let a = AtollInstance::start_with(StartOptions {
+        args: vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--registry-mirror".into(),
+            format!("http://{}", mirror.addr()),
+        ],
+        ..Default::default()
+    });
+    let info = a.docker_ok(&["info"]);
+    let mirrors = format!(
+        "Registry Mirrors:\n  http://127.0.0.1:{dead}/\n  http://{}/",
+        mirror.addr()
+    );
+    assert!(info.contains(&mirrors), "{info}");
+    assert!(
+        info.contains("10.9.0.0/16") && info.contains("reg.internal:5000"),
+        "{info}"
+    );
+
+    let out = a.docker_ok(&["pull", "busybox"]);
+    assert!(
+        out.contains("Downloaded newer image for busybox:latest"),
+        "{out}"
+    );
+    assert_eq!(
+        a.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "busybox"]),
+        test_images().busybox.id
+    );
+    let log = mirror.access_log();
+    assert!(
+        log.contains("GET /v2/library/busybox/manifests/latest"),
+        "{log}"
+    );
+
+    // Not on the mirror: asked there, then at Docker Hub (unreachable here).
+    let err = a.docker_err(&["pull", "nosuchimage"]);
+    assert!(
+        mirror
+            .access_log()
+            .contains("/v2/library/nosuchimage/manifests/latest")
+    );
+    assert!(err.contains("registry-1.docker.io"), "{err}");
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -345,6 +345,11 @@ impl Cluster {
         Ok(self.registry.login(server, credentials).await?)
     }
 
+    /// How the head reaches registries (mirrors, insecure ones).
+    pub fn registry(&self) -> &images::registry::RegistryClient {
+        &self.registry
+    }
+
     pub fn blob_store(&self) -> &images::BlobStore {
         &self.blobs
     }

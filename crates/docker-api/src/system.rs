@@ -92,7 +92,7 @@ pub async fn info(
         "OSType": "linux",
         "Architecture": "x86_64",
         "IndexServerAddress": "https://index.docker.io/v1/",
-        "RegistryConfig": {"InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {}, "Mirrors": []},
+        "RegistryConfig": registry_config(c.registry()),
         "NCPU": cpus,
         "MemTotal": mem,
         "DockerRootDir": "",
@@ -150,4 +150,27 @@ pub async fn df(
         "Volumes": [],
         "BuildCache": [],
     })))
+}
+
+/// `RegistryConfig` as dockerd reports it: insecure CIDRs, one index entry
+/// per registry (Docker Hub with its mirrors, each insecure host), mirrors.
+fn registry_config(r: &images::registry::RegistryClient) -> Value {
+    let mirrors: Vec<&str> = r.mirrors().iter().map(|m| m.url.as_str()).collect();
+    let mut cidrs = vec!["127.0.0.0/8".to_string(), "::1/128".to_string()];
+    let mut indexes = serde_json::Map::new();
+    indexes.insert(
+        "docker.io".into(),
+        json!({"Name": "docker.io", "Mirrors": mirrors, "Secure": true, "Official": true}),
+    );
+    for entry in r.insecure() {
+        if entry.contains('/') {
+            cidrs.push(entry.clone());
+        } else {
+            indexes.insert(
+                entry.clone(),
+                json!({"Name": entry, "Mirrors": [], "Secure": false, "Official": false}),
+            );
+        }
+    }
+    json!({"InsecureRegistryCIDRs": cidrs, "IndexConfigs": indexes, "Mirrors": mirrors})
 }

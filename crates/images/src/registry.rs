@@ -241,6 +241,56 @@ pub struct RegistryClient {
     /// another one is refused instead of taken.
     platform_strict: bool,
     upload_chunk: u64,
+    mirrors: Vec<Mirror>,
+}
+
+/// A pull-through mirror of Docker Hub (`registry-mirrors`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    /// As Docker shows it: `https://host[:port]/`.
+    pub url: String,
+    authority: String,
+    plain: bool,
+}
+
+impl std::str::FromStr for Mirror {
+    type Err = ImageError;
+
+    /// `https://host[:port]` (or `http://` for a mirror without TLS), no path.
+    fn from_str(s: &str) -> Result<Mirror, ImageError> {
+        let bad = |why: &str| ImageError::InvalidReference(format!("invalid mirror {s:?}: {why}"));
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| bad("expected https://HOST[:PORT]"))?;
+        let plain = match scheme.to_ascii_lowercase().as_str() {
+            "https" => false,
+            "http" => true,
+            _ => return Err(bad("the scheme must be https or http")),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() {
+            return Err(bad("no host"));
+        }
+        if authority.contains(['/', '?', '#', '@']) {
+            return Err(bad(
+                "a mirror is a host and port, without path, query or user",
+            ));
+        }
+        authority
+            .parse::<http::uri::Authority>()
+            .map_err(|_| bad("not a host[:port]"))?;
+        if !authority.ends_with(']')
+            && let Some((_, port)) = authority.rsplit_once(':')
+            && port.parse::<u16>().is_err()
+        {
+            return Err(bad("the port must be a number"));
+        }
+        Ok(Mirror {
+            url: format!("{}://{authority}/", scheme.to_ascii_lowercase()),
+            authority: authority.to_string(),
+            plain,
+        })
+    }
 }
 
 impl RegistryClient {
@@ -256,6 +306,7 @@ impl RegistryClient {
             platform: Platform::host(),
             platform_strict: false,
             upload_chunk: push::DEFAULT_UPLOAD_CHUNK,
+            mirrors: Vec::new(),
         }
     }
 
@@ -285,6 +336,21 @@ impl RegistryClient {
         self.platform = platform;
         self.platform_strict = true;
         self
+    }
+
+    /// Mirrors Docker Hub pulls try first, in order.
+    pub fn with_mirrors(mut self, mirrors: Vec<Mirror>) -> RegistryClient {
+        self.mirrors = mirrors;
+        self
+    }
+
+    pub fn mirrors(&self) -> &[Mirror] {
+        &self.mirrors
+    }
+
+    /// The registries spoken to in plain HTTP besides loopback ones.
+    pub fn insecure(&self) -> &[String] {
+        &self.insecure
     }
 
     /// Blobs larger than `bytes` are pushed in PATCH chunks of that size.
@@ -348,17 +414,70 @@ impl RegistryClient {
     ) -> Result<PulledImage, ImageError> {
         let reference = reference.clone().with_default_tag();
         progress(PullProgress::Resolving);
-        let authority = self.endpoint(&reference.domain);
-        let session = Session {
+        let scopes = vec![format!("repository:{}:pull", reference.path)];
+        // Docker Hub's images come from the operator's mirrors first, in
+        // order; any failure of a mirror falls back to the next, then to
+        // the origin, whose error is the one shown.
+        if reference.domain == DEFAULT_DOMAIN {
+            for mirror in &self.mirrors {
+                let session = self.session(
+                    mirror.authority.clone(),
+                    &reference,
+                    credentials,
+                    scopes.clone(),
+                );
+                if mirror.plain {
+                    session
+                        .plain
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                match self
+                    .pull_from(&session, store, allowance, &mut *progress)
+                    .await
+                {
+                    Ok(img) => return Ok(img),
+                    Err(e @ ImageError::StorageExceeded { .. }) => return Err(e),
+                    Err(e) => tracing::info!("mirror {}: {e}; trying the next", mirror.url),
+                }
+            }
+        }
+        let session = self.session(
+            self.endpoint(&reference.domain),
+            &reference,
+            credentials,
+            scopes,
+        );
+        session.pick_scheme().await?;
+        self.pull_from(&session, store, allowance, progress).await
+    }
+
+    fn session<'a>(
+        &'a self,
+        authority: String,
+        reference: &'a Reference,
+        credentials: Option<&'a Credentials>,
+        scopes: Vec<String>,
+    ) -> Session<'a> {
+        Session {
             client: self,
             authority,
-            reference: &reference,
+            reference,
             credentials,
-            scopes: vec![format!("repository:{}:pull", reference.path)],
+            scopes,
             auth: Mutex::new(None),
             plain: std::sync::atomic::AtomicBool::new(false),
-        };
-        session.pick_scheme().await?;
+        }
+    }
+
+    /// One pull attempt, from the endpoint `session` speaks to.
+    async fn pull_from(
+        &self,
+        session: &Session<'_>,
+        store: &BlobStore,
+        allowance: &Allowance,
+        progress: &mut (dyn FnMut(PullProgress) + Send),
+    ) -> Result<PulledImage, ImageError> {
+        let reference = session.reference;
         let progress = Mutex::new(progress);
 
         let wanted = match (&reference.digest, &reference.tag) {
@@ -389,7 +508,7 @@ impl RegistryClient {
                 m
             }
         };
-        let (config_desc, layer_descs) = image_parts(&session, &image.json)?;
+        let (config_desc, layer_descs) = image_parts(session, &image.json)?;
 
         let owns = &allowance.owns;
         let (config_reusable, reusable) = futures::future::try_join(
@@ -417,7 +536,7 @@ impl RegistryClient {
             session.download(store, config_desc, None, None).await?;
         }
         let config_bytes = read_blob(store, &config_desc.digest).await?;
-        let config = parse_config(&session, &config_bytes)?;
+        let config = parse_config(session, &config_bytes)?;
         if self.platform_strict
             && top_kind == ManifestKind::Image
             && (config.os != self.platform.os || config.architecture != self.platform.architecture)
@@ -482,15 +601,12 @@ impl RegistryClient {
             tag: None,
             digest: None,
         };
-        let session = Session {
-            client: self,
-            authority: self.endpoint(&domain),
-            reference: &reference,
-            credentials: Some(credentials),
-            scopes: Vec::new(),
-            auth: Mutex::new(None),
-            plain: std::sync::atomic::AtomicBool::new(false),
-        };
+        let session = self.session(
+            self.endpoint(&domain),
+            &reference,
+            Some(credentials),
+            Vec::new(),
+        );
         session.pick_scheme().await?;
         let uri: Uri = format!("{}://{}/v2/", session.scheme(), session.authority)
             .parse()
@@ -1877,6 +1993,31 @@ mod tests {
             e.to_string(),
             "no matching manifest for linux/arm64/v7 in the manifest list entries"
         );
+    }
+
+    #[test]
+    fn mirrors_are_hosts_with_a_scheme() {
+        let m: Mirror = "https://mirror.example:5000/".parse().unwrap();
+        assert_eq!(m.url, "https://mirror.example:5000/");
+        assert_eq!(m.authority, "mirror.example:5000");
+        assert!(!m.plain);
+        let m: Mirror = "HTTP://127.0.0.1:5000".parse().unwrap();
+        assert_eq!(m.url, "http://127.0.0.1:5000/");
+        assert!(m.plain);
+        for bad in [
+            "mirror.example",
+            "ftp://mirror.example",
+            "https://",
+            "https://mirror.example/v2/",
+            "https://user@mirror.example",
+            "https://mirror.example:port",
+        ] {
+            let e = bad.parse::<Mirror>().unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("invalid mirror {bad:?}")),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -206,15 +206,7 @@ impl RegistryClient {
         }
         let mut scopes = vec![format!("repository:{}:pull,push", reference.path)];
         scopes.extend(sources.iter().map(|r| format!("repository:{r}:pull")));
-        let session = Session {
-            client: self,
-            authority,
-            reference: &reference,
-            credentials,
-            scopes,
-            auth: Mutex::new(None),
-            plain: std::sync::atomic::AtomicBool::new(false),
-        };
+        let session = self.session(authority, &reference, credentials, scopes);
         session.pick_scheme().await?;
         let progress = Mutex::new(progress);
 
