@@ -52,7 +52,8 @@ impl From<images::ImageError> for Error {
         use images::ImageError as E;
         match e {
             E::Io(io) => Error::internal("image storage failed", io),
-            E::NotFound(m) => Error::NotFound(m),
+            E::NotFound(m) | E::ManifestUnknown(m) => Error::NotFound(m),
+            E::Registry(m) => Error::Upstream(m),
             E::Unauthorized(m) => Error::Unauthorized(m),
             E::StorageExceeded { needs, left } => Error::Forbidden(format!(
                 "account limit reached: this image needs {} more storage, {} is left",

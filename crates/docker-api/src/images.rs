@@ -424,22 +424,35 @@ where
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(256);
     let mut task = tokio::spawn(job(tx));
+    // The job's end closes the channel: a closed channel before any line
+    // means the job's result is the answer.
+    let mut finished = None;
     let first = tokio::select! {
         m = rx.recv() => m,
         r = &mut task => {
-            match r {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(ApiError(cluster::Error::internal("progress task", e))),
-            }
+            finished = Some(r);
+            rx.recv().await
         }
     };
-    let tail = futures::stream::unfold((rx, Some(task)), |(mut rx, task)| async move {
-        if let Some(m) = rx.recv().await {
-            return Some((m, (rx, task)));
+    let outcome = async move {
+        match finished {
+            Some(r) => r,
+            None => task.await,
         }
-        let task = task?;
-        match task.await {
+    };
+    if first.is_none() {
+        return match outcome.await {
+            Ok(Ok(())) => Ok(json_lines(futures::stream::empty())),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(ApiError(cluster::Error::internal("progress task", e))),
+        };
+    }
+    let outcome = Some(Box::pin(outcome));
+    let tail = futures::stream::unfold((rx, outcome), |(mut rx, outcome)| async move {
+        if let Some(m) = rx.recv().await {
+            return Some((m, (rx, outcome)));
+        }
+        match outcome?.await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some((
                 json!({"errorDetail": {"message": e.to_string()}, "error": e.to_string()}),
