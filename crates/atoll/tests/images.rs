@@ -377,6 +377,10 @@ fn token_auth_scopes_every_pull_and_push_to_its_account() {
         let out = t.docker_ok(&["login", &server, "-u", user, "-p", pw]);
         assert!(out.contains("Login Succeeded"), "{out}");
     }
+    // The login gave the CLI an identity token, which it keeps instead of
+    // the password and sends from then on.
+    let config = std::fs::read_to_string(alice.docker_config_dir().join("config.json")).unwrap();
+    assert!(config.contains("identitytoken"), "{config}");
     let mine = format!("{server}/alice/bb:1");
     alice.docker_ok(&["tag", "busybox", &mine]);
     let out = alice.docker_ok(&["push", &mine]);
@@ -389,7 +393,13 @@ fn token_auth_scopes_every_pull_and_push_to_its_account() {
                 .contains(&"repository:alice/bb:pull,push".to_string())
         })
         .collect();
-    assert!(!pushes.is_empty() && pushes.iter().all(|i| i.user.as_deref() == Some("alice")));
+    assert!(
+        !pushes.is_empty()
+            && pushes
+                .iter()
+                .all(|i| i.user.as_deref() == Some("alice") && i.by_refresh),
+        "{pushes:?}"
+    );
     // Alice's second repository gets the blobs mounted, not uploaded.
     alice.docker_ok(&["tag", "busybox", &format!("{server}/alice/copy:1")]);
     let out = alice.docker_ok(&["push", &format!("{server}/alice/copy:1")]);
@@ -407,6 +417,15 @@ fn token_auth_scopes_every_pull_and_push_to_its_account() {
             .all(|i| i.user.as_deref() == Some("bob") && i.granted.is_empty()),
         "{asked:?}"
     );
+    // An identity token that the issuer never gave is refused.
+    let bob_config = bob.docker_config_dir().join("config.json");
+    let real = std::fs::read_to_string(&bob_config).unwrap();
+    let mut forged: serde_json::Value = serde_json::from_str(&real).unwrap();
+    forged["auths"][server.as_str()]["identitytoken"] = "refresh-alice-0".into();
+    std::fs::write(&bob_config, forged.to_string()).unwrap();
+    let err = bob.docker_err(&["pull", &mine]);
+    assert!(err.contains("invalid refresh token"), "{err}");
+    std::fs::write(&bob_config, real).unwrap();
     // His own repository: the same blobs are uploaded (the registry would
     // not mount them from alice's for him), and pulled back.
     let his = format!("{server}/bob/bb:1");

@@ -25,6 +25,16 @@ pub enum RemovedItem {
     Deleted(String),
 }
 
+/// A registry's refusal during a pull or push is the registry's failure
+/// (500), as dockerd reports it, not a 401 of atoll's own: the docker CLI
+/// answers a 401 by prompting for a password.
+fn transfer_error(e: images::ImageError) -> Error {
+    match e {
+        images::ImageError::Unauthorized(m) => Error::Upstream(m),
+        e => e.into(),
+    }
+}
+
 fn familiar(reference: &str) -> String {
     Reference::parse(reference)
         .map(|r| r.familiar())
@@ -336,12 +346,13 @@ impl Cluster {
         Ok(out)
     }
 
-    /// `docker login`: whether the registry takes `credentials`.
+    /// `docker login`: whether the registry takes `credentials`; the
+    /// identity token its token server gave, if any (not kept).
     pub async fn registry_login(
         &self,
         server: &str,
         credentials: &images::registry::Credentials,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         Ok(self.registry.login(server, credentials).await?)
     }
 
@@ -424,7 +435,8 @@ impl Cluster {
                 &allowance,
                 &mut progress,
             )
-            .await?;
+            .await
+            .map_err(transfer_error)?;
         let layers: Vec<ImageLayer> = pulled
             .layers
             .iter()
@@ -546,7 +558,8 @@ impl Cluster {
                     },
                     &mut progress,
                 )
-                .await?;
+                .await
+                .map_err(transfer_error)?;
             let t = r.tag.clone().unwrap_or_else(|| "latest".into());
             // The last lines are the ones the CLI shows: never dropped.
             let _ = tx

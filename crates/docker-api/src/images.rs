@@ -294,8 +294,17 @@ pub fn registry_auth(
         /// `user:password`, base64, as in a config.json.
         #[serde(default)]
         auth: String,
+        /// What a login answered as `IdentityToken`, instead of a password.
+        #[serde(default)]
+        identitytoken: String,
     }
     let c: AuthConfig = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if !c.identitytoken.is_empty() {
+        return Ok(Some(images::registry::Credentials::identity(
+            c.username,
+            c.identitytoken,
+        )));
+    }
     let (username, password) = if !c.username.is_empty() {
         (c.username, c.password)
     } else if !c.auth.is_empty() {
@@ -310,7 +319,9 @@ pub fn registry_auth(
     } else {
         return Ok(None);
     };
-    Ok(Some(images::registry::Credentials { username, password }))
+    Ok(Some(images::registry::Credentials::basic(
+        username, password,
+    )))
 }
 
 /// `POST /auth` (`docker login`): checks the credentials against the
@@ -340,13 +351,10 @@ pub async fn auth(
     } else {
         &b.serveraddress
     };
-    let credentials = images::registry::Credentials {
-        username: b.username,
-        password: b.password,
-    };
-    st.cluster.registry_login(server, &credentials).await?;
+    let credentials = images::registry::Credentials::basic(b.username, b.password);
+    let identity = st.cluster.registry_login(server, &credentials).await?;
     Ok(Json(
-        json!({"Status": "Login Succeeded", "IdentityToken": ""}),
+        json!({"Status": "Login Succeeded", "IdentityToken": identity.unwrap_or_default()}),
     ))
 }
 

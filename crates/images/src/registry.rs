@@ -74,6 +74,8 @@ const WRITE_CHUNK: usize = 1 << 20;
 /// `docker pull` redraws progress bars at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 const USER_AGENT: &str = concat!("atoll/", env!("CARGO_PKG_VERSION"));
+/// Who atoll is to token servers' OAuth2 endpoints (`client_id`).
+const OAUTH_CLIENT_ID: &str = "atoll";
 
 /// What [`RegistryClient::pull`] reports, one variant per line `docker pull` prints.
 /// `id` is the first 12 hex digits of the layer's blob digest.
@@ -124,11 +126,32 @@ pub struct PulledImage {
     pub layers: Vec<PulledLayer>,
 }
 
-/// Registry credentials, as `docker login` stores them.
+/// Registry credentials, as `docker login` stores them: a password, or the
+/// identity (refresh) token a token server gave at login.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
+    pub identity_token: Option<String>,
+}
+
+impl Credentials {
+    pub fn basic(username: impl Into<String>, password: impl Into<String>) -> Credentials {
+        Credentials {
+            username: username.into(),
+            password: password.into(),
+            identity_token: None,
+        }
+    }
+
+    /// What the CLI sends after a login that returned an identity token.
+    pub fn identity(username: impl Into<String>, token: impl Into<String>) -> Credentials {
+        Credentials {
+            username: username.into(),
+            password: String::new(),
+            identity_token: Some(token.into()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -465,6 +488,7 @@ impl RegistryClient {
             credentials,
             scopes,
             auth: Mutex::new(None),
+            offline: None,
             plain: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -592,8 +616,14 @@ impl RegistryClient {
 
     /// `docker login`: whether `server` (a host[:port], or a URL as the CLI
     /// sends Docker Hub's, `https://index.docker.io/v1/`) accepts
-    /// `credentials`, through its basic or token flow. Nothing is kept.
-    pub async fn login(&self, server: &str, credentials: &Credentials) -> Result<(), ImageError> {
+    /// `credentials`, through its basic or token flow. Returns the identity
+    /// token a token server gives for an offline login, if it gives one;
+    /// nothing is kept.
+    pub async fn login(
+        &self,
+        server: &str,
+        credentials: &Credentials,
+    ) -> Result<Option<String>, ImageError> {
         let domain = login_domain(server)?;
         let reference = Reference {
             domain: domain.clone(),
@@ -601,19 +631,20 @@ impl RegistryClient {
             tag: None,
             digest: None,
         };
-        let session = self.session(
+        let mut session = self.session(
             self.endpoint(&domain),
             &reference,
             Some(credentials),
             Vec::new(),
         );
+        session.offline = Some(Mutex::new(None));
         session.pick_scheme().await?;
         let uri: Uri = format!("{}://{}/v2/", session.scheme(), session.authority)
             .parse()
             .map_err(|_| session.err(format!("invalid registry address {server:?}")))?;
         let resp = session.get(uri.clone(), None).await?;
         match resp.status() {
-            StatusCode::OK => Ok(()),
+            StatusCode::OK => Ok(session.offline.and_then(|m| m.into_inner().ok().flatten())),
             StatusCode::UNAUTHORIZED => Err(ImageError::Unauthorized(format!(
                 "login attempt to {uri} failed with status: 401 Unauthorized"
             ))),
@@ -670,6 +701,9 @@ struct Session<'a> {
     /// challenge's own.
     scopes: Vec<String>,
     auth: Mutex<Option<HeaderValue>>,
+    /// A login asks the token server for an identity (refresh) token too,
+    /// kept here for the answer.
+    offline: Option<Mutex<Option<String>>>,
     /// Plain HTTP: the registry does not speak TLS (allowed for loopback
     /// and insecure registries only).
     plain: std::sync::atomic::AtomicBool,
@@ -1155,29 +1189,11 @@ impl Session<'_> {
             } else {
                 self.scopes.iter().map(String::as_str).collect()
             };
-            let mut query = Vec::new();
-            if let Some(service) = bearer.param("service") {
-                query.push(format!("service={}", query_escape(service)));
-            }
-            for scope in scopes {
-                query.push(format!("scope={}", query_escape(scope)));
-            }
-            let mut url = realm.to_string();
-            if !query.is_empty() {
-                url.push(if realm.contains('?') { '&' } else { '?' });
-                url.push_str(&query.join("&"));
-            }
-            let uri: Uri = url
-                .parse()
-                .map_err(|_| self.err(format!("invalid token realm {realm:?}")))?;
-            self.check_plain_http(&uri, "token request")?;
-            let mut headers = Vec::new();
-            if let Some(c) = self.credentials {
-                headers.push((header::AUTHORIZATION, basic_auth(c)?));
-            }
-            let resp = self
-                .roundtrip(Method::GET, &uri, &headers, empty_body())
-                .await?;
+            let service = bearer.param("service");
+            let resp = match self.credentials.and_then(|c| c.identity_token.as_deref()) {
+                Some(refresh) => self.refresh_grant(realm, service, &scopes, refresh).await?,
+                None => self.token_request(realm, service, &scopes).await?,
+            };
             let status = resp.status();
             let mut body = resp.into_body();
             let bytes = self.read_limited(&mut body, MANIFEST_MAX, "token").await?;
@@ -1196,9 +1212,16 @@ impl Session<'_> {
             struct TokenJson {
                 token: Option<String>,
                 access_token: Option<String>,
+                refresh_token: Option<String>,
             }
             let t: TokenJson = serde_json::from_slice(&bytes)
                 .map_err(|e| self.err(format!("invalid token response: {e}")))?;
+            if let (Some(slot), Some(r)) =
+                (&self.offline, t.refresh_token.filter(|r| !r.is_empty()))
+                && let Ok(mut g) = slot.lock()
+            {
+                *g = Some(r);
+            }
             let token = t
                 .token
                 .or(t.access_token)
@@ -1213,7 +1236,7 @@ impl Session<'_> {
         if parsed
             .iter()
             .any(|c| c.scheme.eq_ignore_ascii_case("basic"))
-            && let Some(c) = self.credentials
+            && let Some(c) = self.credentials.filter(|c| c.identity_token.is_none())
         {
             let value = basic_auth(c)?;
             if let Ok(mut g) = self.auth.lock() {
@@ -1222,6 +1245,76 @@ impl Session<'_> {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// `GET realm?service=…&scope=…` with the password (Basic), as Docker
+    /// asks a token server; a login also asks for an identity token
+    /// (`offline_token`).
+    async fn token_request(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[&str],
+    ) -> Result<Response<Incoming>, ImageError> {
+        let mut query = Vec::new();
+        if let Some(service) = service {
+            query.push(format!("service={}", query_escape(service)));
+        }
+        for scope in scopes {
+            query.push(format!("scope={}", query_escape(scope)));
+        }
+        if self.offline.is_some() {
+            query.push(format!("offline_token=true&client_id={OAUTH_CLIENT_ID}"));
+        }
+        let mut url = realm.to_string();
+        if !query.is_empty() {
+            url.push(if realm.contains('?') { '&' } else { '?' });
+            url.push_str(&query.join("&"));
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| self.err(format!("invalid token realm {realm:?}")))?;
+        self.check_plain_http(&uri, "token request")?;
+        let mut headers = Vec::new();
+        if let Some(c) = self.credentials {
+            headers.push((header::AUTHORIZATION, basic_auth(c)?));
+        }
+        self.roundtrip(Method::GET, &uri, &headers, empty_body())
+            .await
+    }
+
+    /// The OAuth2 refresh grant (`POST realm`, a form) Docker uses with the
+    /// identity token a login returned.
+    async fn refresh_grant(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[&str],
+        refresh: &str,
+    ) -> Result<Response<Incoming>, ImageError> {
+        let uri: Uri = realm
+            .parse()
+            .map_err(|_| self.err(format!("invalid token realm {realm:?}")))?;
+        self.check_plain_http(&uri, "token request")?;
+        let mut form = format!(
+            "grant_type=refresh_token&refresh_token={}&client_id={OAUTH_CLIENT_ID}",
+            query_escape(refresh)
+        );
+        if let Some(service) = service {
+            form.push_str(&format!("&service={}", query_escape(service)));
+        }
+        if !scopes.is_empty() {
+            form.push_str(&format!("&scope={}", query_escape(&scopes.join(" "))));
+        }
+        let headers = [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from(form.len())),
+        ];
+        self.roundtrip(Method::POST, &uri, &headers, bytes_body(Bytes::from(form)))
+            .await
     }
 
     /// The Authorization header for a request to `uri`: credentials never
@@ -2079,18 +2172,13 @@ mod tests {
             query_escape("repository:a/b:pull,push x"),
             "repository%3Aa%2Fb%3Apull%2Cpush%20x"
         );
-        let v = basic_auth(&Credentials {
-            username: "user".into(),
-            password: "pa:ss".into(),
-        })
-        .unwrap();
+        let v = basic_auth(&Credentials::basic("user", "pa:ss")).unwrap();
         assert_eq!(v.to_str().unwrap(), "Basic dXNlcjpwYTpzcw==");
         assert!(v.is_sensitive());
-        let creds = Credentials {
-            username: "u".into(),
-            password: "secret".into(),
-        };
+        let creds = Credentials::basic("u", "secret");
         assert!(!format!("{creds:?}").contains("secret"));
+        let creds = Credentials::identity("u", "refresh-secret");
+        assert!(!format!("{creds:?}").contains("refresh-secret"));
         assert_eq!(host_of("[::1]:5000"), "::1");
         assert_eq!(host_of("a.b:5000"), "a.b");
         assert_eq!(host_of("a.b"), "a.b");

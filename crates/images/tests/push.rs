@@ -244,17 +244,11 @@ async fn pushes_to_a_private_tls_registry_only_with_credentials() {
         }
         other => panic!("anonymous push: {other:?}"),
     }
-    let wrong = Credentials {
-        username: "alice".into(),
-        password: "nope".into(),
-    };
+    let wrong = Credentials::basic("alice", "nope");
     let (res, _) = push(&client, &reference, Some(&wrong), &store, &image).await;
     assert!(matches!(res, Err(ImageError::Unauthorized(_))), "{res:?}");
     // Positive control: the same push with alice's password.
-    let alice = Credentials {
-        username: "alice".into(),
-        password: "s3cret".into(),
-    };
+    let alice = Credentials::basic("alice", "s3cret");
     let (res, events) = push(&client, &reference, Some(&alice), &store, &image).await;
     let pushed = res.unwrap();
     assert_eq!(
@@ -405,4 +399,50 @@ async fn a_registry_that_stalls_or_changes_blobs_fails_the_push() {
         "{:?}",
         fake.seen.lock().unwrap()
     );
+}
+
+/// Token auth with the identity token a login returns: the login gets one,
+/// pulls and pushes trade it (an OAuth2 refresh grant) for scoped tokens,
+/// and one the issuer never gave is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_tokens_from_a_login_stand_in_for_the_password() {
+    use testkit::{TokenIssuer, TokenUser};
+    let images = testkit::testimages::test_images();
+    let issuer = TokenIssuer::start(vec![TokenUser::owner("alice", "alice-pw")]);
+    let reg = Registry::start_token(&issuer, "alice");
+    let client =
+        RegistryClient::new(vec![]).with_timeouts(Duration::from_secs(5), Duration::from_secs(5));
+    let identity = client
+        .login(&reg.addr(), &Credentials::basic("alice", "alice-pw"))
+        .await
+        .unwrap()
+        .expect("an identity token");
+    let (_dir, store) = new_store();
+    let image = load(&images.busybox.path, &store);
+    let reference = format!("{}/alice/bb:1", reg.addr());
+    let creds = Credentials::identity("alice", identity);
+    let (res, _) = push(&client, &reference, Some(&creds), &store, &image).await;
+    res.unwrap();
+    assert!(
+        issuer
+            .issued()
+            .iter()
+            .any(|i| i.by_refresh && i.status == 200)
+    );
+
+    let forged = Credentials::identity("alice", "refresh-alice-999");
+    let (_dir2, fresh) = new_store();
+    let res = client
+        .pull_with_credentials(
+            &Reference::parse(&reference).unwrap(),
+            Some(&forged),
+            &fresh,
+            &Default::default(),
+            &mut |_| {},
+        )
+        .await;
+    match res {
+        Err(ImageError::Unauthorized(m)) => assert!(m.contains("invalid refresh token"), "{m}"),
+        other => panic!("forged identity token: {other:?}"),
+    }
 }

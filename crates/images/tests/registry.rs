@@ -1294,10 +1294,7 @@ async fn token_auth_and_blob_redirects() {
 
     let (_dir, store) = new_store();
     let client = RegistryClient::new(vec![]);
-    let creds = Credentials {
-        username: "user".into(),
-        password: "pw".into(),
-    };
+    let creds = Credentials::basic("user", "pw");
     let (res, _) = pull_as(
         &client,
         &format!("{}/test/img:1", reg.addr),
@@ -1322,10 +1319,7 @@ async fn token_auth_and_blob_redirects() {
 
     // Wrong password: the token server's complaint comes through.
     let (_dir2, store2) = new_store();
-    let bad = Credentials {
-        username: "user".into(),
-        password: "nope".into(),
-    };
+    let bad = Credentials::basic("user", "nope");
     let (res, _) = pull_as(
         &client,
         &format!("{}/test/img:1", reg.addr),
@@ -1368,10 +1362,7 @@ async fn basic_auth() {
         ),
         e => panic!("unexpected {e:?}"),
     }
-    let creds = Credentials {
-        username: "user".into(),
-        password: "pw".into(),
-    };
+    let creds = Credentials::basic("user", "pw");
     let (res, _) = pull_as(
         &client,
         &format!("{}/test/img:1", reg.addr),

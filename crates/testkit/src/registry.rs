@@ -199,6 +199,11 @@ impl Registry {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The CA of a TLS registry (PEM).
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.secure.as_ref().map(|s| s.ca_pem.as_str())
+    }
+
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port

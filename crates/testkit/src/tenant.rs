@@ -41,6 +41,11 @@ impl Tenant {
     }
 
     /// `tcp://ADDR:PORT` of the API.
+    /// The CLI's configuration directory (`DOCKER_CONFIG`: logins).
+    pub fn docker_config_dir(&self) -> &Path {
+        self.docker_config.path()
+    }
+
     pub fn docker_host(&self) -> &str {
         &self.host
     }

@@ -54,6 +54,8 @@ pub struct Issued {
     pub granted: Vec<String>,
     /// 200, or 401 for bad credentials.
     pub status: u16,
+    /// Asked with a refresh token (an identity token from a login).
+    pub by_refresh: bool,
 }
 
 struct State {
@@ -61,6 +63,8 @@ struct State {
     key: EcdsaKeyPair,
     cert_der: Vec<u8>,
     issued: Mutex<Vec<Issued>>,
+    /// Refresh tokens handed out, and whose they are.
+    refresh: Mutex<Vec<(String, String)>>,
 }
 
 /// The issuer on 127.0.0.1; stopped on drop.
@@ -92,6 +96,7 @@ impl TokenIssuer {
             key,
             cert_der: cert.der().to_vec(),
             issued: Mutex::new(Vec::new()),
+            refresh: Mutex::new(Vec::new()),
         });
         let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         let addr = listener
@@ -162,32 +167,77 @@ impl Drop for TokenIssuer {
     }
 }
 
-/// One request per connection: `GET /token?service=…&scope=…`.
+/// One request per connection: `GET /token?service=…&scope=…` with Basic
+/// credentials (`offline_token=true` asks for a refresh token too), or
+/// `POST /token` with an OAuth2 refresh grant (a form).
 fn serve(s: TcpStream, state: &State) -> std::io::Result<()> {
     let mut reader = BufReader::new(s.try_clone()?);
     let mut first = String::new();
     reader.read_line(&mut first)?;
     let mut authorization = None;
+    let mut length = 0usize;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = line.split_once(':')
-            && k.trim().eq_ignore_ascii_case("authorization")
-        {
-            authorization = Some(v.trim().to_string());
+        if let Some((k, v)) = line.split_once(':') {
+            let k = k.trim();
+            if k.eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_string());
+            } else if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0).min(64 << 10);
+            }
         }
     }
-    let target = first.split_whitespace().nth(1).unwrap_or("");
-    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
-    let asked: Vec<String> = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .filter(|(k, _)| *k == "scope")
-        .map(|(_, v)| unescape(v))
-        .collect();
-    let (status, body) = answer(state, authorization.as_deref(), asked);
+    let mut words = first.split_whitespace();
+    let method = words.next().unwrap_or("");
+    let target = words.next().unwrap_or("");
+    let (status, body) = if method == "POST" {
+        let mut form = vec![0u8; length];
+        std::io::Read::read_exact(&mut reader, &mut form)?;
+        let form = String::from_utf8_lossy(&form).into_owned();
+        let params = params(&form);
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let refresh = get("refresh_token").unwrap_or_default();
+        let user = state
+            .refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(t, _)| *t == refresh)
+            .map(|(_, u)| u.clone());
+        let asked: Vec<String> = get("scope")
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        match (get("grant_type").as_deref(), user) {
+            (Some("refresh_token"), Some(user)) => answer(state, Who::Refresh(user), asked, false),
+            _ => {
+                record(state, None, asked, Vec::new(), 401, true);
+                (
+                    401,
+                    json!({"errors": [{"code": "UNAUTHORIZED",
+                    "message": "invalid refresh token"}]})
+                    .to_string(),
+                )
+            }
+        }
+    } else {
+        let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+        let params = params(query);
+        let asked: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.clone())
+            .collect();
+        let offline = params
+            .iter()
+            .any(|(k, v)| k == "offline_token" && v == "true");
+        answer(state, Who::Basic(authorization.as_deref()), asked, offline)
+    };
     let mut s = s;
     write!(
         s,
@@ -198,8 +248,34 @@ fn serve(s: TcpStream, state: &State) -> std::io::Result<()> {
     s.flush()
 }
 
-fn answer(state: &State, authorization: Option<&str>, asked: Vec<String>) -> (u16, String) {
+/// `k=v&k=v`, percent-decoded.
+fn params(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (unescape(k), unescape(v)))
+        .collect()
+}
+
+/// Who asks for a token.
+enum Who<'a> {
+    /// The `Authorization` header, if any.
+    Basic(Option<&'a str>),
+    /// A refresh token issued to this user.
+    Refresh(String),
+}
+
+fn answer(state: &State, who: Who<'_>, asked: Vec<String>, offline: bool) -> (u16, String) {
     let b64 = base64::engine::general_purpose::STANDARD;
+    let by_refresh = matches!(who, Who::Refresh(_));
+    let authorization = match who {
+        Who::Basic(a) => a,
+        Who::Refresh(name) => {
+            return match state.users.iter().find(|u| u.name == name) {
+                Some(u) => grant(state, Some(u), asked, false, true),
+                None => (401, "{}".into()),
+            };
+        }
+    };
     let user = match authorization.and_then(|a| a.strip_prefix("Basic ")) {
         None => state.users.iter().find(|u| u.name.is_empty()),
         Some(encoded) => {
@@ -216,7 +292,14 @@ fn answer(state: &State, authorization: Option<&str>, asked: Vec<String>) -> (u1
             {
                 Some(u) => Some(u),
                 None => {
-                    record(state, Some(name.to_string()), asked, Vec::new(), 401);
+                    record(
+                        state,
+                        Some(name.to_string()),
+                        asked,
+                        Vec::new(),
+                        401,
+                        by_refresh,
+                    );
                     return (
                         401,
                         json!({"errors": [{"code": "UNAUTHORIZED",
@@ -227,6 +310,19 @@ fn answer(state: &State, authorization: Option<&str>, asked: Vec<String>) -> (u1
             }
         }
     };
+    grant(state, user, asked, offline, false)
+}
+
+/// A signed token for what `user` may do of `asked`; with `offline`, a
+/// refresh token too.
+fn grant(
+    state: &State,
+    user: Option<&TokenUser>,
+    asked: Vec<String>,
+    offline: bool,
+    by_refresh: bool,
+) -> (u16, String) {
+    let b64 = base64::engine::general_purpose::STANDARD;
     let mut access = Vec::new();
     let mut granted = Vec::new();
     for scope in &asked {
@@ -274,11 +370,29 @@ fn answer(state: &State, authorization: Option<&str>, asked: Vec<String>) -> (u1
         Err(_) => return (500, "{}".into()),
     };
     let token = format!("{signing_input}.{}", url.encode(signature.as_ref()));
-    record(state, user.map(|u| u.name.clone()), asked, granted, 200);
-    (
+    record(
+        state,
+        user.map(|u| u.name.clone()),
+        asked,
+        granted,
         200,
-        json!({"token": token, "access_token": token, "expires_in": 300}).to_string(),
-    )
+        by_refresh,
+    );
+    let mut answer = json!({"token": token, "access_token": token, "expires_in": 300});
+    if offline && let Some(u) = user.filter(|u| !u.name.is_empty()) {
+        let refresh = format!(
+            "refresh-{}-{}",
+            u.name,
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        state
+            .refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((refresh.clone(), u.name.clone()));
+        answer["refresh_token"] = refresh.into();
+    }
+    (200, answer.to_string())
 }
 
 fn record(
@@ -287,6 +401,7 @@ fn record(
     asked: Vec<String>,
     granted: Vec<String>,
     status: u16,
+    by_refresh: bool,
 ) {
     state
         .issued
@@ -297,6 +412,7 @@ fn record(
             asked,
             granted,
             status,
+            by_refresh,
         });
 }
 

@@ -1,6 +1,6 @@
 //! A registry for tests outside Rust (docker-py): Debian's `docker-registry`
 //! over TLS (its CA installed where atoll looks) with htpasswd basic auth.
-//! Prints `{"addr": "127.0.0.1:PORT"}` once it listens and serves until its
+//! Prints `{"addr": "127.0.0.1:PORT", "ca": PEM}` once it listens and serves until its
 //! standard input closes; then it stops and its CA is removed.
 //!
 //! Usage: test-registry USER PASSWORD
@@ -15,7 +15,7 @@ fn main() {
     };
     let reg = testkit::Registry::start_secure(user, password);
     let mut out = std::io::stdout();
-    let line = serde_json::json!({"addr": reg.addr()}).to_string();
+    let line = serde_json::json!({"addr": reg.addr(), "ca": reg.ca_pem()}).to_string();
     if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
         return;
     }
