@@ -366,7 +366,8 @@ impl Cluster {
     }
 
     /// `docker pull`: fetches into the shared blob store once, then records the
-    /// image for the account; `platform` is `--platform`'s. Progress goes to `tx` as Docker JSON messages.
+    /// image for the account; `platform` is `--platform`'s. Progress goes to
+    /// `tx` as Docker JSON messages.
     pub async fn pull_image(
         &self,
         account: &str,

@@ -1420,7 +1420,7 @@ impl Session<'_> {
         sender
             .send_request(req)
             .await
-            .map_err(|e| self.err(format!("{verb} \"{uri}\": {e}")))
+            .map_err(|e| self.err(format!("{verb} \"{uri}\": {}", error_chain(&e))))
     }
 
     async fn next_chunk(&self, body: &mut Incoming) -> Result<Option<Bytes>, ImageError> {
@@ -1459,12 +1459,9 @@ impl Session<'_> {
         Ok(Bytes::from(out))
     }
 
-    /// Turns a non-success answer into the error Docker would show.
-    async fn error_from_response(
-        &self,
-        resp: Response<Incoming>,
-        subject: Subject<'_>,
-    ) -> ImageError {
+    /// The status of a failed answer and the first error its body names
+    /// (`{"errors":[{"code":…,"message":…}]}`), read within a bound.
+    async fn error_body(&self, resp: Response<Incoming>) -> (StatusCode, Option<ErrorJson>) {
         let status = resp.status();
         let mut body = resp.into_body();
         let bytes = self
@@ -1474,6 +1471,16 @@ impl Session<'_> {
         let first = serde_json::from_slice::<ErrorsJson>(&bytes)
             .ok()
             .and_then(|e| e.errors.into_iter().next());
+        (status, first)
+    }
+
+    /// Turns a non-success answer into the error Docker would show.
+    async fn error_from_response(
+        &self,
+        resp: Response<Incoming>,
+        subject: Subject<'_>,
+    ) -> ImageError {
+        let (status, first) = self.error_body(resp).await;
         let code = first.as_ref().map(|e| e.code.as_str()).unwrap_or_default();
         let text = |default: &str| match &first {
             Some(e) if !e.code.is_empty() => format!(
@@ -1530,6 +1537,22 @@ impl Session<'_> {
             },
         }
     }
+}
+
+/// An error with its causes (hyper's "connection error" says little; the
+/// TLS alert under it says why).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn error_suffix(e: &Option<ErrorJson>) -> String {

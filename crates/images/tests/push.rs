@@ -446,3 +446,36 @@ async fn identity_tokens_from_a_login_stand_in_for_the_password() {
         other => panic!("forged identity token: {other:?}"),
     }
 }
+
+/// A registry that asks for a client certificate: the operator's
+/// `client.cert`/`client.key` beside its CA are shown; without them the
+/// handshake fails, naming TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_from_certs_d_are_shown_to_the_registry() {
+    let images = testkit::testimages::test_images();
+    let reg = Registry::start_mtls("alice", "s3cret");
+    let reference = reg.push_archive(&images.busybox.path, "alice/busybox:1");
+    let alice = Credentials::basic("alice", "s3cret");
+    let r = Reference::parse(&reference).unwrap();
+    let (_dir, store) = new_store();
+    let pulled = RegistryClient::new(vec![])
+        .pull_with_credentials(&r, Some(&alice), &store, &Default::default(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(pulled.config.as_str(), images.busybox.id);
+
+    // The same certs.d without the client certificate: refused in the handshake.
+    let bare = tempfile::tempdir().unwrap();
+    let dir = bare.path().join(reg.addr());
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(reg.certs_dir().join("ca.crt"), dir.join("ca.crt")).unwrap();
+    let (_dir2, fresh) = new_store();
+    let e = RegistryClient::new(vec![])
+        .with_certs_dir(bare.path())
+        .pull_with_credentials(&r, Some(&alice), &fresh, &Default::default(), &mut |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("received fatal alert: BadCertificate"), "{e}");
+    assert!(e.contains(&reg.addr()), "{e}");
+}

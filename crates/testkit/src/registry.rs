@@ -40,6 +40,23 @@ struct Secure {
     ca_pem: String,
     /// Token auth: the issuer's realm and certificate.
     token: Option<(String, String)>,
+    /// Mutual TLS: the registry asks for a client certificate its CA signed;
+    /// one is installed beside the CA (`client.cert`, `client.key`).
+    client_cert: Option<(String, String)>,
+    mtls: bool,
+}
+
+impl Secure {
+    fn htpasswd(user: &str, password: &str, mtls: bool) -> Secure {
+        Secure {
+            user: user.to_string(),
+            password: password.to_string(),
+            ca_pem: String::new(),
+            token: None,
+            client_cert: None,
+            mtls,
+        }
+    }
 }
 
 impl Registry {
@@ -51,12 +68,19 @@ impl Registry {
     /// A registry over TLS (its CA installed where atoll looks by default)
     /// that takes only `user` with `password` (htpasswd).
     pub fn start_secure(user: &str, password: &str) -> Registry {
-        Self::start_with(Some(Secure {
-            user: user.to_string(),
-            password: password.to_string(),
-            ca_pem: String::new(),
-            token: None,
-        }))
+        Self::start_with(Some(Secure::htpasswd(user, password, false)))
+    }
+
+    /// Like [`start_secure`](Self::start_secure), and the registry takes
+    /// only clients showing a certificate its CA signed; one is installed
+    /// for atoll (`client.cert`, `client.key` beside the CA).
+    pub fn start_mtls(user: &str, password: &str) -> Registry {
+        Self::start_with(Some(Secure::htpasswd(user, password, true)))
+    }
+
+    /// Where atoll looks for this registry's CA and client certificate.
+    pub fn certs_dir(&self) -> PathBuf {
+        Path::new(CERTS_DIR).join(self.addr())
     }
 
     /// A registry over TLS that takes only tokens from `issuer` (Docker's
@@ -67,10 +91,8 @@ impl Registry {
             .credentials(feeder)
             .unwrap_or_else(|| panic!("{feeder} is not a user of the token issuer"));
         Self::start_with(Some(Secure {
-            user,
-            password,
-            ca_pem: String::new(),
             token: Some((issuer.realm(), issuer.cert_pem().to_string())),
+            ..Secure::htpasswd(&user, &password, false)
         }))
     }
 
@@ -110,7 +132,14 @@ impl Registry {
             None => String::new(),
             Some(sec) => {
                 let files = secure_files(self.dir.path(), sec)?;
-                install_ca(&format!("127.0.0.1:{}", self.port), &sec.ca_pem)?;
+                let authority = format!("127.0.0.1:{}", self.port);
+                install_ca(&authority, &sec.ca_pem)?;
+                if let Some((cert, key)) = &sec.client_cert {
+                    let dir = Path::new(CERTS_DIR).join(&authority);
+                    std::fs::write(dir.join("client.cert"), cert)
+                        .and_then(|()| std::fs::write(dir.join("client.key"), key))
+                        .map_err(|e| format!("installing the client certificate: {e}"))?;
+                }
                 files
             }
         };
@@ -242,6 +271,8 @@ impl Registry {
             .arg("--dest-tls-verify=false");
         if let Some(sec) = &self.secure {
             cmd.arg(format!("--dest-creds={}:{}", sec.user, sec.password));
+            // Docker's layout: skopeo takes the client certificate from it.
+            cmd.arg(format!("--dest-cert-dir={}", self.certs_dir().display()));
         }
         cmd.arg(format!("{transport}:{}", archive.display()))
             .arg(format!("docker://{reference}"))
@@ -350,6 +381,18 @@ fn secure_files(dir: &Path, sec: &mut Secure) -> Result<String, String> {
     };
     let cert = write("server.pem", &cert.pem())?;
     let key = write("server-key.pem", &key.serialize_pem())?;
+    let client_cas = if sec.mtls {
+        let client_key = KeyPair::generate().map_err(e)?;
+        let mut client =
+            CertificateParams::new(vec!["atoll-test-client".to_string()]).map_err(e)?;
+        client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client_cert = client.signed_by(&client_key, &issuer).map_err(e)?;
+        sec.client_cert = Some((client_cert.pem(), client_key.serialize_pem()));
+        let ca = write("client-ca.pem", &sec.ca_pem)?;
+        format!("    clientcas:\n      - {}\n", ca.display())
+    } else {
+        String::new()
+    };
     let auth = match &sec.token {
         None => {
             let htpasswd = write("htpasswd", &format!("{}:{hash}\n", sec.user))?;
@@ -369,7 +412,7 @@ fn secure_files(dir: &Path, sec: &mut Secure) -> Result<String, String> {
         }
     };
     Ok(format!(
-        "  tls:\n    certificate: {}\n    key: {}\n{auth}",
+        "  tls:\n    certificate: {}\n    key: {}\n{client_cas}{auth}",
         cert.display(),
         key.display(),
     ))

@@ -475,15 +475,7 @@ impl Session<'_> {
 
     /// A refused push step, phrased as Docker phrases it.
     async fn push_error(&self, resp: Response<Incoming>, what: &str) -> ImageError {
-        let status = resp.status();
-        let mut body = resp.into_body();
-        let bytes = self
-            .read_limited(&mut body, ERROR_BODY_MAX, "error response")
-            .await
-            .unwrap_or_default();
-        let first = serde_json::from_slice::<ErrorsJson>(&bytes)
-            .ok()
-            .and_then(|e| e.errors.into_iter().next());
+        let (status, first) = self.error_body(resp).await;
         let text = match &first {
             Some(e) if !e.code.is_empty() => {
                 format!("{}: {}", e.code.replace('_', " ").to_lowercase(), e.message)
