@@ -394,12 +394,7 @@ impl RegistryClient {
     /// Loopback hosts always, others only when in the `insecure` list.
     pub fn plain_http_allowed(&self, authority: &str) -> bool {
         let host = host_of(authority);
-        if host.eq_ignore_ascii_case("localhost") {
-            return true;
-        }
-        if let Ok(ip) = host.parse::<IpAddr>()
-            && ip.is_loopback()
-        {
+        if is_loopback_host(host) {
             return true;
         }
         self.insecure
@@ -812,7 +807,7 @@ impl Session<'_> {
         match self
             .client
             .tls
-            .connect(&self.authority, 443, true, timeouts)
+            .connect(&self.authority, 443, true, timeouts, true)
             .await
         {
             Ok(_) => Ok(()),
@@ -1326,6 +1321,13 @@ impl Session<'_> {
         self.auth.lock().ok().and_then(|g| g.clone())
     }
 
+    /// The registry itself may be on loopback; a target it names elsewhere
+    /// (a redirect, an upload location, a token realm) may be only when the
+    /// registry is on loopback too.
+    fn may_dial_loopback(&self, uri: &Uri) -> bool {
+        self.same_origin(uri) || is_loopback_host(host_of(&self.authority))
+    }
+
     fn same_origin(&self, uri: &Uri) -> bool {
         uri.authority().map(|a| a.as_str()) == Some(self.authority.as_str())
     }
@@ -1388,6 +1390,7 @@ impl Session<'_> {
                 port,
                 tls,
                 (self.client.connect_timeout, self.client.io_timeout),
+                self.may_dial_loopback(uri),
             )
             .await
             .map_err(|e| match e {
@@ -1537,6 +1540,12 @@ impl Session<'_> {
             },
         }
     }
+}
+
+/// `localhost` or a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An error with its causes (hyper's "connection error" says little; the

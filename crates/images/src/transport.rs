@@ -123,13 +123,16 @@ impl Tls {
 
     /// A TCP connection to `authority` (`default_port` when it has none),
     /// within `timeout`, then TLS over it when `tls`, the server answering
-    /// within `answer`.
+    /// within `answer`. Link-local addresses are never dialled; loopback
+    /// ones only with `loopback` (a remote registry's redirect, upload
+    /// location or token realm must not reach the head's own services).
     pub async fn connect(
         &self,
         authority: &str,
         default_port: u16,
         tls: bool,
         (timeout, answer): (Duration, Duration),
+        loopback: bool,
     ) -> Result<Box<dyn Stream>, ConnectError> {
         let addr = if has_port(authority) {
             authority.to_string()
@@ -139,11 +142,12 @@ impl Tls {
         let dial = async {
             let targets: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&addr)
                 .await?
-                .filter(|a| !link_local(a.ip()))
+                .filter(|a| !link_local(a.ip()) && (loopback || !a.ip().is_loopback()))
                 .collect();
             if targets.is_empty() {
                 return Err(std::io::Error::other(
-                    "no usable address (link-local addresses, where metadata services live, are never registries)",
+                    "no usable address (link-local addresses, where metadata services live, are never registries; \
+                     loopback ones only for a registry on loopback)",
                 ));
             }
             TcpStream::connect(&targets[..]).await
@@ -253,14 +257,19 @@ mod tests {
         assert!(!link_local("127.0.0.1".parse().unwrap()));
         let tls = Tls::new("/nonexistent");
         let t = (Duration::from_secs(2), Duration::from_secs(2));
-        match tls.connect("169.254.169.254", 80, false, t).await {
+        match tls.connect("169.254.169.254", 80, false, t, true).await {
             Err(ConnectError::Dial(m)) => assert!(m.contains("link-local"), "{m}"),
             other => panic!("dialled a link-local address: {:?}", other.err()),
         }
         // Positive control: the same path dials a listening loopback port.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        assert!(tls.connect(&addr, 80, false, t).await.is_ok());
+        assert!(tls.connect(&addr, 80, false, t, true).await.is_ok());
+        // The same listener, for a target a remote registry named: refused.
+        match tls.connect(&addr, 80, false, t, false).await {
+            Err(ConnectError::Dial(m)) => assert!(m.contains("loopback ones only"), "{m}"),
+            other => panic!("dialled loopback for a remote registry: {:?}", other.err()),
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! uploaded in one PUT or in PATCH chunks), then the manifest. Blobs stream
 //! from the store's files; nothing is buffered whole.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::SeekFrom;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -196,14 +196,21 @@ impl RegistryClient {
             }
         }
         let config_size = store.size(image.config)?;
+        // Read once: where each blob may be mounted from.
+        let mut origins: HashMap<&Digest, Vec<String>> = HashMap::new();
         let mut sources = BTreeSet::new();
         for d in blobs.iter().map(|b| b.0).chain([image.config]) {
             for repo in store.origin_repositories(d, &reference.domain) {
-                if repo != reference.path && sources.len() < MOUNT_SOURCES_MAX {
-                    sources.insert(repo);
+                if repo != reference.path
+                    && (sources.contains(&repo) || sources.len() < MOUNT_SOURCES_MAX)
+                {
+                    sources.insert(repo.clone());
+                    origins.entry(d).or_default().push(repo);
                 }
             }
         }
+        let no_origins = Vec::new();
+        let origins_of = |d: &Digest| origins.get(d).unwrap_or(&no_origins).as_slice();
         let mut scopes = vec![format!("repository:{}:pull,push", reference.path)];
         scopes.extend(sources.iter().map(|r| format!("repository:{r}:pull")));
         let session = self.session(authority, &reference, credentials, scopes);
@@ -220,11 +227,16 @@ impl RegistryClient {
         }
         futures::stream::iter(blobs.iter().map(Ok))
             .try_for_each_concurrent(CONCURRENT_UPLOADS, |(d, size, id)| {
-                session.push_blob(store, d, *size, id.as_deref(), &progress)
+                session.push_blob(store, (d, *size, origins_of(d)), id.as_deref(), &progress)
             })
             .await?;
         session
-            .push_blob(store, image.config, config_size, None, &progress)
+            .push_blob(
+                store,
+                (image.config, config_size, origins_of(image.config)),
+                None,
+                &progress,
+            )
             .await?;
 
         let digest = Digest::of(&manifest);
@@ -257,12 +269,11 @@ impl RegistryClient {
 
 impl Session<'_> {
     /// One blob: nothing when the repository has it, a mount when another
-    /// repository does, else an upload.
+    /// repository of the registry (`mount_from`) does, else an upload.
     async fn push_blob(
         &self,
         store: &BlobStore,
-        digest: &Digest,
-        size: u64,
+        (digest, size, mount_from): (&Digest, u64, &[String]),
         id: Option<&str>,
         progress: &ProgressSink<'_, PushProgress>,
     ) -> Result<(), ImageError> {
@@ -283,14 +294,10 @@ impl Session<'_> {
             _ => return Err(self.push_error(head, "blob").await),
         }
         let mut started = None;
-        for from in store.origin_repositories(digest, self.domain()) {
-            let scope = format!("repository:{from}:pull");
-            if from == self.reference.path || !self.scopes.contains(&scope) {
-                continue;
-            }
+        for from in mount_from {
             let uri = self.url(&format!(
                 "blobs/uploads/?mount={digest}&from={}",
-                query_escape(&from)
+                query_escape(from)
             ))?;
             let resp = self
                 .request_with(Method::POST, uri.clone(), &[], Some(Bytes::new()))
