@@ -149,6 +149,19 @@ fn rfc3339(secs: i64, nanos: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
+/// How a tar is extracted into a container.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExtractOptions {
+    /// Docker's `noOverwriteDirNonDir`.
+    pub no_overwrite_dir_non_dir: bool,
+    /// Owners from the tar (`cp -a`), else root.
+    pub copy_uid_gid: bool,
+    /// One owner for everything (a build's `COPY --chown`), in container ids.
+    pub owner: Option<(u32, u32)>,
+    /// Create the destination and its missing parents first (a build's `COPY`).
+    pub mkdir: bool,
+}
+
 /// A container's root directory, opened once.
 pub struct Root {
     fd: OwnedFd,
@@ -197,6 +210,40 @@ impl Root {
             nix::Error::ENOTDIR => ArchiveError::Invalid("not a directory".into()),
             e => ArchiveError::Io(e.into()),
         })
+    }
+
+    /// Creates the directories of `comps` that are missing (0755, owned by
+    /// `owner` in the container's ids), each relative to its parent's fd.
+    fn mkdir_all(&self, comps: &[CString], owner: (u32, u32)) -> Result<(), ArchiveError> {
+        for i in 1..=comps.len() {
+            match self.dir(&comps[..i]) {
+                Ok(_) => continue,
+                Err(ArchiveError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            let parent = self.dir(&comps[..i - 1])?;
+            let name = &comps[i - 1];
+            // SAFETY: mkdirat relative to our dir fd.
+            check(unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) })?;
+            let made = open_at(
+                parent.as_raw_fd(),
+                name,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
+            let ids = self.ids.as_ref();
+            // SAFETY: fchownat on our own descriptor (AT_EMPTY_PATH).
+            check(unsafe {
+                libc::fchownat(
+                    made.as_raw_fd(),
+                    c"".as_ptr(),
+                    host_id(ids, owner.0),
+                    host_id(ids, owner.1),
+                    libc::AT_EMPTY_PATH,
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// (parent dir fd, final name); the root itself is (root, ".").
@@ -284,10 +331,18 @@ impl Root {
         &self,
         dest: &str,
         r: R,
-        no_overwrite_dir_non_dir: bool,
-        copy_uid_gid: bool,
+        opts: &ExtractOptions,
     ) -> Result<(), ArchiveError> {
+        let ExtractOptions {
+            no_overwrite_dir_non_dir,
+            copy_uid_gid,
+            owner,
+            mkdir,
+        } = *opts;
         let base = components(dest)?;
+        if mkdir {
+            self.mkdir_all(&base, owner.unwrap_or((0, 0)))?;
+        }
         // The destination must be a directory.
         self.dir(&base).map_err(|e| match e {
             ArchiveError::Invalid(_) => {
@@ -412,7 +467,9 @@ impl Root {
                 }
                 _ => continue,
             }
-            let (uid, gid) = if copy_uid_gid {
+            let (uid, gid) = if let Some(o) = owner {
+                o
+            } else if copy_uid_gid {
                 (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32)
             } else {
                 (0, 0)
@@ -718,12 +775,14 @@ mod tests {
         h.set_mode(0o640);
         b.append_data(&mut h, "new.txt", &b"abc"[..]).unwrap();
         let data = b.into_inner().unwrap();
-        r.extract("/etclink", &data[..], false, false).unwrap();
+        r.extract("/etclink", &data[..], &ExtractOptions::default())
+            .unwrap();
         assert_eq!(
             std::fs::read_to_string(root.path().join("etc/new.txt")).unwrap(),
             "abc"
         );
-        r.extract("/abs", &data[..], false, false).unwrap_err();
+        r.extract("/abs", &data[..], &ExtractOptions::default())
+            .unwrap_err();
         assert!(!outside.path().join("new.txt").exists());
         // Entries climbing out are refused.
         let mut b = tar::Builder::new(Vec::new());
@@ -735,7 +794,7 @@ mod tests {
         b.append(&h, &b"z"[..]).unwrap();
         let evil = b.into_inner().unwrap();
         assert!(matches!(
-            r.extract("/etc", &evil[..], false, false),
+            r.extract("/etc", &evil[..], &ExtractOptions::default()),
             Err(ArchiveError::Invalid(_))
         ));
     }

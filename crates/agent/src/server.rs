@@ -447,7 +447,13 @@ async fn archive_put(
 ) -> R<StatusCode> {
     let path = query_value(&q, "path").unwrap_or_default();
     let flag = |k: &str| query_value(&q, k).is_some_and(|v| v == "1" || v == "true");
-    let (no_overwrite, copy_ids) = (flag("noOverwriteDirNonDir"), flag("copyUIDGID"));
+    let mut opts = crate::archive::ExtractOptions {
+        no_overwrite_dir_non_dir: flag("noOverwriteDirNonDir"),
+        copy_uid_gid: flag("copyUIDGID"),
+        owner: None,
+        mkdir: flag("mkdir"),
+    };
+    let chown = query_value(&q, "chown").filter(|c| !c.is_empty());
     let lease = a.lease_rootfs(&id).await?;
     if lease.read_only {
         return Err(AgentError::Forbidden(
@@ -461,7 +467,15 @@ async fn archive_put(
     let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     tokio::task::spawn_blocking(move || {
         let root = crate::archive::Root::open(&lease.rootfs, lease.ids)?;
-        let res = root.extract(&path, &mut reader, no_overwrite, copy_ids);
+        let res = match chown {
+            Some(spec) => crate::user::resolve_owner(&lease.rootfs, &spec)
+                .map_err(|e| crate::archive::ArchiveError::Invalid(e.to_string()))
+                .and_then(|o| {
+                    opts.owner = Some(o);
+                    root.extract(&path, &mut reader, &opts)
+                }),
+            None => root.extract(&path, &mut reader, &opts),
+        };
         if res.is_err() {
             // Read what is left of the upload (within a bound) so the client
             // gets the error rather than a broken pipe.

@@ -160,6 +160,44 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ExecUser, RuntimeError>
     })
 }
 
+/// The owner of a `COPY --chown=user[:group]`: names from the image's
+/// `/etc/passwd` and `/etc/group`, numbers as they are; without a group the
+/// gid is the uid's number, as Docker does.
+pub fn resolve_owner(rootfs: &Path, spec: &str) -> Result<(u32, u32), RuntimeError> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let uid = match parse_id(user)? {
+        Some(n) => n,
+        None => parse_passwd(&read_in_root(rootfs, "/etc/passwd")?)
+            .iter()
+            .find(|e| e.name == user)
+            .map(|e| e.uid)
+            .ok_or_else(|| {
+                RuntimeError::Invalid(format!(
+                    "unable to find user {user}: no matching entries in passwd file"
+                ))
+            })?,
+    };
+    let gid = match group.filter(|g| !g.is_empty()) {
+        None => uid,
+        Some(g) => match parse_id(g)? {
+            Some(n) => n,
+            None => parse_group(&read_in_root(rootfs, "/etc/group")?)
+                .iter()
+                .find(|e| e.name == g)
+                .map(|e| e.gid)
+                .ok_or_else(|| {
+                    RuntimeError::Invalid(format!(
+                        "unable to find group {g}: no matching entries in group file"
+                    ))
+                })?,
+        },
+    };
+    Ok((uid, gid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +216,17 @@ mod tests {
         )
         .expect("group");
         d
+    }
+
+    #[test]
+    fn copy_owners() {
+        let d = rootfs();
+        assert_eq!(resolve_owner(d.path(), "web").unwrap(), (1000, 1000));
+        assert_eq!(resolve_owner(d.path(), "web:staff").unwrap(), (1000, 50));
+        assert_eq!(resolve_owner(d.path(), "42").unwrap(), (42, 42));
+        assert_eq!(resolve_owner(d.path(), "42:7").unwrap(), (42, 7));
+        let e = resolve_owner(d.path(), "ghost").unwrap_err().to_string();
+        assert!(e.contains("unable to find user ghost"), "{e}");
     }
 
     #[test]

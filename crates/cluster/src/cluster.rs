@@ -32,6 +32,8 @@ pub struct Cluster {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) blobs: BlobStore,
     pub(crate) registry: images::registry::RegistryClient,
+    /// Where build contexts are spooled (unnamed files: nothing outlives a crash).
+    pub(crate) build_dir: std::path::PathBuf,
     /// The client of every followed server, with the serial of its follower
     /// task (a server forgotten and joined again gets a new follower; the old
     /// one sees its serial gone and ends).
@@ -77,6 +79,7 @@ impl Cluster {
             store,
             blobs,
             registry,
+            build_dir: data_dir.join("build"),
             agents: StdMutex::new(HashMap::new()),
             followers: Default::default(),
             agent_tls: StdMutex::new(None),

@@ -180,7 +180,7 @@ impl Cluster {
 
     /// The rest of [`Cluster::create_container`], once the image is known.
     #[allow(clippy::too_many_arguments)]
-    async fn create_from_image(
+    pub(crate) async fn create_from_image(
         self: &Arc<Self>,
         account: &str,
         name: Option<String>,

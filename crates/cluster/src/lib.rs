@@ -2,6 +2,7 @@
 //! trait, and the link to agents. No HTTP here: `docker-api` translates.
 
 pub mod accounts;
+pub mod build;
 pub mod ceiling;
 pub mod cluster;
 pub mod commit;

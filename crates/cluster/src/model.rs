@@ -57,6 +57,27 @@ impl ImageLayer {
     }
 }
 
+/// The result of one build step, kept per account so a later build with the
+/// same inputs reuses it ("Using cache") on any server: the step's image
+/// config and layers (its blobs stay while the entry does).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BuildCacheRecord {
+    pub account: String,
+    /// `build::cache::step_key` of the step.
+    pub key: String,
+    /// The step's image (config digest).
+    pub image_id: String,
+    pub layers: Vec<ImageLayer>,
+    /// The step as `Step N/M :` showed it.
+    pub description: String,
+    /// Bytes of the layer this step added (0 for config-only steps).
+    pub size: i64,
+    pub created: DateTime<Utc>,
+    pub last_used: DateTime<Utc>,
+    #[serde(default)]
+    pub usage_count: u64,
+}
+
 /// A tag: `docker.io/library/busybox:latest` → image id, per account.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TagRecord {

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::model::{
-    AccountRecord, CertificateRecord, ContainerRecord, EndpointRow, ImageRecord, NetworkRecord,
-    NodeRecord, TagRecord, VolumeRecord,
+    AccountRecord, BuildCacheRecord, CertificateRecord, ContainerRecord, EndpointRow, ImageRecord,
+    NetworkRecord, NodeRecord, TagRecord, VolumeRecord,
 };
 pub use placement::Package;
 
@@ -20,8 +20,19 @@ pub trait Store: Send + Sync + 'static {
     async fn get_image(&self, account: &str, id: &str) -> StoreResult<Option<ImageRecord>>;
     async fn list_images(&self, account: &str) -> StoreResult<Vec<ImageRecord>>;
     async fn delete_image(&self, account: &str, id: &str) -> StoreResult<()>;
-    /// Whether any account still has an image that uses this blob.
+    /// Whether any account still has an image or a build cache entry that
+    /// uses this blob.
     async fn blob_in_use(&self, blob: &str) -> StoreResult<bool>;
+
+    // build cache
+    async fn put_build_cache(&self, entry: &BuildCacheRecord) -> StoreResult<()>;
+    async fn get_build_cache(
+        &self,
+        account: &str,
+        key: &str,
+    ) -> StoreResult<Option<BuildCacheRecord>>;
+    async fn list_build_cache(&self, account: &str) -> StoreResult<Vec<BuildCacheRecord>>;
+    async fn delete_build_cache(&self, account: &str, key: &str) -> StoreResult<()>;
 
     // tags
     /// Points `reference` at `image_id`, replacing an existing tag. Returns the old image id.

@@ -23,7 +23,7 @@ use crate::streams::json_lines;
 use crate::{Account, AppState};
 
 /// A request body as a blocking reader, for the image library's sync parsers.
-fn body_reader(body: Body) -> impl Read + Send + 'static {
+pub(crate) fn body_reader(body: Body) -> impl Read + Send + 'static {
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     SyncIoBridge::new(StreamReader::new(stream))
 }
@@ -285,43 +285,51 @@ pub fn registry_auth(
         .decode(text.trim_end_matches('='))
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(text))
         .map_err(|_| bad())?;
-    #[derive(serde::Deserialize)]
-    struct AuthConfig {
-        #[serde(default)]
-        username: String,
-        #[serde(default)]
-        password: String,
-        /// `user:password`, base64, as in a config.json.
-        #[serde(default)]
-        auth: String,
-        /// What a login answered as `IdentityToken`, instead of a password.
-        #[serde(default)]
-        identitytoken: String,
-    }
     let c: AuthConfig = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    if !c.identitytoken.is_empty() {
-        return Ok(Some(images::registry::Credentials::identity(
-            c.username,
-            c.identitytoken,
-        )));
-    }
-    let (username, password) = if !c.username.is_empty() {
-        (c.username, c.password)
-    } else if !c.auth.is_empty() {
-        let pair = base64::engine::general_purpose::STANDARD
-            .decode(&c.auth)
-            .map_err(|_| bad())?;
-        let pair = String::from_utf8(pair).map_err(|_| bad())?;
-        match pair.split_once(':') {
-            Some((u, p)) => (u.to_string(), p.to_string()),
-            None => return Err(bad()),
+    c.credentials().ok_or_else(bad)
+}
+
+/// One registry's entry in `X-Registry-Auth` / `X-Registry-Config`.
+#[derive(serde::Deserialize)]
+pub(crate) struct AuthConfig {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    /// `user:password`, base64, as in a config.json.
+    #[serde(default)]
+    auth: String,
+    /// What a login answered as `IdentityToken`, instead of a password.
+    #[serde(default)]
+    identitytoken: String,
+}
+
+impl AuthConfig {
+    /// None inside: no credentials given; None outside: a bad `auth`.
+    pub(crate) fn credentials(self) -> Option<Option<images::registry::Credentials>> {
+        use base64::Engine as _;
+        if !self.identitytoken.is_empty() {
+            return Some(Some(images::registry::Credentials::identity(
+                self.username,
+                self.identitytoken,
+            )));
         }
-    } else {
-        return Ok(None);
-    };
-    Ok(Some(images::registry::Credentials::basic(
-        username, password,
-    )))
+        let (username, password) = if !self.username.is_empty() {
+            (self.username, self.password)
+        } else if !self.auth.is_empty() {
+            let pair = base64::engine::general_purpose::STANDARD
+                .decode(&self.auth)
+                .ok()?;
+            let pair = String::from_utf8(pair).ok()?;
+            let (u, p) = pair.split_once(':')?;
+            (u.to_string(), p.to_string())
+        } else {
+            return Some(None);
+        };
+        Some(Some(images::registry::Credentials::basic(
+            username, password,
+        )))
+    }
 }
 
 /// `POST /auth` (`docker login`): checks the credentials against the
@@ -425,7 +433,7 @@ pub async fn create(
 /// Runs `job` (a pull, a push) with a progress channel and answers with its
 /// lines as a JSON stream. Until the first line, a failure is still an HTTP
 /// error (Docker does the same); after it, errors travel in the stream.
-async fn progress_response<F, Fut>(job: F) -> ApiResult<Response>
+pub(crate) async fn progress_response<F, Fut>(job: F) -> ApiResult<Response>
 where
     F: FnOnce(cluster::images::ProgressTx) -> Fut,
     Fut: std::future::Future<Output = cluster::Result<()>> + Send + 'static,

@@ -5,6 +5,7 @@
 #![recursion_limit = "256"]
 
 mod archive;
+mod build;
 mod containers;
 mod error;
 mod events;
@@ -190,6 +191,7 @@ fn table() -> Table {
     .add(&["GET"], "/info", get(system::info))
     .add(&["GET"], "/system/df", get(system::df))
     .add(&["POST"], "/auth", post(images::auth))
+    .add(&["POST"], "/build", post(build::build))
     .add(&["GET"], "/events", get(events::events))
     .add(&["POST"], "/containers/create", post(containers::create))
     .add(&["GET"], "/containers/json", get(containers::list))

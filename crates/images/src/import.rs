@@ -102,9 +102,25 @@ fn bad(msg: impl Into<String>) -> ImageError {
 pub fn apply_changes(cfg: &mut ContainerConfig, changes: &[String]) -> Result<()> {
     let mut cmd_set = false;
     for line in changes {
+        apply_instruction(cfg, line, &[], &mut cmd_set)?;
+    }
+    Ok(())
+}
+
+/// Applies one metadata instruction (`ENV`, `LABEL`, `CMD`, …) to a config.
+/// `vars` (`NAME=value`, e.g. a build's args) are seen by expansion beneath
+/// the config's own `Env`; `cmd_set` says whether this sequence set `CMD`
+/// already (a later `ENTRYPOINT` drops an inherited one).
+pub fn apply_instruction(
+    cfg: &mut ContainerConfig,
+    line: &str,
+    vars: &[String],
+    cmd_set: &mut bool,
+) -> Result<()> {
+    {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
-            continue;
+            return Ok(());
         }
         let (instr, rest) = line
             .split_once(char::is_whitespace)
@@ -134,16 +150,17 @@ pub fn apply_changes(cfg: &mut ContainerConfig, changes: &[String]) -> Result<()
         if rest.is_empty() {
             return Err(bad(format!("{upper} requires at least one argument")));
         }
-        let env = cfg.env.clone().unwrap_or_default();
+        let mut env = vars.to_vec();
+        env.extend(cfg.env.clone().unwrap_or_default());
         match upper.as_str() {
             "CMD" => {
                 cfg.cmd = Some(command_form(cfg, rest));
-                cmd_set = true;
+                *cmd_set = true;
             }
             "ENTRYPOINT" => {
                 cfg.entrypoint = Some(command_form(cfg, rest));
                 // As in a Dockerfile: a new entrypoint drops an inherited CMD.
-                if !cmd_set {
+                if !*cmd_set {
                     cfg.cmd = None;
                 }
             }
@@ -233,6 +250,17 @@ pub fn apply_changes(cfg: &mut ContainerConfig, changes: &[String]) -> Result<()
         }
     }
     Ok(())
+}
+
+/// One Dockerfile word with quotes removed and `$VAR`s expanded from `vars`
+/// (`NAME=value`, the last of a name wins).
+pub fn expand_word(s: &str, vars: &[String]) -> Result<String> {
+    one_word(s, vars)
+}
+
+/// Dockerfile words split at unquoted blanks, each expanded from `vars`.
+pub fn expand_words(s: &str, vars: &[String]) -> Result<Vec<String>> {
+    words(s, vars, true)
 }
 
 /// Exec form (`["a","b"]`) or shell form (run by the image's shell).

@@ -129,4 +129,21 @@ pub const MIGRATIONS: &[&str] = &[
     UPDATE containers SET ip = NULL;
     CREATE UNIQUE INDEX containers_public_ip ON containers (ip) WHERE ip IS NOT NULL;
     "#,
+    // 10: the build cache: one row per account and step key, and the blobs
+    // each row holds (so they outlive the images built from them).
+    r#"
+    CREATE TABLE build_cache (
+        account TEXT NOT NULL,
+        key TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (account, key)
+    );
+    CREATE TABLE build_cache_blobs (
+        account TEXT NOT NULL,
+        key TEXT NOT NULL,
+        blob TEXT NOT NULL
+    );
+    CREATE INDEX build_cache_blobs_blob ON build_cache_blobs (blob);
+    CREATE INDEX build_cache_blobs_key ON build_cache_blobs (account, key);
+    "#,
 ];

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use cluster::StoreError;
 use cluster::model::{
-    AccountRecord, CertificateRecord, ContainerRecord, EndpointRow, ImageRecord, NetworkRecord,
-    NodeRecord, TagRecord, VolumeRecord,
+    AccountRecord, BuildCacheRecord, CertificateRecord, ContainerRecord, EndpointRow, ImageRecord,
+    NetworkRecord, NodeRecord, TagRecord, VolumeRecord,
 };
 use cluster::store::{NodeAllocation, Package, Store, StoreResult};
 use serde::Serialize;
@@ -303,13 +303,82 @@ impl Store for SqliteStore {
     }
 
     async fn blob_in_use(&self, blob: &str) -> StoreResult<bool> {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM image_blobs WHERE blob = ?")
-            .bind(blob)
+        let n: i64 = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM image_blobs WHERE blob = ?1) + (SELECT COUNT(*) FROM build_cache_blobs WHERE blob = ?1)",
+        )
+        .bind(blob)
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?
             .get(0);
         Ok(n > 0)
+    }
+
+    async fn put_build_cache(&self, entry: &BuildCacheRecord) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("INSERT INTO build_cache (account, key, data) VALUES (?, ?, ?) ON CONFLICT (account, key) DO UPDATE SET data = excluded.data")
+            .bind(&entry.account)
+            .bind(&entry.key)
+            .bind(to_json(entry)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM build_cache_blobs WHERE account = ? AND key = ?")
+            .bind(&entry.account)
+            .bind(&entry.key)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let blobs = entry
+            .layers
+            .iter()
+            .map(|l| l.blob.as_str())
+            .chain(std::iter::once(entry.image_id.as_str()));
+        for b in blobs {
+            sqlx::query("INSERT INTO build_cache_blobs (account, key, blob) VALUES (?, ?, ?)")
+                .bind(&entry.account)
+                .bind(&entry.key)
+                .bind(b)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_build_cache(
+        &self,
+        account: &str,
+        key: &str,
+    ) -> StoreResult<Option<BuildCacheRecord>> {
+        Ok(self
+            .rows(
+                "SELECT data FROM build_cache WHERE account = ? AND key = ?",
+                &[account, key],
+            )
+            .await?
+            .pop())
+    }
+
+    async fn list_build_cache(&self, account: &str) -> StoreResult<Vec<BuildCacheRecord>> {
+        self.rows("SELECT data FROM build_cache WHERE account = ?", &[account])
+            .await
+    }
+
+    async fn delete_build_cache(&self, account: &str, key: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for sql in [
+            "DELETE FROM build_cache WHERE account = ? AND key = ?",
+            "DELETE FROM build_cache_blobs WHERE account = ? AND key = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(account)
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
     }
 
     async fn set_tag(&self, tag: &TagRecord) -> StoreResult<Option<String>> {

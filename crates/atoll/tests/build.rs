@@ -1,0 +1,261 @@
+//! `docker build` through the real docker CLI (classic builder API) against a
+//! temporary `atoll up`.
+
+use std::path::Path;
+
+use testkit::AtollInstance;
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// `docker build` with the classic builder, as a CLI without buildx does.
+fn build(a: &AtollInstance, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["build"];
+    all.extend_from_slice(args);
+    a.docker(&all)
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Owner and group of `path` in `ls -ln` output.
+fn owners<'a>(ls: &'a str, path: &str) -> (&'a str, &'a str) {
+    let line = ls
+        .lines()
+        .find(|l| l.starts_with('-') && l.ends_with(path))
+        .unwrap_or("");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (
+        f.get(2).copied().unwrap_or(""),
+        f.get(3).copied().unwrap_or(""),
+    )
+}
+
+#[test]
+fn build_runs_every_kind_of_step_then_reuses_the_cache() {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    let d = ctx.path();
+    write(d, "files/a.txt", "alpha\n");
+    write(d, "files/sub/b.txt", "beta\n");
+    write(
+        d,
+        "run.sh",
+        "#!/bin/sh\ncat /app/greeting /app/heredoc /app/note.txt /app/files/a.txt /app/files/sub/b.txt /app/unpacked/inner.txt\nls -ln /app/owned.txt\necho user=$(id -u)\n",
+    );
+    // A tarball ADD unpacks.
+    let tarball = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(6);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "inner.txt", &b"inner\n"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    std::fs::write(d.join("bundle.tar"), tarball).unwrap();
+    write(
+        d,
+        "Dockerfile",
+        r#"# a comment
+FROM busybox AS base
+ARG GREETING=hello
+ENV APP=/app
+WORKDIR $APP
+COPY files/ ./files/
+COPY --chmod=755 run.sh /usr/local/bin/run.sh
+RUN echo "$GREETING from build" > /app/greeting \
+ && cat /app/greeting
+RUN <<EOF
+echo heredoc-ran > /app/heredoc
+EOF
+COPY <<EOT /app/note.txt
+note $APP
+EOT
+ADD bundle.tar /app/unpacked/
+COPY --chown=1234:55 files/a.txt /app/owned.txt
+USER 1000
+LABEL stage=final
+CMD ["run.sh"]
+"#,
+    );
+    let dir = d.to_str().unwrap();
+    let out = build(&a, &["-t", "app:1", "--build-arg", "GREETING=hi", dir]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("Step 1/14 : FROM busybox AS base"), "{t}");
+    assert!(t.contains("hi from build"), "{t}");
+    assert!(t.contains(" ---> Running in "), "{t}");
+    assert!(t.contains("Successfully tagged app:1"), "{t}");
+    assert!(!t.contains("Using cache"), "{t}");
+    let id = a.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "app:1"]);
+    assert!(
+        t.contains(&format!("Successfully built {}", &id[7..19])),
+        "{t}"
+    );
+
+    let run = a.docker_ok(&["run", "--rm", "app:1"]);
+    for want in [
+        "hi from build",
+        "heredoc-ran",
+        "note /app",
+        "alpha",
+        "beta",
+        "inner",
+        "user=1000",
+    ] {
+        assert!(run.contains(want), "{want:?} missing from {run}");
+    }
+    assert!(owners(&run, "/app/owned.txt") == ("1234", "55"), "{run}");
+    let cfg = a.docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.Config.WorkingDir}} {{.Config.User}} {{json .Config.Cmd}} {{.Config.Labels.stage}}",
+        "app:1",
+    ]);
+    assert_eq!(cfg, r#"/app 1000 ["run.sh"] final"#);
+
+    // Same inputs: every step after FROM and ARG comes from the cache, and
+    // the image is the same.
+    let again = build(&a, &["-t", "app:2", "--build-arg", "GREETING=hi", dir]);
+    let t2 = text(&again);
+    assert!(again.status.success(), "{t2}");
+    assert_eq!(t2.matches(" ---> Using cache").count(), 12, "{t2}");
+    assert!(!t2.contains("Running in"), "{t2}");
+    assert_eq!(
+        a.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "app:2"]),
+        id
+    );
+
+    // A changed file misses from its COPY on; a changed arg from its RUN on.
+    write(d, "files/a.txt", "alpha two\n");
+    let changed = build(&a, &["-t", "app:3", "--build-arg", "GREETING=hi", dir]);
+    let t3 = text(&changed);
+    assert!(changed.status.success(), "{t3}");
+    assert_eq!(t3.matches(" ---> Using cache").count(), 2, "{t3}");
+    assert!(a.docker_ok(&["run", "--rm", "app:3"]).contains("alpha two"));
+    let other_arg = build(&a, &["-q", "--build-arg", "GREETING=yo", dir]);
+    let t4 = text(&other_arg);
+    assert!(other_arg.status.success(), "{t4}");
+    let new_id = String::from_utf8_lossy(&other_arg.stdout)
+        .trim()
+        .to_string();
+    assert!(new_id.starts_with("sha256:") && new_id != id, "{t4}");
+    assert!(
+        a.docker_ok(&["run", "--rm", &new_id, "cat", "/app/greeting"])
+            .contains("yo from build")
+    );
+    // No build container is left behind.
+    assert_eq!(a.docker_ok(&["ps", "-aq"]), "");
+}
+
+#[test]
+fn build_errors_name_the_step_and_line() {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    let d = ctx.path();
+    let dir = d.to_str().unwrap();
+
+    // Positive control: a good Dockerfile builds.
+    write(d, "Dockerfile", "FROM busybox\nRUN echo fine\n");
+    let ok = build(&a, &[dir]);
+    assert!(ok.status.success(), "{}", text(&ok));
+
+    write(
+        d,
+        "Dockerfile",
+        "FROM busybox\nRUN echo before-fail && exit 3\n",
+    );
+    let out = build(&a, &[dir]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("before-fail"), "{t}");
+    assert!(
+        t.contains(
+            "The command '/bin/sh -c echo before-fail && exit 3' returned a non-zero code: 3"
+        ),
+        "{t}"
+    );
+
+    write(d, "Dockerfile", "FROM busybox\nRUN true\nFROBNICATE now\n");
+    let t = text(&build(&a, &[dir]));
+    assert!(t.contains("line 3") && t.contains("FROBNICATE"), "{t}");
+
+    write(d, "Dockerfile", "FROM busybox\nCOPY nope.txt /x\n");
+    let t = text(&build(&a, &[dir]));
+    assert!(
+        t.contains("nope.txt") && t.contains("file not found in build context"),
+        "{t}"
+    );
+
+    write(d, "Dockerfile", "FROM busybox\nCOPY a b /dest\n");
+    write(d, "a", "a");
+    write(d, "b", "b");
+    let t = text(&build(&a, &[dir]));
+    assert!(
+        t.contains("the destination must be a directory and end with a /"),
+        "{t}"
+    );
+
+    write(d, "Dockerfile", "FROM no-such-image-here:1\n");
+    let t = text(&build(&a, &[dir]));
+    assert!(t.contains("no-such-image-here"), "{t}");
+
+    // Stages the target does not need are skipped: the broken one never runs.
+    write(
+        d,
+        "Dockerfile",
+        "FROM busybox AS broken\nRUN exit 7\nFROM busybox AS good\nRUN echo good > /g\n",
+    );
+    let out = build(&a, &["--target", "good", "-t", "good", dir]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("Step 1/2 : FROM busybox AS good"), "{t}");
+    // ... and the broken one does fail when it is the target.
+    let t = text(&build(&a, &["--target", "broken", dir]));
+    assert!(t.contains("returned a non-zero code: 7"), "{t}");
+    let t = text(&build(&a, &["--target", "missing", dir]));
+    assert!(t.contains("failed to reach build target missing"), "{t}");
+}
+
+#[test]
+fn multi_stage_builds_copy_from_stages_and_images() {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    let d = ctx.path();
+    write(
+        d,
+        "Dockerfile",
+        "FROM busybox AS builder\n\
+         RUN mkdir -p /out/bin && echo built > /out/bin/tool && echo single > /out/single\n\
+         FROM busybox\n\
+         COPY --from=builder /out/bin /usr/local/mine/\n\
+         COPY --from=builder --chown=7:8 /out/single /etc/single.txt\n\
+         COPY --from=busybox /bin/busybox /copied-busybox\n\
+         RUN cat /usr/local/mine/tool /etc/single.txt && ls -ln /etc/single.txt && test -x /copied-busybox\n",
+    );
+    let dir = d.to_str().unwrap();
+    let out = build(&a, &["-t", "multi", dir]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("built\nsingle\n"), "{t}");
+    assert_eq!(owners(&t, "/etc/single.txt"), ("7", "8"), "{t}");
+    // The final image holds the copies, not the builder's other files.
+    let ls = a.docker_ok(&["run", "--rm", "multi", "ls", "/usr/local/mine"]);
+    assert!(ls.contains("tool"), "{ls}");
+    let missing = a.docker(&["run", "--rm", "multi", "ls", "/out"]);
+    assert!(!missing.status.success());
+    let again = text(&build(&a, &["-t", "multi", dir]));
+    assert_eq!(again.matches(" ---> Using cache").count(), 5, "{again}");
+}

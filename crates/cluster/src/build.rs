@@ -1,0 +1,1549 @@
+//! `docker build` (the classic builder's API and output): each step of the
+//! Dockerfile runs as a container of the account on a server placement
+//! chooses (its package, user namespace and networks), and its result is an
+//! image config plus, for `RUN` and `COPY`, the container's changes as a
+//! layer. Results are kept per account in the store's build cache, keyed by
+//! parent image, instruction and inputs, so a later build on any server
+//! reuses them. Intermediate images are cache entries, not image records;
+//! only the final image is the account's.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::sync::Arc;
+
+use bollard_stubs::models::{ContainerCreateBody, HostConfig};
+use build::context::{Context, Item};
+use build::dockerfile::{CommandForm, CopySource, CopyStep, Dockerfile, Stage, StepKind};
+use chrono::{SecondsFormat, Utc};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use images::Digest;
+use images::config::ContainerConfig;
+use serde_json::{Value, json};
+
+use crate::cluster::Cluster;
+use crate::containers::{WaitCondition, upstream};
+use crate::error::{Error, Result};
+use crate::images::ProgressTx;
+use crate::model::{BuildCacheRecord, ImageLayer, ImageRecord};
+use crate::names;
+
+/// The most of a build context the head accepts.
+pub const MAX_CONTEXT: u64 = 16 << 30;
+/// The most of a Dockerfile read from the context.
+const MAX_DOCKERFILE: u64 = 4 << 20;
+
+/// What the client asked for (Docker's `POST /build` query).
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub tags: Vec<String>,
+    pub dockerfile: String,
+    pub quiet: bool,
+    pub no_cache: bool,
+    pub pull: bool,
+    /// Remove intermediate containers after a successful step (`rm`).
+    pub remove: bool,
+    /// ... and after a failed one too (`forcerm`).
+    pub force_remove: bool,
+    pub build_args: BTreeMap<String, Option<String>>,
+    pub labels: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub network_mode: Option<String>,
+    pub extra_hosts: Vec<String>,
+    pub shm_size: Option<i64>,
+    pub memory: Option<i64>,
+    pub memory_swap: Option<i64>,
+    pub cpu_shares: Option<i64>,
+    pub cpu_period: Option<i64>,
+    pub cpu_quota: Option<i64>,
+    pub cpuset_cpus: Option<String>,
+    pub platform: Option<String>,
+    pub cache_from: Vec<String>,
+    /// Registry credentials by registry host (`X-Registry-Config`).
+    pub credentials: BTreeMap<String, images::registry::Credentials>,
+}
+
+/// A build whose context arrived and whose Dockerfile parsed: what can fail
+/// as a plain HTTP error has failed by now.
+pub struct PreparedBuild {
+    account: String,
+    opts: BuildOptions,
+    context: Arc<Context>,
+    dockerfile: Dockerfile,
+    /// Indexes of the stages to run, in order.
+    stages: Vec<usize>,
+}
+
+/// The image a step works on.
+#[derive(Debug, Clone)]
+struct Current {
+    id: String,
+    layers: Vec<ImageLayer>,
+    config: Value,
+}
+
+/// One stage's state while it runs.
+struct StageState {
+    cur: Current,
+    /// ARGs declared in this stage, with their values.
+    args: BTreeMap<String, String>,
+    cmd_set: bool,
+}
+
+impl StageState {
+    /// The ARGs in effect as `NAME=value`, for expansion.
+    fn arg_vars(&self) -> Vec<String> {
+        self.args.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    fn container_config(&self) -> Result<ContainerConfig> {
+        serde_json::from_value(self.cur.config["config"].clone())
+            .map_err(|e| Error::InvalidArgument(format!("invalid image config: {e}")))
+    }
+
+    /// Expansion variables: the ARGs beneath the image's `ENV`.
+    fn vars(&self) -> Vec<String> {
+        let mut v = self.arg_vars();
+        v.extend(
+            self.cur.config["config"]["Env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_str().map(str::to_string)),
+        );
+        v
+    }
+}
+
+fn build_error(e: build::BuildError) -> Error {
+    match e {
+        build::BuildError::Io(e) => Error::internal("build context", e),
+        e => Error::InvalidArgument(e.to_string()),
+    }
+}
+
+/// Args every build knows without a value from the client.
+fn predefined_args(platform: &str) -> BTreeMap<String, String> {
+    let (os, arch) = platform.split_once('/').unwrap_or(("linux", "amd64"));
+    BTreeMap::from([
+        ("TARGETPLATFORM".into(), platform.to_string()),
+        ("TARGETOS".into(), os.to_string()),
+        ("TARGETARCH".into(), arch.to_string()),
+        ("TARGETVARIANT".into(), String::new()),
+        ("BUILDPLATFORM".into(), "linux/amd64".into()),
+        ("BUILDOS".into(), "linux".into()),
+        ("BUILDARCH".into(), "amd64".into()),
+        ("BUILDVARIANT".into(), String::new()),
+    ])
+}
+
+/// Proxy args pass to `RUN` without an `ARG`, and stay out of the cache key
+/// and the image, as Docker does.
+const PROXY_ARGS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// One line of output; waits while the client is slow to read, so a step
+/// that prints fast is held back rather than buffered without bound.
+async fn stream(tx: &ProgressTx, text: impl Into<String>) {
+    let _ = tx.send(json!({"stream": text.into()})).await;
+}
+
+/// The short id Docker prints (` ---> 0123456789ab`).
+fn short(id: &str) -> &str {
+    names::short_id(id)
+}
+
+impl Cluster {
+    /// Receives the context (a tar stream) and parses the Dockerfile.
+    pub async fn prepare_build<S>(
+        &self,
+        account: &str,
+        opts: BuildOptions,
+        body: S,
+    ) -> Result<PreparedBuild>
+    where
+        S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
+    {
+        let dir = self.build_dir.clone();
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
+        let context = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            Context::receive(reader, &dir, MAX_CONTEXT)
+        })
+        .await
+        .map_err(|e| Error::internal("build context", e))?
+        .map_err(build_error)?;
+        let name = if opts.dockerfile.is_empty() {
+            "Dockerfile".to_string()
+        } else {
+            build::context::normalize(&opts.dockerfile)
+        };
+        let mut text = context
+            .read_file(&name, MAX_DOCKERFILE)
+            .map_err(build_error)?;
+        if text.is_none() && name == "Dockerfile" {
+            text = context
+                .read_file("dockerfile", MAX_DOCKERFILE)
+                .map_err(build_error)?;
+        }
+        let Some(text) = text else {
+            return Err(Error::InvalidArgument(format!(
+                "Cannot locate specified Dockerfile: {name}"
+            )));
+        };
+        let text = String::from_utf8(text)
+            .map_err(|_| Error::InvalidArgument("the Dockerfile is not UTF-8 text".into()))?;
+        let dockerfile = build::dockerfile::parse(&text).map_err(build_error)?;
+        let stages = needed_stages(&dockerfile, opts.target.as_deref())?;
+        Ok(PreparedBuild {
+            account: account.to_string(),
+            opts,
+            context: Arc::new(context),
+            dockerfile,
+            stages,
+        })
+    }
+
+    /// Runs a prepared build, streaming Docker's classic output to `tx`;
+    /// returns the image id.
+    pub async fn run_build(self: &Arc<Self>, b: PreparedBuild, tx: ProgressTx) -> Result<String> {
+        let total: usize = b
+            .stages
+            .iter()
+            .map(|i| 1 + b.dockerfile.stages[*i].steps.len())
+            .sum::<usize>()
+            + usize::from(!b.opts.labels.is_empty());
+        let platform = b
+            .opts
+            .platform
+            .clone()
+            .unwrap_or_else(|| "linux/amd64".into());
+        let predefined = predefined_args(&platform);
+        let mut consumed: BTreeSet<String> = BTreeSet::new();
+        // Global ARG values, with the client's overrides.
+        let mut globals: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in &b.dockerfile.global_args {
+            let value = match b.opts.build_args.get(k) {
+                Some(Some(v)) => {
+                    consumed.insert(k.clone());
+                    Some(v.clone())
+                }
+                _ => v.clone().or_else(|| predefined.get(k).cloned()),
+            };
+            if let Some(v) = value {
+                globals.insert(k.clone(), v);
+            }
+        }
+        let global_vars: Vec<String> = globals.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut results: BTreeMap<usize, Current> = BTreeMap::new();
+        let mut n = 0;
+        let last_stage = *b.stages.last().expect("a target stage");
+        for &si in &b.stages {
+            let stage = &b.dockerfile.stages[si];
+            n += 1;
+            stream(&tx, format!("Step {n}/{total} : {}\n", stage.text)).await;
+            let mut st = StageState {
+                cur: self
+                    .stage_base(&b, stage, &global_vars, &results, &tx)
+                    .await?,
+                args: BTreeMap::new(),
+                cmd_set: false,
+            };
+            stream(&tx, format!(" ---> {}\n", short(&st.cur.id))).await;
+            // The base's ONBUILD triggers run first, then leave the config.
+            let triggers: Vec<String> = st.cur.config["config"]["OnBuild"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect();
+            if !triggers.is_empty() {
+                stream(
+                    &tx,
+                    format!(
+                        "# Executing {} build trigger{}\n",
+                        triggers.len(),
+                        if triggers.len() == 1 { "" } else { "s" }
+                    ),
+                )
+                .await;
+                let text = format!("FROM scratch\n{}\n", triggers.join("\n"));
+                let parsed = build::dockerfile::parse(&text).map_err(build_error)?;
+                st.cur.config["config"]["OnBuild"] = Value::Null;
+                for step in &parsed.stages[0].steps {
+                    self.run_step(
+                        &b,
+                        &mut st,
+                        step,
+                        &results,
+                        &globals,
+                        &predefined,
+                        &mut consumed,
+                        &tx,
+                    )
+                    .await?;
+                }
+            }
+            for step in &stage.steps {
+                n += 1;
+                stream(&tx, format!("Step {n}/{total} : {}\n", step.text)).await;
+                self.run_step(
+                    &b,
+                    &mut st,
+                    step,
+                    &results,
+                    &globals,
+                    &predefined,
+                    &mut consumed,
+                    &tx,
+                )
+                .await?;
+                stream(&tx, format!(" ---> {}\n", short(&st.cur.id))).await;
+            }
+            if si == last_stage && !b.opts.labels.is_empty() {
+                n += 1;
+                let line = format!(
+                    "LABEL {}",
+                    b.opts
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{}={}", quote(k), quote(v)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                stream(&tx, format!("Step {n}/{total} : {line}\n")).await;
+                let step = build::dockerfile::Step {
+                    line: 0,
+                    text: line.clone(),
+                    kind: StepKind::Config {
+                        instruction: "LABEL".into(),
+                        line,
+                    },
+                };
+                self.run_step(
+                    &b,
+                    &mut st,
+                    &step,
+                    &results,
+                    &globals,
+                    &predefined,
+                    &mut consumed,
+                    &tx,
+                )
+                .await?;
+                stream(&tx, format!(" ---> {}\n", short(&st.cur.id))).await;
+            }
+            results.insert(si, st.cur);
+        }
+        let unused: Vec<&String> = b
+            .opts
+            .build_args
+            .keys()
+            .filter(|k| !consumed.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+            .collect();
+        if !unused.is_empty() {
+            stream(
+                &tx,
+                format!(
+                    "[Warning] One or more build-args [{}] were not consumed\n",
+                    unused
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            )
+            .await;
+        }
+        let fin = results.remove(&last_stage).expect("the target stage ran");
+        let digest = Digest::parse(&fin.id)?;
+        let rec = self
+            .record_image(&b.account, &digest, fin.layers.clone(), None)
+            .await?;
+        let _ = tx.send(json!({"aux": {"ID": rec.id}})).await;
+        stream(&tx, format!("Successfully built {}\n", short(&rec.id))).await;
+        for t in &b.opts.tags {
+            let r = images::reference::Reference::parse(t)?.with_default_tag();
+            self.set_tag(&b.account, &r.to_string(), &rec.id).await?;
+            stream(&tx, format!("Successfully tagged {}\n", r.familiar())).await;
+        }
+        self.emit_image(&b.account, "build", &rec.id, &rec.id);
+        Ok(rec.id)
+    }
+
+    /// The image a stage starts from: `scratch`, an earlier stage, or an
+    /// image of the account's (pulled when missing, or always with `--pull`).
+    async fn stage_base(
+        &self,
+        b: &PreparedBuild,
+        stage: &Stage,
+        global_vars: &[String],
+        results: &BTreeMap<usize, Current>,
+        tx: &ProgressTx,
+    ) -> Result<Current> {
+        let base = images::import::expand_word(&stage.base, global_vars)?;
+        if base.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "base name ({}) should not be blank",
+                stage.base
+            )));
+        }
+        let lower = base.to_ascii_lowercase();
+        if let Some(prev) = b.dockerfile.stages[..stage.index]
+            .iter()
+            .find(|s| s.name.as_deref() == Some(lower.as_str()) || s.index.to_string() == lower)
+        {
+            return results.get(&prev.index).cloned().ok_or_else(|| {
+                Error::internal("build", format!("stage {} did not run", prev.index))
+            });
+        }
+        if lower == "scratch" {
+            let config = json!({
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": []},
+                "history": [],
+            });
+            let id = self.put_config(&config)?;
+            return Ok(Current {
+                id,
+                layers: Vec::new(),
+                config,
+            });
+        }
+        let found = if b.opts.pull {
+            None
+        } else {
+            self.find_image(&b.account, &base).await.ok()
+        };
+        let image = match found {
+            Some(i) => i,
+            None => {
+                let r = images::reference::Reference::parse(&base)?.with_default_tag();
+                let creds = b.opts.credentials.get(&r.domain).cloned().or_else(|| {
+                    (r.domain == "docker.io")
+                        .then(|| {
+                            b.opts
+                                .credentials
+                                .get("https://index.docker.io/v1/")
+                                .cloned()
+                        })
+                        .flatten()
+                });
+                let platform = b
+                    .opts
+                    .platform
+                    .as_deref()
+                    .or(stage.platform.as_deref())
+                    .map(|p| p.parse())
+                    .transpose()
+                    .map_err(|e: images::ImageError| Error::InvalidArgument(e.to_string()))?;
+                self.pull_image(&b.account, &r.to_string(), creds, platform, tx.clone())
+                    .await?;
+                self.find_image(&b.account, &r.to_string()).await?
+            }
+        };
+        Ok(Current {
+            config: self.image_config(&image.id)?,
+            id: image.id,
+            layers: image.layers,
+        })
+    }
+
+    fn put_config(&self, config: &Value) -> Result<String> {
+        let bytes = serde_json::to_vec(config).map_err(|e| Error::internal("config", e))?;
+        Ok(self
+            .blobs
+            .put_bytes(&bytes)
+            .map_err(|e| Error::internal("storing an image config", e))?
+            .to_string())
+    }
+
+    /// A cached result of `key`, if the build may use the cache.
+    async fn cached(&self, b: &PreparedBuild, key: &str) -> Result<Option<Current>> {
+        if b.opts.no_cache {
+            return Ok(None);
+        }
+        let Some(mut hit) = self.store.get_build_cache(&b.account, key).await? else {
+            return Ok(None);
+        };
+        // Its blobs must still be here (a crash between writes could lose them).
+        let Ok(config) = self.image_config(&hit.image_id) else {
+            return Ok(None);
+        };
+        hit.last_used = Utc::now();
+        hit.usage_count += 1;
+        self.store.put_build_cache(&hit).await?;
+        Ok(Some(Current {
+            id: hit.image_id,
+            layers: hit.layers,
+            config,
+        }))
+    }
+
+    /// Records a step's image: its config blob and a cache entry.
+    async fn remember(
+        &self,
+        b: &PreparedBuild,
+        key: &str,
+        description: &str,
+        config: Value,
+        layers: Vec<ImageLayer>,
+        added: i64,
+    ) -> Result<Current> {
+        let id = self.put_config(&config)?;
+        let now = Utc::now();
+        self.store
+            .put_build_cache(&BuildCacheRecord {
+                account: b.account.clone(),
+                key: key.to_string(),
+                image_id: id.clone(),
+                layers: layers.clone(),
+                description: description.to_string(),
+                size: added,
+                created: now,
+                last_used: now,
+                usage_count: 0,
+            })
+            .await?;
+        Ok(Current { id, layers, config })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_step(
+        self: &Arc<Self>,
+        b: &PreparedBuild,
+        st: &mut StageState,
+        step: &build::dockerfile::Step,
+        results: &BTreeMap<usize, Current>,
+        globals: &BTreeMap<String, String>,
+        predefined: &BTreeMap<String, String>,
+        consumed: &mut BTreeSet<String>,
+        tx: &ProgressTx,
+    ) -> Result<()> {
+        let at_line = |e: Error| match e {
+            Error::InvalidArgument(m) if step.line > 0 => {
+                Error::InvalidArgument(format!("Dockerfile line {}: {m}", step.line))
+            }
+            e => e,
+        };
+        match &step.kind {
+            StepKind::Arg(pairs) => {
+                for (k, default) in pairs {
+                    let value = match b.opts.build_args.get(k) {
+                        Some(Some(v)) => {
+                            consumed.insert(k.clone());
+                            Some(v.clone())
+                        }
+                        _ => match default {
+                            Some(d) => Some(images::import::expand_word(d, &st.vars())?),
+                            None => globals.get(k).or_else(|| predefined.get(k)).cloned(),
+                        },
+                    };
+                    st.args.insert(k.clone(), value.unwrap_or_default());
+                }
+                Ok(())
+            }
+            StepKind::Config { line, .. } => {
+                let mut cfg = st.container_config()?;
+                images::import::apply_instruction(&mut cfg, line, &st.arg_vars(), &mut st.cmd_set)
+                    .map_err(|e| at_line(e.into()))?;
+                self.config_step(b, st, &step.text, cfg, None, tx).await
+            }
+            StepKind::Shell(shell) => {
+                if shell.is_empty() {
+                    return Err(at_line(Error::InvalidArgument(
+                        "SHELL requires the arguments to be in JSON form".into(),
+                    )));
+                }
+                let mut cfg = st.container_config()?;
+                cfg.shell = Some(shell.clone());
+                self.config_step(b, st, &step.text, cfg, None, tx).await
+            }
+            StepKind::Maintainer(m) => {
+                let cfg = st.container_config()?;
+                self.config_step(b, st, &step.text, cfg, Some(m.clone()), tx)
+                    .await
+            }
+            StepKind::Run {
+                command,
+                mounts,
+                network,
+            } => {
+                if !mounts.is_empty() {
+                    return Err(at_line(Error::InvalidArgument(
+                        "RUN --mount is not supported yet".into(),
+                    )));
+                }
+                self.run_run(b, st, step, command, network.as_deref(), tx)
+                    .await
+            }
+            StepKind::Copy(c) => self
+                .run_copy(b, st, step, c, results, tx)
+                .await
+                .map_err(at_line),
+        }
+    }
+
+    /// A step that changes only the config: a new image id, no layer.
+    async fn config_step(
+        &self,
+        b: &PreparedBuild,
+        st: &mut StageState,
+        text: &str,
+        cfg: ContainerConfig,
+        author: Option<String>,
+        tx: &ProgressTx,
+    ) -> Result<()> {
+        let cfg = serde_json::to_value(&cfg).map_err(|e| Error::internal("config", e))?;
+        let key = build::cache::step_key(&st.cur.id, text, &[&cfg.to_string()]);
+        if let Some(hit) = self.cached(b, &key).await? {
+            stream(tx, " ---> Using cache\n").await;
+            st.cur = hit;
+            return Ok(());
+        }
+        let mut config = st.cur.config.clone();
+        let t = now();
+        config["config"] = cfg;
+        config["created"] = json!(t);
+        if let Some(a) = author {
+            config["author"] = json!(a);
+        }
+        push_history(&mut config, &t, &format!("/bin/sh -c #(nop)  {text}"), true);
+        st.cur = self
+            .remember(b, &key, text, config, st.cur.layers.clone(), 0)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a step's container (not started) on the current image.
+    async fn step_container(
+        self: &Arc<Self>,
+        b: &PreparedBuild,
+        cur: &Current,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        network: Option<&str>,
+    ) -> Result<String> {
+        let image = ImageRecord {
+            account: b.account.clone(),
+            id: cur.id.clone(),
+            size: cur.layers.iter().map(|l| l.size).sum(),
+            layers: cur.layers.clone(),
+            created: Utc::now(),
+            added: Utc::now(),
+            repo_digests: Vec::new(),
+        };
+        let host_config = HostConfig {
+            network_mode: network
+                .map(str::to_string)
+                .or_else(|| b.opts.network_mode.clone())
+                .filter(|n| n != "default"),
+            extra_hosts: (!b.opts.extra_hosts.is_empty()).then(|| b.opts.extra_hosts.clone()),
+            shm_size: b.opts.shm_size,
+            memory: b.opts.memory,
+            memory_swap: b.opts.memory_swap,
+            cpu_shares: b.opts.cpu_shares,
+            cpu_period: b.opts.cpu_period,
+            cpu_quota: b.opts.cpu_quota,
+            cpuset_cpus: b.opts.cpuset_cpus.clone(),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(cur.id.clone()),
+            cmd: Some(cmd),
+            entrypoint: Some(Vec::new()),
+            env: Some(env),
+            host_config: Some(host_config.clone()),
+            ..Default::default()
+        };
+        let security = crate::security::check(&b.account, &host_config)?;
+        let (id, _warnings) = self
+            .create_from_image(
+                &b.account,
+                None,
+                body,
+                Vec::new(),
+                security,
+                image,
+                cur.id.clone(),
+            )
+            .await?;
+        Ok(id)
+    }
+
+    async fn run_run(
+        self: &Arc<Self>,
+        b: &PreparedBuild,
+        st: &mut StageState,
+        step: &build::dockerfile::Step,
+        command: &CommandForm,
+        network: Option<&str>,
+        tx: &ProgressTx,
+    ) -> Result<()> {
+        let cfg = st.container_config()?;
+        let cmd = match command {
+            CommandForm::Exec(v) => v.clone(),
+            CommandForm::Shell(s) => {
+                let mut sh = cfg
+                    .shell
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+                sh.push(s.clone());
+                sh
+            }
+        };
+        // ARGs reach the command as environment, beneath ENV.
+        let env_names: BTreeSet<String> = cfg
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.split_once('=').map(|(k, _)| k).unwrap_or(e).to_string())
+            .collect();
+        let arg_env: Vec<String> = st
+            .args
+            .iter()
+            .filter(|(k, _)| !env_names.contains(*k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut env = arg_env.clone();
+        for p in PROXY_ARGS {
+            if let Some(Some(v)) = b.opts.build_args.get(p)
+                && !st.args.contains_key(p)
+            {
+                env.push(format!("{p}={v}"));
+            }
+        }
+        // Docker's cache key: the command with the args in effect.
+        let description = if arg_env.is_empty() {
+            format!("RUN {}", serde_json::to_string(&cmd).unwrap_or_default())
+        } else {
+            format!(
+                "RUN |{} {} {}",
+                arg_env.len(),
+                arg_env.join(" "),
+                serde_json::to_string(&cmd).unwrap_or_default()
+            )
+        };
+        let key = build::cache::step_key(
+            &st.cur.id,
+            &description,
+            &[network.unwrap_or(""), &cfg.user.clone().unwrap_or_default()],
+        );
+        if let Some(hit) = self.cached(b, &key).await? {
+            stream(tx, " ---> Using cache\n").await;
+            st.cur = hit;
+            return Ok(());
+        }
+        let cid = self
+            .step_container(b, &st.cur, cmd.clone(), env, network)
+            .await?;
+        stream(tx, format!(" ---> Running in {}\n", short(&cid))).await;
+        let res = self.run_and_commit(b, st, &cid, &cmd, tx).await;
+        let keep = res.is_err() && !b.opts.force_remove;
+        if !keep && (b.opts.remove || b.opts.force_remove) {
+            let _ = self.remove_container(&b.account, &cid, true).await;
+            if res.is_ok() {
+                stream(
+                    tx,
+                    format!("Removing intermediate container {}\n", short(&cid)),
+                )
+                .await;
+            }
+        }
+        let (layer, size) = res?;
+        let mut config = st.cur.config.clone();
+        let t = now();
+        config["created"] = json!(t);
+        config["container"] = json!(cid);
+        push_layer(&mut config, &layer.diff_id);
+        push_history(&mut config, &t, &description, false);
+        let _ = step;
+        let mut layers = st.cur.layers.clone();
+        layers.push(layer);
+        st.cur = self
+            .remember(b, &key, &description, config, layers, size)
+            .await?;
+        Ok(())
+    }
+
+    /// Starts the step's container, streams its output, waits for it and
+    /// takes its changes as a layer.
+    async fn run_and_commit(
+        self: &Arc<Self>,
+        b: &PreparedBuild,
+        st: &StageState,
+        cid: &str,
+        cmd: &[String],
+        tx: &ProgressTx,
+    ) -> Result<(ImageLayer, i64)> {
+        let _ = st;
+        let exited = self
+            .wait_container(&b.account, cid, WaitCondition::NextExit)
+            .await?;
+        self.start_container(&b.account, cid).await?;
+        let (_, logs) = self
+            .container_logs(&b.account, cid, "follow=1&stdout=1&stderr=1")
+            .await?;
+        forward_frames(logs, tx).await;
+        let code = exited.await?;
+        if code != 0 {
+            return Err(Error::Upstream(format!(
+                "The command '{}' returned a non-zero code: {code}",
+                cmd.join(" ")
+            )));
+        }
+        self.take_layer(&b.account, cid).await
+    }
+
+    /// A stopped container's changes, into the blob store (uncompressed:
+    /// blob = diff_id).
+    async fn take_layer(&self, account: &str, cid: &str) -> Result<(ImageLayer, i64)> {
+        let (c, agent) = self.files_target(account, cid).await?;
+        let body = agent.diff_layer(&c.id).await.map_err(upstream)?;
+        let mut frames = body.into_data_stream();
+        let mut w = self
+            .blobs
+            .writer()
+            .map_err(|e| Error::internal("blob writer", e))?;
+        while let Some(chunk) = frames.next().await {
+            let chunk = chunk.map_err(|e| Error::Upstream(format!("reading the layer: {e}")))?;
+            w.write_all(&chunk)
+                .map_err(|e| Error::internal("writing the layer", e))?;
+        }
+        let size = w.bytes_written();
+        let digest = w
+            .commit(None)
+            .map_err(|e| Error::internal("storing the layer", e))?;
+        Ok((
+            ImageLayer::new(
+                &digest,
+                &digest,
+                size,
+                "application/vnd.docker.image.rootfs.diff.tar",
+            ),
+            size as i64,
+        ))
+    }
+
+    async fn run_copy(
+        self: &Arc<Self>,
+        b: &PreparedBuild,
+        st: &mut StageState,
+        step: &build::dockerfile::Step,
+        c: &CopyStep,
+        results: &BTreeMap<usize, Current>,
+        tx: &ProgressTx,
+    ) -> Result<()> {
+        let kw = if c.add { "ADD" } else { "COPY" };
+        if let Some(from) = &c.from {
+            return self.run_copy_from(b, st, step, c, from, results, tx).await;
+        }
+        let vars = st.vars();
+        let (dest, chmod, chown) = copy_target(st, c)?;
+
+        // Sources: context paths (wildcards expanded) and heredocs.
+        let mut paths: Vec<String> = Vec::new();
+        let mut heredocs: Vec<(String, String)> = Vec::new();
+        for s in &c.sources {
+            match s {
+                CopySource::HereDoc { name, body, expand } => {
+                    let body = if *expand {
+                        images::import::expand_word(
+                            &format!("\"{}\"", body.replace('"', "\\\"")),
+                            &vars,
+                        )
+                        .unwrap_or_else(|_| body.clone())
+                    } else {
+                        body.clone()
+                    };
+                    heredocs.push((name.clone(), body));
+                }
+                CopySource::Path(p) => {
+                    let p = images::import::expand_word(p, &vars)?;
+                    if p.starts_with("http://") || p.starts_with("https://") {
+                        return Err(Error::InvalidArgument(format!(
+                            "{kw} of a URL is not supported yet: {p}"
+                        )));
+                    }
+                    if build::context::has_wildcards(&p) {
+                        let m = b.context.matches(&p);
+                        if m.is_empty() {
+                            return Err(Error::InvalidArgument(format!(
+                                "{kw} failed: no source files were specified"
+                            )));
+                        }
+                        paths.extend(m);
+                    } else {
+                        let resolved = b
+                            .context
+                            .resolve(&p)
+                            .filter(|r| r.is_empty() || b.context.entry(r).is_some());
+                        match resolved {
+                            Some(r) => paths.push(r),
+                            None => {
+                                return Err(Error::InvalidArgument(format!(
+                                    "{kw} failed: file not found in build context or excluded by .dockerignore: stat {p}: file does not exist"
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let many = paths.len() + heredocs.len() > 1
+            || c.sources
+                .iter()
+                .any(|s| matches!(s, CopySource::Path(p) if build::context::has_wildcards(p)));
+        if many && !dest.ends_with('/') {
+            return Err(Error::InvalidArgument(format!(
+                "When using {kw} with more than one source file, the destination must be a directory and end with a /"
+            )));
+        }
+        // Where the tar is extracted, and each source's name in it.
+        let cid = self
+            .step_container(
+                b,
+                &st.cur,
+                vec![format!("#(nop) {kw}")],
+                Vec::new(),
+                Some("none"),
+            )
+            .await?;
+        let res = self
+            .copy_into(
+                b,
+                st,
+                &cid,
+                &dest,
+                &paths,
+                &heredocs,
+                chmod,
+                chown.as_deref(),
+                c,
+                step,
+                tx,
+            )
+            .await;
+        let _ = self.remove_container(&b.account, &cid, true).await;
+        res
+    }
+
+    /// `COPY --from=stage|image`: the files come from a container of that
+    /// image, through the head, into the step's container.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_copy_from(
+        self: &Arc<Self>,
+        b: &PreparedBuild,
+        st: &mut StageState,
+        step: &build::dockerfile::Step,
+        c: &CopyStep,
+        from: &str,
+        results: &BTreeMap<usize, Current>,
+        tx: &ProgressTx,
+    ) -> Result<()> {
+        let vars = st.vars();
+        let from = images::import::expand_word(from, &vars)?;
+        let lower = from.to_ascii_lowercase();
+        let src = match b
+            .dockerfile
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(lower.as_str()) || s.index.to_string() == lower)
+        {
+            Some(s) => results.get(&s.index).cloned().ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "COPY --from={from}: the stage must come before the one that copies from it"
+                ))
+            })?,
+            None => {
+                let fake = Stage {
+                    index: 0,
+                    name: None,
+                    base: from.clone(),
+                    platform: None,
+                    line: step.line,
+                    text: String::new(),
+                    steps: Vec::new(),
+                };
+                self.stage_base(b, &fake, &[], &BTreeMap::new(), tx).await?
+            }
+        };
+        let (dest, chmod, chown) = copy_target(st, c)?;
+        let mut paths = Vec::new();
+        for s in &c.sources {
+            match s {
+                CopySource::Path(p) => {
+                    let p = images::import::expand_word(p, &vars)?;
+                    if build::context::has_wildcards(&p) {
+                        return Err(Error::InvalidArgument(format!(
+                            "COPY --from with wildcards is not supported yet: {p}"
+                        )));
+                    }
+                    paths.push(if p.starts_with('/') {
+                        p
+                    } else {
+                        format!("/{p}")
+                    });
+                }
+                CopySource::HereDoc { .. } => {
+                    return Err(Error::InvalidArgument(
+                        "COPY --from cannot copy a heredoc".into(),
+                    ));
+                }
+            }
+        }
+        if paths.len() > 1 && !dest.ends_with('/') {
+            return Err(Error::InvalidArgument(
+                "When using COPY with more than one source file, the destination must be a directory and end with a /".into(),
+            ));
+        }
+        let description = format!(
+            "COPY --from={} chown={} chmod={} {} {dest}",
+            src.id,
+            chown.as_deref().unwrap_or(""),
+            chmod.map(|m| format!("{m:o}")).unwrap_or_default(),
+            paths.join(" ")
+        );
+        let key = build::cache::step_key(&st.cur.id, &description, &[]);
+        if let Some(hit) = self.cached(b, &key).await? {
+            stream(tx, " ---> Using cache\n").await;
+            st.cur = hit;
+            return Ok(());
+        }
+        let src_cid = self
+            .step_container(
+                b,
+                &src,
+                vec!["#(nop) COPY".into()],
+                Vec::new(),
+                Some("none"),
+            )
+            .await?;
+        let res = async {
+            let cid = self
+                .step_container(
+                    b,
+                    &st.cur,
+                    vec!["#(nop) COPY".into()],
+                    Vec::new(),
+                    Some("none"),
+                )
+                .await?;
+            let res = self
+                .copy_between(b, &src_cid, &cid, &paths, &dest, chmod, chown.as_deref())
+                .await;
+            let res = match res {
+                Ok(()) => self.take_layer(&b.account, &cid).await,
+                Err(e) => Err(e),
+            };
+            let _ = self.remove_container(&b.account, &cid, true).await;
+            res
+        }
+        .await;
+        let _ = self.remove_container(&b.account, &src_cid, true).await;
+        let (layer, size) = res?;
+        let mut config = st.cur.config.clone();
+        let t = now();
+        config["created"] = json!(t);
+        push_layer(&mut config, &layer.diff_id);
+        push_history(
+            &mut config,
+            &t,
+            &format!("/bin/sh -c #(nop) {}", step.text),
+            false,
+        );
+        let mut layers = st.cur.layers.clone();
+        layers.push(layer);
+        st.cur = self
+            .remember(b, &key, &step.text, config, layers, size)
+            .await?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_between(
+        self: &Arc<Self>,
+        b: &PreparedBuild,
+        src_cid: &str,
+        cid: &str,
+        paths: &[String],
+        dest: &str,
+        chmod: Option<u32>,
+        chown: Option<&str>,
+    ) -> Result<()> {
+        let dest_is_dir = dest.ends_with('/')
+            || paths.len() > 1
+            || self
+                .archive_stat(&b.account, cid, dest, &enc(dest))
+                .await
+                .ok()
+                .and_then(|s| stat_is_dir(&s))
+                .unwrap_or(false);
+        for p in paths {
+            let (stat, body) = self
+                .archive_get(&b.account, src_cid, p, &enc(p))
+                .await
+                .map_err(|e| match e {
+                    Error::NotFound(_) => Error::InvalidArgument(format!(
+                        "COPY failed: stat {p}: file does not exist"
+                    )),
+                    e => e,
+                })?;
+            let is_dir = stat_is_dir(&stat).unwrap_or(false);
+            let base = p
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let (dir, name) = if is_dir || dest_is_dir {
+                (dest.trim_end_matches('/').to_string(), base)
+            } else {
+                let (parent, name) = dest.rsplit_once('/').unwrap_or(("", dest));
+                (parent.to_string(), name.to_string())
+            };
+            let dir = if dir.is_empty() { "/".to_string() } else { dir };
+            let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(
+                body.into_data_stream()
+                    .map(|r| r.map_err(std::io::Error::other)),
+            ));
+            let tar = tar_stream(move |w| retarget_tar(reader, w, is_dir, &name, chmod));
+            let mut query = format!("path={}&mkdir=1", enc(&dir));
+            if let Some(o) = chown {
+                query.push_str(&format!("&chown={}", enc(o)));
+            }
+            self.archive_put(&b.account, cid, &dir, &query, tar)
+                .await
+                .map_err(|e| copy_failed("COPY", e))?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_into(
+        self: &Arc<Self>,
+        b: &PreparedBuild,
+        st: &mut StageState,
+        cid: &str,
+        dest: &str,
+        paths: &[String],
+        heredocs: &[(String, String)],
+        chmod: Option<u32>,
+        chown: Option<&str>,
+        c: &CopyStep,
+        step: &build::dockerfile::Step,
+        tx: &ProgressTx,
+    ) -> Result<()> {
+        let kw = if c.add { "ADD" } else { "COPY" };
+        // One file (not an archive ADD unpacks) to a path not ending in `/`
+        // is copied as that path, unless it names an existing directory.
+        let single = paths.len() + heredocs.len() == 1
+            && !dest.ends_with('/')
+            && paths
+                .first()
+                .is_none_or(|p| !(b.context.is_dir(p) || (c.add && b.context.is_archive(p))));
+        let into_dir = !single
+            || self
+                .archive_stat(&b.account, cid, dest, &enc(dest))
+                .await
+                .ok()
+                .and_then(|s| stat_is_dir(&s))
+                .unwrap_or(false);
+        let mut heredocs = heredocs.to_vec();
+        let (dir, mut items) = if into_dir {
+            let mut items = Vec::new();
+            for p in paths {
+                if b.context.is_dir(p) {
+                    items.extend(b.context.items(p, ""));
+                } else {
+                    let name = p.rsplit('/').next().unwrap_or(p).to_string();
+                    items.push(Item {
+                        src: p.clone(),
+                        dest: name,
+                    });
+                }
+            }
+            (dest.trim_end_matches('/').to_string(), items)
+        } else {
+            let (parent, name) = dest.rsplit_once('/').unwrap_or(("", dest));
+            match paths.first() {
+                Some(p) => (
+                    parent.to_string(),
+                    vec![Item {
+                        src: p.clone(),
+                        dest: name.to_string(),
+                    }],
+                ),
+                None => {
+                    heredocs[0].0 = name.to_string();
+                    (parent.to_string(), Vec::new())
+                }
+            }
+        };
+        let dir = if dir.is_empty() { "/".to_string() } else { dir };
+        // Local archives given to ADD are unpacked, not copied.
+        let mut archives = Vec::new();
+        if c.add {
+            items.retain(|it| {
+                let tarball = b.context.is_archive(&it.src);
+                if tarball {
+                    archives.push(it.src.clone());
+                }
+                !tarball
+            });
+        }
+        let ctx = b.context.clone();
+        let (items2, archives2) = (items.clone(), archives.clone());
+        let sum = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut parts = vec![ctx.checksum(&items2, chmod)?];
+            for a in &archives2 {
+                parts.push(ctx.checksum(&ctx.items(a, "archive"), None)?);
+            }
+            Ok(parts.join(","))
+        })
+        .await
+        .map_err(|e| Error::internal("checksum", e))?
+        .map_err(|e| Error::internal("checksum", e))?;
+        let heredoc_sum: Vec<String> = heredocs
+            .iter()
+            .map(|(n, body)| format!("{n}:{}", build::cache::step_key("", body, &[])))
+            .collect();
+        let description = format!(
+            "{kw} chown={} chmod={} dir={dir} into={into_dir} {}",
+            chown.unwrap_or(""),
+            chmod.map(|m| format!("{m:o}")).unwrap_or_default(),
+            items
+                .iter()
+                .map(|i| i.dest.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let key = build::cache::step_key(&st.cur.id, &description, &[&sum, &heredoc_sum.join(",")]);
+        if let Some(hit) = self.cached(b, &key).await? {
+            stream(tx, " ---> Using cache\n").await;
+            st.cur = hit;
+            return Ok(());
+        }
+        let mut query = format!("path={}&mkdir=1", enc(&dir));
+        if let Some(o) = chown {
+            query.push_str(&format!("&chown={}", enc(o)));
+        }
+        if !items.is_empty() || !heredocs.is_empty() {
+            let ctx = b.context.clone();
+            let body = tar_stream(move |w| {
+                let mut t = tar::Builder::new(w);
+                ctx.write_tar(&mut t, &items, chmod)?;
+                for (name, text) in &heredocs {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(chmod.unwrap_or(0o644));
+                    h.set_size(text.len() as u64);
+                    h.set_mtime(Utc::now().timestamp().max(0) as u64);
+                    t.append_data(&mut h, name, text.as_bytes())?;
+                }
+                t.finish()
+            });
+            self.archive_put(&b.account, cid, &dir, &query, body)
+                .await
+                .map_err(|e| copy_failed(kw, e))?;
+        }
+        for a in archives {
+            let ctx = b.context.clone();
+            let body = tar_stream(move |w| {
+                let r = ctx
+                    .reader(&a)
+                    .ok_or_else(|| std::io::Error::other("archive vanished"))?;
+                let mut r = images::compress::decompressed(r).map_err(std::io::Error::other)?;
+                std::io::copy(&mut r, w).map(|_| ())
+            });
+            let q = if chown.is_some() {
+                query.clone()
+            } else {
+                format!("{query}&copyUIDGID=1")
+            };
+            self.archive_put(&b.account, cid, &dir, &q, body)
+                .await
+                .map_err(|e| copy_failed(kw, e))?;
+        }
+        let (layer, size) = self.take_layer(&b.account, cid).await?;
+        let mut config = st.cur.config.clone();
+        let t = now();
+        config["created"] = json!(t);
+        push_layer(&mut config, &layer.diff_id);
+        push_history(
+            &mut config,
+            &t,
+            &format!("/bin/sh -c #(nop) {}", step.text),
+            false,
+        );
+        let mut layers = st.cur.layers.clone();
+        layers.push(layer);
+        st.cur = self
+            .remember(b, &key, &step.text, config, layers, size)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A `COPY`'s destination (absolute, under `WORKDIR`), `--chmod` and `--chown`.
+fn copy_target(st: &StageState, c: &CopyStep) -> Result<(String, Option<u32>, Option<String>)> {
+    let vars = st.vars();
+    let cfg = st.container_config()?;
+    let mut dest = images::import::expand_word(&c.dest, &vars)?;
+    if !dest.starts_with('/') {
+        let wd = cfg
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or("/".into());
+        dest = format!("{}/{dest}", wd.trim_end_matches('/'));
+    }
+    let chmod = c
+        .chmod
+        .as_deref()
+        .map(|m| {
+            u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| Error::InvalidArgument(format!("invalid chmod {m:?}")))
+        })
+        .transpose()?;
+    let chown = c
+        .chown
+        .as_deref()
+        .map(|o| images::import::expand_word(o, &vars))
+        .transpose()?;
+    Ok((dest, chmod, chown))
+}
+
+/// Renames the entries of a container's tar (`GET archive`: the source's
+/// basename on top) for extraction: a directory's contents lose the top
+/// name, a file takes `name`. Owners are left to the extraction.
+fn retarget_tar(
+    r: impl std::io::Read,
+    w: &mut dyn Write,
+    dir_contents: bool,
+    name: &str,
+    chmod: Option<u32>,
+) -> std::io::Result<()> {
+    let mut ar = tar::Archive::new(r);
+    let mut out = tar::Builder::new(w);
+    let rename = |p: &[u8]| -> Option<String> {
+        let p = String::from_utf8_lossy(p).into_owned();
+        let p = p.trim_start_matches("./").trim_end_matches('/').to_string();
+        match p.split_once('/') {
+            Some((_, rest)) if dir_contents => Some(rest.to_string()),
+            None if dir_contents => None,
+            Some((_, rest)) => Some(format!("{name}/{rest}")),
+            None => Some(name.to_string()),
+        }
+    };
+    for e in ar.entries()? {
+        let mut e = e?;
+        let Some(path) = rename(&e.path_bytes()) else {
+            continue;
+        };
+        let mut h = e.header().clone();
+        if let Some(m) = chmod {
+            h.set_mode(m);
+        }
+        match h.entry_type() {
+            tar::EntryType::Link => {
+                let target = e
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let Some(target) = rename(&target) else {
+                    continue;
+                };
+                out.append_link(&mut h, &path, &target)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = e
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                out.append_link(&mut h, &path, String::from_utf8_lossy(&target).as_ref())?;
+            }
+            _ => out.append_data(&mut h, &path, &mut e)?,
+        }
+    }
+    out.finish()
+}
+
+fn copy_failed(kw: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidArgument(m) | Error::NotFound(m) => {
+            Error::InvalidArgument(format!("{kw} failed: {m}"))
+        }
+        e => e,
+    }
+}
+
+/// A tar written by a blocking writer, as a byte stream.
+fn tar_stream(
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()> + Send + 'static,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Sync + 'static {
+    let (reader, writer) = tokio::io::duplex(256 * 1024);
+    tokio::task::spawn_blocking(move || {
+        let mut w = tokio_util::io::SyncIoBridge::new(writer);
+        if let Err(e) = write(&mut w) {
+            tracing::debug!("build tar stream: {e}");
+        }
+        let _ = w.flush();
+    });
+    tokio_util::io::ReaderStream::new(reader)
+}
+
+fn enc(s: &str) -> String {
+    percent_encode(s)
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether a base64 stat header (Docker's) names a directory.
+fn stat_is_dir(b64: &str) -> Option<bool> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    let mode = v["mode"].as_u64()?;
+    // Go's os.ModeDir bit.
+    Some(mode & (1 << 31) != 0)
+}
+
+fn quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c))
+        && !s.is_empty()
+    {
+        s.to_string()
+    } else {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+fn push_layer(config: &mut Value, diff_id: &str) {
+    match config["rootfs"]["diff_ids"].as_array_mut() {
+        Some(ids) => ids.push(json!(diff_id)),
+        None => config["rootfs"] = json!({"type": "layers", "diff_ids": [diff_id]}),
+    }
+}
+
+fn push_history(config: &mut Value, created: &str, by: &str, empty: bool) {
+    let mut h = json!({"created": created, "created_by": by});
+    if empty {
+        h["empty_layer"] = json!(true);
+    }
+    match config["history"].as_array_mut() {
+        Some(list) => list.push(h),
+        None => config["history"] = json!([h]),
+    }
+}
+
+/// Forwards a container's multiplexed log stream as `stream` lines.
+async fn forward_frames(body: hyper::body::Incoming, tx: &ProgressTx) {
+    let mut frames = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(Ok(chunk)) = frames.next().await {
+        buf.extend_from_slice(&chunk);
+        while buf.len() >= 8 {
+            let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+            if buf.len() < 8 + len {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf[8..8 + len]).into_owned();
+            buf.drain(..8 + len);
+            stream(tx, text).await;
+        }
+    }
+}
+
+/// The stages the target needs, in order: the target and every stage it
+/// reaches through `FROM` or `COPY --from`.
+fn needed_stages(d: &Dockerfile, target: Option<&str>) -> Result<Vec<usize>> {
+    let target_index = match target.filter(|t| !t.is_empty()) {
+        None => d.stages.len() - 1,
+        Some(t) => {
+            let t = t.to_ascii_lowercase();
+            d.stages
+                .iter()
+                .find(|s| s.name.as_deref() == Some(t.as_str()))
+                .map(|s| s.index)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "failed to reach build target {t} in Dockerfile"
+                    ))
+                })?
+        }
+    };
+    let by_name = |name: &str, before: usize| -> Option<usize> {
+        let lower = name.to_ascii_lowercase();
+        d.stages[..before]
+            .iter()
+            .find(|s| s.name.as_deref() == Some(lower.as_str()) || s.index.to_string() == lower)
+            .map(|s| s.index)
+    };
+    let mut needed = BTreeSet::new();
+    let mut todo = vec![target_index];
+    while let Some(i) = todo.pop() {
+        if !needed.insert(i) {
+            continue;
+        }
+        let s = &d.stages[i];
+        if let Some(dep) = by_name(&s.base, i) {
+            todo.push(dep);
+        }
+        for step in &s.steps {
+            if let StepKind::Copy(c) = &step.kind
+                && let Some(from) = &c.from
+                && let Some(dep) = by_name(from, i)
+            {
+                todo.push(dep);
+            }
+        }
+    }
+    Ok(needed.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_stages_the_target_needs() {
+        let d = build::dockerfile::parse(
+            "FROM a AS base\nRUN x\nFROM b AS unused\nRUN y\nFROM base AS tools\nFROM c AS final\nCOPY --from=tools /x /y\n",
+        )
+        .unwrap();
+        assert_eq!(needed_stages(&d, None).unwrap(), vec![0, 2, 3]);
+        assert_eq!(needed_stages(&d, Some("unused")).unwrap(), vec![1]);
+        assert_eq!(needed_stages(&d, Some("TOOLS")).unwrap(), vec![0, 2]);
+        let e = needed_stages(&d, Some("nope")).unwrap_err().to_string();
+        assert!(e.contains("failed to reach build target nope"), "{e}");
+    }
+}
