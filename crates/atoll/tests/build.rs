@@ -259,3 +259,32 @@ fn multi_stage_builds_copy_from_stages_and_images() {
     let again = text(&build(&a, &["-t", "multi", dir]));
     assert_eq!(again.matches(" ---> Using cache").count(), 5, "{again}");
 }
+
+#[test]
+fn a_client_that_goes_away_cancels_the_build_and_its_containers() {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    write(ctx.path(), "Dockerfile", "FROM busybox\nRUN sleep 120\n");
+    let mut cli = a
+        .docker_command(&["build", "-t", "never", ctx.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The step's container runs (the control: there is something to cancel).
+    testkit::wait_for(
+        || a.docker_ok(&["ps", "-q"]).lines().count() == 1,
+        std::time::Duration::from_secs(30),
+        "the RUN step's container",
+    );
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    testkit::wait_for(
+        || a.docker_ok(&["ps", "-aq"]).is_empty(),
+        std::time::Duration::from_secs(20),
+        "the cancelled build's container to go",
+    );
+    let err = a.docker_err(&["image", "inspect", "never"]);
+    assert!(err.contains("No such image"), "{err}");
+}

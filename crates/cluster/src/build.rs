@@ -30,6 +30,8 @@ use crate::names;
 
 /// The most of a build context the head accepts.
 pub const MAX_CONTEXT: u64 = 16 << 30;
+/// How often an idle build stream gets a blank line.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(3);
 /// The most of a Dockerfile read from the context.
 const MAX_DOCKERFILE: u64 = 4 << 20;
 
@@ -72,6 +74,8 @@ pub struct PreparedBuild {
     dockerfile: Dockerfile,
     /// Indexes of the stages to run, in order.
     stages: Vec<usize>,
+    /// The step containers that exist now: a cancelled build removes them.
+    live: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// The image a step works on.
@@ -213,12 +217,55 @@ impl Cluster {
             context: Arc::new(context),
             dockerfile,
             stages,
+            live: Default::default(),
         })
     }
 
     /// Runs a prepared build, streaming Docker's classic output to `tx`;
     /// returns the image id.
+    /// A client that goes away cancels the build: the steps stop and their
+    /// containers are removed. (A blank line every few seconds keeps the
+    /// stream written to, so a hang-up is seen during a silent step too.)
     pub async fn run_build(self: &Arc<Self>, b: PreparedBuild, tx: ProgressTx) -> Result<String> {
+        let keepalive = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(KEEPALIVE).await;
+                    if tx.send(Value::Null).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let result = tokio::select! {
+            r = self.run_build_steps(&b, &tx) => r,
+            _ = tx.closed() => Err(Error::Conflict("the client went away: build cancelled".into())),
+        };
+        keepalive.abort();
+        if tx.is_closed() {
+            let left: Vec<String> = b.live.lock().expect("live set").iter().cloned().collect();
+            for cid in left {
+                self.drop_step_container(&b, &cid).await;
+            }
+        }
+        result
+    }
+
+    async fn drop_step_container(&self, b: &PreparedBuild, cid: &str) {
+        let me = self.me.upgrade();
+        if let Some(me) = me {
+            let _ = me.remove_container(&b.account, cid, true).await;
+        }
+        b.live.lock().expect("live set").remove(cid);
+    }
+
+    async fn run_build_steps(
+        self: &Arc<Self>,
+        b: &PreparedBuild,
+        tx: &ProgressTx,
+    ) -> Result<String> {
+        let tx = tx.clone();
         let total: usize = b
             .stages
             .iter()
@@ -682,6 +729,7 @@ impl Cluster {
                 cur.id.clone(),
             )
             .await?;
+        b.live.lock().expect("live set").insert(id.clone());
         Ok(id)
     }
 
@@ -756,7 +804,7 @@ impl Cluster {
         let res = self.run_and_commit(b, st, &cid, &cmd, tx).await;
         let keep = res.is_err() && !b.opts.force_remove;
         if !keep && (b.opts.remove || b.opts.force_remove) {
-            let _ = self.remove_container(&b.account, &cid, true).await;
+            self.drop_step_container(b, &cid).await;
             if res.is_ok() {
                 stream(
                     tx,
@@ -939,7 +987,7 @@ impl Cluster {
                 tx,
             )
             .await;
-        let _ = self.remove_container(&b.account, &cid, true).await;
+        self.drop_step_container(b, &cid).await;
         res
     }
 
@@ -1051,11 +1099,11 @@ impl Cluster {
                 Ok(()) => self.take_layer(&b.account, &cid).await,
                 Err(e) => Err(e),
             };
-            let _ = self.remove_container(&b.account, &cid, true).await;
+            self.drop_step_container(b, &cid).await;
             res
         }
         .await;
-        let _ = self.remove_container(&b.account, &src_cid, true).await;
+        self.drop_step_container(b, &src_cid).await;
         let (layer, size) = res?;
         let mut config = st.cur.config.clone();
         let t = now();

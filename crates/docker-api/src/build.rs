@@ -137,11 +137,20 @@ pub async fn build(
             let (inner, mut rx) = tokio::sync::mpsc::channel::<serde_json::Value>(64);
             let forward = tokio::spawn(async move {
                 while let Some(m) = rx.recv().await {
-                    // The CLI prints what streams in quiet mode: the id alone.
-                    if let Some(id) = m["aux"]["ID"].as_str() {
+                    // The CLI prints what streams in quiet mode: the id alone
+                    // (and keepalives, which carry the client's hang-up back).
+                    let out = if m.is_null() {
+                        vec![m]
+                    } else if let Some(id) = m["aux"]["ID"].as_str() {
                         let line = serde_json::json!({"stream": format!("{id}\n")});
-                        let _ = tx.send(m.clone()).await;
-                        let _ = tx.send(line).await;
+                        vec![m.clone(), line]
+                    } else {
+                        Vec::new()
+                    };
+                    for o in out {
+                        if tx.send(o).await.is_err() {
+                            return;
+                        }
                     }
                 }
             });

@@ -18,7 +18,12 @@ where
     S: Stream<Item = Value> + Send + 'static,
 {
     let body = s.map(|v| {
-        let mut b = serde_json::to_vec(&v).unwrap_or_default();
+        // `null` is a keepalive: a blank line, which JSON stream readers skip.
+        let mut b = if v.is_null() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&v).unwrap_or_default()
+        };
         b.push(b'\n');
         Ok::<_, std::io::Error>(Bytes::from(b))
     });

@@ -360,7 +360,9 @@ impl AtollInstance {
         tenant
     }
 
-    fn docker_command(&self, args: &[&str]) -> Command {
+    /// The docker CLI set up for this instance, not yet run (for a test
+    /// that spawns it and acts while it runs).
+    pub fn docker_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(docker_cli());
         cmd.args(args)
             .env("DOCKER_HOST", self.docker_host())
