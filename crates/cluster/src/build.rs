@@ -303,7 +303,7 @@ impl Cluster {
             stream(&tx, format!("Step {n}/{total} : {}\n", stage.text)).await;
             let mut st = StageState {
                 cur: self
-                    .stage_base(&b, stage, &global_vars, &results, &tx)
+                    .stage_base(b, stage, &global_vars, &results, &tx)
                     .await?,
                 args: BTreeMap::new(),
                 cmd_set: false,
@@ -331,7 +331,7 @@ impl Cluster {
                 st.cur.config["config"]["OnBuild"] = Value::Null;
                 for step in &parsed.stages[0].steps {
                     self.run_step(
-                        &b,
+                        b,
                         &mut st,
                         step,
                         &results,
@@ -347,7 +347,7 @@ impl Cluster {
                 n += 1;
                 stream(&tx, format!("Step {n}/{total} : {}\n", step.text)).await;
                 self.run_step(
-                    &b,
+                    b,
                     &mut st,
                     step,
                     &results,
@@ -380,7 +380,7 @@ impl Cluster {
                     },
                 };
                 self.run_step(
-                    &b,
+                    b,
                     &mut st,
                     &step,
                     &results,
