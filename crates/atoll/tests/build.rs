@@ -288,3 +288,58 @@ fn a_client_that_goes_away_cancels_the_build_and_its_containers() {
     let err = a.docker_err(&["image", "inspect", "never"]);
     assert!(err.contains("No such image"), "{err}");
 }
+
+#[test]
+fn cache_mounts_persist_between_builds_and_prune_clears_them() {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    let d = ctx.path();
+    let dir = d.to_str().unwrap();
+    // The step counts the runs it has seen in its cache mount; the cache
+    // mount is not part of the image.
+    let dockerfile = |n: &str| {
+        format!(
+            "FROM busybox\nRUN --mount=type=cache,target=/cache,id=counter echo run-{n} >> /cache/runs && wc -l < /cache/runs > /seen && ls /cache\nRUN --mount=type=tmpfs,target=/scratch touch /scratch/x && test -f /scratch/x\n"
+        )
+    };
+    write(d, "Dockerfile", &dockerfile("one"));
+    let first = build(&a, &["-t", "cm:1", dir]);
+    assert!(first.status.success(), "{}", text(&first));
+    write(d, "Dockerfile", &dockerfile("two"));
+    let second = build(&a, &["-t", "cm:2", dir]);
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(a.docker_ok(&["run", "--rm", "cm:1", "cat", "/seen"]), "1");
+    assert_eq!(a.docker_ok(&["run", "--rm", "cm:2", "cat", "/seen"]), "2");
+    let gone = a.docker(&["run", "--rm", "cm:2", "ls", "/cache/runs"]);
+    assert!(
+        !gone.status.success(),
+        "the cache mount leaked into the image"
+    );
+    assert!(
+        a.docker_ok(&["run", "--rm", "cm:2", "ls", "/scratch"])
+            .is_empty(),
+        "tmpfs contents leaked into the image"
+    );
+
+    // `system df` counts the cache; `builder prune -a` empties it, cache
+    // mount included.
+    let df = a.docker_ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
+    let count: usize = df
+        .lines()
+        .find_map(|l| l.strip_prefix("Build Cache "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(count >= 4, "{df}");
+    let pruned = a.docker_ok(&["builder", "prune", "-af"]);
+    assert!(pruned.contains("Total"), "{pruned}");
+    let df = a.docker_ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
+    assert!(df.contains("Build Cache 0"), "{df}");
+    write(d, "Dockerfile", &dockerfile("three"));
+    let third = build(&a, &["-t", "cm:3", dir]);
+    assert!(third.status.success(), "{}", text(&third));
+    assert!(!text(&third).contains("Using cache"), "{}", text(&third));
+    assert_eq!(a.docker_ok(&["run", "--rm", "cm:3", "cat", "/seen"]), "1");
+    // The images built before stay usable.
+    assert_eq!(a.docker_ok(&["run", "--rm", "cm:2", "cat", "/seen"]), "2");
+}

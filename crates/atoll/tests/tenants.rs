@@ -564,3 +564,56 @@ fn every_route_refuses_another_tenants_objects() {
             .contains("alice")
     );
 }
+
+/// A build sees only its own account: another tenant's images are not
+/// there to build from, its cache is never reused, its cache mounts never
+/// shared; each tenant's own second build does reuse its own.
+#[test]
+fn builds_see_only_their_own_account() {
+    let a = AtollInstance::start();
+    let alice = a.tenant("alice");
+    let bob = a.tenant("bob");
+    load_busybox(&alice);
+    load_busybox(&bob);
+    let ctx = tempfile::tempdir().unwrap();
+    let dir = ctx.path().to_str().unwrap().to_string();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN --mount=type=cache,target=/c,id=shared-name ls /c > /seen; echo secret-of-$(hostname) > /c/mine\nRUN echo same-step\n",
+    )
+    .unwrap();
+    let build = |t: &Tenant, tag: &str| -> String {
+        let out = t.docker(&["build", "-t", tag, &dir]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    build(&alice, "alice-app");
+    // Control: alice's own rebuild hits her cache.
+    assert!(build(&alice, "alice-app").contains("Using cache"));
+    // Bob, same Dockerfile: no hit, and an empty cache mount.
+    let bobs = build(&bob, "bob-app");
+    assert!(!bobs.contains("Using cache"), "{bobs}");
+    assert_eq!(
+        bob.docker_ok(&["run", "--rm", "bob-app", "cat", "/seen"]),
+        ""
+    );
+    // Alice's second run saw her own file (the control for the line above).
+    alice.docker_ok(&["build", "--no-cache", "-t", "alice-app:2", &dir]);
+    assert!(
+        alice
+            .docker_ok(&["run", "--rm", "alice-app:2", "cat", "/seen"])
+            .contains("mine")
+    );
+    // Alice's image is not bob's to build from.
+    std::fs::write(ctx.path().join("Dockerfile"), "FROM alice-app\nRUN true\n").unwrap();
+    let out = bob.docker(&["build", &dir]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "bob built from alice's image");
+    assert!(text.contains("alice-app"), "{text}");
+    assert!(alice.docker(&["build", &dir]).status.success());
+}

@@ -78,6 +78,17 @@ pub struct PreparedBuild {
     live: std::sync::Mutex<BTreeSet<String>>,
 }
 
+/// What a `RUN --mount` adds to its step's container.
+#[derive(Debug, Default)]
+struct StepMounts {
+    tmpfs: Vec<String>,
+    volumes: Vec<agent_client::MountSpec>,
+    /// Volumes of `sharing=private` mounts: this step's alone, removed after.
+    private: Vec<String>,
+    /// Volumes of `sharing=locked` mounts: one step at a time uses each.
+    locked: Vec<String>,
+}
+
 /// The image a step works on.
 #[derive(Debug, Clone)]
 struct Current {
@@ -430,6 +441,57 @@ impl Cluster {
         Ok(rec.id)
     }
 
+    /// The account's build cache, newest use first.
+    pub async fn build_cache(&self, account: &str) -> Result<Vec<BuildCacheRecord>> {
+        let mut v = self.store.list_build_cache(account).await?;
+        v.sort_by_key(|e| std::cmp::Reverse(e.last_used));
+        Ok(v)
+    }
+
+    /// `docker builder prune`: without `all`, the entries no image of the
+    /// account is (and every cache mount); with it, everything; `until`
+    /// keeps entries used since. Returns the entries' keys and the bytes
+    /// their layers took.
+    pub async fn prune_build_cache(
+        &self,
+        account: &str,
+        all: bool,
+        until: Option<chrono::DateTime<Utc>>,
+    ) -> Result<(Vec<String>, i64)> {
+        let images: BTreeSet<String> = self
+            .store
+            .list_images(account)
+            .await?
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        let mut deleted = Vec::new();
+        let mut reclaimed = 0;
+        for e in self.store.list_build_cache(account).await? {
+            if until.is_some_and(|u| e.last_used >= u) {
+                continue;
+            }
+            if !all && images.contains(&e.image_id) {
+                continue;
+            }
+            self.store.delete_build_cache(account, &e.key).await?;
+            if let Some(rest) = e.key.strip_prefix("mount/")
+                && let Some((node, volume)) = rest.split_once('/')
+            {
+                if let Ok(agent) = self.agent(node) {
+                    let _ = agent.remove_volume(volume).await;
+                }
+            } else {
+                let mut blobs: Vec<String> = e.layers.iter().map(|l| l.blob.clone()).collect();
+                blobs.push(e.image_id.clone());
+                self.delete_unused_blobs(blobs).await?;
+            }
+            reclaimed += e.size;
+            deleted.push(e.key);
+        }
+        Ok((deleted, reclaimed))
+    }
+
     /// The image a stage starts from: `scratch`, an earlier stage, or an
     /// image of the account's (pulled when missing, or always with `--pull`).
     async fn stage_base(
@@ -630,12 +692,8 @@ impl Cluster {
                 mounts,
                 network,
             } => {
-                if !mounts.is_empty() {
-                    return Err(at_line(Error::InvalidArgument(
-                        "RUN --mount is not supported yet".into(),
-                    )));
-                }
-                self.run_run(b, st, step, command, network.as_deref(), tx)
+                let step_mounts = self.step_mounts(b, st, mounts).map_err(at_line)?;
+                self.run_run(b, st, step, command, network.as_deref(), step_mounts, tx)
                     .await
             }
             StepKind::Copy(c) => self
@@ -643,6 +701,86 @@ impl Cluster {
                 .await
                 .map_err(at_line),
         }
+    }
+
+    /// The containers' side of `RUN --mount`: cache mounts as volumes of
+    /// the building server named by account and cache id, tmpfs as tmpfs.
+    /// Build secrets need BuildKit's session, which the classic API does not
+    /// carry: a required one fails the step, an optional one is absent.
+    fn step_mounts(
+        &self,
+        b: &PreparedBuild,
+        st: &StageState,
+        mounts: &[build::dockerfile::RunMount],
+    ) -> Result<StepMounts> {
+        use build::dockerfile::RunMount;
+        let vars = st.vars();
+        let cfg = st.container_config()?;
+        let absolute = |t: &str| -> Result<String> {
+            let t = images::import::expand_word(t, &vars)?;
+            Ok(if t.starts_with('/') {
+                t
+            } else {
+                let wd = cfg.working_dir.clone().unwrap_or_default();
+                format!("{}/{t}", wd.trim_end_matches('/'))
+            })
+        };
+        let mut out = StepMounts::default();
+        for m in mounts {
+            match m {
+                RunMount::Cache {
+                    target,
+                    id,
+                    sharing,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    if mode.is_some() || uid.is_some() || gid.is_some() {
+                        return Err(Error::InvalidArgument(
+                            "--mount=type=cache with uid, gid or mode is not supported yet".into(),
+                        ));
+                    }
+                    let target = absolute(target)?;
+                    let cache_id = id.clone().unwrap_or_else(|| target.clone());
+                    let volume = match sharing.as_str() {
+                        // Volume ids are 64 hex digits, like the head's own.
+                        "shared" | "locked" => {
+                            build::cache::step_key(&b.account, "cache mount", &[&cache_id])
+                        }
+                        "private" => {
+                            let v = names::new_id();
+                            out.private.push(v.clone());
+                            v
+                        }
+                        other => {
+                            return Err(Error::InvalidArgument(format!(
+                                "invalid sharing {other:?} in --mount=type=cache (shared, private or locked)"
+                            )));
+                        }
+                    };
+                    if sharing == "locked" {
+                        out.locked.push(volume.clone());
+                    }
+                    out.volumes.push(agent_client::MountSpec {
+                        kind: agent_client::MountKind::Volume,
+                        source: volume,
+                        destination: target,
+                        read_only: false,
+                        size_bytes: crate::storage::volume_size(&b.account, None),
+                    });
+                }
+                RunMount::Tmpfs { target } => out.tmpfs.push(absolute(target)?),
+                RunMount::Secret { id, required, .. } => {
+                    if *required {
+                        return Err(Error::InvalidArgument(format!(
+                            "secret {id} is not available: build secrets need BuildKit, which the classic builder API atoll serves does not carry"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A step that changes only the config: a new image id, no layer.
@@ -684,6 +822,7 @@ impl Cluster {
         cmd: Vec<String>,
         env: Vec<String>,
         network: Option<&str>,
+        mounts: &StepMounts,
     ) -> Result<String> {
         let image = ImageRecord {
             account: b.account.clone(),
@@ -707,6 +846,13 @@ impl Cluster {
             cpu_period: b.opts.cpu_period,
             cpu_quota: b.opts.cpu_quota,
             cpuset_cpus: b.opts.cpuset_cpus.clone(),
+            tmpfs: (!mounts.tmpfs.is_empty()).then(|| {
+                mounts
+                    .tmpfs
+                    .iter()
+                    .map(|t| (t.clone(), String::new()))
+                    .collect()
+            }),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -730,6 +876,43 @@ impl Cluster {
             )
             .await?;
         b.live.lock().expect("live set").insert(id.clone());
+        if !mounts.volumes.is_empty() {
+            // Cache mounts are volumes of the server the step landed on,
+            // kept there between builds (not volume records of the account).
+            let mut rec = self
+                .store
+                .get_container(&b.account, &id)
+                .await?
+                .ok_or_else(|| Error::no_such_container(&id))?;
+            rec.spec.mounts.extend(mounts.volumes.iter().cloned());
+            self.store.update_container(&rec).await?;
+            for v in mounts
+                .volumes
+                .iter()
+                .filter(|v| !mounts.private.contains(&v.source))
+            {
+                let key = format!("mount/{}/{}", rec.node, v.source);
+                let now = Utc::now();
+                let mut entry = self
+                    .store
+                    .get_build_cache(&b.account, &key)
+                    .await?
+                    .unwrap_or(BuildCacheRecord {
+                        account: b.account.clone(),
+                        key: key.clone(),
+                        image_id: String::new(),
+                        layers: Vec::new(),
+                        description: format!("RUN --mount=type=cache,target={}", v.destination),
+                        size: 0,
+                        created: now,
+                        last_used: now,
+                        usage_count: 0,
+                    });
+                entry.last_used = now;
+                entry.usage_count += 1;
+                self.store.put_build_cache(&entry).await?;
+            }
+        }
         Ok(id)
     }
 
@@ -740,6 +923,7 @@ impl Cluster {
         step: &build::dockerfile::Step,
         command: &CommandForm,
         network: Option<&str>,
+        step_mounts: StepMounts,
         tx: &ProgressTx,
     ) -> Result<()> {
         let cfg = st.container_config()?;
@@ -787,10 +971,20 @@ impl Cluster {
                 serde_json::to_string(&cmd).unwrap_or_default()
             )
         };
+        let mount_points: Vec<String> = step_mounts
+            .volumes
+            .iter()
+            .map(|v| v.destination.clone())
+            .chain(step_mounts.tmpfs.iter().map(|t| format!("tmpfs:{t}")))
+            .collect();
         let key = build::cache::step_key(
             &st.cur.id,
             &description,
-            &[network.unwrap_or(""), &cfg.user.clone().unwrap_or_default()],
+            &[
+                network.unwrap_or(""),
+                &cfg.user.clone().unwrap_or_default(),
+                &mount_points.join(","),
+            ],
         );
         if let Some(hit) = self.cached(b, &key).await? {
             stream(tx, " ---> Using cache\n").await;
@@ -798,10 +992,22 @@ impl Cluster {
             return Ok(());
         }
         let cid = self
-            .step_container(b, &st.cur, cmd.clone(), env, network)
+            .step_container(b, &st.cur, cmd.clone(), env, network, &step_mounts)
             .await?;
         stream(tx, format!(" ---> Running in {}\n", short(&cid))).await;
+        let mut guards = Vec::new();
+        for v in &step_mounts.locked {
+            guards.push(
+                self.lock(&format!("build-cache-mount:{}:{v}", b.account))
+                    .await,
+            );
+        }
         let res = self.run_and_commit(b, st, &cid, &cmd, tx).await;
+        drop(guards);
+        let node = match self.store.get_container(&b.account, &cid).await {
+            Ok(Some(c)) => Some(c.node),
+            _ => None,
+        };
         let keep = res.is_err() && !b.opts.force_remove;
         if !keep && (b.opts.remove || b.opts.force_remove) {
             self.drop_step_container(b, &cid).await;
@@ -813,13 +1019,26 @@ impl Cluster {
                 .await;
             }
         }
+        if !step_mounts.private.is_empty()
+            && let Some(agent) = node.and_then(|n| self.agent(&n).ok())
+        {
+            self.drop_step_container(b, &cid).await;
+            for v in &step_mounts.private {
+                let _ = agent.remove_volume(v).await;
+            }
+        }
         let (layer, size) = res?;
         let mut config = st.cur.config.clone();
         let t = now();
         config["created"] = json!(t);
         config["container"] = json!(cid);
         push_layer(&mut config, &layer.diff_id);
-        push_history(&mut config, &t, &description, false);
+        let shown = if arg_env.is_empty() {
+            cmd.join(" ")
+        } else {
+            format!("|{} {} {}", arg_env.len(), arg_env.join(" "), cmd.join(" "))
+        };
+        push_history(&mut config, &t, &shown, false);
         let _ = step;
         let mut layers = st.cur.layers.clone();
         layers.push(layer);
@@ -970,6 +1189,7 @@ impl Cluster {
                 vec![format!("#(nop) {kw}")],
                 Vec::new(),
                 Some("none"),
+                &StepMounts::default(),
             )
             .await?;
         let res = self
@@ -1080,6 +1300,7 @@ impl Cluster {
                 vec!["#(nop) COPY".into()],
                 Vec::new(),
                 Some("none"),
+                &StepMounts::default(),
             )
             .await?;
         let res = async {
@@ -1090,6 +1311,7 @@ impl Cluster {
                     vec!["#(nop) COPY".into()],
                     Vec::new(),
                     Some("none"),
+                    &StepMounts::default(),
                 )
                 .await?;
             let res = self

@@ -693,7 +693,7 @@ impl Cluster {
     }
 
     /// Deletes the blobs no image of any account holds.
-    async fn delete_unused_blobs(&self, blobs: Vec<String>) -> Result<()> {
+    pub(crate) async fn delete_unused_blobs(&self, blobs: Vec<String>) -> Result<()> {
         for b in blobs {
             if !self.store.blob_in_use(&b).await?
                 && let Ok(d) = Digest::parse(&b)

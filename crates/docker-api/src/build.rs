@@ -163,3 +163,57 @@ pub async fn build(
     })
     .await
 }
+
+/// `POST /build/prune` (`docker builder prune`).
+pub async fn prune(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let p = Params::parse(q.as_deref());
+    let filters = p.filters()?;
+    filters.only(&["until"])?;
+    let until = filters.until()?;
+    let (deleted, reclaimed) = st
+        .cluster
+        .prune_build_cache(&acct.0, p.bool("all"), until)
+        .await?;
+    Ok(axum::Json(serde_json::json!({
+        "CachesDeleted": deleted,
+        "SpaceReclaimed": reclaimed,
+    })))
+}
+
+/// The account's build cache as `docker system df` lists it.
+pub async fn cache_usage(st: &AppState, account: &str) -> ApiResult<Vec<serde_json::Value>> {
+    let images: std::collections::BTreeSet<String> = st
+        .cluster
+        .store()
+        .list_images(account)
+        .await?
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    Ok(st
+        .cluster
+        .build_cache(account)
+        .await?
+        .into_iter()
+        .map(|e| {
+            let mount = e.key.starts_with("mount/");
+            serde_json::json!({
+                "ID": &e.key[e.key.len().saturating_sub(25)..],
+                "Parent": "",
+                "Parents": [],
+                "Type": if mount { "exec.cachemount" } else { "regular" },
+                "Description": e.description,
+                "InUse": false,
+                "Shared": images.contains(&e.image_id),
+                "Size": e.size,
+                "CreatedAt": e.created.to_rfc3339(),
+                "LastUsedAt": e.last_used.to_rfc3339(),
+                "UsageCount": e.usage_count,
+            })
+        })
+        .collect())
+}

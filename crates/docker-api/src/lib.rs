@@ -192,6 +192,7 @@ fn table() -> Table {
     .add(&["GET"], "/system/df", get(system::df))
     .add(&["POST"], "/auth", post(images::auth))
     .add(&["POST"], "/build", post(build::build))
+    .add(&["POST"], "/build/prune", post(build::prune))
     .add(&["GET"], "/events", get(events::events))
     .add(&["POST"], "/containers/create", post(containers::create))
     .add(&["GET"], "/containers/json", get(containers::list))

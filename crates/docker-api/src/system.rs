@@ -131,6 +131,7 @@ pub async fn df(
         }));
     }
     let layers_size: i64 = layer_blobs.values().sum();
+    let build_cache = crate::build::cache_usage(&st, &acct.0).await?;
     let container_list: Vec<Value> = containers
         .iter()
         .map(|x| {
@@ -148,7 +149,7 @@ pub async fn df(
         "Images": image_list,
         "Containers": container_list,
         "Volumes": [],
-        "BuildCache": [],
+        "BuildCache": build_cache,
     })))
 }
 

@@ -333,7 +333,8 @@ impl Store for SqliteStore {
             .layers
             .iter()
             .map(|l| l.blob.as_str())
-            .chain(std::iter::once(entry.image_id.as_str()));
+            .chain(std::iter::once(entry.image_id.as_str()))
+            .filter(|b| !b.is_empty());
         for b in blobs {
             sqlx::query("INSERT INTO build_cache_blobs (account, key, blob) VALUES (?, ?, ?)")
                 .bind(&entry.account)
