@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use testkit::AtollInstance;
+use testkit::{AtollInstance, Registry, StartOptions, Tenant, test_images};
 
 fn write(dir: &Path, rel: &str, text: &str) {
     let p = dir.join(rel);
@@ -342,4 +342,74 @@ fn cache_mounts_persist_between_builds_and_prune_clears_them() {
     assert_eq!(a.docker_ok(&["run", "--rm", "cm:3", "cat", "/seen"]), "1");
     // The images built before stay usable.
     assert_eq!(a.docker_ok(&["run", "--rm", "cm:2", "cat", "/seen"]), "2");
+}
+
+/// On `--nodes 3`: a build on one server, then a longer build pinned by
+/// drains to another, which reuses the first one's steps from the shared
+/// cache (their layers follow to the new server) and runs only the new one;
+/// then the image goes to a TLS registry and another account pulls it.
+#[test]
+fn the_cache_is_shared_across_servers_and_builds_push() {
+    let a = AtollInstance::start_with(StartOptions {
+        args: vec!["--nodes".into(), "3".into()],
+        ..Default::default()
+    });
+    let alice = a.tenant("alice");
+    let bob = a.tenant("bob");
+    let busybox = test_images().busybox.path.display().to_string();
+    alice.docker_ok(&["load", "-i", &busybox]);
+    let ctx = tempfile::tempdir().unwrap();
+    let d = ctx.path();
+    let dir = d.to_str().unwrap();
+    write(d, "data.txt", "shared data\n");
+    let base = "FROM busybox\nCOPY data.txt /data.txt\nRUN echo step-ran > /ran && cat /data.txt\n";
+    write(d, "Dockerfile", base);
+    let build = |t: &Tenant, args: &[&str]| -> String {
+        let mut all = vec!["build"];
+        all.extend_from_slice(args);
+        let out = t.docker(&all);
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        t
+    };
+    a.operator_ok(&["server", "drain", "node-2"]);
+    a.operator_ok(&["server", "drain", "node-3"]);
+    let first = build(&alice, &["-t", "first", dir]);
+    assert!(first.contains("shared data"), "{first}");
+    a.operator_ok(&["server", "enable", "node-2"]);
+    a.operator_ok(&["server", "drain", "node-1"]);
+    write(
+        d,
+        "Dockerfile",
+        &format!("{base}RUN cat /ran /data.txt > /both\n"),
+    );
+    let second = build(&alice, &["-t", "second", dir]);
+    assert_eq!(second.matches(" ---> Using cache").count(), 2, "{second}");
+    assert!(!second.contains("\nshared data"), "{second}");
+    a.operator_ok(&["server", "enable", "node-1"]);
+    a.operator_ok(&["server", "enable", "node-3"]);
+    assert_eq!(
+        alice.docker_ok(&["run", "--rm", "second", "cat", "/both"]),
+        "step-ran\nshared data"
+    );
+
+    // Build, push, pull back as another account.
+    let reg = Registry::start_secure("alice", "s3cret");
+    let server = reg.addr();
+    let app = format!("{server}/alice/built:1");
+    build(&alice, &["-t", &app, dir]);
+    alice.docker_ok(&["login", &server, "-u", "alice", "-p", "s3cret"]);
+    let pushed = alice.docker_ok(&["push", &app]);
+    assert!(pushed.contains("digest: sha256:"), "{pushed}");
+    let err = bob.docker_err(&["pull", &app]);
+    assert!(
+        err.contains("authentication required") || err.contains("unauthorized"),
+        "{err}"
+    );
+    bob.docker_ok(&["login", &server, "-u", "alice", "-p", "s3cret"]);
+    bob.docker_ok(&["pull", &app]);
+    assert_eq!(
+        bob.docker_ok(&["run", "--rm", &app, "cat", "/both"]),
+        "step-ran\nshared data"
+    );
 }

@@ -76,6 +76,8 @@ pub struct PreparedBuild {
     stages: Vec<usize>,
     /// The step containers that exist now: a cancelled build removes them.
     live: std::sync::Mutex<BTreeSet<String>>,
+    /// The server of the latest step.
+    server: std::sync::Mutex<Option<String>>,
 }
 
 /// What a `RUN --mount` adds to its step's container.
@@ -229,6 +231,7 @@ impl Cluster {
             dockerfile,
             stages,
             live: Default::default(),
+            server: Default::default(),
         })
     }
 
@@ -864,18 +867,29 @@ impl Cluster {
             ..Default::default()
         };
         let security = crate::security::check(&b.account, &host_config)?;
-        let (id, _warnings) = self
-            .create_from_image(
+        // Steps follow the build's first server, where the layers are; a
+        // server that cannot take one any more lets placement choose again.
+        let server = b.server.lock().expect("build server").clone();
+        let create = |server: Option<String>| {
+            self.create_from_image(
                 &b.account,
                 None,
-                body,
+                body.clone(),
                 Vec::new(),
-                security,
-                image,
+                security.clone(),
+                image.clone(),
                 cur.id.clone(),
+                server,
             )
-            .await?;
+        };
+        let (id, _warnings) = match create(server.clone()).await {
+            Err(_) if server.is_some() => create(None).await?,
+            r => r?,
+        };
         b.live.lock().expect("live set").insert(id.clone());
+        if let Ok(Some(c)) = self.store.get_container(&b.account, &id).await {
+            *b.server.lock().expect("build server") = Some(c.node);
+        }
         if !mounts.volumes.is_empty() {
             // Cache mounts are volumes of the server the step landed on,
             // kept there between builds (not volume records of the account).

@@ -170,7 +170,7 @@ impl Cluster {
         // Anything else missing (a network, a `--link` or `--volumes-from`
         // container) is a bad request here, not Docker's 404: the docker CLI
         // takes any 404 from create for a missing image and tries to pull it.
-        self.create_from_image(account, name, body, rules, security, image, image_ref)
+        self.create_from_image(account, name, body, rules, security, image, image_ref, None)
             .await
             .map_err(|e| match e {
                 Error::NotFound(m) => Error::InvalidArgument(m),
@@ -189,10 +189,12 @@ impl Cluster {
         security: crate::security::Security,
         image: crate::model::ImageRecord,
         image_ref: String,
+        server: Option<String>,
     ) -> Result<(String, Vec<String>)> {
         let image_config = self.image_config(&image.id)?;
         let id = names::new_id();
         let mut planned = plan(&id, &body, &ImageDefaults::from_config(&image_config))?;
+        planned.server = server;
         planned.spec.capabilities = security.capabilities;
         planned.spec.no_new_privileges = security.no_new_privileges;
         planned.spec.seccomp_unconfined = security.seccomp_unconfined;

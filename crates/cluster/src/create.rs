@@ -258,6 +258,9 @@ pub struct Planned {
     pub volumes_from: Vec<(String, Option<bool>)>,
     /// `--link`: (container, alias).
     pub links: Vec<(String, String)>,
+    /// A server the container must run on (a build's later steps go where
+    /// its first ran: their layers are there).
+    pub server: Option<String>,
 }
 
 /// Where a requested mount's data comes from.
@@ -717,6 +720,7 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         mounts,
         volumes_from,
         links,
+        server: None,
     })
 }
 

@@ -162,6 +162,9 @@ impl Cluster {
     /// container to, if any.
     async fn pinned_node(&self, account: &str, planned: &Planned) -> Result<Option<String>> {
         let mut pins: Vec<(String, String)> = Vec::new();
+        if let Some(s) = &planned.server {
+            pins.push((s.clone(), "the build's server".into()));
+        }
         for (from, _) in &planned.volumes_from {
             let c = self.find_container(account, from).await?;
             pins.push((c.node, format!("--volumes-from {from}")));
