@@ -81,6 +81,18 @@ impl AgentClient {
             .into_body())
     }
 
+    /// [`diff_layer`](Self::diff_layer), the server keeping the layer too.
+    pub async fn diff_layer_kept(&self, id: &str) -> Result<Incoming, ClientError> {
+        Ok(self
+            .send(
+                Method::GET,
+                &format!("/v1/containers/{id}/layer?keep=1"),
+                empty(),
+            )
+            .await?
+            .into_body())
+    }
+
     /// Docker's `[{Path, Kind}]`.
     pub async fn changes(&self, id: &str) -> Result<serde_json::Value, ClientError> {
         self.call(

@@ -39,6 +39,20 @@ impl LayerCache {
         self.path(diff_id).is_dir()
     }
 
+    /// Unpacks a layer whose diff_id is known only at its end (a container's
+    /// changes, as they are written out) and keeps it under that diff_id.
+    pub fn adopt<R: Read>(&self, blob: R) -> Result<Digest, AgentError> {
+        let staging = self.dir.join(format!(".commit-{}", std::process::id()))
+            .with_extension(format!("{:x}", rand_suffix()));
+        let diff_id = images::layer::unpack_layer(blob, &staging, None)?;
+        let dest = self.path(&diff_id);
+        if std::fs::rename(&staging, &dest).is_err() {
+            // Already there (the same content committed before): keep that.
+            std::fs::remove_dir_all(&staging)?;
+        }
+        Ok(diff_id)
+    }
+
     /// Unpacks `blob` (compressed or not) as layer `diff_id`, verifying the digest.
     /// Idempotent: a layer already present is not unpacked again.
     pub async fn put<R: Read + Send + 'static>(
@@ -62,4 +76,15 @@ impl LayerCache {
         .map_err(|e| AgentError::Internal(e.to_string()))??;
         Ok(())
     }
+}
+
+/// A name part no other staging directory of this process has.
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    (NEXT.fetch_add(1, Ordering::Relaxed) << 32) | nanos
 }

@@ -499,14 +499,61 @@ async fn export(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Respon
     Ok(Response::new(body))
 }
 
-/// The container's changes as an image layer (for `docker commit`).
-async fn layer(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Response> {
+/// The container's changes as an image layer (for `docker commit` and build
+/// steps). With `keep=1` the server also keeps the layer in its cache as it
+/// writes it out (a tee into the unpacker), so the next build step here has
+/// it without the head sending it back.
+async fn layer(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> R<Response> {
+    let keep = query_value(&q, "keep").is_some_and(|v| v == "1");
     let lease = a.lease_rootfs(&id).await?;
-    let body = blocking_body(lease, |lease, w| {
-        crate::archive::write_layer(&lease.upper, w, lease.ids)
-            .map_err(crate::archive::ArchiveError::Io)
+    let agent = a.clone();
+    let body = blocking_body(lease, move |lease, w| {
+        if !keep {
+            return crate::archive::write_layer(&lease.upper, w, lease.ids)
+                .map_err(crate::archive::ArchiveError::Io);
+        }
+        let (reader, writer) = std::io::pipe()?;
+        let unpacker = std::thread::spawn(move || agent.layers.adopt(reader));
+        let mut tee = Tee {
+            first: w,
+            second: Some(writer),
+        };
+        let res = crate::archive::write_layer(&lease.upper, &mut tee, lease.ids);
+        drop(tee.second.take());
+        match unpacker.join() {
+            Ok(Err(e)) => tracing::debug!("keeping a committed layer: {e}"),
+            Err(_) => tracing::warn!("the layer unpacker panicked"),
+            Ok(Ok(_)) => {}
+        }
+        res.map_err(crate::archive::ArchiveError::Io)
     });
     Ok(Response::new(body))
+}
+
+/// Writes to the response and, while it accepts, to the layer unpacker.
+struct Tee<'a> {
+    first: &'a mut dyn std::io::Write,
+    second: Option<std::io::PipeWriter>,
+}
+
+impl std::io::Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.first.write(buf)?;
+        if let Some(s) = &mut self.second
+            && s.write_all(&buf[..n]).is_err()
+        {
+            self.second = None;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.first.flush()
+    }
 }
 
 async fn changes(

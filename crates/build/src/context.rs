@@ -38,6 +38,38 @@ pub struct Item {
     pub dest: String,
 }
 
+/// A plain tar being written to an unnamed file, bounded; chunks go
+/// straight in as they arrive (the client's stream, or a decompressor's).
+pub struct Spool {
+    file: File,
+    written: u64,
+    limit: u64,
+}
+
+impl Spool {
+    pub fn new(dir: &Path, limit: u64) -> Result<Spool> {
+        Ok(Spool {
+            file: tempfile::tempfile_in(dir)?,
+            written: 0,
+            limit,
+        })
+    }
+
+    pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.written += chunk.len() as u64;
+        if self.written > self.limit {
+            return Err(BuildError::ContextTooLarge(self.limit));
+        }
+        self.file.write_all(chunk)?;
+        Ok(())
+    }
+
+    /// Indexes what was written.
+    pub fn finish(self) -> Result<Context> {
+        Context::index(self.file, self.written)
+    }
+}
+
 pub struct Context {
     spool: File,
     entries: BTreeMap<String, Entry>,
@@ -160,15 +192,24 @@ impl Context {
     /// Reads the client's tar (plain, gzip or zstd: the first bytes say),
     /// spooling at most `limit` bytes into a file under `dir`.
     pub fn receive<R: Read>(r: R, dir: &Path, limit: u64) -> Result<Context> {
-        let mut spool = tempfile::tempfile_in(dir)?;
-        let r = images::compress::decompressed(r)
+        let mut spool = Spool::new(dir, limit)?;
+        let mut r = images::compress::decompressed(r)
             .map_err(|e| BuildError::Context(format!("reading the build context: {e}")))?;
-        let copied = io::copy(&mut r.take(limit + 1), &mut spool)
-            .map_err(|e| BuildError::Context(format!("reading the build context: {e}")))?;
-        if copied > limit {
-            return Err(BuildError::ContextTooLarge(limit));
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r.read(&mut buf).map_err(|e| {
+                BuildError::Context(format!("reading the build context: {e}"))
+            })?;
+            if n == 0 {
+                break;
+            }
+            spool.write(&buf[..n])?;
         }
-        spool.flush()?;
+        spool.finish()
+    }
+
+    /// Indexes a tar already spooled (plain) in `spool`, `size` bytes.
+    fn index(mut spool: File, size: u64) -> Result<Context> {
         spool.rewind()?;
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
         let bad = |e: io::Error| BuildError::Context(format!("invalid build context tar: {e}"));
@@ -255,7 +296,7 @@ impl Context {
             spool,
             entries,
             hashes: Mutex::new(HashMap::new()),
-            size: copied,
+            size,
         })
     }
 

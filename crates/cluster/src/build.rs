@@ -78,6 +78,8 @@ pub struct PreparedBuild {
     live: std::sync::Mutex<BTreeSet<String>>,
     /// The server of the latest step.
     server: std::sync::Mutex<Option<String>>,
+    /// Cache entries this build reused, their use to record at the end.
+    touched: std::sync::Mutex<Vec<BuildCacheRecord>>,
 }
 
 /// What a `RUN --mount` adds to its step's container.
@@ -193,15 +195,7 @@ impl Cluster {
     where
         S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
     {
-        let dir = self.build_dir.clone();
-        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
-        let context = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir)?;
-            Context::receive(reader, &dir, MAX_CONTEXT)
-        })
-        .await
-        .map_err(|e| Error::internal("build context", e))?
-        .map_err(build_error)?;
+        let context = self.receive_context(body).await?;
         let name = if opts.dockerfile.is_empty() {
             "Dockerfile".to_string()
         } else {
@@ -232,7 +226,62 @@ impl Cluster {
             stages,
             live: Default::default(),
             server: Default::default(),
+            touched: Default::default(),
         })
+    }
+
+    /// Spools the context: a plain tar chunk by chunk as it arrives (a
+    /// blocking writer fed through a short queue), a compressed one through
+    /// its decompressor.
+    async fn receive_context<S>(&self, mut body: S) -> Result<Context>
+    where
+        S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
+    {
+        let dir = self.build_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::internal("build dir", e))?;
+        let bad = |e: std::io::Error| Error::InvalidArgument(format!("reading the build context: {e}"));
+        let first = body.next().await.transpose().map_err(bad)?.unwrap_or_default();
+        let plain = first.len() >= 6
+            && images::compress::detect(&first)? == images::compress::Compression::None;
+        if !plain {
+            let rest = futures::stream::iter([Ok(first)]).chain(body);
+            let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(rest));
+            return tokio::task::spawn_blocking(move || Context::receive(reader, &dir, MAX_CONTEXT))
+                .await
+                .map_err(|e| Error::internal("build context", e))?
+                .map_err(build_error);
+        }
+        let (chunks, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut spool = build::context::Spool::new(&dir, MAX_CONTEXT)?;
+            while let Some(chunk) = rx.blocking_recv() {
+                spool.write(&chunk)?;
+            }
+            spool.finish()
+        });
+        let mut next = Some(first);
+        let mut failed = None;
+        while let Some(chunk) = next.take() {
+            // A full queue waits for the disk; a writer that stopped (too
+            // large, disk error) ends the upload and says why below.
+            if chunks.send(chunk).await.is_err() {
+                break;
+            }
+            match body.next().await {
+                Some(Ok(c)) => next = Some(c),
+                Some(Err(e)) => failed = Some(e),
+                None => {}
+            }
+        }
+        drop(chunks);
+        let context = writer
+            .await
+            .map_err(|e| Error::internal("build context", e))?
+            .map_err(build_error)?;
+        match failed {
+            Some(e) => Err(bad(e)),
+            None => Ok(context),
+        }
     }
 
     /// Runs a prepared build, streaming Docker's classic output to `tx`;
@@ -257,6 +306,19 @@ impl Cluster {
             _ = tx.closed() => Err(Error::Conflict("the client went away: build cancelled".into())),
         };
         keepalive.abort();
+        // Uses of cache entries are written after the answer, off its path.
+        let touched = std::mem::take(&mut *b.touched.lock().expect("touched"));
+        if !touched.is_empty() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                for e in touched {
+                    // Not if a prune took it meanwhile.
+                    if let Ok(Some(_)) = store.get_build_cache(&e.account, &e.key).await {
+                        let _ = store.put_build_cache(&e).await;
+                    }
+                }
+            });
+        }
         if tx.is_closed() {
             let left: Vec<String> = b.live.lock().expect("live set").iter().cloned().collect();
             for cid in left {
@@ -596,14 +658,15 @@ impl Cluster {
         let Ok(config) = self.image_config(&hit.image_id) else {
             return Ok(None);
         };
+        let cur = Current {
+            id: hit.image_id.clone(),
+            layers: hit.layers.clone(),
+            config,
+        };
         hit.last_used = Utc::now();
         hit.usage_count += 1;
-        self.store.put_build_cache(&hit).await?;
-        Ok(Some(Current {
-            id: hit.image_id,
-            layers: hit.layers,
-            config,
-        }))
+        b.touched.lock().expect("touched").push(hit);
+        Ok(Some(cur))
     }
 
     /// Records a step's image: its config blob and a cache entry.
@@ -1095,7 +1158,7 @@ impl Cluster {
     /// blob = diff_id).
     async fn take_layer(&self, account: &str, cid: &str) -> Result<(ImageLayer, i64)> {
         let (c, agent) = self.files_target(account, cid).await?;
-        let body = agent.diff_layer(&c.id).await.map_err(upstream)?;
+        let body = agent.diff_layer_kept(&c.id).await.map_err(upstream)?;
         let mut frames = body.into_data_stream();
         let mut w = self
             .blobs
