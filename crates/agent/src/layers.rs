@@ -42,7 +42,9 @@ impl LayerCache {
     /// Unpacks a layer whose diff_id is known only at its end (a container's
     /// changes, as they are written out) and keeps it under that diff_id.
     pub fn adopt<R: Read>(&self, blob: R) -> Result<Digest, AgentError> {
-        let staging = self.dir.join(format!(".commit-{}", std::process::id()))
+        let staging = self
+            .dir
+            .join(format!(".commit-{}", std::process::id()))
             .with_extension(format!("{:x}", rand_suffix()));
         let diff_id = images::layer::unpack_layer(blob, &staging, None)?;
         let dest = self.path(&diff_id);

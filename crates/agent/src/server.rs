@@ -411,7 +411,10 @@ fn blocking_body<T: Send + 'static>(
         }
         drop(hold);
     });
-    Body::from_stream(tokio_util::io::ReaderStream::new(reader))
+    Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        reader,
+        256 * 1024,
+    ))
 }
 
 async fn archive_get(

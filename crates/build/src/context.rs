@@ -197,9 +197,9 @@ impl Context {
             .map_err(|e| BuildError::Context(format!("reading the build context: {e}")))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = r.read(&mut buf).map_err(|e| {
-                BuildError::Context(format!("reading the build context: {e}"))
-            })?;
+            let n = r
+                .read(&mut buf)
+                .map_err(|e| BuildError::Context(format!("reading the build context: {e}")))?;
             if n == 0 {
                 break;
             }

@@ -239,17 +239,25 @@ impl Cluster {
     {
         let dir = self.build_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| Error::internal("build dir", e))?;
-        let bad = |e: std::io::Error| Error::InvalidArgument(format!("reading the build context: {e}"));
-        let first = body.next().await.transpose().map_err(bad)?.unwrap_or_default();
+        let bad =
+            |e: std::io::Error| Error::InvalidArgument(format!("reading the build context: {e}"));
+        let first = body
+            .next()
+            .await
+            .transpose()
+            .map_err(bad)?
+            .unwrap_or_default();
         let plain = first.len() >= 6
             && images::compress::detect(&first)? == images::compress::Compression::None;
         if !plain {
             let rest = futures::stream::iter([Ok(first)]).chain(body);
             let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(rest));
-            return tokio::task::spawn_blocking(move || Context::receive(reader, &dir, MAX_CONTEXT))
-                .await
-                .map_err(|e| Error::internal("build context", e))?
-                .map_err(build_error);
+            return tokio::task::spawn_blocking(move || {
+                Context::receive(reader, &dir, MAX_CONTEXT)
+            })
+            .await
+            .map_err(|e| Error::internal("build context", e))?
+            .map_err(build_error);
         }
         let (chunks, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
         let writer = tokio::task::spawn_blocking(move || {
@@ -1754,7 +1762,7 @@ fn tar_stream(
         }
         let _ = w.flush();
     });
-    tokio_util::io::ReaderStream::new(reader)
+    tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024)
 }
 
 fn enc(s: &str) -> String {

@@ -438,7 +438,8 @@ impl Cluster {
             let file = tokio::fs::File::open(self.blobs.path(&digest))
                 .await
                 .map_err(|e| Error::internal("opening layer blob", e))?;
-            let stream = ReaderStream::new(file).map_err(std::io::Error::other);
+            let stream =
+                ReaderStream::with_capacity(file, 256 * 1024).map_err(std::io::Error::other);
             agent
                 .put_layer(&l.diff_id, stream)
                 .await

@@ -538,7 +538,7 @@ async fn save_names(st: &AppState, acct: &str, names: Vec<String>) -> ApiResult<
             tracing::warn!("docker save failed mid-stream: {e}");
         }
     });
-    let stream = tokio_util::io::ReaderStream::new(reader);
+    let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/x-tar")
