@@ -413,3 +413,82 @@ fn the_cache_is_shared_across_servers_and_builds_push() {
         "step-ran\nshared data"
     );
 }
+
+#[test]
+fn build_options_onbuild_and_dockerfile_locations() {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    let d = ctx.path();
+    let dir = d.to_str().unwrap();
+    // ONBUILD triggers run in the child's build, first.
+    write(
+        d,
+        "base/Dockerfile",
+        "FROM busybox\nONBUILD RUN echo trigger-ran > /trigger\n",
+    );
+    let out = build(
+        &a,
+        &[
+            "-t",
+            "onbuild-base",
+            "-f",
+            &format!("{dir}/base/Dockerfile"),
+            dir,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    write(
+        d,
+        "child.Dockerfile",
+        "FROM onbuild-base\nRUN cat /trigger && cat /etc/hosts | grep -q '10.9.8.7.*buildhost' && echo host-ok\n",
+    );
+    let iid = d.join("iid");
+    let out = build(
+        &a,
+        &[
+            "-f",
+            &format!("{dir}/child.Dockerfile"),
+            "--label",
+            "team=blue",
+            "--add-host",
+            "buildhost:10.9.8.7",
+            "-m",
+            "64m",
+            "--network",
+            "none",
+            "--iidfile",
+            iid.to_str().unwrap(),
+            dir,
+        ],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("# Executing 1 build trigger"), "{t}");
+    assert!(t.contains("trigger-ran") && t.contains("host-ok"), "{t}");
+    let id = std::fs::read_to_string(&iid).unwrap();
+    assert!(id.starts_with("sha256:"), "{id}");
+    let labels = a.docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.Config.Labels.team}} {{json .Config.OnBuild}}",
+        &id,
+    ]);
+    assert_eq!(labels, "blue null");
+    // The Dockerfile on stdin.
+    let out = a.docker_stdin(
+        &["build", "-q", "-f", "-", dir],
+        b"FROM busybox\nRUN echo from-stdin > /s\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let sid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        a.docker_ok(&["run", "--rm", &sid, "cat", "/s"]),
+        "from-stdin"
+    );
+    // A package ceiling still applies to build steps.
+    let df = format!("{dir}/child.Dockerfile");
+    let err = text(&build(&a, &["--no-cache", "-m", "900g", "-f", &df, dir]));
+    assert!(err.contains("memory") || err.contains("package"), "{err}");
+}
