@@ -119,3 +119,12 @@ def test_compose_build_and_up_build(atoll, client, tmp_path):
         assert logs == "built for compose\nchanged before up --build\n", logs
     finally:
         compose(atoll, tmp_path, "down", "-t", "1")
+
+
+def test_docker_py_reads_a_build_with_a_silent_step(client, tmp_path):
+    # Longer than the keepalive period: the blank lines that keep the stream
+    # written to are skipped by docker-py's JSON stream reader.
+    image, logs = client.images.build(
+        path=context(tmp_path, "FROM busybox\nRUN sleep 4 && echo slept > /s\n"), nocache=True)
+    assert any("Successfully built" in c.get("stream", "") for c in logs)
+    assert client.containers.run(image.id, ["cat", "/s"], remove=True) == b"slept\n"
