@@ -492,3 +492,60 @@ fn build_options_onbuild_and_dockerfile_locations() {
     let err = text(&build(&a, &["--no-cache", "-m", "900g", "-f", &df, dir]));
     assert!(err.contains("memory") || err.contains("package"), "{err}");
 }
+
+/// A 1 GB context streams to the head and builds; a tenant's builds count
+/// against its storage: a context or a step's layer past what is left is
+/// refused, and the same build passes with room.
+#[test]
+fn large_contexts_and_storage_bounded_builds() {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    let d = ctx.path();
+    let dir = d.to_str().unwrap();
+    write(d, "small.txt", "small\n");
+    write(d, "Dockerfile", "FROM busybox\nCOPY small.txt /small.txt\n");
+    // Sparse: the CLI reads (and sends) 1 GB of zeros.
+    let big = std::fs::File::create(d.join("big.bin")).unwrap();
+    big.set_len(1 << 30).unwrap();
+    let started = std::time::Instant::now();
+    let out = build(&a, &["-t", "bigctx", dir]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("Sending build context to Docker daemon  1.074GB"),
+        "{t}"
+    );
+    eprintln!("1 GB context build: {:?}", started.elapsed());
+    std::fs::remove_file(d.join("big.bin")).unwrap();
+
+    let alice = a.tenant("alice");
+    alice.docker_ok(&["load", "-i", test_images().busybox.path.to_str().unwrap()]);
+    a.operator_ok(&[
+        "package", "create", "tiny", "--memory", "48M", "--disk", "16M",
+    ]);
+    // 130 MB: a step container holds 116 (16 of disk, 100 of logs) while
+    // it runs; its 140 MB layer does not fit in what is left after it.
+    a.operator_ok(&["account", "limit", "alice", "--storage", "130M"]);
+    let grow = "FROM busybox\nRUN dd if=/dev/zero of=/fill bs=1M count=140 2>/dev/null\n";
+    write(d, "Dockerfile", grow);
+    let out = alice.docker(&["build", "-m", "48m", dir]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("account limit reached: the build step needs"),
+        "{t}"
+    );
+    // The context alone past what is left.
+    write(d, "Dockerfile", "FROM busybox\n");
+    let f = std::fs::File::create(d.join("ctx.bin")).unwrap();
+    f.set_len(140 << 20).unwrap();
+    let t = text(&alice.docker(&["build", "-m", "48m", dir]));
+    assert!(t.contains("the build context is larger than"), "{t}");
+    std::fs::remove_file(d.join("ctx.bin")).unwrap();
+    // With room, the same build passes.
+    a.operator_ok(&["account", "limit", "alice", "--storage", "400M"]);
+    write(d, "Dockerfile", grow);
+    let out = alice.docker(&["build", "-m", "48m", "-t", "grown", dir]);
+    assert!(out.status.success(), "{}", text(&out));
+}

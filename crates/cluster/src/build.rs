@@ -30,6 +30,8 @@ use crate::names;
 
 /// The most of a build context the head accepts.
 pub const MAX_CONTEXT: u64 = 16 << 30;
+/// Builds an account runs at once; more wait for one to end.
+const BUILDS_PER_ACCOUNT: usize = 4;
 /// How often an idle build stream gets a blank line.
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(3);
 /// The most of a Dockerfile read from the context.
@@ -68,6 +70,8 @@ pub struct BuildOptions {
 /// A build whose context arrived and whose Dockerfile parsed: what can fail
 /// as a plain HTTP error has failed by now.
 pub struct PreparedBuild {
+    /// One of the account's concurrent builds, held to the end.
+    _slot: tokio::sync::OwnedSemaphorePermit,
     account: String,
     opts: BuildOptions,
     context: Arc<Context>,
@@ -195,7 +199,14 @@ impl Cluster {
     where
         S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
     {
-        let context = self.receive_context(body).await?;
+        // A tenant's context counts against its storage while it is here,
+        // and it runs a few builds at a time.
+        let slot = self.build_slot(account).await;
+        let limit = match self.storage_left(account).await? {
+            Some(left) => left.min(MAX_CONTEXT),
+            None => MAX_CONTEXT,
+        };
+        let context = self.receive_context(body, limit).await?;
         let name = if opts.dockerfile.is_empty() {
             "Dockerfile".to_string()
         } else {
@@ -219,6 +230,7 @@ impl Cluster {
         let dockerfile = build::dockerfile::parse(&text).map_err(build_error)?;
         let stages = needed_stages(&dockerfile, opts.target.as_deref())?;
         Ok(PreparedBuild {
+            _slot: slot,
             account: account.to_string(),
             opts,
             context: Arc::new(context),
@@ -230,10 +242,21 @@ impl Cluster {
         })
     }
 
+    async fn build_slot(&self, account: &str) -> tokio::sync::OwnedSemaphorePermit {
+        let sem = self
+            .build_slots
+            .lock()
+            .expect("build slots")
+            .entry(account.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(BUILDS_PER_ACCOUNT)))
+            .clone();
+        sem.acquire_owned().await.expect("never closed")
+    }
+
     /// Spools the context: a plain tar chunk by chunk as it arrives (a
     /// blocking writer fed through a short queue), a compressed one through
     /// its decompressor.
-    async fn receive_context<S>(&self, mut body: S) -> Result<Context>
+    async fn receive_context<S>(&self, mut body: S, limit: u64) -> Result<Context>
     where
         S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
     {
@@ -261,7 +284,7 @@ impl Cluster {
         }
         let (chunks, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
         let writer = tokio::task::spawn_blocking(move || {
-            let mut spool = build::context::Spool::new(&dir, MAX_CONTEXT)?;
+            let mut spool = build::context::Spool::new(&dir, limit)?;
             while let Some(chunk) = rx.blocking_recv() {
                 spool.write(&chunk)?;
             }
@@ -687,6 +710,17 @@ impl Cluster {
         layers: Vec<ImageLayer>,
         added: i64,
     ) -> Result<Current> {
+        if added > 0
+            && let Some(left) = self.storage_left(&b.account).await?
+            && added as u64 > left
+        {
+            if let Some(l) = layers.last() {
+                self.delete_unused_blobs(vec![l.blob.clone()]).await?;
+            }
+            return Err(Error::Forbidden(format!(
+                "account limit reached: the build step needs {added} bytes of storage, {left} are left"
+            )));
+        }
         let id = self.put_config(&config)?;
         let now = Utc::now();
         self.store

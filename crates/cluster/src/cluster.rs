@@ -34,6 +34,8 @@ pub struct Cluster {
     pub(crate) registry: images::registry::RegistryClient,
     /// Where build contexts are spooled (unnamed files: nothing outlives a crash).
     pub(crate) build_dir: std::path::PathBuf,
+    /// Each account's concurrent builds.
+    pub(crate) build_slots: StdMutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// The client of every followed server, with the serial of its follower
     /// task (a server forgotten and joined again gets a new follower; the old
     /// one sees its serial gone and ends).
@@ -80,6 +82,7 @@ impl Cluster {
             blobs,
             registry,
             build_dir: data_dir.join("build"),
+            build_slots: Default::default(),
             agents: StdMutex::new(HashMap::new()),
             followers: Default::default(),
             agent_tls: StdMutex::new(None),

@@ -22,11 +22,13 @@ pub struct StorageUse {
     pub images: u64,
     pub volumes: u64,
     pub containers: u64,
+    /// Blobs of build cache entries no image of the account holds.
+    pub build_cache: u64,
 }
 
 impl StorageUse {
     pub fn total(&self) -> u64 {
-        self.images + self.volumes + self.containers
+        self.images + self.volumes + self.containers + self.build_cache
     }
 }
 
@@ -73,6 +75,15 @@ impl Cluster {
                     .unwrap_or(0);
             }
         }
+        let mut build_cache = 0;
+        let entries = self.store.list_build_cache(account).await?;
+        for e in &entries {
+            for l in &e.layers {
+                if seen.insert(l.blob.as_str()) {
+                    build_cache += l.size.max(0) as u64;
+                }
+            }
+        }
         let volumes = volumes_storage(&self.store.list_volumes(account).await?);
         let containers = self
             .store
@@ -85,6 +96,7 @@ impl Cluster {
             images: image_bytes,
             volumes,
             containers,
+            build_cache,
         })
     }
 
