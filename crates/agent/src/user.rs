@@ -129,18 +129,7 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ExecUser, RuntimeError>
     let mut additional_gids = Vec::new();
     match group {
         Some(g) if !g.is_empty() => {
-            gid = match parse_id(g)? {
-                Some(n) => n,
-                None => groups
-                    .iter()
-                    .find(|e| e.name == g)
-                    .map(|e| e.gid)
-                    .ok_or_else(|| {
-                        RuntimeError::Invalid(format!(
-                            "unable to find group {g}: no matching entries in group file"
-                        ))
-                    })?,
-            };
+            gid = group_id(&groups, g)?;
         }
         _ => {
             if let Some(n) = &name {
@@ -158,6 +147,22 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ExecUser, RuntimeError>
         additional_gids,
         home: if home.is_empty() { "/".into() } else { home },
     })
+}
+
+/// A group's id: a number as it is, a name from `groups`.
+fn group_id(groups: &[GroupEntry], g: &str) -> Result<u32, RuntimeError> {
+    match parse_id(g)? {
+        Some(n) => Ok(n),
+        None => groups
+            .iter()
+            .find(|e| e.name == g)
+            .map(|e| e.gid)
+            .ok_or_else(|| {
+                RuntimeError::Invalid(format!(
+                    "unable to find group {g}: no matching entries in group file"
+                ))
+            }),
+    }
 }
 
 /// The owner of a `COPY --chown=user[:group]`: names from the image's
@@ -182,18 +187,8 @@ pub fn resolve_owner(rootfs: &Path, spec: &str) -> Result<(u32, u32), RuntimeErr
     };
     let gid = match group.filter(|g| !g.is_empty()) {
         None => uid,
-        Some(g) => match parse_id(g)? {
-            Some(n) => n,
-            None => parse_group(&read_in_root(rootfs, "/etc/group")?)
-                .iter()
-                .find(|e| e.name == g)
-                .map(|e| e.gid)
-                .ok_or_else(|| {
-                    RuntimeError::Invalid(format!(
-                        "unable to find group {g}: no matching entries in group file"
-                    ))
-                })?,
-        },
+        Some(g) if parse_id(g)?.is_some() => group_id(&[], g)?,
+        Some(g) => group_id(&parse_group(&read_in_root(rootfs, "/etc/group")?), g)?,
     };
     Ok((uid, gid))
 }

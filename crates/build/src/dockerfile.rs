@@ -461,7 +461,8 @@ fn step_kind(ins: &Instruction<'_>, text: &str, escape: char, line: &str) -> Res
         }
         Instruction::Maintainer(m) => StepKind::Maintainer(m.name.value.to_string()),
         Instruction::Healthcheck(h) => {
-            let opts = flags(
+            // Checked here; the values are read by the config's applier.
+            flags(
                 "HEALTHCHECK",
                 &h.options,
                 &[
@@ -472,7 +473,6 @@ fn step_kind(ins: &Instruction<'_>, text: &str, escape: char, line: &str) -> Res
                     "retries",
                 ],
             )?;
-            let _ = opts;
             if let HealthcheckArguments::Cmd { arguments, .. } = &h.arguments
                 && let Command::Exec(v) = arguments
                 && v.value.is_empty()

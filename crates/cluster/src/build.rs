@@ -922,6 +922,36 @@ impl Cluster {
         Ok(())
     }
 
+    /// A step that adds a layer: the new image config on top of the
+    /// current one, remembered under `key`.
+    #[allow(clippy::too_many_arguments)]
+    async fn add_layer(
+        &self,
+        b: &PreparedBuild,
+        st: &mut StageState,
+        key: &str,
+        description: &str,
+        created_by: &str,
+        container: Option<&str>,
+        layer: ImageLayer,
+        size: i64,
+    ) -> Result<()> {
+        let mut config = st.cur.config.clone();
+        let t = now();
+        config["created"] = json!(t);
+        if let Some(c) = container {
+            config["container"] = json!(c);
+        }
+        push_layer(&mut config, &layer.diff_id);
+        push_history(&mut config, &t, created_by, false);
+        let mut layers = st.cur.layers.clone();
+        layers.push(layer);
+        st.cur = self
+            .remember(b, key, description, config, layers, size)
+            .await?;
+        Ok(())
+    }
+
     /// Creates a step's container (not started) on the current image.
     async fn step_container(
         self: &Arc<Self>,
@@ -1121,7 +1151,7 @@ impl Cluster {
                     .await,
             );
         }
-        let res = self.run_and_commit(b, st, &cid, &cmd, tx).await;
+        let res = self.run_and_commit(b, &cid, &cmd, tx).await;
         drop(guards);
         let node = match self.store.get_container(&b.account, &cid).await {
             Ok(Some(c)) => Some(c.node),
@@ -1147,24 +1177,13 @@ impl Cluster {
             }
         }
         let (layer, size) = res?;
-        let mut config = st.cur.config.clone();
-        let t = now();
-        config["created"] = json!(t);
-        config["container"] = json!(cid);
-        push_layer(&mut config, &layer.diff_id);
         let shown = if arg_env.is_empty() {
             cmd.join(" ")
         } else {
             format!("|{} {} {}", arg_env.len(), arg_env.join(" "), cmd.join(" "))
         };
-        push_history(&mut config, &t, &shown, false);
-        let _ = step;
-        let mut layers = st.cur.layers.clone();
-        layers.push(layer);
-        st.cur = self
-            .remember(b, &key, &description, config, layers, size)
-            .await?;
-        Ok(())
+        self.add_layer(b, st, &key, &step.text, &shown, Some(&cid), layer, size)
+            .await
     }
 
     /// Starts the step's container, streams its output, waits for it and
@@ -1172,12 +1191,10 @@ impl Cluster {
     async fn run_and_commit(
         self: &Arc<Self>,
         b: &PreparedBuild,
-        st: &StageState,
         cid: &str,
         cmd: &[String],
         tx: &ProgressTx,
     ) -> Result<(ImageLayer, i64)> {
-        let _ = st;
         let exited = self
             .wait_container(&b.account, cid, WaitCondition::NextExit)
             .await?;
@@ -1201,20 +1218,7 @@ impl Cluster {
     async fn take_layer(&self, account: &str, cid: &str) -> Result<(ImageLayer, i64)> {
         let (c, agent) = self.files_target(account, cid).await?;
         let body = agent.diff_layer_kept(&c.id).await.map_err(upstream)?;
-        let mut frames = body.into_data_stream();
-        let mut w = self
-            .blobs
-            .writer()
-            .map_err(|e| Error::internal("blob writer", e))?;
-        while let Some(chunk) = frames.next().await {
-            let chunk = chunk.map_err(|e| Error::Upstream(format!("reading the layer: {e}")))?;
-            w.write_all(&chunk)
-                .map_err(|e| Error::internal("writing the layer", e))?;
-        }
-        let size = w.bytes_written();
-        let digest = w
-            .commit(None)
-            .map_err(|e| Error::internal("storing the layer", e))?;
+        let (digest, size) = self.store_layer(body).await?;
         Ok((
             ImageLayer::new(
                 &digest,
@@ -1446,22 +1450,9 @@ impl Cluster {
         .await;
         self.drop_step_container(b, &src_cid).await;
         let (layer, size) = res?;
-        let mut config = st.cur.config.clone();
-        let t = now();
-        config["created"] = json!(t);
-        push_layer(&mut config, &layer.diff_id);
-        push_history(
-            &mut config,
-            &t,
-            &format!("/bin/sh -c #(nop) {}", step.text),
-            false,
-        );
-        let mut layers = st.cur.layers.clone();
-        layers.push(layer);
-        st.cur = self
-            .remember(b, &key, &step.text, config, layers, size)
-            .await?;
-        Ok(())
+        let by = format!("/bin/sh -c #(nop) {}", step.text);
+        self.add_layer(b, st, &key, &step.text, &by, None, layer, size)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1670,22 +1661,9 @@ impl Cluster {
                 .map_err(|e| copy_failed(kw, e))?;
         }
         let (layer, size) = self.take_layer(&b.account, cid).await?;
-        let mut config = st.cur.config.clone();
-        let t = now();
-        config["created"] = json!(t);
-        push_layer(&mut config, &layer.diff_id);
-        push_history(
-            &mut config,
-            &t,
-            &format!("/bin/sh -c #(nop) {}", step.text),
-            false,
-        );
-        let mut layers = st.cur.layers.clone();
-        layers.push(layer);
-        st.cur = self
-            .remember(b, &key, &step.text, config, layers, size)
-            .await?;
-        Ok(())
+        let by = format!("/bin/sh -c #(nop) {}", step.text);
+        self.add_layer(b, st, &key, &step.text, &by, None, layer, size)
+            .await
     }
 }
 

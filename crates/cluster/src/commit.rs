@@ -74,6 +74,29 @@ pub fn committed_config(
 }
 
 impl Cluster {
+    /// A layer tar from a server, into the blob store as it is (uncompressed:
+    /// blob = diff_id); its digest and size.
+    pub(crate) async fn store_layer(
+        &self,
+        body: hyper::body::Incoming,
+    ) -> Result<(images::Digest, u64)> {
+        let mut frames = body.into_data_stream();
+        let mut w = self
+            .blobs
+            .writer()
+            .map_err(|e| Error::internal("blob writer", e))?;
+        while let Some(chunk) = frames.next().await {
+            let chunk = chunk.map_err(|e| Error::Upstream(format!("reading the layer: {e}")))?;
+            w.write_all(&chunk)
+                .map_err(|e| Error::internal("writing the layer", e))?;
+        }
+        let size = w.bytes_written();
+        let digest = w
+            .commit(None)
+            .map_err(|e| Error::internal("storing the layer", e))?;
+        Ok((digest, size))
+    }
+
     /// The new image's id.
     pub async fn commit_container(
         &self,
@@ -98,20 +121,7 @@ impl Cluster {
         )?;
         // The layer, straight into the blob store (uncompressed: blob = diff_id).
         let body = agent.diff_layer(&c.id).await.map_err(upstream)?;
-        let mut frames = body.into_data_stream();
-        let mut w = self
-            .blobs
-            .writer()
-            .map_err(|e| Error::internal("blob writer", e))?;
-        while let Some(chunk) = frames.next().await {
-            let chunk = chunk.map_err(|e| Error::Upstream(format!("reading the layer: {e}")))?;
-            w.write_all(&chunk)
-                .map_err(|e| Error::internal("writing the layer", e))?;
-        }
-        let size = w.bytes_written();
-        let digest = w
-            .commit(None)
-            .map_err(|e| Error::internal("storing the layer", e))?;
+        let (digest, size) = self.store_layer(body).await?;
 
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
         let mut new = parent.clone();
