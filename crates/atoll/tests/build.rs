@@ -412,6 +412,25 @@ fn the_cache_is_shared_across_servers_and_builds_push() {
         bob.docker_ok(&["run", "--rm", &app, "cat", "/both"]),
         "step-ran\nshared data"
     );
+    // FROM an image the account lacks is pulled with the CLI's credentials
+    // (X-Registry-Config); without them, the registry refuses.
+    bob.docker_ok(&["rmi", &app]);
+    let from = tempfile::tempdir().unwrap();
+    let fdir = from.path().to_str().unwrap();
+    write(
+        from.path(),
+        "Dockerfile",
+        &format!("FROM {app}\nRUN cat /both\n"),
+    );
+    let pulled = build(&bob, &["-t", "derived", fdir]);
+    assert!(pulled.contains("Pulling from alice/built"), "{pulled}");
+    assert!(pulled.contains("step-ran\nshared data"), "{pulled}");
+    let carol = a.tenant("carol");
+    let refused = text(&carol.docker(&["build", fdir]));
+    assert!(
+        refused.contains("authentication required") || refused.contains("unauthorized"),
+        "{refused}"
+    );
 }
 
 #[test]
