@@ -30,6 +30,8 @@ use crate::names;
 
 /// The most of a build context the head accepts.
 pub const MAX_CONTEXT: u64 = 16 << 30;
+/// The most of a refused context read and dropped before answering.
+const DRAIN_ON_REFUSAL: usize = 256 << 20;
 /// Builds an account runs at once; more wait for one to end.
 const BUILDS_PER_ACCOUNT: usize = 4;
 /// How often an idle build stream gets a blank line.
@@ -294,8 +296,17 @@ impl Cluster {
         let mut failed = None;
         while let Some(chunk) = next.take() {
             // A full queue waits for the disk; a writer that stopped (too
-            // large, disk error) ends the upload and says why below.
+            // large, disk error) ends the upload and says why below, once
+            // some more of it is read (within a bound), so the client gets
+            // the answer rather than a broken pipe.
             if chunks.send(chunk).await.is_err() {
+                let mut drained = 0usize;
+                while drained < DRAIN_ON_REFUSAL {
+                    match body.next().await {
+                        Some(Ok(c)) => drained += c.len(),
+                        _ => break,
+                    }
+                }
                 break;
             }
             match body.next().await {
