@@ -1403,9 +1403,14 @@ impl Session<'_> {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.err(format!("{verb} \"{uri}\": {e}")))?;
+        // The connection's own error says why a request failed when the
+        // request only learns that it was cancelled (a TLS 1.3 server
+        // refuses a client certificate after the handshake, with an alert).
+        let (ended, why) = tokio::sync::oneshot::channel::<String>();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("registry connection ended: {e}");
+                let _ = ended.send(error_chain(&e));
             }
         });
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -1420,10 +1425,16 @@ impl Session<'_> {
         let req = req
             .body(body)
             .map_err(|e| self.err(format!("{verb} \"{uri}\": {e}")))?;
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| self.err(format!("{verb} \"{uri}\": {}", error_chain(&e))))
+        match sender.send_request(req).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let cause = match tokio::time::timeout(Duration::from_secs(1), why).await {
+                    Ok(Ok(c)) if e.is_canceled() => c,
+                    _ => error_chain(&e),
+                };
+                Err(self.err(format!("{verb} \"{uri}\": {cause}")))
+            }
+        }
     }
 
     async fn next_chunk(&self, body: &mut Incoming) -> Result<Option<Bytes>, ImageError> {
