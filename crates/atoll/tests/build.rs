@@ -226,6 +226,8 @@ fn build_errors_name_the_step_and_line() {
     assert!(t.contains("returned a non-zero code: 7"), "{t}");
     let t = text(&build(&a, &["--target", "missing", dir]));
     assert!(t.contains("failed to reach build target missing"), "{t}");
+    let t = text(&build(&a, &["--cache-from", "busybox", dir]));
+    assert!(t.contains("--cache-from is not supported yet"), "{t}");
 }
 
 #[test]

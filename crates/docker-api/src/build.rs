@@ -16,6 +16,9 @@ use crate::images::{AuthConfig, progress_response};
 use crate::params::Params;
 use crate::{Account, AppState};
 
+/// The most of a refused request's context read and dropped before answering.
+const DRAIN_ON_REFUSAL: usize = 256 << 20;
+
 /// A JSON object parameter (`buildargs`, `labels`), empty when absent.
 fn json_param<T: serde::de::DeserializeOwned + Default>(p: &Params, key: &str) -> ApiResult<T> {
     match p.get(key).filter(|v| !v.is_empty()) {
@@ -67,6 +70,12 @@ pub fn options(p: &Params, headers: &http::HeaderMap) -> ApiResult<BuildOptions>
             "--output needs BuildKit, which atoll does not offer",
         ));
     }
+    let cache_from: Vec<String> = json_param(p, "cachefrom")?;
+    if !cache_from.is_empty() {
+        return Err(ApiError::bad(
+            "--cache-from is not supported yet: the build cache is kept per account on the datacenter, and a later build on any server reuses it",
+        ));
+    }
     Ok(BuildOptions {
         tags: p.all("t").into_iter().filter(|t| !t.is_empty()).collect(),
         dockerfile: p.get("dockerfile").unwrap_or("").to_string(),
@@ -108,7 +117,7 @@ pub fn options(p: &Params, headers: &http::HeaderMap) -> ApiResult<BuildOptions>
             .get("platform")
             .filter(|v| !v.is_empty())
             .map(str::to_string),
-        cache_from: json_param(p, "cachefrom")?,
+        cache_from,
         credentials: registry_config(headers)?,
     })
 }
@@ -120,7 +129,22 @@ pub async fn build(
     req: Request,
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref());
-    let opts = options(&p, req.headers())?;
+    let opts = match options(&p, req.headers()) {
+        Ok(o) => o,
+        Err(e) => {
+            // Read on (within a bound) so the client, still sending its
+            // context, gets the answer rather than a broken pipe.
+            let mut body = req.into_body().into_data_stream();
+            let mut drained = 0usize;
+            while drained < DRAIN_ON_REFUSAL {
+                match futures::StreamExt::next(&mut body).await {
+                    Some(Ok(c)) => drained += c.len(),
+                    _ => break,
+                }
+            }
+            return Err(e);
+        }
+    };
     let quiet = opts.quiet;
     let body = req
         .into_body()
