@@ -30,8 +30,9 @@ use crate::names;
 
 /// The most of a build context the head accepts.
 pub const MAX_CONTEXT: u64 = 16 << 30;
-/// The most of a refused context read and dropped before answering.
-const DRAIN_ON_REFUSAL: usize = 256 << 20;
+/// The most of a refused context read and dropped before answering (so the
+/// client, still sending, gets the answer rather than a broken pipe).
+pub const DRAIN_ON_REFUSAL: usize = 256 << 20;
 /// Builds an account runs at once; more wait for one to end.
 const BUILDS_PER_ACCOUNT: usize = 4;
 /// How often an idle build stream gets a blank line.

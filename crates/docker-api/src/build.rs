@@ -16,9 +16,6 @@ use crate::images::{AuthConfig, progress_response};
 use crate::params::Params;
 use crate::{Account, AppState};
 
-/// The most of a refused request's context read and dropped before answering.
-const DRAIN_ON_REFUSAL: usize = 256 << 20;
-
 /// A JSON object parameter (`buildargs`, `labels`), empty when absent.
 fn json_param<T: serde::de::DeserializeOwned + Default>(p: &Params, key: &str) -> ApiResult<T> {
     match p.get(key).filter(|v| !v.is_empty()) {
@@ -136,7 +133,7 @@ pub async fn build(
             // context, gets the answer rather than a broken pipe.
             let mut body = req.into_body().into_data_stream();
             let mut drained = 0usize;
-            while drained < DRAIN_ON_REFUSAL {
+            while drained < cluster::build::DRAIN_ON_REFUSAL {
                 match futures::StreamExt::next(&mut body).await {
                     Some(Ok(c)) => drained += c.len(),
                     _ => break,
