@@ -226,8 +226,6 @@ fn build_errors_name_the_step_and_line() {
     assert!(t.contains("returned a non-zero code: 7"), "{t}");
     let t = text(&build(&a, &["--target", "missing", dir]));
     assert!(t.contains("failed to reach build target missing"), "{t}");
-    let t = text(&build(&a, &["--cache-from", "busybox", dir]));
-    assert!(t.contains("--cache-from is not supported yet"), "{t}");
 }
 
 #[test]
@@ -413,6 +411,26 @@ fn the_cache_is_shared_across_servers_and_builds_push() {
     assert_eq!(
         bob.docker_ok(&["run", "--rm", &app, "cat", "/both"]),
         "step-ran\nshared data"
+    );
+    // The pulled image seeds the cache of an account that never built it
+    // (`--cache-from`, as CI jobs use it): every step is reused, and the
+    // result is that image.
+    bob.docker_ok(&["load", "-i", &busybox]);
+    let pulled_id = bob.docker_ok(&["image", "inspect", "-f", "{{.Id}}", &app]);
+    let seeded = build(&bob, &["--cache-from", &app, dir]);
+    assert_eq!(seeded.matches(" ---> Using cache").count(), 3, "{seeded}");
+    assert!(!seeded.contains("Running in"), "{seeded}");
+    assert!(
+        seeded.contains(&format!("Successfully built {}", &pulled_id[7..19])),
+        "{seeded}"
+    );
+    // Control: changed content does not match the source from its COPY on.
+    write(d, "data.txt", "other data\n");
+    let missed = build(&bob, &["--cache-from", &app, dir]);
+    assert_eq!(missed.matches(" ---> Using cache").count(), 0, "{missed}");
+    assert!(
+        missed.contains("Running in") && missed.contains("other data"),
+        "{missed}"
     );
     // FROM an image the account lacks is pulled with the CLI's credentials
     // (X-Registry-Config); without them, the registry refuses.

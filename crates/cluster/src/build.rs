@@ -87,6 +87,8 @@ pub struct PreparedBuild {
     server: std::sync::Mutex<Option<String>>,
     /// Cache entries this build reused, their use to record at the end.
     touched: std::sync::Mutex<Vec<BuildCacheRecord>>,
+    /// The `--cache-from` images the account has.
+    sources: Vec<Current>,
 }
 
 /// What a `RUN --mount` adds to its step's container.
@@ -106,6 +108,27 @@ struct Current {
     id: String,
     layers: Vec<ImageLayer>,
     config: Value,
+}
+
+/// What identifies a step's result beyond its cache key: how the image's
+/// history names it (the key `--cache-from` images are matched by, as
+/// Docker's classic builder does) and, for a step that changes the
+/// config, the new config.
+struct Probe<'a> {
+    description: &'a str,
+    created_by: &'a str,
+    cfg: Option<&'a Value>,
+}
+
+/// A step's result found in a `--cache-from` image.
+enum Reused {
+    /// The image itself: the step was its last.
+    Image(Current),
+    /// The current image plus the image's entry for the step.
+    Built {
+        config: Value,
+        layers: Vec<ImageLayer>,
+    },
 }
 
 /// One stage's state while it runs.
@@ -232,6 +255,19 @@ impl Cluster {
             .map_err(|_| Error::InvalidArgument("the Dockerfile is not UTF-8 text".into()))?;
         let dockerfile = build::dockerfile::parse(&text).map_err(build_error)?;
         let stages = needed_stages(&dockerfile, opts.target.as_deref())?;
+        // As Docker's classic builder: a cache source the account lacks is
+        // skipped, not an error.
+        let mut sources = Vec::new();
+        for name in &opts.cache_from {
+            match self.find_image(account, name).await {
+                Ok(i) => sources.push(Current {
+                    config: self.image_config(&i.id)?,
+                    id: i.id,
+                    layers: i.layers,
+                }),
+                Err(e) => tracing::debug!("cache source {name} skipped: {e}"),
+            }
+        }
         Ok(PreparedBuild {
             _slot: slot,
             account: account.to_string(),
@@ -242,6 +278,7 @@ impl Cluster {
             live: Default::default(),
             server: Default::default(),
             touched: Default::default(),
+            sources,
         })
     }
 
@@ -689,27 +726,65 @@ impl Cluster {
             .to_string())
     }
 
-    /// A cached result of `key`, if the build may use the cache.
-    async fn cached(&self, b: &PreparedBuild, key: &str) -> Result<Option<Current>> {
+    /// A step's earlier result, if the build may use the cache: the
+    /// account's own entry for `key`, else one from the `--cache-from`
+    /// images. `cfg` is the step's container config when it changes it.
+    async fn reuse(
+        &self,
+        b: &PreparedBuild,
+        cur: &Current,
+        key: &str,
+        probe: Probe<'_>,
+    ) -> Result<Option<Current>> {
         if b.opts.no_cache {
             return Ok(None);
         }
-        let Some(mut hit) = self.store.get_build_cache(&b.account, key).await? else {
+        if let Some(mut hit) = self.store.get_build_cache(&b.account, key).await?
+            // Its blobs must still be here (a crash between writes could lose them).
+            && let Ok(config) = self.image_config(&hit.image_id)
+        {
+            let cur = Current {
+                id: hit.image_id.clone(),
+                layers: hit.layers.clone(),
+                config,
+            };
+            hit.last_used = Utc::now();
+            hit.usage_count += 1;
+            b.touched.lock().expect("touched").push(hit);
+            return Ok(Some(cur));
+        }
+        let Some(found) = b
+            .sources
+            .iter()
+            .find_map(|src| from_source(cur, src, &probe))
+        else {
             return Ok(None);
         };
-        // Its blobs must still be here (a crash between writes could lose them).
-        let Ok(config) = self.image_config(&hit.image_id) else {
-            return Ok(None);
-        };
-        let cur = Current {
-            id: hit.image_id.clone(),
-            layers: hit.layers.clone(),
-            config,
-        };
-        hit.last_used = Utc::now();
-        hit.usage_count += 1;
-        b.touched.lock().expect("touched").push(hit);
-        Ok(Some(cur))
+        // Kept as an entry of the account's cache (its layers are the
+        // source image's: it adds no storage).
+        match found {
+            Reused::Image(src) => {
+                let now = Utc::now();
+                self.store
+                    .put_build_cache(&BuildCacheRecord {
+                        account: b.account.clone(),
+                        key: key.to_string(),
+                        image_id: src.id.clone(),
+                        layers: src.layers.clone(),
+                        description: probe.description.to_string(),
+                        size: 0,
+                        created: now,
+                        last_used: now,
+                        usage_count: 1,
+                    })
+                    .await?;
+                Ok(Some(src))
+            }
+            Reused::Built { config, layers } => self
+                .remember(b, key, probe.description, config, layers, 0)
+                .await
+                .map(Some),
+        }
     }
 
     /// Records a step's image: its config blob and a cache entry.
@@ -915,7 +990,13 @@ impl Cluster {
     ) -> Result<()> {
         let cfg = serde_json::to_value(&cfg).map_err(|e| Error::internal("config", e))?;
         let key = build::cache::step_key(&st.cur.id, text, &[&cfg.to_string()]);
-        if let Some(hit) = self.cached(b, &key).await? {
+        let by = format!("/bin/sh -c #(nop)  {}", history_text(text, &st.vars()));
+        let probe = Probe {
+            description: text,
+            created_by: &by,
+            cfg: Some(&cfg),
+        };
+        if let Some(hit) = self.reuse(b, &st.cur, &key, probe).await? {
             stream(tx, " ---> Using cache\n").await;
             st.cur = hit;
             return Ok(());
@@ -927,7 +1008,7 @@ impl Cluster {
         if let Some(a) = author {
             config["author"] = json!(a);
         }
-        push_history(&mut config, &t, &format!("/bin/sh -c #(nop)  {text}"), true);
+        push_history(&mut config, &t, &by, true);
         st.cur = self
             .remember(b, &key, text, config, st.cur.layers.clone(), 0)
             .await?;
@@ -1147,7 +1228,25 @@ impl Cluster {
                 &mount_points.join(","),
             ],
         );
-        if let Some(hit) = self.cached(b, &key).await? {
+        // History names it as Docker does (`|N ARGS… cmd`), with the flags
+        // that change what it does.
+        let mut shown = if arg_env.is_empty() {
+            cmd.join(" ")
+        } else {
+            format!("|{} {} {}", arg_env.len(), arg_env.join(" "), cmd.join(" "))
+        };
+        if !mount_points.is_empty() {
+            shown = format!("--mount={} {shown}", mount_points.join(","));
+        }
+        if let Some(n) = network {
+            shown = format!("--network={n} {shown}");
+        }
+        let probe = Probe {
+            description: &step.text,
+            created_by: &shown,
+            cfg: None,
+        };
+        if let Some(hit) = self.reuse(b, &st.cur, &key, probe).await? {
             stream(tx, " ---> Using cache\n").await;
             st.cur = hit;
             return Ok(());
@@ -1189,11 +1288,6 @@ impl Cluster {
             }
         }
         let (layer, size) = res?;
-        let shown = if arg_env.is_empty() {
-            cmd.join(" ")
-        } else {
-            format!("|{} {} {}", arg_env.len(), arg_env.join(" "), cmd.join(" "))
-        };
         self.add_layer(b, st, &key, &step.text, &shown, Some(&cid), layer, size)
             .await
     }
@@ -1423,7 +1517,14 @@ impl Cluster {
             paths.join(" ")
         );
         let key = build::cache::step_key(&st.cur.id, &description, &[]);
-        if let Some(hit) = self.cached(b, &key).await? {
+        let kind = if paths.len() > 1 { "multi" } else { "file" };
+        let by = copy_history("COPY", chown.as_deref(), kind, &[&description], &dest);
+        let probe = Probe {
+            description: &step.text,
+            created_by: &by,
+            cfg: None,
+        };
+        if let Some(hit) = self.reuse(b, &st.cur, &key, probe).await? {
             stream(tx, " ---> Using cache\n").await;
             st.cur = hit;
             return Ok(());
@@ -1462,7 +1563,6 @@ impl Cluster {
         .await;
         self.drop_step_container(b, &src_cid).await;
         let (layer, size) = res?;
-        let by = format!("/bin/sh -c #(nop) {}", step.text);
         self.add_layer(b, st, &key, &step.text, &by, None, layer, size)
             .await
     }
@@ -1625,8 +1725,22 @@ impl Cluster {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let key = build::cache::step_key(&st.cur.id, &description, &[&sum, &heredoc_sum.join(",")]);
-        if let Some(hit) = self.cached(b, &key).await? {
+        let heredoc_sum = heredoc_sum.join(",");
+        let key = build::cache::step_key(&st.cur.id, &description, &[&sum, &heredoc_sum]);
+        let kind = if paths.len() + heredocs.len() > 1 {
+            "multi"
+        } else if paths.first().is_some_and(|p| b.context.is_dir(p)) {
+            "dir"
+        } else {
+            "file"
+        };
+        let by = copy_history(kw, chown, kind, &[&description, &sum, &heredoc_sum], dest);
+        let probe = Probe {
+            description: &step.text,
+            created_by: &by,
+            cfg: None,
+        };
+        if let Some(hit) = self.reuse(b, &st.cur, &key, probe).await? {
             stream(tx, " ---> Using cache\n").await;
             st.cur = hit;
             return Ok(());
@@ -1673,10 +1787,82 @@ impl Cluster {
                 .map_err(|e| copy_failed(kw, e))?;
         }
         let (layer, size) = self.take_layer(&b.account, cid).await?;
-        let by = format!("/bin/sh -c #(nop) {}", step.text);
         self.add_layer(b, st, &key, &step.text, &by, None, layer, size)
             .await
     }
+}
+
+/// How history names a config step: the instruction with its variables
+/// expanded, as Docker records it (so that images built with other values
+/// do not match as cache sources).
+fn history_text(text: &str, vars: &[String]) -> String {
+    let (kw, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let expands = matches!(
+        kw.to_ascii_uppercase().as_str(),
+        "ENV" | "LABEL" | "EXPOSE" | "STOPSIGNAL" | "USER" | "VOLUME" | "WORKDIR"
+    );
+    if !expands || !rest.contains('$') {
+        return text.to_string();
+    }
+    match images::import::expand_words(rest.trim(), vars) {
+        Ok(words) => format!("{kw} {}", words.join(" ")),
+        Err(_) => text.to_string(),
+    }
+}
+
+/// How history names a `COPY` or `ADD`, as Docker does (`COPY file:<hash>
+/// in <dest> `), the hash covering what the step copies and how.
+fn copy_history(kw: &str, chown: Option<&str>, kind: &str, parts: &[&str], dest: &str) -> String {
+    let hash = build::cache::step_key("", kw, parts);
+    let chown = chown.map(|c| format!("--chown={c} ")).unwrap_or_default();
+    format!("/bin/sh -c #(nop) {kw} {chown}{kind}:{hash} in {dest} ")
+}
+
+/// Docker's classic rule for `--cache-from`: `src` continues `cur`'s history
+/// (the same entries and layers) with an entry the same instruction made.
+fn from_source(cur: &Current, src: &Current, probe: &Probe<'_>) -> Option<Reused> {
+    let list = |c: &Value, k: &str| -> Vec<Value> {
+        let v = if k == "history" {
+            &c["history"]
+        } else {
+            &c["rootfs"]["diff_ids"]
+        };
+        v.as_array().cloned().unwrap_or_default()
+    };
+    let (ph, pd) = (list(&cur.config, "history"), list(&cur.config, "diff_ids"));
+    let (sh, sd) = (list(&src.config, "history"), list(&src.config, "diff_ids"));
+    if sh.len() <= ph.len()
+        || sd.len() < pd.len()
+        || sh[..ph.len()] != ph[..]
+        || sd[..pd.len()] != pd[..]
+    {
+        return None;
+    }
+    let entry = &sh[ph.len()];
+    if entry["created_by"].as_str() != Some(probe.created_by) {
+        return None;
+    }
+    let empty = entry["empty_layer"].as_bool().unwrap_or(false);
+    if sh.len() == ph.len() + 1 {
+        return (sd.len() == pd.len() + usize::from(!empty)).then(|| Reused::Image(src.clone()));
+    }
+    let mut config = cur.config.clone();
+    let mut layers = cur.layers.clone();
+    if !empty {
+        let diff = sd.get(pd.len())?.as_str()?;
+        let layer = src.layers.get(pd.len()).filter(|l| l.diff_id == diff)?;
+        push_layer(&mut config, diff);
+        layers.push(layer.clone());
+    }
+    if let Some(cfg) = probe.cfg {
+        config["config"] = cfg.clone();
+    }
+    config["created"] = entry["created"].clone();
+    match config["history"].as_array_mut() {
+        Some(h) => h.push(entry.clone()),
+        None => config["history"] = json!([entry]),
+    }
+    Some(Reused::Built { config, layers })
 }
 
 /// A `COPY`'s destination (absolute, under `WORKDIR`), `--chmod` and `--chown`.
@@ -1912,6 +2098,67 @@ fn needed_stages(d: &Dockerfile, target: Option<&str>) -> Result<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn image(history: &[(&str, bool)]) -> Current {
+        let mut config = json!({"config": {}, "rootfs": {"type": "layers", "diff_ids": []}});
+        let mut layers = Vec::new();
+        for (i, (by, empty)) in history.iter().enumerate() {
+            push_history(&mut config, &format!("t{i}"), by, *empty);
+            if !empty {
+                let d = images::Digest::of(by.as_bytes());
+                push_layer(&mut config, &d.to_string());
+                layers.push(ImageLayer::new(&d, &d, 1, "x"));
+            }
+        }
+        Current {
+            id: format!("id-{}", history.len()),
+            layers,
+            config,
+        }
+    }
+
+    #[test]
+    fn cache_sources_continue_the_current_history() {
+        let src = image(&[("base", false), ("ENV A=1", true), ("run", false)]);
+        let base = image(&[("base", false)]);
+        let probe = |by| Probe {
+            description: "",
+            created_by: by,
+            cfg: None,
+        };
+        // A step in the middle: the current image plus the source's entry.
+        let Some(Reused::Built { config, layers }) = from_source(&base, &src, &probe("ENV A=1"))
+        else {
+            panic!("the ENV step should match");
+        };
+        assert_eq!(
+            config["history"].as_array().unwrap()[..],
+            src.config["history"].as_array().unwrap()[..2]
+        );
+        assert_eq!(layers.len(), 1);
+        let mid = Current {
+            id: "mid".into(),
+            layers,
+            config,
+        };
+        // The last step: the source itself.
+        assert!(
+            matches!(from_source(&mid, &src, &probe("run")), Some(Reused::Image(i)) if i.id == src.id)
+        );
+        // Controls: another instruction, another parent, a source no longer.
+        assert!(from_source(&mid, &src, &probe("other")).is_none());
+        let other = image(&[("other base", false)]);
+        assert!(from_source(&other, &src, &probe("ENV A=1")).is_none());
+        assert!(from_source(&src, &src, &probe("run")).is_none());
+    }
+
+    #[test]
+    fn config_steps_are_named_with_their_values() {
+        let vars = vec!["V=1.2".to_string()];
+        assert_eq!(history_text("ENV X=$V", &vars), "ENV X=1.2");
+        assert_eq!(history_text("CMD echo $V", &vars), "CMD echo $V");
+        assert_eq!(history_text("LABEL a=b", &vars), "LABEL a=b");
+    }
 
     #[test]
     fn only_the_stages_the_target_needs() {

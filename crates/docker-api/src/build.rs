@@ -68,11 +68,6 @@ pub fn options(p: &Params, headers: &http::HeaderMap) -> ApiResult<BuildOptions>
         ));
     }
     let cache_from: Vec<String> = json_param(p, "cachefrom")?;
-    if !cache_from.is_empty() {
-        return Err(ApiError::bad(
-            "--cache-from is not supported yet: the build cache is kept per account on the datacenter, and a later build on any server reuses it",
-        ));
-    }
     Ok(BuildOptions {
         tags: p.all("t").into_iter().filter(|t| !t.is_empty()).collect(),
         dockerfile: p.get("dockerfile").unwrap_or("").to_string(),
