@@ -24,6 +24,10 @@ pub struct HeadConfig {
     pub insecure_registries: Vec<String>,
     /// Registries' CAs and client certificates (Docker's `certs.d` layout).
     pub registry_certs: Option<PathBuf>,
+    /// Networks (CIDRs) besides the public internet that a build's
+    /// `ADD <url>` may download from.
+    #[serde(default)]
+    pub build_url_allow: Vec<String>,
 }
 
 impl HeadConfig {

@@ -44,6 +44,11 @@ pub struct RegistryArgs {
     /// after the configuration file's, before Docker Hub).
     #[arg(long = "registry-mirror", value_name = "URL")]
     pub registry_mirrors: Vec<String>,
+    /// A network a build's `ADD <url>` may download from besides the public
+    /// internet, as a CIDR (repeat; loopback and private networks are out
+    /// of reach unless listed, link-local ones always).
+    #[arg(long = "build-url-allow", value_name = "CIDR")]
+    pub build_url_allow: Vec<String>,
 }
 
 impl RegistryArgs {
@@ -68,9 +73,13 @@ impl RegistryArgs {
             .clone()
             .or(file.registry_certs)
             .unwrap_or_else(|| PathBuf::from(images::transport::DEFAULT_CERTS_DIR));
-        Ok(images::registry::RegistryClient::new(insecure)
+        let mut url_allow = file.build_url_allow;
+        url_allow.extend(self.build_url_allow.iter().cloned());
+        images::registry::RegistryClient::new(insecure)
             .with_certs_dir(certs)
-            .with_mirrors(mirrors))
+            .with_mirrors(mirrors)
+            .with_url_allow(url_allow)
+            .with_context(|| format!("build-url-allow (from {} and flags)", path.display()))
     }
 }
 

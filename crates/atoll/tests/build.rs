@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use testkit::{AtollInstance, Registry, StartOptions, Tenant, test_images};
+use testkit::{AtollInstance, FileServer, Registry, Route, StartOptions, Tenant, test_images};
 
 fn write(dir: &Path, rel: &str, text: &str) {
     let p = dir.join(rel);
@@ -587,4 +587,132 @@ fn large_contexts_and_storage_bounded_builds() {
     write(d, "Dockerfile", grow);
     let out = alice.docker(&["build", "-m", "48m", "-t", "grown", dir]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// `ADD <url>`: the head downloads from addresses it may reach (the public
+/// internet, and networks the operator allows: 127.0.0.2 here), never from
+/// its own loopback, not even through a redirect.
+#[test]
+fn add_downloads_urls_from_reachable_addresses_only() {
+    let a = AtollInstance::start_with(StartOptions {
+        args: vec!["--build-url-allow".into(), "127.0.0.2/32".into()],
+        ..Default::default()
+    });
+    a.load_busybox();
+    let allowed = FileServer::start("127.0.0.2");
+    let refused = FileServer::start("127.0.0.1");
+    let v1 = b"downloaded v1\n".to_vec();
+    allowed.set(
+        "/files/app.txt",
+        Route::File {
+            body: v1.clone(),
+            last_modified: Some("Sat, 03 Feb 2001 04:05:06 GMT".into()),
+        },
+    );
+    refused.set(
+        "/secret",
+        Route::File {
+            body: b"head-only secret\n".to_vec(),
+            last_modified: None,
+        },
+    );
+    allowed.set("/to-loopback", Route::Redirect(refused.url("/secret")));
+    let ctx = tempfile::tempdir().unwrap();
+    let d = ctx.path();
+    let dir = d.to_str().unwrap();
+    let url = allowed.url("/files/app.txt");
+    let sum = testkit::sha256_hex(&v1);
+    write(
+        d,
+        "Dockerfile",
+        &format!(
+            "FROM busybox\nADD {url} /srv/\nADD --chmod=644 --checksum=sha256:{sum} {url} /srv/renamed.txt\nRUN cat /srv/app.txt /srv/renamed.txt\n"
+        ),
+    );
+    let out = build(&a, &["-t", "dl", dir]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("downloaded v1\ndownloaded v1"), "{t}");
+    // Docker's metadata: mode 600 (unless --chmod), the server's mtime.
+    let ls = a.docker_ok(&["run", "--rm", "dl", "ls", "-ln", "--full-time", "/srv"]);
+    let line = |name: &str| {
+        ls.lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_else(|| panic!("{name} missing: {ls}"))
+            .to_string()
+    };
+    assert!(line("app.txt").starts_with("-rw-------"), "{ls}");
+    assert!(line("app.txt").contains("2001-02-03 04:05:06"), "{ls}");
+    assert!(line("renamed.txt").starts_with("-rw-r--r--"), "{ls}");
+
+    // The same content again: reused (it is downloaded to know).
+    let again = text(&build(&a, &[dir]));
+    assert_eq!(again.matches(" ---> Using cache").count(), 3, "{again}");
+    // New content: the first ADD misses, the pinned one fails.
+    allowed.set(
+        "/files/app.txt",
+        Route::File {
+            body: b"downloaded v2\n".to_vec(),
+            last_modified: None,
+        },
+    );
+    let changed = text(&build(&a, &[dir]));
+    assert_eq!(changed.matches(" ---> Using cache").count(), 0, "{changed}");
+    assert!(
+        changed.contains(&format!(
+            "checksum mismatch for {url}: expected sha256:{sum}, got sha256:"
+        )),
+        "{changed}"
+    );
+
+    // The head's loopback is out of reach, directly or by a redirect, and
+    // never dialled; the server is there (control: a client reaches it).
+    for (path, source) in [
+        ("direct", refused.url("/secret")),
+        ("redirect", allowed.url("/to-loopback")),
+    ] {
+        write(d, "Dockerfile", &format!("FROM busybox\nADD {source} /s\n"));
+        let t = text(&build(&a, &[dir]));
+        assert!(
+            t.contains("no address it may reach") && !t.contains("head-only secret"),
+            "{path}: {t}"
+        );
+    }
+    assert_eq!(refused.hits(), 0);
+    let reply = testkit::http::send_tcp(
+        &refused.addr().to_string(),
+        &testkit::http::Request::get("/secret"),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(reply.text(), "head-only secret\n");
+    assert_eq!(refused.hits(), 1);
+
+    // Docker's errors for the rest.
+    write(
+        d,
+        "Dockerfile",
+        &format!("FROM busybox\nADD {} /m\n", allowed.url("/missing")),
+    );
+    let t = text(&build(&a, &[dir]));
+    assert!(
+        t.contains(&format!(
+            "failed to GET {} with status 404 Not Found: no such file",
+            allowed.url("/missing")
+        )),
+        "{t}"
+    );
+    write(d, "Dockerfile", &format!("FROM busybox\nCOPY {url} /c\n"));
+    let t = text(&build(&a, &[dir]));
+    assert!(t.contains("source can't be a URL for COPY"), "{t}");
+    write(
+        d,
+        "Dockerfile",
+        &format!("FROM busybox\nADD --checksum=sha256:{sum} Dockerfile /c\n"),
+    );
+    let t = text(&build(&a, &[dir]));
+    assert!(
+        t.contains("checksum can't be specified for non-HTTP(S) sources"),
+        "{t}"
+    );
 }

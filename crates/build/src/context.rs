@@ -414,11 +414,7 @@ impl Context {
             .entries
             .get(path)
             .filter(|e| e.kind == EntryKind::File)?;
-        Some(SpoolReader {
-            file: &self.spool,
-            pos: e.offset,
-            end: e.offset + e.size,
-        })
+        Some(FileRange::new(&self.spool, e.offset, e.size))
     }
 
     /// Whether a file is a tar archive (plain, gzip or zstd), which `ADD`
@@ -514,11 +510,7 @@ impl Context {
                 EntryKind::File => {
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_size(e.size);
-                    let reader = SpoolReader {
-                        file: &self.spool,
-                        pos: e.offset,
-                        end: e.offset + e.size,
-                    };
+                    let reader = FileRange::new(&self.spool, e.offset, e.size);
                     b.append_data(&mut h, &it.dest, reader)?;
                 }
                 EntryKind::Dir => {
@@ -545,14 +537,24 @@ fn join(dir: &str, rel: &str) -> String {
     }
 }
 
-/// A range of the spool as a reader (positioned reads: no shared offset).
-struct SpoolReader<'a> {
+/// A range of a file as a reader (positioned reads: no shared offset).
+pub struct FileRange<'a> {
     file: &'a File,
     pos: u64,
     end: u64,
 }
 
-impl Read for SpoolReader<'_> {
+impl<'a> FileRange<'a> {
+    pub fn new(file: &'a File, start: u64, len: u64) -> FileRange<'a> {
+        FileRange {
+            file,
+            pos: start,
+            end: start + len,
+        }
+    }
+}
+
+impl Read for FileRange<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = (self.end - self.pos) as usize;
         if left == 0 {
@@ -563,7 +565,7 @@ impl Read for SpoolReader<'_> {
         if got == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "the build context ended early",
+                "the file ended early",
             ));
         }
         self.pos += got as u64;

@@ -59,6 +59,8 @@ pub struct CopyStep {
     pub from: Option<String>,
     pub chown: Option<String>,
     pub chmod: Option<String>,
+    /// `ADD --checksum=sha256:…`: what a downloaded source must hash to.
+    pub checksum: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -548,7 +550,7 @@ fn copy_step(
     line: &str,
 ) -> Result<CopyStep> {
     let kw = if add { "ADD" } else { "COPY" };
-    for unsupported in ["parents", "exclude", "checksum", "keep-git-dir"] {
+    for unsupported in ["parents", "exclude", "keep-git-dir"] {
         if opts.contains_key(unsupported) {
             return Err(BuildError::Dockerfile(format!(
                 "{kw} --{unsupported} is not supported"
@@ -581,6 +583,7 @@ fn copy_step(
         from: last("from"),
         chown: last("chown"),
         chmod: last("chmod"),
+        checksum: last("checksum"),
     })
 }
 

@@ -110,6 +110,29 @@ struct Current {
     config: Value,
 }
 
+/// A file a `COPY` or `ADD` makes that is not in the context.
+struct Extra {
+    /// Where it came from (a heredoc, a URL), for messages.
+    origin: String,
+    /// Its name in the destination directory.
+    name: String,
+    /// What the cache key knows of its content.
+    sum: String,
+    mode: u32,
+    mtime: u64,
+    content: ExtraContent,
+}
+
+enum ExtraContent {
+    Text(String),
+    /// A download: an unnamed file and its length.
+    File(std::fs::File, u64),
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
 /// What identifies a step's result beyond its cache key: how the image's
 /// history names it (the key `--cache-from` images are matched by, as
 /// Docker's classic builder does) and, for a step that changes the
@@ -1352,9 +1375,25 @@ impl Cluster {
         let vars = st.vars();
         let (dest, chmod, chown) = copy_target(st, c)?;
 
-        // Sources: context paths (wildcards expanded) and heredocs.
+        let checksum = c
+            .checksum
+            .as_deref()
+            .map(|s| images::import::expand_word(s, &vars))
+            .transpose()?;
+        if checksum.is_some()
+            && c.sources.iter().any(|s| match s {
+                CopySource::Path(p) => !is_url(p),
+                CopySource::HereDoc { .. } => true,
+            })
+        {
+            return Err(Error::InvalidArgument(
+                "checksum can't be specified for non-HTTP(S) sources".into(),
+            ));
+        }
+
+        // Sources: context paths (wildcards expanded), heredocs, downloads.
         let mut paths: Vec<String> = Vec::new();
-        let mut heredocs: Vec<(String, String)> = Vec::new();
+        let mut extras: Vec<Extra> = Vec::new();
         for s in &c.sources {
             match s {
                 CopySource::HereDoc { name, body, expand } => {
@@ -1367,14 +1406,25 @@ impl Cluster {
                     } else {
                         body.clone()
                     };
-                    heredocs.push((name.clone(), body));
+                    extras.push(Extra {
+                        origin: format!("heredoc {name}"),
+                        name: name.clone(),
+                        sum: build::cache::step_key("", &body, &[]),
+                        mode: chmod.unwrap_or(0o644),
+                        mtime: Utc::now().timestamp().max(0) as u64,
+                        content: ExtraContent::Text(body),
+                    });
                 }
                 CopySource::Path(p) => {
                     let p = images::import::expand_word(p, &vars)?;
-                    if p.starts_with("http://") || p.starts_with("https://") {
-                        return Err(Error::InvalidArgument(format!(
-                            "{kw} of a URL is not supported yet: {p}"
-                        )));
+                    if is_url(&p) {
+                        if !c.add {
+                            return Err(Error::InvalidArgument(
+                                "COPY failed: source can't be a URL for COPY".into(),
+                            ));
+                        }
+                        extras.push(self.download(b, &p, checksum.as_deref(), chmod).await?);
+                        continue;
                     }
                     if build::context::has_wildcards(&p) {
                         let m = b.context.matches(&p);
@@ -1401,7 +1451,7 @@ impl Cluster {
                 }
             }
         }
-        let many = paths.len() + heredocs.len() > 1
+        let many = paths.len() + extras.len() > 1
             || c.sources
                 .iter()
                 .any(|s| matches!(s, CopySource::Path(p) if build::context::has_wildcards(p)));
@@ -1428,7 +1478,7 @@ impl Cluster {
                 &cid,
                 &dest,
                 &paths,
-                &heredocs,
+                extras,
                 chmod,
                 chown.as_deref(),
                 c,
@@ -1626,6 +1676,58 @@ impl Cluster {
         Ok(())
     }
 
+    /// `ADD <url>`: the head downloads it (see `images::registry::fetch`
+    /// for which addresses it may reach) into an unnamed file, within what
+    /// the account may still store, and checks `--checksum`.
+    async fn download(
+        &self,
+        b: &PreparedBuild,
+        url: &str,
+        checksum: Option<&str>,
+        chmod: Option<u32>,
+    ) -> Result<Extra> {
+        let want = checksum
+            .map(|c| {
+                images::Digest::parse(c).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "invalid checksum {c:?}: expected sha256:<64 hex digits>"
+                    ))
+                })
+            })
+            .transpose()?;
+        let limit = match self.storage_left(&b.account).await? {
+            Some(left) => left.min(MAX_CONTEXT),
+            None => MAX_CONTEXT,
+        };
+        let file = tempfile::tempfile_in(&self.build_dir)
+            .map_err(|e| Error::internal("a download's file", e))?;
+        let mut out = tokio::fs::File::from_std(
+            file.try_clone()
+                .map_err(|e| Error::internal("a download's file", e))?,
+        );
+        let got = self
+            .registry
+            .download(url, &mut out, limit)
+            .await
+            .map_err(|e| Error::Upstream(format!("ADD failed: {e}")))?;
+        if let Some(want) = want
+            && want != got.digest
+        {
+            return Err(Error::InvalidArgument(format!(
+                "ADD failed: checksum mismatch for {url}: expected {want}, got {}",
+                got.digest
+            )));
+        }
+        Ok(Extra {
+            origin: url.to_string(),
+            name: download_name(url, got.file_name.as_deref()),
+            sum: got.digest.to_string(),
+            mode: chmod.unwrap_or(0o600),
+            mtime: got.modified.unwrap_or(0).max(0) as u64,
+            content: ExtraContent::File(file, got.size),
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn copy_into(
         self: &Arc<Self>,
@@ -1634,7 +1736,7 @@ impl Cluster {
         cid: &str,
         dest: &str,
         paths: &[String],
-        heredocs: &[(String, String)],
+        mut extras: Vec<Extra>,
         chmod: Option<u32>,
         chown: Option<&str>,
         c: &CopyStep,
@@ -1644,7 +1746,7 @@ impl Cluster {
         let kw = if c.add { "ADD" } else { "COPY" };
         // One file (not an archive ADD unpacks) to a path not ending in `/`
         // is copied as that path, unless it names an existing directory.
-        let single = paths.len() + heredocs.len() == 1
+        let single = paths.len() + extras.len() == 1
             && !dest.ends_with('/')
             && paths
                 .first()
@@ -1656,7 +1758,6 @@ impl Cluster {
                 .ok()
                 .and_then(|s| stat_is_dir(&s))
                 .unwrap_or(false);
-        let mut heredocs = heredocs.to_vec();
         let (dir, mut items) = if into_dir {
             let mut items = Vec::new();
             for p in paths {
@@ -1682,7 +1783,7 @@ impl Cluster {
                     }],
                 ),
                 None => {
-                    heredocs[0].0 = name.to_string();
+                    extras[0].name = name.to_string();
                     (parent.to_string(), Vec::new())
                 }
             }
@@ -1711,9 +1812,15 @@ impl Cluster {
         .await
         .map_err(|e| Error::internal("checksum", e))?
         .map_err(|e| Error::internal("checksum", e))?;
-        let heredoc_sum: Vec<String> = heredocs
+        if let Some(e) = extras.iter().find(|e| e.name.is_empty()) {
+            return Err(Error::InvalidArgument(format!(
+                "{kw} failed: cannot determine a file name for {}: give a destination file name",
+                e.origin
+            )));
+        }
+        let extra_sum: Vec<String> = extras
             .iter()
-            .map(|(n, body)| format!("{n}:{}", build::cache::step_key("", body, &[])))
+            .map(|e| format!("{}:{:o}:{}:{}", e.name, e.mode, e.mtime, e.sum))
             .collect();
         let description = format!(
             "{kw} chown={} chmod={} dir={dir} into={into_dir} {}",
@@ -1725,16 +1832,16 @@ impl Cluster {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let heredoc_sum = heredoc_sum.join(",");
-        let key = build::cache::step_key(&st.cur.id, &description, &[&sum, &heredoc_sum]);
-        let kind = if paths.len() + heredocs.len() > 1 {
+        let extra_sum = extra_sum.join(",");
+        let key = build::cache::step_key(&st.cur.id, &description, &[&sum, &extra_sum]);
+        let kind = if paths.len() + extras.len() > 1 {
             "multi"
         } else if paths.first().is_some_and(|p| b.context.is_dir(p)) {
             "dir"
         } else {
             "file"
         };
-        let by = copy_history(kw, chown, kind, &[&description, &sum, &heredoc_sum], dest);
+        let by = copy_history(kw, chown, kind, &[&description, &sum, &extra_sum], dest);
         let probe = Probe {
             description: &step.text,
             created_by: &by,
@@ -1749,18 +1856,27 @@ impl Cluster {
         if let Some(o) = chown {
             query.push_str(&format!("&chown={}", enc(o)));
         }
-        if !items.is_empty() || !heredocs.is_empty() {
+        if !items.is_empty() || !extras.is_empty() {
             let ctx = b.context.clone();
             let body = tar_stream(move |w| {
                 let mut t = tar::Builder::new(w);
                 ctx.write_tar(&mut t, &items, chmod)?;
-                for (name, text) in &heredocs {
+                for e in &extras {
                     let mut h = tar::Header::new_gnu();
                     h.set_entry_type(tar::EntryType::Regular);
-                    h.set_mode(chmod.unwrap_or(0o644));
-                    h.set_size(text.len() as u64);
-                    h.set_mtime(Utc::now().timestamp().max(0) as u64);
-                    t.append_data(&mut h, name, text.as_bytes())?;
+                    h.set_mode(e.mode);
+                    h.set_mtime(e.mtime);
+                    match &e.content {
+                        ExtraContent::Text(text) => {
+                            h.set_size(text.len() as u64);
+                            t.append_data(&mut h, &e.name, text.as_bytes())?;
+                        }
+                        ExtraContent::File(f, size) => {
+                            h.set_size(*size);
+                            let r = build::context::FileRange::new(f, 0, *size);
+                            t.append_data(&mut h, &e.name, r)?;
+                        }
+                    }
                 }
                 t.finish()
             });
@@ -1863,6 +1979,23 @@ fn from_source(cur: &Current, src: &Current, probe: &Probe<'_>) -> Option<Reused
         None => config["history"] = json!([entry]),
     }
     Some(Reused::Built { config, layers })
+}
+
+/// The name a download takes in a directory: the URL path's last part
+/// (decoded), else what the server's `Content-Disposition` says.
+fn download_name(url: &str, disposition: Option<&str>) -> String {
+    let path = url
+        .parse::<http::Uri>()
+        .map(|u| u.path().to_string())
+        .unwrap_or_default();
+    let last = path.rsplit('/').next().unwrap_or("");
+    let last = percent_encoding::percent_decode_str(last)
+        .decode_utf8_lossy()
+        .to_string();
+    if !last.is_empty() && last != "." && last != ".." && !last.contains('/') {
+        return last;
+    }
+    disposition.unwrap_or("").to_string()
 }
 
 /// A `COPY`'s destination (absolute, under `WORKDIR`), `--chmod` and `--chown`.

@@ -32,7 +32,9 @@ use crate::error::ImageError;
 use crate::reference::{DEFAULT_DOMAIN, Reference};
 use crate::transport::{ConnectError, Tls, host_of};
 
+mod fetch;
 pub mod push;
+pub use fetch::Downloaded;
 pub use push::{PushImage, PushProgress, PushedManifest};
 
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -265,6 +267,8 @@ pub struct RegistryClient {
     platform_strict: bool,
     upload_chunk: u64,
     mirrors: Vec<Mirror>,
+    /// Networks besides the public internet that downloads may reach.
+    url_allow: Vec<String>,
 }
 
 /// A pull-through mirror of Docker Hub (`registry-mirrors`).
@@ -330,6 +334,7 @@ impl RegistryClient {
             platform_strict: false,
             upload_chunk: push::DEFAULT_UPLOAD_CHUNK,
             mirrors: Vec::new(),
+            url_allow: Vec::new(),
         }
     }
 
@@ -1131,24 +1136,11 @@ impl Session<'_> {
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| self.err(format!("{what} without a usable Location")))?;
-        let invalid = || self.err(format!("{what} to an invalid location {loc:?}"));
-        let target: Uri = loc.parse().map_err(|_| invalid())?;
-        if target.scheme().is_none() {
-            // Relative: same scheme and authority as the request.
-            let path = if loc.starts_with('/') {
-                loc.to_string()
-            } else {
-                let base = from.path();
-                let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
-                format!("{dir}{loc}")
-            };
-            let authority = from.authority().map(|a| a.as_str()).unwrap_or_default();
-            let scheme = from.scheme_str().unwrap_or("https");
-            return format!("{scheme}://{authority}{path}")
-                .parse()
-                .map_err(|_| invalid());
+        let target = resolve_location(from, loc)
+            .ok_or_else(|| self.err(format!("{what} to an invalid location {loc:?}")))?;
+        if target.authority() != from.authority() || target.scheme() != from.scheme() {
+            self.check_plain_http(&target, what)?;
         }
-        self.check_plain_http(&target, what)?;
         Ok(target)
     }
 
@@ -1553,6 +1545,25 @@ impl Session<'_> {
     }
 }
 
+/// A `Location` resolved against the request it answers (a relative one
+/// keeps the request's scheme and authority).
+fn resolve_location(from: &Uri, loc: &str) -> Option<Uri> {
+    let target: Uri = loc.parse().ok()?;
+    if target.scheme().is_some() {
+        return Some(target);
+    }
+    let path = if loc.starts_with('/') {
+        loc.to_string()
+    } else {
+        let base = from.path();
+        let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
+        format!("{dir}{loc}")
+    };
+    let authority = from.authority().map(|a| a.as_str()).unwrap_or_default();
+    let scheme = from.scheme_str().unwrap_or("https");
+    format!("{scheme}://{authority}{path}").parse().ok()
+}
+
 /// `localhost` or a loopback address.
 fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
@@ -1953,27 +1964,10 @@ fn insecure_entry_matches(entry: &str, authority: &str, host: &str) -> bool {
     if e.eq_ignore_ascii_case(authority) || e.eq_ignore_ascii_case(host) {
         return true;
     }
-    let Some((net, bits)) = e.split_once('/') else {
-        return false;
-    };
-    let (Ok(net), Ok(bits), Ok(ip)) = (
-        net.parse::<IpAddr>(),
-        bits.parse::<u32>(),
-        host.parse::<IpAddr>(),
-    ) else {
-        return false;
-    };
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) if bits <= 32 => {
-            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) if bits <= 128 => {
-            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-            u128::from(n) & mask == u128::from(a) & mask
-        }
-        _ => false,
-    }
+    host.parse::<IpAddr>()
+        .ok()
+        .and_then(|ip| crate::transport::cidr_contains(e, ip))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! for loopback and insecure registries); TLS is never unverified.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -131,8 +132,27 @@ impl Tls {
         authority: &str,
         default_port: u16,
         tls: bool,
-        (timeout, answer): (Duration, Duration),
+        timeouts: (Duration, Duration),
         loopback: bool,
+    ) -> Result<Box<dyn Stream>, ConnectError> {
+        let policy = Dialable {
+            allows: &|ip| !link_local(ip) && (loopback || !ip.is_loopback()),
+            refusal: "no usable address (link-local addresses, where metadata services live, are never registries; \
+                      loopback ones only for a registry on loopback)",
+        };
+        self.connect_to(authority, default_port, tls, timeouts, policy)
+            .await
+    }
+
+    /// [`connect`](Self::connect) dialling only the addresses `policy`
+    /// allows, as resolved now: the check is on the address dialled.
+    pub async fn connect_to(
+        &self,
+        authority: &str,
+        default_port: u16,
+        tls: bool,
+        (timeout, answer): (Duration, Duration),
+        policy: Dialable<'_>,
     ) -> Result<Box<dyn Stream>, ConnectError> {
         let addr = if has_port(authority) {
             authority.to_string()
@@ -142,13 +162,10 @@ impl Tls {
         let dial = async {
             let targets: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&addr)
                 .await?
-                .filter(|a| !link_local(a.ip()) && (loopback || !a.ip().is_loopback()))
+                .filter(|a| !a.ip().is_unspecified() && (policy.allows)(a.ip()))
                 .collect();
             if targets.is_empty() {
-                return Err(std::io::Error::other(
-                    "no usable address (link-local addresses, where metadata services live, are never registries; \
-                     loopback ones only for a registry on loopback)",
-                ));
+                return Err(std::io::Error::other(policy.refusal));
             }
             TcpStream::connect(&targets[..]).await
         };
@@ -180,6 +197,64 @@ impl Tls {
     }
 }
 
+/// Which addresses a connection may dial, and what to say when none may.
+#[derive(Clone, Copy)]
+pub struct Dialable<'a> {
+    pub allows: &'a (dyn Fn(IpAddr) -> bool + Sync),
+    pub refusal: &'a str,
+}
+
+/// Whether `ip` is in `cidr` (`10.0.0.0/8`, `fd00::/8`); `None` when
+/// `cidr` is not one.
+pub fn cidr_contains(cidr: &str, ip: IpAddr) -> Option<bool> {
+    let (net, bits) = cidr.trim().split_once('/')?;
+    let (net, bits) = (net.parse::<IpAddr>().ok()?, bits.parse::<u32>().ok()?);
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) if bits <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            Some(u32::from(n) & mask == u32::from(a) & mask)
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) if bits <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            Some(u128::from(n) & mask == u128::from(a) & mask)
+        }
+        (IpAddr::V4(_), IpAddr::V6(_)) if bits <= 32 => Some(false),
+        (IpAddr::V6(_), IpAddr::V4(_)) if bits <= 128 => Some(false),
+        _ => None,
+    }
+}
+
+/// An address of the public internet: not loopback, private (RFC 1918,
+/// shared CGNAT space, IPv6 unique-local), link-local, multicast,
+/// broadcast or reserved; IPv4-mapped IPv6 is judged as its IPv4.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_unspecified()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
 /// A server that answers a TLS hello with anything but TLS (an HTTP
 /// server's "400 Bad Request", or closing) does not speak TLS; anything
 /// else is a TLS failure to report.
@@ -196,10 +271,10 @@ fn classify(e: std::io::Error) -> ConnectError {
 
 /// 169.254.0.0/16 and fe80::/10: a tenant's pull must not make the head
 /// talk to a metadata service.
-fn link_local(ip: std::net::IpAddr) -> bool {
+pub fn link_local(ip: IpAddr) -> bool {
     match ip {
-        std::net::IpAddr::V4(v4) => v4.is_link_local(),
-        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
     }
 }
 

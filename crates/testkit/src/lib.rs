@@ -1,8 +1,9 @@
 //! Test helpers for atoll's integration tests and benchmarks: locally built test
 //! images ([`test_images`]), a temporary `atoll up` driven by the real docker CLI
-//! ([`AtollInstance`]), a real registry on loopback ([`Registry`]) and polling
-//! ([`wait_for`]).
+//! ([`AtollInstance`]), a real registry on loopback ([`Registry`]), a file
+//! server ([`FileServer`]) and polling ([`wait_for`]).
 
+pub mod file_server;
 pub mod http;
 pub mod instance;
 pub mod registry;
@@ -11,6 +12,7 @@ pub mod testimages;
 pub mod token_issuer;
 pub mod wait;
 
+pub use file_server::{FileServer, Route};
 pub use instance::{AtollInstance, BtrfsMount, StartOptions, atoll_bin, docker_cli};
 pub use registry::Registry;
 pub use tenant::Tenant;
