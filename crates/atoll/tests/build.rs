@@ -238,18 +238,22 @@ fn multi_stage_builds_copy_from_stages_and_images() {
         d,
         "Dockerfile",
         "FROM busybox AS builder\n\
-         RUN mkdir -p /out/bin && echo built > /out/bin/tool && echo single > /out/single\n\
+         RUN mkdir -p /out/bin /out/lib && echo built > /out/bin/tool && echo single > /out/single \\\n\
+           && touch /out/lib/a.so /out/lib/b.so /out/lib/c.txt\n\
          FROM busybox\n\
          COPY --from=builder /out/bin /usr/local/mine/\n\
          COPY --from=builder --chown=7:8 /out/single /etc/single.txt\n\
          COPY --from=busybox /bin/busybox /copied-busybox\n\
-         RUN cat /usr/local/mine/tool /etc/single.txt && ls -ln /etc/single.txt && test -x /copied-busybox\n",
+         COPY --from=builder /out/lib/*.so /libs/\n\
+         COPY --from=builder /out/*/tool /one-tool\n\
+         RUN cat /usr/local/mine/tool /etc/single.txt /one-tool && ls -ln /etc/single.txt && test -x /copied-busybox && echo libs: $(ls /libs)\n",
     );
     let dir = d.to_str().unwrap();
     let out = build(&a, &["-t", "multi", dir]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("built\nsingle\n"), "{t}");
+    assert!(t.contains("built\nsingle\nbuilt\n"), "{t}");
+    assert!(t.contains("libs: a.so b.so\n"), "{t}");
     assert_eq!(owners(&t, "/etc/single.txt"), ("7", "8"), "{t}");
     // The final image holds the copies, not the builder's other files.
     let ls = a.docker_ok(&["run", "--rm", "multi", "ls", "/usr/local/mine"]);
@@ -257,7 +261,18 @@ fn multi_stage_builds_copy_from_stages_and_images() {
     let missing = a.docker(&["run", "--rm", "multi", "ls", "/out"]);
     assert!(!missing.status.success());
     let again = text(&build(&a, &["-t", "multi", dir]));
-    assert_eq!(again.matches(" ---> Using cache").count(), 5, "{again}");
+    assert_eq!(again.matches(" ---> Using cache").count(), 7, "{again}");
+    // A wildcard that matches nothing is an error (control: the ones above).
+    write(
+        d,
+        "Dockerfile",
+        "FROM busybox AS builder\nFROM busybox\nCOPY --from=builder /bin/*.none /x/\n",
+    );
+    let t = text(&build(&a, &[dir]));
+    assert!(
+        t.contains("no source files were specified: nothing in builder matches /bin/*.none"),
+        "{t}"
+    );
 }
 
 #[test]

@@ -37,6 +37,8 @@ pub const DRAIN_ON_REFUSAL: usize = 256 << 20;
 const BUILDS_PER_ACCOUNT: usize = 4;
 /// How often an idle build stream gets a blank line.
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(3);
+/// The most paths one `COPY --from` wildcard may match.
+const MAX_WILDCARD_MATCHES: usize = 10_000;
 /// The most of a Dockerfile read from the context.
 const MAX_DOCKERFILE: u64 = 4 << 20;
 
@@ -1536,16 +1538,18 @@ impl Cluster {
             match s {
                 CopySource::Path(p) => {
                     let p = images::import::expand_word(p, &vars)?;
+                    let p = if p.starts_with('/') { p } else { format!("/{p}") };
                     if build::context::has_wildcards(&p) {
-                        return Err(Error::InvalidArgument(format!(
-                            "COPY --from with wildcards is not supported yet: {p}"
-                        )));
-                    }
-                    paths.push(if p.starts_with('/') {
-                        p
+                        let found = self.source_matches(b, &src, &p).await?;
+                        if found.is_empty() {
+                            return Err(Error::InvalidArgument(format!(
+                                "COPY failed: no source files were specified: nothing in {from} matches {p}"
+                            )));
+                        }
+                        paths.extend(found);
                     } else {
-                        format!("/{p}")
-                    });
+                        paths.push(p);
+                    }
                 }
                 CopySource::HereDoc { .. } => {
                     return Err(Error::InvalidArgument(
@@ -1615,6 +1619,75 @@ impl Cluster {
         let (layer, size) = res?;
         self.add_layer(b, st, &key, &step.text, &by, None, layer, size)
             .await
+    }
+
+    /// The paths of `src` that a wildcard pattern matches (Go's
+    /// `filepath.Match`, one component per `*`), found by reading the tar
+    /// of the directory above its first wildcard, in a container of `src`.
+    async fn source_matches(
+        self: &Arc<Self>,
+        b: &PreparedBuild,
+        src: &Current,
+        pattern: &str,
+    ) -> Result<Vec<String>> {
+        let fixed: Vec<&str> = pattern
+            .split('/')
+            .take_while(|c| !build::context::has_wildcards(c))
+            .collect();
+        let dir = match fixed.join("/") {
+            d if d.is_empty() => "/".to_string(),
+            d => d,
+        };
+        // Entries of the tar are named from the directory's own name.
+        let parent = match dir.rsplit_once('/') {
+            Some((p, _)) if !p.is_empty() => p.to_string(),
+            _ => String::new(),
+        };
+        let cid = self
+            .step_container(
+                b,
+                src,
+                vec!["#(nop) COPY".into()],
+                Vec::new(),
+                Some("none"),
+                &StepMounts::default(),
+            )
+            .await?;
+        let listed = async {
+            let (_, body) = match self.archive_get(&b.account, &cid, &dir, &enc(&dir)).await {
+                Err(Error::NotFound(_)) => return Ok(Vec::new()),
+                r => r?,
+            };
+            let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(
+                body.into_data_stream()
+                    .map(|r| r.map_err(std::io::Error::other)),
+            ));
+            let pattern = build::context::normalize(pattern);
+            tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
+                let mut found = BTreeSet::new();
+                let mut tar = tar::Archive::new(reader);
+                for entry in tar.entries()? {
+                    let entry = entry?;
+                    let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+                    let full = build::context::normalize(&format!("{parent}/{name}"));
+                    if build::context::glob_match(&pattern, &full) {
+                        found.insert(format!("/{full}"));
+                        if found.len() > MAX_WILDCARD_MATCHES {
+                            return Err(std::io::Error::other(format!(
+                                "{pattern} matches more than {MAX_WILDCARD_MATCHES} paths"
+                            )));
+                        }
+                    }
+                }
+                Ok(found.into_iter().collect())
+            })
+            .await
+            .map_err(|e| Error::internal("listing a stage", e))?
+            .map_err(|e| Error::InvalidArgument(format!("COPY failed: {e}")))
+        }
+        .await;
+        self.drop_step_container(b, &cid).await;
+        listed
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2239,7 +2312,7 @@ mod tests {
             push_history(&mut config, &format!("t{i}"), by, *empty);
             if !empty {
                 let d = images::Digest::of(by.as_bytes());
-                push_layer(&mut config, &d.to_string());
+                push_layer(&mut config, d.as_ref());
                 layers.push(ImageLayer::new(&d, &d, 1, "x"));
             }
         }
