@@ -156,6 +156,17 @@ enum Reused {
     },
 }
 
+/// What the steps of a stage see of the whole build.
+struct Scope<'a> {
+    /// The stages that ran, by index (for `COPY --from`).
+    results: &'a BTreeMap<usize, Current>,
+    /// Global ARGs' values, for an `ARG` that names one.
+    globals: &'a BTreeMap<String, String>,
+    predefined: &'a BTreeMap<String, String>,
+    /// The `--build-arg`s some `ARG` took.
+    consumed: &'a mut BTreeSet<String>,
+}
+
 /// One stage's state while it runs.
 struct StageState {
     cur: Current,
@@ -490,6 +501,12 @@ impl Cluster {
                 cmd_set: false,
             };
             stream(&tx, format!(" ---> {}\n", short(&st.cur.id))).await;
+            let mut scope = Scope {
+                results: &results,
+                globals: &globals,
+                predefined: &predefined,
+                consumed: &mut consumed,
+            };
             // The base's ONBUILD triggers run first, then leave the config.
             let triggers: Vec<String> = st.cur.config["config"]["OnBuild"]
                 .as_array()
@@ -511,33 +528,13 @@ impl Cluster {
                 let parsed = build::dockerfile::parse(&text).map_err(build_error)?;
                 st.cur.config["config"]["OnBuild"] = Value::Null;
                 for step in &parsed.stages[0].steps {
-                    self.run_step(
-                        b,
-                        &mut st,
-                        step,
-                        &results,
-                        &globals,
-                        &predefined,
-                        &mut consumed,
-                        &tx,
-                    )
-                    .await?;
+                    self.run_step(b, &mut st, step, &mut scope, &tx).await?;
                 }
             }
             for step in &stage.steps {
                 n += 1;
                 stream(&tx, format!("Step {n}/{total} : {}\n", step.text)).await;
-                self.run_step(
-                    b,
-                    &mut st,
-                    step,
-                    &results,
-                    &globals,
-                    &predefined,
-                    &mut consumed,
-                    &tx,
-                )
-                .await?;
+                self.run_step(b, &mut st, step, &mut scope, &tx).await?;
                 stream(&tx, format!(" ---> {}\n", short(&st.cur.id))).await;
             }
             if si == last_stage && !b.opts.labels.is_empty() {
@@ -560,17 +557,7 @@ impl Cluster {
                         line,
                     },
                 };
-                self.run_step(
-                    b,
-                    &mut st,
-                    &step,
-                    &results,
-                    &globals,
-                    &predefined,
-                    &mut consumed,
-                    &tx,
-                )
-                .await?;
+                self.run_step(b, &mut st, &step, &mut scope, &tx).await?;
                 stream(&tx, format!(" ---> {}\n", short(&st.cur.id))).await;
             }
             results.insert(si, st.cur);
@@ -851,16 +838,12 @@ impl Cluster {
         Ok(Current { id, layers, config })
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn run_step(
         self: &Arc<Self>,
         b: &PreparedBuild,
         st: &mut StageState,
         step: &build::dockerfile::Step,
-        results: &BTreeMap<usize, Current>,
-        globals: &BTreeMap<String, String>,
-        predefined: &BTreeMap<String, String>,
-        consumed: &mut BTreeSet<String>,
+        scope: &mut Scope<'_>,
         tx: &ProgressTx,
     ) -> Result<()> {
         let at_line = |e: Error| match e {
@@ -874,12 +857,16 @@ impl Cluster {
                 for (k, default) in pairs {
                     let value = match b.opts.build_args.get(k) {
                         Some(Some(v)) => {
-                            consumed.insert(k.clone());
+                            scope.consumed.insert(k.clone());
                             Some(v.clone())
                         }
                         _ => match default {
                             Some(d) => Some(images::import::expand_word(d, &st.vars())?),
-                            None => globals.get(k).or_else(|| predefined.get(k)).cloned(),
+                            None => scope
+                                .globals
+                                .get(k)
+                                .or_else(|| scope.predefined.get(k))
+                                .cloned(),
                         },
                     };
                     st.args.insert(k.clone(), value.unwrap_or_default());
@@ -917,7 +904,7 @@ impl Cluster {
                     .await
             }
             StepKind::Copy(c) => self
-                .run_copy(b, st, step, c, results, tx)
+                .run_copy(b, st, step, c, scope.results, tx)
                 .await
                 .map_err(at_line),
         }
@@ -1538,7 +1525,11 @@ impl Cluster {
             match s {
                 CopySource::Path(p) => {
                     let p = images::import::expand_word(p, &vars)?;
-                    let p = if p.starts_with('/') { p } else { format!("/{p}") };
+                    let p = if p.starts_with('/') {
+                        p
+                    } else {
+                        format!("/{p}")
+                    };
                     if build::context::has_wildcards(&p) {
                         let found = self.source_matches(b, &src, &p).await?;
                         if found.is_empty() {
