@@ -189,6 +189,18 @@ pub struct MountSpec {
     /// A volume's size limit, set when the server makes it (0: none).
     #[serde(default)]
     pub size_bytes: u64,
+    /// A new volume made empty (no copy-up) with this owner and mode, in
+    /// the container's ids: a build's cache mount with `uid`, `gid`, `mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fresh: Option<FreshVolume>,
+}
+
+/// The root of a volume made empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreshVolume {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
 }
 
 /// A container's healthcheck, resolved by the head from the image and the create

@@ -55,7 +55,13 @@ pub fn prepare_volumes(
             // Limited to its size where the disk can: a volume that fills
             // gets "Disk quota exceeded", not the server's disk.
             quota.create_limited(&tmp, m.size_bytes)?;
-            if let Some(src) = confined::path_in_root(rootfs, &m.destination, OFlag::O_DIRECTORY)? {
+            if let Some(f) = m.fresh {
+                let host = |id| spec.userns.map_or(id, |u| u.to_host(id));
+                std::os::unix::fs::chown(&tmp, Some(host(f.uid)), Some(host(f.gid)))?;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode & 0o7777))?;
+            } else if let Some(src) =
+                confined::path_in_root(rootfs, &m.destination, OFlag::O_DIRECTORY)?
+            {
                 copy_tree_at(&src, &tmp, 0)?;
                 copy_owner_and_mode(&confined::fstat(src.as_fd())?, &tmp)?;
             } else if let Some(ids) = &spec.userns {
@@ -175,6 +181,7 @@ mod tests {
                 destination: "/var/lib/app".into(),
                 read_only: false,
                 size_bytes: 0,
+                fresh: None,
             }],
             ..Default::default()
         };
@@ -249,6 +256,7 @@ mod tests {
                 destination: at.into(),
                 read_only: false,
                 size_bytes: 0,
+                fresh: None,
             }],
             ..Default::default()
         };

@@ -315,7 +315,7 @@ fn cache_mounts_persist_between_builds_and_prune_clears_them() {
     // mount is not part of the image.
     let dockerfile = |n: &str| {
         format!(
-            "FROM busybox\nRUN --mount=type=cache,target=/cache,id=counter echo run-{n} >> /cache/runs && wc -l < /cache/runs > /seen && ls /cache\nRUN --mount=type=tmpfs,target=/scratch touch /scratch/x && test -f /scratch/x\n"
+            "FROM busybox\nRUN --mount=type=cache,target=/cache,id=counter echo run-{n} >> /cache/runs && wc -l < /cache/runs > /seen && ls /cache\nRUN --mount=type=tmpfs,target=/scratch touch /scratch/x && test -f /scratch/x\nRUN --mount=type=cache,target=/owned,uid=1000,gid=55,mode=0750 stat -c 'owned %u %g %a' /owned > /owned-stat\n"
         )
     };
     write(d, "Dockerfile", &dockerfile("one"));
@@ -326,6 +326,11 @@ fn cache_mounts_persist_between_builds_and_prune_clears_them() {
     assert!(second.status.success(), "{}", text(&second));
     assert_eq!(a.docker_ok(&["run", "--rm", "cm:1", "cat", "/seen"]), "1");
     assert_eq!(a.docker_ok(&["run", "--rm", "cm:2", "cat", "/seen"]), "2");
+    // A new cache mount is empty, with the owner and mode asked for.
+    assert_eq!(
+        a.docker_ok(&["run", "--rm", "cm:2", "cat", "/owned-stat"]),
+        "owned 1000 55 750"
+    );
     let gone = a.docker(&["run", "--rm", "cm:2", "ls", "/cache/runs"]);
     assert!(
         !gone.status.success(),

@@ -943,11 +943,6 @@ impl Cluster {
                     uid,
                     gid,
                 } => {
-                    if mode.is_some() || uid.is_some() || gid.is_some() {
-                        return Err(Error::InvalidArgument(
-                            "--mount=type=cache with uid, gid or mode is not supported yet".into(),
-                        ));
-                    }
                     let target = absolute(target)?;
                     let cache_id = id.clone().unwrap_or_else(|| target.clone());
                     let volume = match sharing.as_str() {
@@ -975,6 +970,12 @@ impl Cluster {
                         destination: target,
                         read_only: false,
                         size_bytes: crate::storage::volume_size(&b.account, None),
+                        // As BuildKit: a new cache starts empty, owned as asked.
+                        fresh: Some(agent_client::FreshVolume {
+                            uid: uid.unwrap_or(0),
+                            gid: gid.unwrap_or(0),
+                            mode: mode.unwrap_or(0o755),
+                        }),
                     });
                 }
                 RunMount::Tmpfs { target } => out.tmpfs.push(absolute(target)?),

@@ -272,6 +272,7 @@ impl Cluster {
                 destination: destination.clone(),
                 read_only: *read_only,
                 size_bytes,
+                fresh: None,
             });
         }
         Ok((mounts, anonymous))
