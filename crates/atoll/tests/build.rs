@@ -549,7 +549,10 @@ fn build_options_onbuild_and_dockerfile_locations() {
     // A package ceiling still applies to build steps.
     let df = format!("{dir}/child.Dockerfile");
     let err = text(&build(&a, &["--no-cache", "-m", "900g", "-f", &df, dir]));
-    assert!(err.contains("no package offers 900 GB memory or more"), "{err}");
+    assert!(
+        err.contains("no package offers 900 GB memory or more"),
+        "{err}"
+    );
 }
 
 /// A 1 GB context streams to the head and builds; a tenant's builds count

@@ -513,6 +513,19 @@ fn every_route_refuses_another_tenants_objects() {
         if !template.contains('{') {
             continue; // listings and creations: tested per tenant above
         }
+        if [
+            "/swarm",
+            "/nodes",
+            "/services",
+            "/tasks",
+            "/secrets",
+            "/configs",
+        ]
+        .iter()
+        .any(|p| template.starts_with(p))
+        {
+            continue; // no swarm: the same 503 for everyone
+        }
         let mut calls: Vec<(&str, String)> = Vec::new();
         if template.contains("{*rest}") {
             for image in ["hidden-img:1", image_id.as_str(), &image_id[7..19]] {

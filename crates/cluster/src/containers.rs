@@ -236,7 +236,7 @@ impl Cluster {
         } else {
             serde_json::json!(planned.entrypoint)
         };
-        config["WorkingDir"] = serde_json::json!(planned.spec.process.cwd);
+        config["WorkingDir"] = serde_json::json!(planned.working_dir);
         let mut rec = ContainerRecord {
             account: account.to_string(),
             id: id.clone(),

@@ -245,6 +245,9 @@ pub struct Planned {
     /// Resolved entrypoint and cmd (for inspect's Config).
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
+    /// The working directory asked for or the image's (empty: neither set
+    /// one; the process starts in `/`).
+    pub working_dir: String,
     pub labels: BTreeMap<String, String>,
     pub restart: RestartPolicy,
     pub auto_remove: bool,
@@ -659,7 +662,11 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         process: ProcessSpec {
             args,
             env,
-            cwd: if cwd.is_empty() { "/".into() } else { cwd },
+            cwd: if cwd.is_empty() {
+                "/".into()
+            } else {
+                cwd.clone()
+            },
             user,
             tty: body.tty.unwrap_or(false),
             open_stdin: body.open_stdin.unwrap_or(false),
@@ -712,6 +719,7 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
         spec,
         entrypoint,
         cmd,
+        working_dir: cwd,
         labels,
         restart,
         auto_remove,

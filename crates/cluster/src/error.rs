@@ -24,6 +24,9 @@ pub enum Error {
     /// 304-style "nothing to do" (e.g. starting a running container).
     #[error("{0}")]
     NotModified(String),
+    /// 503: the service the request needs is not offered here (swarm mode).
+    #[error("{0}")]
+    Unavailable(String),
     /// 502/500: a dependency (agent, registry) failed; the message is safe to show.
     #[error("{0}")]
     Upstream(String),

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, ApiResult};
 use crate::params::{Params, regex_match};
 use crate::streams::{MULTIPLEXED, RAW, hijack};
-use crate::{Account, AppState};
+use crate::{Account, ApiVersion, AppState};
 
 fn ts(t: &Option<DateTime<Utc>>) -> String {
     match t {
@@ -417,6 +417,7 @@ pub async fn list(
 pub async fn inspect(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,
+    version: ApiVersion,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let c = st.cluster.find_container(&acct.0, &id).await?;
@@ -425,18 +426,10 @@ pub async fn inspect(
         ids if ids.is_empty() => Value::Null,
         ids => json!(ids),
     };
-    let mut hc = c.config["HostConfig"].clone();
-    if !hc.is_object() {
-        hc = json!({});
-    }
-    if hc["NetworkMode"].as_str().unwrap_or("").is_empty() {
-        hc["NetworkMode"] = json!("bridge");
-    }
-    if hc["LogConfig"].is_null() {
-        hc["LogConfig"] = json!({"Type": "json-file", "Config": {}});
-    }
-    if hc["RestartPolicy"].is_null() {
-        hc["RestartPolicy"] = json!({"Name": "no", "MaximumRetryCount": 0});
+    let mut hc = host_config_json(c.config["HostConfig"].clone(), version);
+    // Docker names the runtime once the container has started.
+    if c.state.started_at.is_some() && hc.get("Runtime").is_none_or(Value::is_null) {
+        hc["Runtime"] = json!("runc");
     }
     let mut ports = serde_json::Map::new();
     for p in &c.spec.ports {
@@ -448,7 +441,18 @@ pub async fn inspect(
         };
         ports.insert(key, v);
     }
-    let networks = networks_json(&c, running);
+    let mut networks = networks_json(&c, running);
+    // Fields of later API versions are not shown to clients of earlier ones.
+    for e in networks.values_mut() {
+        if let Some(e) = e.as_object_mut() {
+            if !version.at_least(48) {
+                e.remove("GwPriority");
+            }
+            if !version.at_least(44) {
+                e.remove("DNSNames");
+            }
+        }
+    }
     // The top-level address fields are the default network's, as Docker's.
     let net = c
         .spec
@@ -459,7 +463,7 @@ pub async fn inspect(
         .unwrap_or(Value::Null);
     let cfg = &c.config;
     let args = &c.spec.process.args;
-    Ok(Json(json!({
+    let mut out = json!({
         "Id": c.id,
         "Created": c.created.to_rfc3339_opts(SecondsFormat::Nanos, true),
         "Path": args.first().cloned().unwrap_or_default(),
@@ -480,7 +484,6 @@ pub async fn inspect(
             },
             "StartedAt": ts(&c.state.started_at),
             "FinishedAt": ts(&c.state.finished_at),
-            "Health": health_json(&c),
         },
         "Image": c.image_id,
         "ResolvConfPath": "",
@@ -505,7 +508,6 @@ pub async fn inspect(
             "AttachStdin": cfg["AttachStdin"].as_bool().unwrap_or(false),
             "AttachStdout": cfg["AttachStdout"].as_bool().unwrap_or(false),
             "AttachStderr": cfg["AttachStderr"].as_bool().unwrap_or(false),
-            "ExposedPorts": cfg.get("ExposedPorts").cloned().unwrap_or(Value::Null),
             "Tty": c.spec.process.tty,
             "OpenStdin": c.spec.process.open_stdin,
             "StdinOnce": cfg["StdinOnce"].as_bool().unwrap_or(false),
@@ -517,7 +519,6 @@ pub async fn inspect(
             "Entrypoint": cfg.get("Entrypoint").cloned().unwrap_or(Value::Null),
             "OnBuild": null,
             "Labels": c.labels,
-            "StopSignal": c.spec.stop_signal,
         },
         "NetworkSettings": {
             "Bridge": "",
@@ -539,7 +540,76 @@ pub async fn inspect(
             "MacAddress": net["MacAddress"].as_str().unwrap_or(""),
             "Networks": networks,
         },
-    })))
+    });
+    // Docker leaves these out when there is nothing to say.
+    let health = health_json(&c);
+    if !health.is_null() {
+        out["State"]["Health"] = health;
+    }
+    if let Some(p) = cfg.get("ExposedPorts").filter(|p| !p.is_null()) {
+        out["Config"]["ExposedPorts"] = p.clone();
+    }
+    if cfg.get("StopSignal").is_some_and(|s| !s.is_null()) || c.spec.stop_signal != "SIGTERM" {
+        out["Config"]["StopSignal"] = json!(c.spec.stop_signal);
+    }
+    Ok(Json(out))
+}
+
+/// The `HostConfig` inspect shows: what the create stored, over Docker's
+/// value for every field it left out (clients read fields without checking
+/// that they are there).
+fn host_config_json(stored: Value, version: ApiVersion) -> Value {
+    let mut hc = match stored {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    // Docker 25 (API 1.44) names the defaults; earlier daemons left them empty.
+    let newer = version.at_least(44);
+    if hc
+        .get("NetworkMode")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .is_empty()
+    {
+        hc.insert(
+            "NetworkMode".into(),
+            json!(if newer { "bridge" } else { "default" }),
+        );
+    }
+    if hc.get("RestartPolicy").is_none_or(Value::is_null) {
+        hc.insert(
+            "RestartPolicy".into(),
+            json!({"Name": if newer { "no" } else { "" }, "MaximumRetryCount": 0}),
+        );
+    }
+    let defaults = json!({
+        "Binds": null, "ContainerIDFile": "", "LogConfig": {"Type": "json-file", "Config": {}},
+        "PortBindings": null, "AutoRemove": false, "VolumeDriver": "", "VolumesFrom": null,
+        "ConsoleSize": [0, 0], "CapAdd": null, "CapDrop": null, "CgroupnsMode": "host",
+        "Dns": null, "DnsOptions": null, "DnsSearch": null, "ExtraHosts": null, "GroupAdd": null,
+        "IpcMode": "private", "Cgroup": "", "Links": null, "OomScoreAdj": 0, "PidMode": "",
+        "Privileged": false, "PublishAllPorts": false, "ReadonlyRootfs": false,
+        "SecurityOpt": null, "UTSMode": "", "UsernsMode": "", "ShmSize": 67108864,
+        "Isolation": "", "CpuShares": 0, "Memory": 0, "NanoCpus": 0, "CgroupParent": "",
+        "BlkioWeight": 0, "BlkioWeightDevice": null, "BlkioDeviceReadBps": null,
+        "BlkioDeviceWriteBps": null, "BlkioDeviceReadIOps": null, "BlkioDeviceWriteIOps": null,
+        "CpuPeriod": 0, "CpuQuota": 0, "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0,
+        "CpusetCpus": "", "CpusetMems": "", "Devices": null, "DeviceCgroupRules": null,
+        "DeviceRequests": null, "KernelMemory": 0, "KernelMemoryTCP": 0, "MemoryReservation": 0,
+        "MemorySwap": 0, "MemorySwappiness": null, "OomKillDisable": false, "PidsLimit": null,
+        "Ulimits": null, "CpuCount": 0, "CpuPercent": 0, "IOMaximumIOps": 0,
+        "IOMaximumBandwidth": 0, "MaskedPaths": agent_client::MASKED_PATHS,
+        "ReadonlyPaths": agent_client::READONLY_PATHS,
+    });
+    for (k, v) in defaults.as_object().into_iter().flatten() {
+        hc.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    if version.at_least(42) {
+        // Gone from the API since 1.42 (Docker 23).
+        hc.remove("KernelMemory");
+        hc.remove("KernelMemoryTCP");
+    }
+    Value::Object(hc)
 }
 
 fn no_content() -> Response {
@@ -855,6 +925,24 @@ pub fn parse_until(s: &str) -> ApiResult<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_config_shows_dockers_defaults_for_the_version_asked() {
+        assert_eq!(
+            crate::ApiVersion::parse(crate::API_VERSION),
+            Some(crate::ApiVersion::CURRENT)
+        );
+        let old = host_config_json(json!({"Memory": 5}), crate::ApiVersion(1, 41));
+        assert_eq!(old["Memory"], 5, "what create stored stays");
+        assert_eq!(old["NetworkMode"], "default");
+        assert_eq!(old["RestartPolicy"]["Name"], "");
+        assert_eq!(old["KernelMemory"], 0);
+        assert_eq!(old["ShmSize"], 67108864);
+        let new = host_config_json(json!({"NetworkMode": "mynet"}), crate::ApiVersion::CURRENT);
+        assert_eq!(new["NetworkMode"], "mynet");
+        assert_eq!(new["RestartPolicy"]["Name"], "no");
+        assert!(new.get("KernelMemory").is_none());
+    }
 
     #[test]
     fn durations_read_like_docker() {

@@ -33,6 +33,7 @@ impl ApiError {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotModified(_) => StatusCode::NOT_MODIFIED,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -20,7 +20,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
 use crate::streams::json_lines;
-use crate::{Account, AppState};
+use crate::{Account, ApiVersion, AppState};
 
 /// A request body as a blocking reader, for the image library's sync parsers.
 pub(crate) fn body_reader(body: Body) -> impl Read + Send + 'static {
@@ -135,12 +135,37 @@ fn glob(pattern: &str, s: &str) -> bool {
         .unwrap_or(false)
 }
 
-async fn inspect(st: &AppState, acct: &str, name: &str) -> ApiResult<Response> {
+/// A container config with every field at Docker's empty value.
+fn empty_container_config() -> Value {
+    json!({
+        "Hostname": "", "Domainname": "", "User": "", "AttachStdin": false,
+        "AttachStdout": false, "AttachStderr": false, "Tty": false, "OpenStdin": false,
+        "StdinOnce": false, "Env": null, "Cmd": null, "Image": "", "Volumes": null,
+        "WorkingDir": "", "Entrypoint": null, "OnBuild": null, "Labels": null,
+    })
+}
+
+async fn inspect(
+    st: &AppState,
+    acct: &str,
+    name: &str,
+    version: ApiVersion,
+) -> ApiResult<Response> {
     let i = st.cluster.find_image(acct, name).await?;
     let cfg = st.cluster.image_config(&i.id)?;
     let tags = st.cluster.image_tags(acct, &i.id).await?;
     let created = cfg["created"].as_str().unwrap_or("").to_string();
-    Ok(Json(json!({
+    let mut config = match &cfg["config"] {
+        Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    if !version.at_least(48) {
+        // Earlier clients read the container-config fields images never set.
+        for (k, v) in empty_container_config().as_object().into_iter().flatten() {
+            config.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    let mut out = json!({
         "Id": i.id,
         "RepoTags": tags,
         "RepoDigests": i.repo_digests,
@@ -149,17 +174,28 @@ async fn inspect(st: &AppState, acct: &str, name: &str) -> ApiResult<Response> {
         "Created": if created.is_empty() { i.created.to_rfc3339_opts(SecondsFormat::Nanos, true) } else { created },
         "DockerVersion": cfg["docker_version"].as_str().unwrap_or(""),
         "Author": cfg["author"].as_str().unwrap_or(""),
-        "Config": cfg["config"],
+        "Config": config,
         "Architecture": cfg["architecture"].as_str().unwrap_or("amd64"),
-        "Variant": cfg.get("variant"),
         "Os": cfg["os"].as_str().unwrap_or("linux"),
         "Size": i.size,
         "VirtualSize": i.size,
         "GraphDriver": {"Name": "overlay2", "Data": null},
         "RootFS": {"Type": "layers", "Layers": i.layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>()},
         "Metadata": {"LastTagTime": i.added.to_rfc3339_opts(SecondsFormat::Nanos, true)},
-    }))
-    .into_response())
+    });
+    if let Some(v) = cfg.get("variant").filter(|v| !v.is_null()) {
+        out["Variant"] = v.clone();
+    }
+    if !version.at_least(45) {
+        // The build's last container, gone from the API since 1.45; compose
+        // 1.x reads them on every recreate.
+        out["Container"] = cfg.get("container").cloned().unwrap_or(json!(""));
+        out["ContainerConfig"] = cfg
+            .get("container_config")
+            .cloned()
+            .unwrap_or_else(empty_container_config);
+    }
+    Ok(Json(out).into_response())
 }
 
 async fn history(st: &AppState, acct: &str, name: &str) -> ApiResult<Response> {
@@ -203,6 +239,7 @@ async fn history(st: &AppState, acct: &str, name: &str) -> ApiResult<Response> {
 pub async fn dispatch(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,
+    version: ApiVersion,
     Path(rest): Path<String>,
     RawQuery(q): RawQuery,
     req: Request,
@@ -213,7 +250,7 @@ pub async fn dispatch(
     let split = |suffix: &str| rest.strip_suffix(suffix).filter(|n| !n.is_empty());
     if method == Method::GET {
         if let Some(name) = split("/json") {
-            return inspect(&st, a, name).await;
+            return inspect(&st, a, name, version).await;
         }
         if let Some(name) = split("/history") {
             return history(&st, a, name).await;

@@ -45,7 +45,42 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
 }
 
-/// Strips Docker's optional `/vX.Y` prefix before routing.
+/// The API version a request speaks: its `/vX.Y` prefix, else the newest
+/// (as Docker does). Answers whose shape changed between versions follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiVersion(pub u32, pub u32);
+
+impl ApiVersion {
+    pub const CURRENT: ApiVersion = ApiVersion(1, 50);
+
+    /// Whether the client speaks `1.minor` or newer.
+    pub fn at_least(self, minor: u32) -> bool {
+        self >= ApiVersion(1, minor)
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<ApiVersion> {
+        let (major, minor) = s.split_once('.')?;
+        Some(ApiVersion(major.parse().ok()?, minor.parse().ok()?))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ApiVersion {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ApiVersion>()
+            .copied()
+            .unwrap_or(ApiVersion::CURRENT))
+    }
+}
+
+/// Strips Docker's optional `/vX.Y` prefix before routing, keeping the
+/// version for the handlers.
 fn strip_version(mut req: Request) -> Request {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/v")
@@ -54,6 +89,7 @@ fn strip_version(mut req: Request) -> Request {
             .split('.')
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     {
+        let version = ApiVersion::parse(&rest[..slash]);
         let new_path = rest[slash..].to_string();
         let pq = match req.uri().query() {
             Some(q) => format!("{new_path}?{q}"),
@@ -61,6 +97,9 @@ fn strip_version(mut req: Request) -> Request {
         };
         if let Ok(uri) = pq.parse::<Uri>() {
             *req.uri_mut() = uri;
+        }
+        if let Some(v) = version {
+            req.extensions_mut().insert(v);
         }
     }
     req
@@ -281,6 +320,18 @@ fn table() -> Table {
     .add(&["POST"], "/images/prune", post(images::prune))
     .add(&["GET"], "/images/get", get(images::save))
     .add(&["ANY"], "/images/{*rest}", any(images::dispatch))
+    .add(&["ANY"], "/swarm", any(system::not_a_swarm))
+    .add(&["ANY"], "/swarm/{*rest}", any(system::not_a_swarm))
+    .add(&["ANY"], "/nodes", any(system::not_a_swarm))
+    .add(&["ANY"], "/nodes/{*rest}", any(system::not_a_swarm))
+    .add(&["ANY"], "/services", any(system::not_a_swarm))
+    .add(&["ANY"], "/services/{*rest}", any(system::not_a_swarm))
+    .add(&["ANY"], "/tasks", any(system::not_a_swarm))
+    .add(&["ANY"], "/tasks/{*rest}", any(system::not_a_swarm))
+    .add(&["ANY"], "/secrets", any(system::not_a_swarm))
+    .add(&["ANY"], "/secrets/{*rest}", any(system::not_a_swarm))
+    .add(&["ANY"], "/configs", any(system::not_a_swarm))
+    .add(&["ANY"], "/configs/{*rest}", any(system::not_a_swarm))
 }
 
 /// `(method, path template)` of every route (`ANY` for the image routes, whose

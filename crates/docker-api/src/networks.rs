@@ -18,15 +18,19 @@ use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
-use crate::{Account, AppState};
+use crate::{Account, ApiVersion, AppState};
 
 /// Docker's network object; `containers` only for inspect.
-fn network_json(n: &NetworkRecord, containers: Option<serde_json::Map<String, Value>>) -> Value {
+fn network_json(
+    n: &NetworkRecord,
+    containers: Option<serde_json::Map<String, Value>>,
+    version: ApiVersion,
+) -> Value {
     let mut cfg = json!({"Subnet": n.subnet, "Gateway": n.gateway.to_string()});
     if let Some(r) = &n.ip_range {
         cfg["IPRange"] = json!(r);
     }
-    json!({
+    let mut out = json!({
         "Name": n.name,
         "Id": n.id,
         "Created": n.created.to_rfc3339_opts(SecondsFormat::Nanos, true),
@@ -34,7 +38,7 @@ fn network_json(n: &NetworkRecord, containers: Option<serde_json::Map<String, Va
         "Driver": n.driver,
         "EnableIPv4": true,
         "EnableIPv6": false,
-        "IPAM": {"Driver": "default", "Options": {}, "Config": [cfg]},
+        "IPAM": {"Driver": "default", "Options": null, "Config": [cfg]},
         "Internal": n.internal,
         "Attachable": n.attachable,
         "Ingress": false,
@@ -43,7 +47,11 @@ fn network_json(n: &NetworkRecord, containers: Option<serde_json::Map<String, Va
         "Containers": containers.unwrap_or_default(),
         "Options": n.options,
         "Labels": n.labels,
-    })
+    });
+    if !version.at_least(47) {
+        out.as_object_mut().map(|o| o.remove("EnableIPv4"));
+    }
+    out
 }
 
 fn body<T: DeserializeOwned + Default>(b: &Bytes) -> ApiResult<T> {
@@ -74,6 +82,7 @@ pub async fn create(
 pub async fn list(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,
+    version: ApiVersion,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let f = Params::parse(q.as_deref()).filters()?;
@@ -110,7 +119,7 @@ pub async fn list(
                 continue;
             }
         }
-        out.push(network_json(&n, None));
+        out.push(network_json(&n, None, version));
     }
     Ok(Json(Value::Array(out)))
 }
@@ -118,6 +127,7 @@ pub async fn list(
 pub async fn inspect(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,
+    version: ApiVersion,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let n = st.cluster.find_network(&acct.0, &id).await?;
@@ -138,7 +148,7 @@ pub async fn inspect(
             }),
         );
     }
-    Ok(Json(network_json(&n, Some(containers))))
+    Ok(Json(network_json(&n, Some(containers), version)))
 }
 
 pub async fn remove(

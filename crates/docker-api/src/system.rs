@@ -175,3 +175,24 @@ fn registry_config(r: &images::registry::RegistryClient) -> Value {
     }
     json!({"InsecureRegistryCIDRs": cidrs, "IndexConfigs": indexes, "Mirrors": mirrors})
 }
+
+/// Docker's answer on every swarm endpoint of a daemon outside swarm mode.
+const NOT_A_MANAGER: &str = "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.";
+const NOT_IN_SWARM: &str = "This node is not part of a swarm";
+
+/// Swarm mode's endpoints (`/swarm`, `/nodes`, `/services`, `/tasks`,
+/// `/secrets`, `/configs`): the datacenter places containers itself and is
+/// not a swarm, so they answer as a daemon outside swarm mode does (503):
+/// tools probe them (`docker info`, `swarm leave --force`, `node ls`).
+/// `swarm init` and `join` are refused the same way rather than starting one.
+pub async fn not_a_swarm(uri: axum::http::Uri) -> crate::ApiError {
+    let path = uri.path();
+    let msg = if path.ends_with("/swarm/leave") || path.ends_with("/swarm/unlock") {
+        NOT_IN_SWARM.to_string()
+    } else if path.ends_with("/swarm/init") || path.ends_with("/swarm/join") {
+        "atoll does not offer swarm mode: its datacenter places containers itself".to_string()
+    } else {
+        NOT_A_MANAGER.to_string()
+    };
+    crate::ApiError(cluster::Error::Unavailable(msg))
+}

@@ -25,7 +25,7 @@ fn volume_json(v: &VolumeRecord) -> Value {
         "Mountpoint": "",
         "CreatedAt": v.created.to_rfc3339_opts(SecondsFormat::Secs, true),
         "Labels": v.labels,
-        "Options": v.options,
+        "Options": if v.options.is_empty() { json!(null) } else { json!(v.options) },
         "Scope": "local",
     })
 }
