@@ -439,27 +439,6 @@ pub struct CaResponse {
     pub ca: String,
 }
 
-#[cfg(test)]
-mod id_map_tests {
-    use super::*;
-
-    #[test]
-    fn ids_shift_both_ways_and_strays_are_nobody() {
-        let m = IdMap {
-            host_base: 1_000_000_000,
-            size: 65536,
-        };
-        assert_eq!(m.to_host(0), 1_000_000_000);
-        assert_eq!(m.to_host(1234), 1_000_001_234);
-        assert_eq!(m.to_host(70000), 1_000_065_534);
-        assert_eq!(m.to_container(1_000_001_234), 1234);
-        assert_eq!(m.to_container(0), IdMap::OVERFLOW);
-        assert_eq!(m.to_container(1_000_065_536), IdMap::OVERFLOW);
-        assert_eq!(host_id(None, 7), 7);
-        assert_eq!(container_id(Some(&m), 1_000_000_007), 7);
-    }
-}
-
 /// Paths of /proc and /sys every container sees masked (Docker's defaults).
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/asound",
@@ -484,3 +463,24 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
+
+#[cfg(test)]
+mod id_map_tests {
+    use super::*;
+
+    #[test]
+    fn ids_shift_both_ways_and_strays_are_nobody() {
+        let m = IdMap {
+            host_base: 1_000_000_000,
+            size: 65536,
+        };
+        assert_eq!(m.to_host(0), 1_000_000_000);
+        assert_eq!(m.to_host(1234), 1_000_001_234);
+        assert_eq!(m.to_host(70000), 1_000_065_534);
+        assert_eq!(m.to_container(1_000_001_234), 1234);
+        assert_eq!(m.to_container(0), IdMap::OVERFLOW);
+        assert_eq!(m.to_container(1_000_065_536), IdMap::OVERFLOW);
+        assert_eq!(host_id(None, 7), 7);
+        assert_eq!(container_id(Some(&m), 1_000_000_007), 7);
+    }
+}
