@@ -26,6 +26,7 @@ import secrets
 import socket
 import sys
 import tomllib
+import urllib.parse
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -164,9 +165,12 @@ def get(body, dotted):
     return body
 
 
-def fill(v, values):
+def fill(v, values, quote=False):
     if isinstance(v, str):
-        return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), v)
+        def value(m):
+            got = str(values.get(m.group(1), m.group(0)))
+            return urllib.parse.quote(got, safe=":@") if quote else got
+        return re.sub(r"\{(\w+)\}", value, v)
     if isinstance(v, list):
         return [fill(x, values) for x in v]
     if isinstance(v, dict):
@@ -197,11 +201,15 @@ def fields(d):
     return f if isinstance(f, list) else [f]
 
 
-def explained(divs, call_tpl, field, kind):
+def explained(divs, call_tpl, field, kind, scenario="", step=0):
+    """The entry explaining a difference: by call, field and kind, and, where
+    an entry names them, only in that scenario (`area/name`) and step."""
     for d in divs:
         if fnmatch.fnmatchcase(call_tpl, d["where"]) \
                 and any(fnmatch.fnmatchcase(field, f) for f in fields(d)) \
-                and d.get("kind", "*") in ("*", kind):
+                and d.get("kind", "*") in ("*", kind) \
+                and fnmatch.fnmatchcase(scenario, d.get("scenario", "*")) \
+                and d.get("step", step) == step:
             return d
     return None
 
@@ -216,8 +224,13 @@ def run_scenario(s, version, socks, divs, verbose=False):
         answers = {}
         for side, sock in socks.items():
             vals = side_values[side]
-            path = f"/v{version}" + fill(tpl, vals) if not step.get("unversioned") else fill(tpl, vals)
-            answers[side] = call(sock, method, path, fill(step.get("body"), vals))
+            path = fill(tpl, vals, quote=True)
+            if not step.get("unversioned"):
+                path = f"/v{version}{path}"
+            try:
+                answers[side] = call(sock, method, path, fill(step.get("body"), vals))
+            except (OSError, http.client.HTTPException) as e:
+                answers[side] = Answer(0, {}, f"{type(e).__name__}: {e}".encode())
             for name, dotted in step.get("save", {}).items():
                 try:
                     vals[name] = get(answers[side].body, dotted)
@@ -240,7 +253,7 @@ def run_scenario(s, version, socks, divs, verbose=False):
                     diffs.append((k, "missing", f"docker has {short(d.body[k])}"))
         call_tpl = f"{method} {tpl.split('?')[0]}"
         for field, kind, detail in diffs:
-            why = explained(divs, call_tpl, field, kind)
+            why = explained(divs, call_tpl, field, kind, f"{s['area']}/{s['name']}", i + 1)
             line = f"{s['area']}/{s['name']} @{version} step {i + 1} {call_tpl}: {field or 'status'} ({kind}): {detail}"
             if why is None:
                 unexplained.append(line)

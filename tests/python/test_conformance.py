@@ -37,6 +37,10 @@ def test_the_allow_list_explains_by_call_field_and_kind():
     assert harness.explained(divs, "GET /containers/{cid}/json", "HostConfig.Memory", "value")
     assert not harness.explained(divs, "GET /containers/{cid}/json", "HostConfig.Memory", "missing")
     assert not harness.explained(divs, "GET /images/{x}/json", "HostConfig.Memory", "value")
+    narrow = [{"where": "POST /x", "field": "", "kind": "status", "scenario": "a/b", "step": 2, "reason": "r"}]
+    assert harness.explained(narrow, "POST /x", "", "status", "a/b", 2)
+    assert not harness.explained(narrow, "POST /x", "", "status", "a/b", 3)
+    assert not harness.explained(narrow, "POST /x", "", "status", "a/c", 2)
 
 
 def test_docs_are_generated_from_the_allow_list():

@@ -548,7 +548,7 @@ fn exec_child(
                 format!(
                     "exec failed: unable to start container process: chdir to cwd ({:?}) set in config.json failed: {}",
                     plan.cwd.to_string_lossy(),
-                    e
+                    io_text(&e)
                 ),
             ));
         }
@@ -576,7 +576,7 @@ fn exec_child(
             format!(
                 "exec failed: unable to start container process: exec: {:?}: {}",
                 prog.to_string_lossy(),
-                e
+                io_text(&e)
             ),
         ))
     }

@@ -980,7 +980,8 @@ impl Shim {
         match self.spawn_process() {
             Ok(()) => format!("{{\"pid\":{}}}", self.pid),
             Err(msg) => {
-                let msg = format!("OCI runtime exec failed: {}", one_line(&msg));
+                // runc's error class ends the message, as in Docker's.
+                let msg = format!("OCI runtime exec failed: {}: unknown", one_line(&msg));
                 let text = format!("{msg}\r\n");
                 for c in self.attach.iter_mut().filter(|c| c.wants(0)) {
                     push_output(c, self.args.tty, 0, text.as_bytes());

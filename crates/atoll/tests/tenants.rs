@@ -537,7 +537,7 @@ fn every_route_refuses_another_tenants_objects() {
             }
         } else if template.starts_with("/containers/") {
             for id in [cid.as_str(), &cid[..12], "secret"] {
-                calls.push((method, template.replace("{id}", id)));
+                calls.push((method, template.replace("{id}", id).replace("{link}", "db")));
             }
         } else if template.starts_with("/exec/") {
             for id in [exec_id.as_str(), &exec_id[..12]] {

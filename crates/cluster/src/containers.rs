@@ -717,6 +717,54 @@ impl Cluster {
         Ok(())
     }
 
+    /// `DELETE /containers/{parent}/{alias}?link=1`: the legacy link goes
+    /// from the container's config and from the hosts it gets at its next
+    /// start (the environment it was created with stays).
+    pub async fn remove_link(&self, account: &str, parent: &str, alias: &str) -> Result<()> {
+        let missing = || Error::NotFound(format!("No such container: {parent}/{alias}"));
+        let c = self
+            .find_container(account, parent)
+            .await
+            .map_err(|_| missing())?;
+        let _g = self.lock(&c.id).await;
+        let Some(mut c) = self.store.get_container(account, &c.id).await? else {
+            return Err(missing());
+        };
+        // `target[:alias]`, names with or without Docker's leading `/`.
+        let alias_of = |l: &str| -> String {
+            let (target, a) = l.split_once(':').unwrap_or((l, l));
+            let a = if a.is_empty() { target } else { a };
+            a.rsplit('/').next().unwrap_or(a).to_string()
+        };
+        let links: Vec<String> = c.config["HostConfig"]["Links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str().map(str::to_string))
+            .collect();
+        let Some(link) = links.iter().find(|l| alias_of(l) == alias) else {
+            return Err(missing());
+        };
+        let target = link
+            .split(':')
+            .next()
+            .unwrap_or(link)
+            .trim_start_matches('/');
+        let kept: Vec<&String> = links.iter().filter(|l| *l != link).collect();
+        c.config["HostConfig"]["Links"] = if kept.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!(kept)
+        };
+        c.spec.extra_hosts.retain(|h| {
+            let name = h.split(':').next().unwrap_or("");
+            name != alias
+                && (name != target || links.iter().any(|l| l != link && alias_of(l) == target))
+        });
+        self.store.update_container(&c).await?;
+        Ok(())
+    }
+
     pub async fn rename_container(&self, account: &str, key: &str, new_name: &str) -> Result<()> {
         if new_name.is_empty() {
             return Err(Error::InvalidArgument(

@@ -832,19 +832,37 @@ pub fn endpoint_request(
     })
 }
 
+/// What a container with the `none` log driver keeps of its output.
+const NONE_DRIVER_KEEPS: u64 = 64 << 10;
+
 fn log_options(hc: &bollard_stubs::models::HostConfig) -> Result<(u64, u32)> {
     let Some(lc) = &hc.log_config else {
         return Ok((0, 1));
     };
-    match lc.typ.as_deref().unwrap_or("") {
-        "" | "json-file" => {}
+    let cfg = lc.config.clone().unwrap_or_default();
+    let driver = lc.typ.as_deref().unwrap_or("");
+    match driver {
+        "" | "json-file" | "local" => {}
+        // Nothing reads it (`docker logs` answers 501): the least kept.
+        "none" => {
+            if let Some(k) = cfg.keys().next() {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown log opt '{k}' for none log driver"
+                )));
+            }
+            return Ok((NONE_DRIVER_KEEPS, 1));
+        }
         other => {
             return Err(Error::InvalidArgument(format!(
-                "logging driver {other} is not supported (only json-file)"
+                "logging driver {other} is not supported (json-file, local or none)"
             )));
         }
     }
-    let cfg = lc.config.clone().unwrap_or_default();
+    let driver = if driver == "local" {
+        "local"
+    } else {
+        "json-file"
+    };
     let mut size = 0;
     let mut files = 1;
     for (k, v) in cfg {
@@ -859,12 +877,23 @@ fn log_options(hc: &bollard_stubs::models::HostConfig) -> Result<(u64, u32)> {
                     Error::InvalidArgument(format!("invalid value for max-file: {v}"))
                 })?
             }
-            "compress" | "labels" | "env" | "tag" => {}
+            "compress" => {}
+            "labels" | "env" | "tag" | "labels-regex" | "env-regex" if driver == "json-file" => {}
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "unknown log opt '{other}' for json-file log driver"
+                    "unknown log opt '{other}' for {driver} log driver"
                 )));
             }
+        }
+    }
+    if driver == "local" {
+        // The local driver's own defaults: 20 MB files, five of them.
+        let given = |k: &str| lc.config.as_ref().is_some_and(|c| c.contains_key(k));
+        if !given("max-size") {
+            size = 20 << 20;
+        }
+        if !given("max-file") {
+            files = 5;
         }
     }
     if files > 1 && size == 0 {

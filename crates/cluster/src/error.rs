@@ -24,6 +24,10 @@ pub enum Error {
     /// 304-style "nothing to do" (e.g. starting a running container).
     #[error("{0}")]
     NotModified(String),
+    /// 501: the request is valid but the object cannot serve it (logs of a
+    /// container whose log driver keeps none).
+    #[error("{0}")]
+    NotImplemented(String),
     /// 503: the service the request needs is not offered here (swarm mode).
     #[error("{0}")]
     Unavailable(String),

@@ -117,7 +117,14 @@ pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
             ("apparmor", Some("unconfined")) => {
                 return refuse("--security-opt apparmor=unconfined");
             }
-            ("label", Some("disable")) => return refuse("--security-opt label=disable"),
+            // SELinux labels: servers run without SELinux, so there is
+            // nothing to relabel or disable (Docker accepts them there too).
+            ("label", Some(v))
+                if v == "disable"
+                    || v == "nested"
+                    || ["user:", "role:", "type:", "level:", "filetype:"]
+                        .iter()
+                        .any(|p| v.starts_with(p)) => {}
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "--security-opt {opt} is not supported"

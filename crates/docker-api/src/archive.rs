@@ -115,5 +115,10 @@ pub async fn changes(
     Extension(acct): Extension<Account>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(st.cluster.container_changes(&acct.0, &id).await?))
+    // Docker's answer for no changes is null, not [].
+    let changes = st.cluster.container_changes(&acct.0, &id).await?;
+    Ok(Json(match changes {
+        Value::Array(a) if a.is_empty() => Value::Null,
+        v => v,
+    }))
 }

@@ -750,15 +750,38 @@ pub async fn logs(
             return Err(ApiError::bad(format!("invalid value for {key}: {v}")));
         }
     }
+    let c = st.cluster.find_container(&acct.0, &id).await?;
+    if c.config["HostConfig"]["LogConfig"]["Type"] == "none" {
+        return Err(ApiError(cluster::Error::NotImplemented(
+            "configured logging driver does not support reading".into(),
+        )));
+    }
     let (tty, body) = st
         .cluster
-        .container_logs(&acct.0, &id, q.as_deref().unwrap_or(""))
+        .container_logs(&acct.0, &c.id, q.as_deref().unwrap_or(""))
         .await?;
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, if tty { RAW } else { MULTIPLEXED })
         .body(Body::new(body))
         .unwrap_or_default())
+}
+
+/// `DELETE /containers/{parent}/{alias}?link=1`: removes a legacy link.
+pub async fn remove_link(
+    State(st): State<AppState>,
+    Extension(acct): Extension<Account>,
+    Path((parent, alias)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    if !Params::parse(q.as_deref()).bool("link") {
+        // Without `link`, Docker reads the path as a container's name.
+        return Err(ApiError(cluster::Error::no_such_container(&format!(
+            "{parent}/{alias}"
+        ))));
+    }
+    st.cluster.remove_link(&acct.0, &parent, &alias).await?;
+    Ok(no_content())
 }
 
 pub async fn pause(
@@ -876,6 +899,21 @@ pub async fn attach(
         q.as_deref().unwrap_or(""),
         keys.join(",")
     );
+    if p.get("stream").is_some() && !p.bool("stream") {
+        // Not streaming: what was logged (with `logs`), then the end.
+        let c = st.cluster.find_container(&acct.0, &id).await?;
+        let tty = c.spec.process.tty;
+        if !p.bool("logs") {
+            return Ok(crate::streams::finite(req, Body::empty(), tty));
+        }
+        let streams = format!(
+            "stdout={}&stderr={}",
+            u8::from(p.bool("stdout")),
+            u8::from(p.bool("stderr"))
+        );
+        let (_, body) = st.cluster.container_logs(&acct.0, &c.id, &streams).await?;
+        return Ok(crate::streams::finite(req, Body::new(body), tty));
+    }
     let (tty, upstream) = st.cluster.attach_container(&acct.0, &id, &query).await?;
     Ok(hijack(req, upstream, tty))
 }

@@ -34,6 +34,7 @@ impl ApiError {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotModified(_) => StatusCode::NOT_MODIFIED,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Error::Upstream(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

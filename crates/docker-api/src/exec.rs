@@ -87,7 +87,7 @@ pub async fn inspect(
         Some((first, rest)) => (first.clone(), rest.to_vec()),
         None => (String::new(), Vec::new()),
     };
-    Ok(Json(json!({
+    let mut out = json!({
         "ID": e.id,
         "Running": e.running,
         "ExitCode": e.exit_code,
@@ -96,7 +96,6 @@ pub async fn inspect(
             "entrypoint": entrypoint,
             "arguments": arguments,
             "privileged": e.config.privileged,
-            "user": e.config.user,
         },
         "OpenStdin": e.config.attach_stdin,
         "OpenStderr": e.config.attach_stderr,
@@ -105,5 +104,10 @@ pub async fn inspect(
         "ContainerID": e.container_id,
         "DetachKeys": e.config.detach_keys,
         "Pid": e.pid,
-    })))
+    });
+    // Docker leaves the user out when none was asked for.
+    if !e.config.user.is_empty() {
+        out["ProcessConfig"]["user"] = json!(e.config.user);
+    }
+    Ok(Json(out))
 }

@@ -243,6 +243,11 @@ fn table() -> Table {
         axum::routing::delete(containers::remove),
     )
     .add(&["GET"], "/containers/{id}/json", get(containers::inspect))
+    .add(
+        &["DELETE"],
+        "/containers/{id}/{link}",
+        axum::routing::delete(containers::remove_link),
+    )
     .add(&["POST"], "/containers/{id}/start", post(containers::start))
     .add(&["POST"], "/containers/{id}/stop", post(containers::stop))
     .add(&["POST"], "/containers/{id}/kill", post(containers::kill))

@@ -34,6 +34,49 @@ where
         .unwrap_or_default()
 }
 
+/// Answers an attach that does not stream with `body` and the end: 101 and
+/// the body written to the upgraded connection when the client asked to
+/// upgrade (docker-py does), else 200 with it.
+pub fn finite(req: axum::extract::Request, body: Body, tty: bool) -> Response {
+    if !req.headers().contains_key(header::UPGRADE) {
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(if tty { RAW } else { MULTIPLEXED }),
+        );
+        return resp;
+    }
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let Ok(client) = on_upgrade.await else { return };
+        let mut client = TokioIo::new(client);
+        let mut data = body.into_data_stream();
+        while let Some(Ok(chunk)) = data.next().await {
+            if client.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = client.shutdown().await;
+    });
+    switching(tty)
+}
+
+/// 101 to a raw TCP stream of Docker's framing.
+fn switching(tty: bool) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if tty { RAW } else { MULTIPLEXED }),
+    );
+    resp
+}
+
 /// Answers a hijack request with 101 and splices the client's connection to
 /// `upstream` in both directions, half-closes included; a client that goes away
 /// closes `upstream` too (see `agent_client::splice`).
@@ -42,6 +85,12 @@ pub fn hijack(
     upstream: hyper::upgrade::Upgraded,
     tty: bool,
 ) -> Response {
+    if !req.headers().contains_key(header::UPGRADE) {
+        // Not asked to upgrade (a plain HTTP client): Docker answers 200 and
+        // sends the output until it ends.
+        let body = tokio_util::io::ReaderStream::with_capacity(TokioIo::new(upstream), 256 << 10);
+        return finite(req, Body::from_stream(body), tty);
+    }
     let refused = req.extensions().get::<crate::Refused>().cloned();
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
@@ -63,14 +112,5 @@ pub fn hijack(
             None => splice.await,
         }
     });
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(if tty { RAW } else { MULTIPLEXED }),
-    );
-    resp
+    switching(tty)
 }

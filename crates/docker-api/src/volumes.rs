@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
-use crate::{Account, AppState};
+use crate::{Account, ApiVersion, AppState};
 
 /// Docker's volume object. `Mountpoint` (a host path) is not shown.
 fn volume_json(v: &VolumeRecord) -> Value {
@@ -24,7 +24,7 @@ fn volume_json(v: &VolumeRecord) -> Value {
         "Driver": v.driver,
         "Mountpoint": "",
         "CreatedAt": v.created.to_rfc3339_opts(SecondsFormat::Secs, true),
-        "Labels": v.labels,
+        "Labels": if v.labels.is_empty() { json!(null) } else { json!(v.labels) },
         "Options": if v.options.is_empty() { json!(null) } else { json!(v.options) },
         "Scope": "local",
     })
@@ -125,14 +125,17 @@ pub async fn remove(
 pub async fn prune(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,
+    version: ApiVersion,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let f = Params::parse(q.as_deref()).filters()?;
     f.only(&["label", "label!", "all"])?;
-    let all = f
-        .get("all")
-        .and_then(|a| a.first())
-        .is_some_and(|a| a == "true" || a == "1");
+    // Named volumes too for clients before 1.42, when prune took every
+    // unused volume; `all` asks for that since.
+    let all = !version.at_least(42)
+        || f.get("all")
+            .and_then(|a| a.first())
+            .is_some_and(|a| a == "true" || a == "1");
     let removed = st
         .cluster
         .prune_volumes(&acct.0, all, |v| f.prune_keeps(&v.labels))
