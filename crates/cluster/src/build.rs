@@ -1058,6 +1058,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// A container of `image` that a `COPY` or `ADD` reads from or writes
+    /// into (never started, no network).
+    async fn copy_container(
+        self: &Arc<Self>,
+        b: &PreparedBuild,
+        image: &Current,
+        kw: &str,
+    ) -> Result<String> {
+        self.step_container(
+            b,
+            image,
+            vec![format!("#(nop) {kw}")],
+            Vec::new(),
+            Some("none"),
+            &StepMounts::default(),
+        )
+        .await
+    }
+
     /// Creates a step's container (not started) on the current image.
     async fn step_container(
         self: &Arc<Self>,
@@ -1451,16 +1470,7 @@ impl Cluster {
             )));
         }
         // Where the tar is extracted, and each source's name in it.
-        let cid = self
-            .step_container(
-                b,
-                &st.cur,
-                vec![format!("#(nop) {kw}")],
-                Vec::new(),
-                Some("none"),
-                &StepMounts::default(),
-            )
-            .await?;
+        let cid = self.copy_container(b, &st.cur, kw).await?;
         let res = self
             .copy_into(
                 b,
@@ -1575,27 +1585,9 @@ impl Cluster {
             st.cur = hit;
             return Ok(());
         }
-        let src_cid = self
-            .step_container(
-                b,
-                &src,
-                vec!["#(nop) COPY".into()],
-                Vec::new(),
-                Some("none"),
-                &StepMounts::default(),
-            )
-            .await?;
+        let src_cid = self.copy_container(b, &src, "COPY").await?;
         let res = async {
-            let cid = self
-                .step_container(
-                    b,
-                    &st.cur,
-                    vec!["#(nop) COPY".into()],
-                    Vec::new(),
-                    Some("none"),
-                    &StepMounts::default(),
-                )
-                .await?;
+            let cid = self.copy_container(b, &st.cur, "COPY").await?;
             let res = self
                 .copy_between(b, &src_cid, &cid, &paths, &dest, chmod, chown.as_deref())
                 .await;
@@ -1635,16 +1627,7 @@ impl Cluster {
             Some((p, _)) if !p.is_empty() => p.to_string(),
             _ => String::new(),
         };
-        let cid = self
-            .step_container(
-                b,
-                src,
-                vec!["#(nop) COPY".into()],
-                Vec::new(),
-                Some("none"),
-                &StepMounts::default(),
-            )
-            .await?;
+        let cid = self.copy_container(b, src, "COPY").await?;
         let listed = async {
             let (_, body) = match self.archive_get(&b.account, &cid, &dir, &enc(&dir)).await {
                 Err(Error::NotFound(_)) => return Ok(Vec::new()),
