@@ -128,6 +128,7 @@ impl Cluster {
         new["config"] = serde_json::to_value(&cfg).map_err(|e| Error::internal("config", e))?;
         new["created"] = json!(now);
         new["container"] = json!(c.id);
+        new["container_config"] = c.docker_config();
         if !opts.author.is_empty() {
             new["author"] = json!(opts.author);
         }

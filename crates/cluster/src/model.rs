@@ -263,6 +263,32 @@ pub struct NetworkRecord {
 }
 
 impl ContainerRecord {
+    /// The container's config as Docker shows it (inspect's `Config`, and
+    /// a committed image's `container_config`).
+    pub fn docker_config(&self) -> serde_json::Value {
+        let cfg = &self.config;
+        let flag = |k: &str| cfg[k].as_bool().unwrap_or(false);
+        serde_json::json!({
+            "Hostname": self.spec.hostname,
+            "Domainname": self.spec.domainname,
+            "User": self.spec.process.user,
+            "AttachStdin": flag("AttachStdin"),
+            "AttachStdout": flag("AttachStdout"),
+            "AttachStderr": flag("AttachStderr"),
+            "Tty": self.spec.process.tty,
+            "OpenStdin": self.spec.process.open_stdin,
+            "StdinOnce": flag("StdinOnce"),
+            "Env": self.spec.process.env,
+            "Cmd": cfg.get("Cmd").cloned().unwrap_or_default(),
+            "Image": self.image_ref,
+            "Volumes": null,
+            "WorkingDir": cfg["WorkingDir"].as_str().unwrap_or(""),
+            "Entrypoint": cfg.get("Entrypoint").cloned().unwrap_or_default(),
+            "OnBuild": null,
+            "Labels": self.labels,
+        })
+    }
+
     /// The names this container answers to on a network (Docker's): its
     /// name, its short id and its aliases there.
     pub fn dns_names(&self, e: &agent_client::Endpoint) -> Vec<String> {

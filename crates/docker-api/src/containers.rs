@@ -190,10 +190,24 @@ fn endpoint_json(c: &ContainerRecord, e: &agent_client::Endpoint, running: bool)
 }
 
 /// `NetworkSettings.Networks`, by network name (`none` without networks).
-fn networks_json(c: &ContainerRecord, running: bool) -> serde_json::Map<String, Value> {
+fn networks_json(
+    c: &ContainerRecord,
+    running: bool,
+    version: ApiVersion,
+) -> serde_json::Map<String, Value> {
     let mut networks = serde_json::Map::new();
     for e in &c.spec.networks {
-        networks.insert(e.name.clone(), endpoint_json(c, e, running));
+        let mut v = endpoint_json(c, e, running);
+        // Fields of later API versions are not shown to earlier clients.
+        if let Some(m) = v.as_object_mut() {
+            if !version.at_least(48) {
+                m.remove("GwPriority");
+            }
+            if !version.at_least(44) {
+                m.remove("DNSNames");
+            }
+        }
+        networks.insert(e.name.clone(), v);
     }
     if networks.is_empty() {
         let mode = if c.spec.host_network { "host" } else { "none" };
@@ -208,21 +222,41 @@ fn networks_json(c: &ContainerRecord, running: bool) -> serde_json::Map<String, 
     networks
 }
 
-fn summary(c: &ContainerRecord, vols: &[cluster::model::VolumeRecord]) -> Value {
+fn summary(
+    c: &ContainerRecord,
+    vols: &[cluster::model::VolumeRecord],
+    version: ApiVersion,
+) -> Value {
     let running = c.state.status.is_running();
-    let networks = networks_json(c, running);
+    let networks = networks_json(c, running, version);
+    // Docker's: the path, then the arguments, those with a space quoted.
+    let command = std::iter::once(c.spec.process.args.first().cloned().unwrap_or_default())
+        .chain(c.spec.process.args.iter().skip(1).map(|a| {
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a.clone()
+            }
+        }))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mode = host_config_json(
+        json!({"NetworkMode": c.config["HostConfig"]["NetworkMode"]}),
+        version,
+    )["NetworkMode"]
+        .clone();
     json!({
         "Id": c.id,
         "Names": [format!("/{}", c.name)],
         "Image": c.image_ref,
         "ImageID": c.image_id,
-        "Command": c.spec.process.args.join(" "),
+        "Command": command,
         "Created": c.created.timestamp(),
         "Ports": ports_json(c, running),
         "Labels": c.labels,
         "State": c.state.status.as_str(),
         "Status": status_text(c),
-        "HostConfig": {"NetworkMode": c.config["HostConfig"]["NetworkMode"].as_str().filter(|s| !s.is_empty()).unwrap_or("bridge")},
+        "HostConfig": {"NetworkMode": mode},
         "NetworkSettings": {"Networks": networks},
         "Mounts": mounts_json(c, vols),
     })
@@ -289,6 +323,7 @@ pub async fn create(
 pub async fn list(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,
+    version: ApiVersion,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Vec<Value>>> {
     let p = Params::parse(q.as_deref());
@@ -402,7 +437,7 @@ pub async fn list(
         {
             continue;
         }
-        let mut v = summary(c, &vols);
+        let mut v = summary(c, &vols, version);
         if st.cluster.server_down(&c.node) && c.state.status.is_running() {
             v["Status"] = json!(format!("{} (server down)", status_text(c)));
         }
@@ -441,18 +476,7 @@ pub async fn inspect(
         };
         ports.insert(key, v);
     }
-    let mut networks = networks_json(&c, running);
-    // Fields of later API versions are not shown to clients of earlier ones.
-    for e in networks.values_mut() {
-        if let Some(e) = e.as_object_mut() {
-            if !version.at_least(48) {
-                e.remove("GwPriority");
-            }
-            if !version.at_least(44) {
-                e.remove("DNSNames");
-            }
-        }
-    }
+    let networks = networks_json(&c, running, version);
     // The top-level address fields are the default network's, as Docker's.
     let net = c
         .spec
@@ -501,25 +525,7 @@ pub async fn inspect(
         "HostConfig": hc,
         "GraphDriver": {"Name": "overlay2", "Data": null},
         "Mounts": mounts_json(&c, &st.cluster.list_volumes(&acct.0).await?),
-        "Config": {
-            "Hostname": c.spec.hostname,
-            "Domainname": c.spec.domainname,
-            "User": c.spec.process.user,
-            "AttachStdin": cfg["AttachStdin"].as_bool().unwrap_or(false),
-            "AttachStdout": cfg["AttachStdout"].as_bool().unwrap_or(false),
-            "AttachStderr": cfg["AttachStderr"].as_bool().unwrap_or(false),
-            "Tty": c.spec.process.tty,
-            "OpenStdin": c.spec.process.open_stdin,
-            "StdinOnce": cfg["StdinOnce"].as_bool().unwrap_or(false),
-            "Env": c.spec.process.env,
-            "Cmd": cfg.get("Cmd").cloned().unwrap_or(Value::Null),
-            "Image": c.image_ref,
-            "Volumes": null,
-            "WorkingDir": cfg["WorkingDir"].as_str().unwrap_or(""),
-            "Entrypoint": cfg.get("Entrypoint").cloned().unwrap_or(Value::Null),
-            "OnBuild": null,
-            "Labels": c.labels,
-        },
+        "Config": c.docker_config(),
         "NetworkSettings": {
             "Bridge": "",
             "SandboxID": if running { c.id.clone() } else { String::new() },
@@ -542,9 +548,15 @@ pub async fn inspect(
         },
     });
     // Docker leaves these out when there is nothing to say.
+    // Health is watched from the first start on.
     let health = health_json(&c);
-    if !health.is_null() {
+    if !health.is_null() && c.state.started_at.is_some() {
         out["State"]["Health"] = health;
+    }
+    for key in ["Healthcheck", "StopTimeout"] {
+        if let Some(v) = cfg.get(key).filter(|v| !v.is_null()) {
+            out["Config"][key] = v.clone();
+        }
     }
     if let Some(p) = cfg.get("ExposedPorts").filter(|p| !p.is_null()) {
         out["Config"]["ExposedPorts"] = p.clone();
