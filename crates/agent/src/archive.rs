@@ -176,6 +176,19 @@ pub struct Root {
 struct Walk {
     layer: bool,
     ids: Option<IdMap>,
+    /// Directories above the one being walked.
+    depth: usize,
+}
+
+/// How deep the walks of a container's tree go. A tenant can nest
+/// directories thousands deep; walking them recursively would exhaust the
+/// thread's stack (aborting the whole process) and the agent's descriptors.
+pub const MAX_TREE_DEPTH: usize = 256;
+
+fn too_deep() -> io::Error {
+    io::Error::other(format!(
+        "the container's directories are nested deeper than {MAX_TREE_DEPTH} levels"
+    ))
 }
 
 impl Root {
@@ -291,6 +304,7 @@ impl Root {
         Walk {
             layer: false,
             ids: self.ids,
+            depth: 0,
         }
     }
 
@@ -585,7 +599,15 @@ fn add_entry<W: Write>(
                 h.set_mode(0o600);
                 b.append_data(&mut h, path.join(".wh..wh..opq"), io::empty())?;
             }
-            add_children(b, &sub, path, walk)?;
+            add_children(
+                b,
+                &sub,
+                path,
+                Walk {
+                    depth: walk.depth + 1,
+                    ..walk
+                },
+            )?;
         }
         libc::S_IFREG => {
             let what = path.display().to_string();
@@ -642,6 +664,9 @@ fn add_children<W: Write>(
     path: &Path,
     walk: Walk,
 ) -> io::Result<()> {
+    if walk.depth > MAX_TREE_DEPTH {
+        return Err(too_deep());
+    }
     let dup = dir.try_clone()?;
     let mut d = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
     let mut names: Vec<CString> = d
@@ -664,7 +689,12 @@ pub fn write_layer<W: Write>(upper: &Path, w: W, ids: Option<IdMap>) -> io::Resu
     let mut b = tar::Builder::new(w);
     b.mode(tar::HeaderMode::Complete);
     let root = OwnedFd::from(File::open(upper)?);
-    add_children(&mut b, &root, Path::new(""), Walk { layer: true, ids })?;
+    let walk = Walk {
+        layer: true,
+        ids,
+        depth: 0,
+    };
+    add_children(&mut b, &root, Path::new(""), walk)?;
     b.into_inner()?.flush()
 }
 
@@ -674,7 +704,7 @@ pub fn write_layer<W: Write>(upper: &Path, w: W, ids: Option<IdMap>) -> io::Resu
 pub fn changes(upper: &Path, lowers: &[PathBuf]) -> io::Result<Vec<(String, u8)>> {
     let mut out = Vec::new();
     let root = File::open(upper)?;
-    walk_upper(&OwnedFd::from(root), Path::new("/"), lowers, &mut out)?;
+    walk_upper(&OwnedFd::from(root), Path::new("/"), lowers, &mut out, 0)?;
     // The mount points of the files we bind in are ours, not the container's;
     // a directory "changed" only because of them is not a change either.
     out.retain(|(p, _)| !MOUNT_TARGETS.contains(&p.as_str()));
@@ -705,7 +735,11 @@ fn walk_upper(
     path: &Path,
     lowers: &[PathBuf],
     out: &mut Vec<(String, u8)>,
+    depth: usize,
 ) -> io::Result<()> {
+    if depth > MAX_TREE_DEPTH {
+        return Err(too_deep());
+    }
     let dup = dir.try_clone()?;
     let mut d = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
     let names: Vec<CString> = d
@@ -734,7 +768,7 @@ fn walk_upper(
                 libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
                 0,
             )?;
-            walk_upper(&sub, &child, lowers, out)?;
+            walk_upper(&sub, &child, lowers, out, depth + 1)?;
         }
     }
     Ok(())

@@ -403,18 +403,31 @@ fn blocking_body<T: Send + 'static>(
     + Send
     + 'static,
 ) -> Body {
+    use futures::StreamExt;
     let (reader, writer) = tokio::io::duplex(256 * 1024);
+    let (failed, failure) = tokio::sync::oneshot::channel::<String>();
     tokio::task::spawn_blocking(move || {
         let mut w = SyncIoBridge::new(writer);
         if let Err(e) = write(&hold, &mut w) {
             tracing::debug!("archive stream: {e}");
+            // Told before the stream ends, so that its end is an error.
+            let _ = failed.send(e.to_string());
         }
+        drop(w);
         drop(hold);
     });
-    Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        reader,
-        256 * 1024,
-    ))
+    // A stream that failed ends in an error, never in a clean end: the
+    // reader must not take half a tar for a whole one.
+    let end = futures::stream::once(async move {
+        failure
+            .await
+            .ok()
+            .map(|m| Err::<bytes::Bytes, _>(std::io::Error::other(m)))
+    })
+    .filter_map(|e| async move { e });
+    Body::from_stream(
+        tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024).chain(end),
+    )
 }
 
 async fn archive_get(

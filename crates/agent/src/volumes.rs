@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use agent_client::{ContainerSpec, MountKind};
 use nix::fcntl::OFlag;
 
+use crate::archive::MAX_TREE_DEPTH;
 use crate::confined;
 use crate::error::AgentError;
 use crate::quota::DiskQuota;
@@ -76,9 +77,6 @@ pub fn prepare_volumes(
     Ok(out)
 }
 
-/// How deep a copy-up walks (Linux allows deeper trees than any image needs).
-const MAX_DEPTH: usize = 256;
-
 /// Gives `to` the owner and mode of what `st` describes.
 fn copy_owner_and_mode(st: &libc::stat, to: &Path) -> std::io::Result<()> {
     std::os::unix::fs::lchown(to, Some(st.st_uid), Some(st.st_gid))?;
@@ -96,12 +94,12 @@ fn copy_owner_and_mode(st: &libc::stat, to: &Path) -> std::io::Result<()> {
 /// into it): every entry is opened without following it, judged by `fstat`
 /// of its descriptor, and read or walked through that descriptor. `to` is
 /// the agent's own (a new volume nobody sees yet). `depth` counts the
-/// directories above: a tenant's tree nested past [`MAX_DEPTH`] is refused
+/// directories above: a tenant's tree nested past [`MAX_TREE_DEPTH`] is refused
 /// rather than walked until the agent's stack or descriptors run out.
 fn copy_tree_at(dir: &OwnedFd, to: &Path, depth: usize) -> std::io::Result<()> {
-    if depth > MAX_DEPTH {
+    if depth > MAX_TREE_DEPTH {
         return Err(std::io::Error::other(format!(
-            "the image's directories under the volume's mount point are nested deeper than {MAX_DEPTH}"
+            "the image's directories under the volume's mount point are nested deeper than {MAX_TREE_DEPTH}"
         )));
     }
     let listing = nix::fcntl::openat(
@@ -292,7 +290,7 @@ mod tests {
         // A tree nested past the bound is refused, not walked (positive
         // control: one level less is copied).
         let mut deep = root.join("deep");
-        for _ in 0..=MAX_DEPTH {
+        for _ in 0..=MAX_TREE_DEPTH {
             deep.push("d");
         }
         std::fs::create_dir_all(&deep).unwrap();

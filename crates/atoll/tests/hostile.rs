@@ -569,3 +569,64 @@ fn tenants_cannot_reach_each_others_containers_on_a_server() {
     alice.docker_ok(&["rm", "-f", "srv"]);
     bob.docker_ok(&["rm", "-f", "decoy"]);
 }
+
+/// A tree nested as deep as paths allow (about 2000 levels) once aborted the
+/// server on a stack overflow when exported; now every walk of a container's
+/// tree (export, cp, diff, commit) stops at its depth bound with an error,
+/// and the server keeps serving. Control: the same walks of a tree within the
+/// bound succeed.
+#[test]
+fn deep_directory_trees_are_refused_not_fatal() {
+    let a = AtollInstance::start();
+    let t = a.tenant("mallory");
+    load_busybox(&t);
+    let nest = |name: &str, levels: &str| {
+        t.docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "busybox",
+            "sh",
+            "-c",
+            &format!(
+                "cd /tmp; i=0; while [ $i -lt {levels} ] && mkdir d 2>/dev/null && cd d; do i=$((i+1)); done; echo depth=$i; sleep 600"
+            ),
+        ]);
+        testkit::wait_for_some(
+            || {
+                let logs = t.docker_ok(&["logs", name]);
+                logs.strip_prefix("depth=").map(|d| d.trim().to_string())
+            },
+            Duration::from_secs(60),
+            "the tree to be made",
+        )
+    };
+    assert_eq!(nest("shallow", "200"), "200");
+    let deep: usize = nest("deep", "100000").parse().unwrap();
+    assert!(deep > 1500, "only {deep} levels");
+
+    // Control: within the bound, every walk works.
+    assert!(t.docker_ok(&["diff", "shallow"]).contains("A /tmp/d/d/d"));
+    let export = t.docker(&["export", "shallow"]);
+    assert!(export.status.success() && export.stdout.len() > 100_000);
+    t.docker_ok(&["commit", "shallow", "shallow-img"]);
+    t.docker_ok(&["cp", "shallow:/tmp", "-"]);
+
+    let bound = "nested deeper than 256 levels";
+    let err = t.docker_err(&["diff", "deep"]);
+    assert!(err.contains(bound), "{err}");
+    // A layer cut short is an error, not half a layer taken for a whole one.
+    t.docker_err(&["commit", "deep", "deep-img"]);
+    t.docker_err(&["image", "inspect", "deep-img"]);
+    let export = t.docker(&["export", "deep"]);
+    assert!(!export.status.success(), "a deep export cannot be whole");
+    let cp = t.docker(&["cp", "deep:/tmp", "-"]);
+    assert!(!cp.status.success(), "a deep copy cannot be whole");
+    // The server is still there, and so are the containers.
+    assert_eq!(
+        t.docker_ok(&["inspect", "-f", "{{.State.Status}}", "deep"]),
+        "running"
+    );
+    assert!(t.docker_ok(&["diff", "shallow"]).contains("A /tmp/d"));
+}
