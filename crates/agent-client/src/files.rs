@@ -102,6 +102,14 @@ impl AgentClient {
         )
         .await
     }
+
+    /// The bytes a container's own layer holds (Docker's `SizeRw`).
+    pub async fn size(&self, id: &str) -> Result<u64, ClientError> {
+        let v: serde_json::Value = self
+            .call(Method::GET, &format!("/v1/containers/{id}/size"), empty())
+            .await?;
+        Ok(v["rw"].as_u64().unwrap_or(0))
+    }
 }
 
 fn stat_header<B>(resp: &http::Response<B>) -> String {

@@ -720,6 +720,64 @@ pub fn changes(upper: &Path, lowers: &[PathBuf]) -> io::Result<Vec<(String, u8)>
     Ok(out)
 }
 
+/// What a container's upper dir holds, as Docker's `SizeRw` counts it: the
+/// sizes of everything but directories, a hard-linked file once. Bounded in
+/// depth like every walk, and in entries (a tenant's million empty files
+/// must not hold a server's thread): past [`MAX_SIZE_ENTRIES`] the count so
+/// far is the answer.
+pub fn upper_size(upper: &Path) -> io::Result<u64> {
+    let root = OwnedFd::from(File::open(upper)?);
+    let mut seen = std::collections::HashSet::new();
+    let mut entries = 0usize;
+    let mut total = 0u64;
+    size_walk(&root, 0, &mut seen, &mut entries, &mut total)?;
+    Ok(total)
+}
+
+/// The most entries [`upper_size`] looks at.
+pub const MAX_SIZE_ENTRIES: usize = 1_000_000;
+
+fn size_walk(
+    dir: &OwnedFd,
+    depth: usize,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+    entries: &mut usize,
+    total: &mut u64,
+) -> io::Result<()> {
+    if depth > MAX_TREE_DEPTH {
+        return Err(too_deep());
+    }
+    let mut d = nix::dir::Dir::from_fd(dir.try_clone()?).map_err(io::Error::from)?;
+    let names: Vec<CString> = d
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    drop(d);
+    for n in names {
+        *entries += 1;
+        if *entries > MAX_SIZE_ENTRIES {
+            return Ok(());
+        }
+        let Ok(st) = stat_at(dir.as_raw_fd(), &n) else {
+            continue; // gone meanwhile
+        };
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            let sub = open_at(
+                dir.as_raw_fd(),
+                &n,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
+            size_walk(&sub, depth + 1, seen, entries, total)?;
+        } else if st.st_nlink <= 1 || seen.insert((st.st_dev, st.st_ino)) {
+            *total += st.st_size.max(0) as u64;
+        }
+    }
+    Ok(())
+}
+
 /// Files bind-mounted into every container (runc creates their mount points).
 const MOUNT_TARGETS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"];
 
@@ -846,6 +904,17 @@ mod tests {
         assert_eq!(l.mode & GO_SYMLINK, GO_SYMLINK);
         assert_eq!(l.link_target, "/d");
         assert!(matches!(r.stat("/nope"), Err(ArchiveError::NotFound(_))));
+    }
+
+    #[test]
+    fn upper_size_counts_files_once_and_not_directories() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::write(d.path().join("a/f"), vec![0u8; 1000]).unwrap();
+        std::fs::write(d.path().join("a/b/g"), vec![0u8; 24]).unwrap();
+        std::fs::hard_link(d.path().join("a/f"), d.path().join("a/b/f2")).unwrap();
+        std::os::unix::fs::symlink("f", d.path().join("a/l")).unwrap();
+        assert_eq!(upper_size(d.path()).unwrap(), 1000 + 24 + 1);
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/containers/{id}/export", get(export))
         .route("/v1/containers/{id}/layer", get(layer))
         .route("/v1/containers/{id}/changes", get(changes))
+        .route("/v1/containers/{id}/size", get(size))
         .route(
             "/v1/containers/{id}/execs/{eid}",
             put(exec_create).get(exec_state),
@@ -425,9 +426,7 @@ fn blocking_body<T: Send + 'static>(
             .map(|m| Err::<bytes::Bytes, _>(std::io::Error::other(m)))
     })
     .filter_map(|e| async move { e });
-    Body::from_stream(
-        tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024).chain(end),
-    )
+    Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024).chain(end))
 }
 
 async fn archive_get(
@@ -586,6 +585,14 @@ async fn changes(
             .map(|(p, k)| serde_json::json!({"Path": p, "Kind": k}))
             .collect::<Vec<_>>()
     )))
+}
+
+async fn size(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Json<serde_json::Value>> {
+    let lease = a.lease_rootfs(&id).await?;
+    let rw = tokio::task::spawn_blocking(move || crate::archive::upper_size(&lease.upper))
+        .await
+        .map_err(|e| AgentError::Internal(e.to_string()))??;
+    Ok(Json(serde_json::json!({ "rw": rw })))
 }
 
 async fn remove_volume(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<StatusCode> {

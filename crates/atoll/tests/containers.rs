@@ -774,3 +774,49 @@ fn update_changes_limits_of_running_and_stopped_containers() {
     let err = a.docker_err(&["update", "--restart", "bogus", "upd"]);
     assert!(!err.is_empty());
 }
+
+/// `ps -s`, `inspect -s` and `system df` measure a container's own layer on
+/// its server; a container that wrote nothing measures (almost) nothing.
+#[test]
+fn container_sizes_are_measured() {
+    let a = AtollInstance::start();
+    a.load_busybox();
+    a.docker_ok(&[
+        "run",
+        "--name",
+        "sized",
+        "busybox",
+        "sh",
+        "-c",
+        "head -c 3000000 /dev/zero > /big",
+    ]);
+    a.docker_ok(&["create", "--name", "untouched", "busybox"]);
+    let rw = |name: &str| -> u64 {
+        a.docker_ok(&["inspect", "-s", "-f", "{{.SizeRw}}", name])
+            .parse()
+            .unwrap()
+    };
+    let sized = rw("sized");
+    assert!((3_000_000..3_100_000).contains(&sized), "{sized}");
+    assert!(rw("untouched") < 10_000);
+    let root: u64 = a
+        .docker_ok(&["inspect", "-s", "-f", "{{.SizeRootFs}}", "sized"])
+        .parse()
+        .unwrap();
+    assert!(
+        root > sized + 1_000_000,
+        "the image's layers count too: {root}"
+    );
+    let ps = a.docker_ok(&[
+        "ps",
+        "-a",
+        "-s",
+        "--filter",
+        "name=sized",
+        "--format",
+        "{{.Size}}",
+    ]);
+    assert!(ps.starts_with("3MB (virtual "), "{ps}");
+    let df = a.docker_ok(&["system", "df", "--format", "{{.Type}} {{.Size}}"]);
+    assert!(df.contains("Containers 3MB"), "{df}");
+}

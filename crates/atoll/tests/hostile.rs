@@ -631,5 +631,8 @@ fn deep_directory_trees_are_refused_not_fatal() {
     assert!(t.docker_ok(&["diff", "shallow"]).contains("A /tmp/d"));
     // And it goes away whole.
     t.docker_ok(&["rm", "-f", "deep"]);
-    assert!(!t.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]).contains("deep"));
+    assert!(
+        !t.docker_ok(&["ps", "-a", "--format", "{{.Names}}"])
+            .contains("deep")
+    );
 }

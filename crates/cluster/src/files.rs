@@ -101,4 +101,16 @@ impl Cluster {
         let (c, agent) = self.files_target(account, key).await?;
         agent.changes(&c.id).await.map_err(upstream)
     }
+
+    /// Docker's `SizeRw` (what the container's own layer holds, measured on
+    /// its server) and `SizeRootFs` (that and its image's layers).
+    pub async fn container_size(&self, account: &str, key: &str) -> Result<(u64, u64)> {
+        let (c, agent) = self.files_target(account, key).await?;
+        let rw = agent.size(&c.id).await.map_err(upstream)?;
+        let image = match self.store.get_image(account, &c.image_id).await? {
+            Some(i) => i.size.max(0) as u64,
+            None => 0,
+        };
+        Ok((rw, rw + image))
+    }
 }

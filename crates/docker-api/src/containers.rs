@@ -446,7 +446,40 @@ pub async fn list(
             break;
         }
     }
+    if p.bool("size") {
+        add_sizes(&st, &acct.0, &mut out).await;
+    }
     Ok(Json(out))
+}
+
+/// How many containers' sizes are measured at once, and how long one may take.
+const SIZES_AT_ONCE: usize = 8;
+const SIZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `SizeRw` and `SizeRootFs` of each listed container, measured on their
+/// servers a few at a time; one that cannot be measured (its server down,
+/// too slow) shows 0, as the rest of the list is still worth having.
+pub(crate) async fn add_sizes(st: &AppState, account: &str, list: &mut [Value]) {
+    use futures::StreamExt;
+    let ids: Vec<String> = list
+        .iter()
+        .map(|v| v["Id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let sizes: Vec<(u64, u64)> = futures::stream::iter(ids)
+        .map(|id| async move {
+            tokio::time::timeout(SIZE_TIMEOUT, st.cluster.container_size(account, &id))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or((0, 0))
+        })
+        .buffered(SIZES_AT_ONCE)
+        .collect()
+        .await;
+    for (v, (rw, rootfs)) in list.iter_mut().zip(sizes) {
+        v["SizeRw"] = json!(rw);
+        v["SizeRootFs"] = json!(rootfs);
+    }
 }
 
 pub async fn inspect(
@@ -454,6 +487,7 @@ pub async fn inspect(
     Extension(acct): Extension<Account>,
     version: ApiVersion,
     Path(id): Path<String>,
+    RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let c = st.cluster.find_container(&acct.0, &id).await?;
     let running = c.state.status.is_running();
@@ -563,6 +597,11 @@ pub async fn inspect(
     }
     if cfg.get("StopSignal").is_some_and(|s| !s.is_null()) || c.spec.stop_signal != "SIGTERM" {
         out["Config"]["StopSignal"] = json!(c.spec.stop_signal);
+    }
+    if Params::parse(q.as_deref()).bool("size") {
+        let (rw, rootfs) = st.cluster.container_size(&acct.0, &c.id).await?;
+        out["SizeRw"] = json!(rw);
+        out["SizeRootFs"] = json!(rootfs);
     }
     Ok(Json(out))
 }

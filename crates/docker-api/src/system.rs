@@ -132,7 +132,7 @@ pub async fn df(
     }
     let layers_size: i64 = layer_blobs.values().sum();
     let build_cache = crate::build::cache_usage(&st, &acct.0).await?;
-    let container_list: Vec<Value> = containers
+    let mut container_list: Vec<Value> = containers
         .iter()
         .map(|x| {
             json!({
@@ -144,6 +144,7 @@ pub async fn df(
             })
         })
         .collect();
+    crate::containers::add_sizes(&st, &acct.0, &mut container_list).await;
     Ok(Json(json!({
         "LayersSize": layers_size,
         "Images": image_list,
