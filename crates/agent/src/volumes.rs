@@ -39,6 +39,20 @@ pub fn prepare_volumes(
     quota: &dyn DiskQuota,
 ) -> Result<ContainerSpec, AgentError> {
     let mut out = spec.clone();
+    // An operator's `-v /host/path`: Docker makes a missing one.
+    for m in out
+        .mounts
+        .iter()
+        .filter(|m| m.kind == MountKind::Bind && m.fresh.is_some())
+    {
+        let p = Path::new(&m.source);
+        if m.source.starts_with('/') && std::fs::symlink_metadata(p).is_err() {
+            std::fs::create_dir_all(p)?;
+            if let Some(f) = m.fresh {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(f.mode & 0o7777))?;
+            }
+        }
+    }
     for m in out
         .mounts
         .iter_mut()

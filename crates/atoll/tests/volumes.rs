@@ -220,6 +220,19 @@ fn host_binds_and_tmpfs_mounts_for_the_operator() {
         "true",
     ]);
     assert!(err.contains("bind source path does not exist"), "{err}");
+    // `-v` makes a missing host directory instead, as Docker does.
+    let made = tempfile::tempdir().unwrap();
+    let missing = made.path().join("a/b");
+    a.docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{}:/m", missing.display()),
+        "busybox",
+        "touch",
+        "/m/x",
+    ]);
+    assert!(missing.join("x").exists());
     assert!(
         a.docker_ok(&[
             "run",

@@ -272,8 +272,12 @@ pub enum MountSource {
     Named(String),
     /// A new volume for this container (`-v /path`, image `VOLUME`).
     Anonymous,
-    /// A host path (operator only).
-    Host(String),
+    /// A host path (operator only); `create`: made as a directory when
+    /// missing (Docker's `-v`; `--mount` refuses a missing one instead).
+    Host {
+        path: String,
+        create: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,7 +353,10 @@ fn mount_requests(
             }
         }
         let source = if src.starts_with('/') {
-            MountSource::Host(src.to_string())
+            MountSource::Host {
+                path: src.to_string(),
+                create: true,
+            }
         } else {
             validate_volume_name(src)?;
             MountSource::Named(src.to_string())
@@ -402,7 +409,10 @@ fn mount_requests(
                 push(
                     &mut out,
                     MountRequest {
-                        source: MountSource::Host(src),
+                        source: MountSource::Host {
+                            path: src,
+                            create: false,
+                        },
                         destination: target,
                         read_only,
                     },
@@ -1036,7 +1046,14 @@ mod tests {
             got,
             [
                 (&MountSource::Named("data".into()), "/data", true),
-                (&MountSource::Host("/host/dir".into()), "/h", false),
+                (
+                    &MountSource::Host {
+                        path: "/host/dir".into(),
+                        create: true,
+                    },
+                    "/h",
+                    false,
+                ),
                 (&MountSource::Anonymous, "/anon", false),
                 (&MountSource::Anonymous, "/cfg", false),
                 // The image's /data is covered by the bind above.

@@ -68,7 +68,7 @@ impl Cluster {
             let new = match &m.source {
                 MountSource::Anonymous => true,
                 MountSource::Named(name) => self.store.get_volume(account, name).await?.is_none(),
-                MountSource::Host(_) => false,
+                MountSource::Host { .. } => false,
             };
             if new {
                 bytes += volume_size(account, None);
@@ -231,12 +231,21 @@ impl Cluster {
         {
             // Explicit mounts win over --volumes-from ones at the same path.
             mounts.retain(|m| &m.destination != destination);
+            let mut fresh = None;
             let (kind, source, size_bytes) = match source {
-                MountSource::Host(path) => {
+                MountSource::Host { path, create } => {
                     if account != OPERATOR {
                         return Err(Error::Forbidden(
                             "host bind mounts are not allowed for this account".into(),
                         ));
+                    }
+                    if *create {
+                        // Made on the server when missing, as Docker's `-v`.
+                        fresh = Some(agent_client::FreshVolume {
+                            uid: 0,
+                            gid: 0,
+                            mode: 0o755,
+                        });
                     }
                     (MountKind::Bind, path.clone(), 0)
                 }
@@ -272,7 +281,7 @@ impl Cluster {
                 destination: destination.clone(),
                 read_only: *read_only,
                 size_bytes,
-                fresh: None,
+                fresh,
             });
         }
         Ok((mounts, anonymous))
