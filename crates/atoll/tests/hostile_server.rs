@@ -115,8 +115,15 @@ fn cp_out_never_reads_a_device_swapped_in_for_a_file() {
         let out = mallory.docker(&["cp", "swapper:/data/file", "-"]);
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
+            // Missing at the moment of the copy, or swapped under it: a
+            // copy the agent refuses ends in an error (the stream cut,
+            // mid-way or before its first byte), never in a tar that looks
+            // whole.
             assert!(
-                err.contains("Could not find the file") || err.contains("No such"),
+                err.contains("Could not find the file")
+                    || err.contains("No such")
+                    || err.contains("unexpected EOF")
+                    || err.contains("connection closed before message completed"),
                 "unexpected cp failure: {err}"
             );
             missing += 1;
@@ -565,7 +572,15 @@ fn containers_reach_no_server_and_no_head() {
         accepted
     });
     for c in ["m1", "m2"] {
-        let (out, code) = connect_from_container(&mallory, c, &world_addr);
+        // A loaded machine may miss one 2 s window; the control polls.
+        let mut tries = 0;
+        let (out, code) = loop {
+            tries += 1;
+            let (out, code) = connect_from_container(&mallory, c, &world_addr);
+            if code == 0 || tries == 5 {
+                break (out, code);
+            }
+        };
         assert_eq!(code, 0, "{c} cannot reach the world at {world_addr}: {out}");
     }
     let accepted = acceptor.join().expect("acceptor");
