@@ -118,7 +118,7 @@ struct Extra {
     origin: String,
     /// Its name in the destination directory.
     name: String,
-    /// What the cache key knows of its content.
+    /// What the cache key knows of it beyond its name and mode.
     sum: String,
     mode: u32,
     mtime: u64,
@@ -1769,7 +1769,8 @@ impl Cluster {
         Ok(Extra {
             origin: url.to_string(),
             name: download_name(url, got.file_name.as_deref()),
-            sum: got.digest.to_string(),
+            // The server's time is part of the file (a heredoc's is not).
+            sum: format!("{}@{}", got.digest, got.modified.unwrap_or(0)),
             mode: chmod.unwrap_or(0o600),
             mtime: got.modified.unwrap_or(0).max(0) as u64,
             content: ExtraContent::File(file, got.size),
@@ -1868,7 +1869,7 @@ impl Cluster {
         }
         let extra_sum: Vec<String> = extras
             .iter()
-            .map(|e| format!("{}:{:o}:{}:{}", e.name, e.mode, e.mtime, e.sum))
+            .map(|e| format!("{}:{:o}:{}", e.name, e.mode, e.sum))
             .collect();
         let description = format!(
             "{kw} chown={} chmod={} dir={dir} into={into_dir} {}",
