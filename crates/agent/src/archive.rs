@@ -27,6 +27,9 @@ pub enum ArchiveError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// A write to a read-only root filesystem.
+    #[error("container rootfs is marked read-only")]
+    RootReadOnly,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -170,14 +173,36 @@ pub struct Root {
     ids: Option<IdMap>,
 }
 
-/// How a tree is written: as an image layer (whiteouts translated), and with
-/// which id mapping.
+/// A volume or bind mount of the container, as its processes see it at
+/// `dest`: another tree, entered wherever a walk or a lookup reaches `dest`.
+pub struct Mounted {
+    /// Where the container sees it (a clean absolute path).
+    dest: PathBuf,
+    root: Root,
+    read_only: bool,
+}
+
+/// A container's files as its processes see them: its root filesystem with
+/// its volumes and bind mounts over it (Docker's `cp` view; `export` and
+/// layers see the root filesystem alone).
+pub struct View {
+    own: Root,
+    own_read_only: bool,
+    /// Deepest first, so the first match is the innermost mount.
+    mounts: Vec<Mounted>,
+}
+
+/// How a tree is written: as an image layer (whiteouts translated), with
+/// which id mapping, and with which mounts entered.
 #[derive(Clone, Copy)]
-struct Walk {
+struct Walk<'a> {
     layer: bool,
     ids: Option<IdMap>,
     /// Directories above the one being walked.
     depth: usize,
+    /// Mounts to enter, and the container directory tar paths are relative to.
+    mounts: &'a [Mounted],
+    at: &'a Path,
 }
 
 /// How deep the walks of a container's tree go. A tenant can nest
@@ -260,19 +285,23 @@ impl Root {
     }
 
     /// (parent dir fd, final name); the root itself is (root, ".").
-    fn locate(&self, path: &str) -> Result<(OwnedFd, CString), ArchiveError> {
-        let mut comps = components(path)?;
-        match comps.pop() {
-            Some(name) => Ok((self.dir(&comps)?, name)),
+    fn locate(&self, comps: &[CString]) -> Result<(OwnedFd, CString), ArchiveError> {
+        match comps.split_last() {
+            Some((name, parent)) => Ok((self.dir(parent)?, name.clone())),
             None => Ok((self.dir(&[])?, c".".to_owned())),
         }
     }
 
     /// `stat` of a path, the final component not followed (Docker's HEAD).
     pub fn stat(&self, path: &str) -> Result<PathStat, ArchiveError> {
-        let (dir, name) = self.locate(path)?;
+        self.stat_in(&components(path)?, path)
+    }
+
+    /// `stat` of `comps` in this tree, which the container sees as `shown`.
+    fn stat_in(&self, comps: &[CString], shown: &str) -> Result<PathStat, ArchiveError> {
+        let (dir, name) = self.locate(comps)?;
         let st = stat_at(dir.as_raw_fd(), &name).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => ArchiveError::NotFound(path.to_string()),
+            Some(libc::ENOENT) => ArchiveError::NotFound(shown.to_string()),
             _ => ArchiveError::Io(e),
         })?;
         let link_target = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
@@ -281,13 +310,13 @@ impl Root {
             if t.starts_with('/') {
                 t
             } else {
-                let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
+                let parent = Path::new(shown).parent().unwrap_or(Path::new("/"));
                 parent.join(t).to_string_lossy().into_owned()
             }
         } else {
             String::new()
         };
-        let base = components(path)?
+        let base = components(shown)?
             .last()
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_else(|| "/".into());
@@ -300,21 +329,37 @@ impl Root {
         })
     }
 
-    fn walk(&self) -> Walk {
+    fn walk(&self) -> Walk<'static> {
         Walk {
             layer: false,
             ids: self.ids,
             depth: 0,
+            mounts: &[],
+            at: Path::new("/"),
         }
     }
 
     /// A tar of `path` (its basename as the top entry), or of the root's
     /// contents with `path` = "/" (export).
     pub fn write_tar<W: Write>(&self, path: &str, w: W) -> Result<(), ArchiveError> {
+        let comps = components(path)?;
+        self.write_tar_at(&comps, &comps, path, w, self.walk())
+    }
+
+    /// A tar of `comps` in this tree, which the container sees at `seen`
+    /// (`shown` as the client wrote it): the whole tree's contents when
+    /// `seen` is its root, else `seen`'s basename as the top entry.
+    fn write_tar_at<W: Write>(
+        &self,
+        comps: &[CString],
+        seen: &[CString],
+        shown: &str,
+        w: W,
+        walk: Walk<'_>,
+    ) -> Result<(), ArchiveError> {
         let mut b = tar::Builder::new(w);
         b.mode(tar::HeaderMode::Complete);
-        let comps = components(path)?;
-        if comps.is_empty() {
+        if seen.is_empty() {
             let root = self.dir(&[])?;
             let dir = open_at(
                 root.as_raw_fd(),
@@ -322,18 +367,20 @@ impl Root {
                 libc::O_RDONLY | libc::O_DIRECTORY,
                 0,
             )?;
-            add_children(&mut b, &dir, Path::new(""), self.walk())?;
+            add_children(&mut b, &dir, Path::new(""), walk)?;
         } else {
-            let (dir, name) = self.locate(path)?;
+            let (dir, name) = self.locate(comps)?;
             if let Err(e) = stat_at(dir.as_raw_fd(), &name) {
                 return Err(if e.raw_os_error() == Some(libc::ENOENT) {
-                    ArchiveError::NotFound(path.to_string())
+                    ArchiveError::NotFound(shown.to_string())
                 } else {
                     e.into()
                 });
             }
-            let top = PathBuf::from(OsStr::from_bytes(name.as_bytes()));
-            add_entry(&mut b, &dir, &name, &top, self.walk())?;
+            let top = seen.last().map_or_else(PathBuf::new, |n| {
+                PathBuf::from(OsStr::from_bytes(n.as_bytes()))
+            });
+            add_entry(&mut b, &dir, &name, &top, walk)?;
         }
         b.into_inner()?.flush()?;
         Ok(())
@@ -347,13 +394,22 @@ impl Root {
         r: R,
         opts: &ExtractOptions,
     ) -> Result<(), ArchiveError> {
+        self.extract_at(components(dest)?, r, opts)
+    }
+
+    /// [`Root::extract`] into the directory `base` of this tree.
+    fn extract_at<R: Read>(
+        &self,
+        base: Vec<CString>,
+        r: R,
+        opts: &ExtractOptions,
+    ) -> Result<(), ArchiveError> {
         let ExtractOptions {
             no_overwrite_dir_non_dir,
             copy_uid_gid,
             owner,
             mkdir,
         } = *opts;
-        let base = components(dest)?;
         if mkdir {
             self.mkdir_all(&base, owner.unwrap_or((0, 0)))?;
         }
@@ -543,13 +599,113 @@ impl Root {
     }
 }
 
+impl View {
+    /// The root filesystem alone (no mounts yet).
+    pub fn new(own: Root, read_only: bool) -> View {
+        View {
+            own,
+            own_read_only: read_only,
+            mounts: Vec::new(),
+        }
+    }
+
+    /// Adds a mount the container sees at `dest`; `source` is the server's
+    /// directory behind it (a volume's data, an operator's bind), whose
+    /// contents are the container's. A bind of a single file is left out:
+    /// only directories are entered.
+    pub fn mount(&mut self, dest: &str, source: &Path, read_only: bool) -> io::Result<()> {
+        let comps = components(dest).map_err(|e| io::Error::other(e.to_string()))?;
+        if comps.is_empty() {
+            return Ok(());
+        }
+        let root = match Root::open(source, self.own.ids) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let dest = comps.iter().fold(PathBuf::from("/"), |p, c| {
+            p.join(OsStr::from_bytes(c.as_bytes()))
+        });
+        self.mounts.retain(|m| m.dest != dest);
+        self.mounts.push(Mounted {
+            dest,
+            root,
+            read_only,
+        });
+        self.mounts
+            .sort_by_key(|m| std::cmp::Reverse(m.dest.components().count()));
+        Ok(())
+    }
+
+    /// The tree that holds `comps`, how many of them lead to its root, and
+    /// whether it is read-only.
+    fn scope(&self, comps: &[CString]) -> (&Root, usize, bool) {
+        let path = comps.iter().fold(PathBuf::from("/"), |p, c| {
+            p.join(OsStr::from_bytes(c.as_bytes()))
+        });
+        for m in &self.mounts {
+            if path.starts_with(&m.dest) {
+                return (&m.root, m.dest.components().count() - 1, m.read_only);
+            }
+        }
+        (&self.own, 0, self.own_read_only)
+    }
+
+    /// `stat` of a path as the container sees it.
+    pub fn stat(&self, path: &str) -> Result<PathStat, ArchiveError> {
+        let comps = components(path)?;
+        let (root, skip, _) = self.scope(&comps);
+        root.stat_in(&comps[skip..], path)
+    }
+
+    /// A tar of a path as the container sees it: what is mounted below it
+    /// is entered (Docker's `cp` out of a container).
+    pub fn write_tar<W: Write>(&self, path: &str, w: W) -> Result<(), ArchiveError> {
+        let comps = components(path)?;
+        let (root, skip, _) = self.scope(&comps);
+        let parent = comps
+            .iter()
+            .take(comps.len().saturating_sub(1))
+            .fold(PathBuf::from("/"), |p, c| {
+                p.join(OsStr::from_bytes(c.as_bytes()))
+            });
+        let walk = Walk {
+            mounts: &self.mounts,
+            at: &parent,
+            ..self.own.walk()
+        };
+        root.write_tar_at(&comps[skip..], &comps, path, w, walk)
+    }
+
+    /// Extracts a tar into the directory `dest` as the container sees it:
+    /// into a volume or bind mount when `dest` is in one (Docker's `cp`
+    /// into a container), refused where that is read-only.
+    pub fn extract<R: Read>(
+        &self,
+        dest: &str,
+        r: R,
+        opts: &ExtractOptions,
+    ) -> Result<(), ArchiveError> {
+        let comps = components(dest)?;
+        let (root, skip, read_only) = self.scope(&comps);
+        if read_only {
+            return Err(if skip == 0 {
+                ArchiveError::RootReadOnly
+            } else {
+                ArchiveError::Invalid("mounted volume is marked read-only".into())
+            });
+        }
+        root.extract_at(comps[skip..].to_vec(), r, opts)
+    }
+}
+
 /// One entry (and, for a directory, what is below it), never following links.
 fn add_entry<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &OwnedFd,
     name: &CStr,
     path: &Path,
-    walk: Walk,
+    walk: Walk<'_>,
 ) -> io::Result<()> {
     let layer = walk.layer;
     // One O_PATH descriptor for the entry, judged by its own fstat: the name
@@ -662,7 +818,7 @@ fn add_children<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &OwnedFd,
     path: &Path,
-    walk: Walk,
+    walk: Walk<'_>,
 ) -> io::Result<()> {
     if walk.depth > MAX_TREE_DEPTH {
         return Err(too_deep());
@@ -675,10 +831,27 @@ fn add_children<W: Write>(
         .map(|e| e.file_name().to_owned())
         .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
         .collect();
+    // Mount points show even where the directory under them is missing (a
+    // container that never ran has not had them made).
+    let here = walk.at.join(path);
+    for m in walk.mounts {
+        if m.dest.parent() == Some(here.as_path())
+            && let Some(n) = m.dest.file_name()
+            && let Ok(n) = CString::new(n.as_bytes())
+            && !names.contains(&n)
+        {
+            names.push(n);
+        }
+    }
     names.sort();
     for n in names {
         let child = path.join(OsStr::from_bytes(n.as_bytes()));
-        add_entry(b, dir, &n, &child, walk)?;
+        let seen = walk.at.join(&child);
+        match walk.mounts.iter().find(|m| m.dest == seen) {
+            // The mount's own tree, under the mount point's name.
+            Some(m) => add_entry(b, &m.root.fd, c".", &child, walk)?,
+            None => add_entry(b, dir, &n, &child, walk)?,
+        }
     }
     Ok(())
 }
@@ -693,6 +866,8 @@ pub fn write_layer<W: Write>(upper: &Path, w: W, ids: Option<IdMap>) -> io::Resu
         layer: true,
         ids,
         depth: 0,
+        mounts: &[],
+        at: Path::new("/"),
     };
     add_children(&mut b, &root, Path::new(""), walk)?;
     b.into_inner()?.flush()

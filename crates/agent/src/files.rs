@@ -9,6 +9,7 @@ use std::sync::Arc;
 use agent_client::{ContainerSpec, RunState};
 use tokio::sync::OwnedMutexGuard;
 
+use crate::archive::{Root, View};
 use crate::error::AgentError;
 use crate::manager::Agent;
 use crate::rootfs::Mounter;
@@ -21,6 +22,9 @@ pub struct RootfsLease {
     pub read_only: bool,
     /// The container's user-namespace mapping (file owners are shifted).
     pub ids: Option<agent_client::IdMap>,
+    /// Its volumes and binds, sources resolved to the server's directories
+    /// (empty unless asked for).
+    pub mounts: Vec<agent_client::MountSpec>,
     unmount: Option<crate::rootfs::RealMounter>,
     _op: OwnedMutexGuard<()>,
 }
@@ -58,8 +62,14 @@ impl Agent {
         Ok(())
     }
 
-    /// The container's rootfs, mounted for as long as the lease lives.
-    pub async fn lease_rootfs(self: &Arc<Self>, id: &str) -> Result<RootfsLease, AgentError> {
+    /// The container's rootfs, mounted for as long as the lease lives; with
+    /// `mounts`, its volumes too (made now if it has never run, as Docker
+    /// makes them at create).
+    pub async fn lease_rootfs(
+        self: &Arc<Self>,
+        id: &str,
+        mounts: bool,
+    ) -> Result<RootfsLease, AgentError> {
         let ctr = self
             .ctr(id)
             .ok_or_else(|| AgentError::NotFound(format!("no such container: {id}")))?;
@@ -90,14 +100,36 @@ impl Agent {
                 .map_err(|e| AgentError::Internal(e.to_string()))?;
             unmount = Some(crate::rootfs::RealMounter);
         }
-        Ok(RootfsLease {
+        let mut lease = RootfsLease {
             rootfs: paths.rootfs,
             upper: paths.upper,
             lowers,
             read_only: spec.read_only,
             ids: spec.userns,
+            mounts: Vec::new(),
             unmount,
             _op: op,
-        })
+        };
+        if mounts && !spec.mounts.is_empty() {
+            lease.mounts = crate::volumes::prepare_volumes(
+                &spec,
+                &self.volumes_dir(),
+                &lease.rootfs,
+                &*self.volume_quota,
+            )?
+            .mounts;
+        }
+        Ok(lease)
+    }
+}
+
+impl RootfsLease {
+    /// The container's files as its processes see them (`docker cp`).
+    pub fn view(&self) -> std::io::Result<View> {
+        let mut view = View::new(Root::open(&self.rootfs, self.ids)?, self.read_only);
+        for m in &self.mounts {
+            view.mount(&m.destination, std::path::Path::new(&m.source), m.read_only)?;
+        }
+        Ok(view)
     }
 }

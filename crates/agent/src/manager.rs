@@ -74,7 +74,7 @@ pub struct Agent {
     /// Disk limits of writable layers (btrfs quotas, or none).
     quota: Box<dyn crate::quota::DiskQuota>,
     /// Disk limits of volumes (the same, where the volumes are).
-    volume_quota: Box<dyn crate::quota::DiskQuota>,
+    pub(crate) volume_quota: Box<dyn crate::quota::DiskQuota>,
     containers_dir: PathBuf,
     ctrs: StdMutex<HashMap<String, Arc<Ctr>>>,
     events: broadcast::Sender<ContainerStatus>,

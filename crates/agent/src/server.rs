@@ -363,15 +363,27 @@ fn archive_error(e: crate::archive::ArchiveError) -> AgentError {
     match e {
         E::NotFound(p) => AgentError::NotFound(format!("no such file or directory: {p}")),
         E::Invalid(m) => AgentError::BadRequest(m),
+        E::RootReadOnly => AgentError::Forbidden(E::RootReadOnly.to_string()),
         E::Io(e) => AgentError::Io(e),
     }
 }
 
+/// Whether a file operation sees the container's root filesystem alone
+/// (`rootfs=1`: a build step's `COPY`, which goes into the image, never into
+/// a volume) or, as `docker cp` does, with its volumes and binds.
+fn with_mounts(q: &Option<String>) -> bool {
+    query_value(q, "rootfs").is_none_or(|v| v != "1" && v != "true")
+}
+
 /// The stat of `path`, base64 JSON, as Docker's header wants it.
-async fn path_stat(a: &Arc<Agent>, id: &str, path: &str) -> R<(String, crate::files::RootfsLease)> {
-    let lease = a.lease_rootfs(id).await?;
-    let root = crate::archive::Root::open(&lease.rootfs, lease.ids)?;
-    let st = root.stat(path).map_err(archive_error)?;
+async fn path_stat(
+    a: &Arc<Agent>,
+    id: &str,
+    path: &str,
+    mounts: bool,
+) -> R<(String, crate::files::RootfsLease)> {
+    let lease = a.lease_rootfs(id, mounts).await?;
+    let st = lease.view()?.stat(path).map_err(archive_error)?;
     let json = serde_json::to_vec(&st).map_err(|e| AgentError::Internal(e.to_string()))?;
     use base64::Engine;
     Ok((
@@ -388,7 +400,7 @@ async fn archive_head(
     RawQuery(q): RawQuery,
 ) -> R<Response> {
     let path = query_value(&q, "path").unwrap_or_default();
-    let (stat, _lease) = path_stat(&a, &id, &path).await?;
+    let (stat, _lease) = path_stat(&a, &id, &path, with_mounts(&q)).await?;
     let mut resp = Response::new(Body::empty());
     resp.headers_mut().insert(
         STAT_HEADER,
@@ -435,10 +447,8 @@ async fn archive_get(
     RawQuery(q): RawQuery,
 ) -> R<Response> {
     let path = query_value(&q, "path").unwrap_or_default();
-    let (stat, lease) = path_stat(&a, &id, &path).await?;
-    let body = blocking_body(lease, move |lease, w| {
-        crate::archive::Root::open(&lease.rootfs, lease.ids)?.write_tar(&path, w)
-    });
+    let (stat, lease) = path_stat(&a, &id, &path, with_mounts(&q)).await?;
+    let body = blocking_body(lease, move |lease, w| lease.view()?.write_tar(&path, w));
     let mut resp = Response::new(body);
     resp.headers_mut().insert(
         STAT_HEADER,
@@ -469,19 +479,14 @@ async fn archive_put(
         mkdir: flag("mkdir"),
     };
     let chown = query_value(&q, "chown").filter(|c| !c.is_empty());
-    let lease = a.lease_rootfs(&id).await?;
-    if lease.read_only {
-        return Err(AgentError::Forbidden(
-            "container rootfs is marked read-only".into(),
-        ));
-    }
+    let lease = a.lease_rootfs(&id, with_mounts(&q)).await?;
     let stream = req
         .into_body()
         .into_data_stream()
         .map_err(std::io::Error::other);
     let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     tokio::task::spawn_blocking(move || {
-        let root = crate::archive::Root::open(&lease.rootfs, lease.ids)?;
+        let root = lease.view()?;
         let res = match chown {
             Some(spec) => crate::user::resolve_owner(&lease.rootfs, &spec)
                 .map_err(|e| crate::archive::ArchiveError::Invalid(e.to_string()))
@@ -507,7 +512,7 @@ async fn archive_put(
 }
 
 async fn export(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Response> {
-    let lease = a.lease_rootfs(&id).await?;
+    let lease = a.lease_rootfs(&id, false).await?;
     let body = blocking_body(lease, |lease, w| {
         crate::archive::Root::open(&lease.rootfs, lease.ids)?.write_tar("/", w)
     });
@@ -524,7 +529,7 @@ async fn layer(
     RawQuery(q): RawQuery,
 ) -> R<Response> {
     let keep = query_value(&q, "keep").is_some_and(|v| v == "1");
-    let lease = a.lease_rootfs(&id).await?;
+    let lease = a.lease_rootfs(&id, false).await?;
     let agent = a.clone();
     let body = blocking_body(lease, move |lease, w| {
         if !keep {
@@ -575,7 +580,7 @@ async fn changes(
     State(a): State<Arc<Agent>>,
     Path(id): Path<String>,
 ) -> R<Json<serde_json::Value>> {
-    let lease = a.lease_rootfs(&id).await?;
+    let lease = a.lease_rootfs(&id, false).await?;
     let list =
         tokio::task::spawn_blocking(move || crate::archive::changes(&lease.upper, &lease.lowers))
             .await
@@ -588,7 +593,7 @@ async fn changes(
 }
 
 async fn size(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Json<serde_json::Value>> {
-    let lease = a.lease_rootfs(&id).await?;
+    let lease = a.lease_rootfs(&id, false).await?;
     let rw = tokio::task::spawn_blocking(move || crate::archive::upper_size(&lease.upper))
         .await
         .map_err(|e| AgentError::Internal(e.to_string()))??;

@@ -301,3 +301,156 @@ fn wait_for_file(a: &AtollInstance, c: &str, path: &str) {
         "the container to write its file",
     );
 }
+
+/// `docker cp` sees what the container's processes see: volumes and binds
+/// over its root filesystem, running or not, read-only ones refused.
+#[test]
+fn cp_reaches_volumes_and_binds_as_the_container_sees_them() {
+    let a = started();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("note");
+    std::fs::write(&file, "in the volume").unwrap();
+    let f = file.to_str().unwrap();
+    let host = tmp.path().join("hostdir");
+    std::fs::create_dir(&host).unwrap();
+    let bind = format!("{}:/host", host.display());
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "vc",
+        "-v",
+        "vdata:/data",
+        "-v",
+        "vro:/ro:ro",
+        "-v",
+        "vdeep:/mnt/deep/vol",
+        "-v",
+        &bind,
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    // In: the file lands in the volume (another container of it sees it),
+    // and in the bind's host directory.
+    a.docker_ok(&["cp", f, "vc:/data/"]);
+    assert_eq!(
+        a.docker_ok(&["exec", "vc", "cat", "/data/note"]),
+        "in the volume"
+    );
+    assert_eq!(
+        a.docker_ok(&["run", "--rm", "-v", "vdata:/d", "busybox", "cat", "/d/note"]),
+        "in the volume"
+    );
+    a.docker_ok(&["cp", f, "vc:/host/"]);
+    assert_eq!(
+        std::fs::read_to_string(host.join("note")).unwrap(),
+        "in the volume"
+    );
+    let err = a.docker_err(&["cp", f, "vc:/ro/"]);
+    assert!(err.contains("mounted volume is marked read-only"), "{err}");
+
+    // Out: a file in a volume, a volume whole, and a tree with one below.
+    a.docker_ok(&[
+        "exec",
+        "vc",
+        "sh",
+        "-c",
+        "echo deep > /mnt/deep/vol/x; ln -s / /data/up",
+    ]);
+    let out = tmp.path().join("out");
+    a.docker_ok(&["cp", "vc:/data/note", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "in the volume");
+    let tree = tmp.path().join("tree");
+    a.docker_ok(&["cp", "vc:/mnt", tree.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(tree.join("deep/vol/x")).unwrap(),
+        "deep\n"
+    );
+    // A volume is a root of its own: its symlink to / stays inside it.
+    let err = a.docker_err(&[
+        "cp",
+        "vc:/data/up/etc/hostname",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert!(err.contains("Could not find the file"), "{err}");
+
+    // A container that never ran: its volume is made for the copy, and a
+    // read-only root still takes files into a writable volume.
+    a.docker_ok(&[
+        "create",
+        "--name",
+        "vs",
+        "--read-only",
+        "-v",
+        "vfresh:/fresh",
+        "busybox",
+        "true",
+    ]);
+    a.docker_ok(&["cp", f, "vs:/fresh/"]);
+    let err = a.docker_err(&["cp", f, "vs:/tmp/"]);
+    assert!(
+        err.contains("container rootfs is marked read-only"),
+        "{err}"
+    );
+    assert_eq!(
+        a.docker_ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "vfresh:/f",
+            "busybox",
+            "cat",
+            "/f/note"
+        ]),
+        "in the volume"
+    );
+    // Stopped: still the volume's files, not the directory under it.
+    a.docker_ok(&["stop", "-t", "0", "vc"]);
+    a.docker_ok(&[
+        "cp",
+        "vc:/data/note",
+        tmp.path().join("stopped").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("stopped")).unwrap(),
+        "in the volume"
+    );
+
+    // A tenant's volume holds its user namespace's ids: what `cp` writes
+    // there is owned by the container's root, as the rootfs's files are.
+    let alice = a.tenant("alice");
+    let image = testkit::test_images()
+        .busybox
+        .path
+        .to_string_lossy()
+        .into_owned();
+    alice.docker_ok(&["load", "-i", &image]);
+    alice.docker_ok(&[
+        "run", "-d", "--name", "tv", "-v", "td:/d", "busybox", "sleep", "1000",
+    ]);
+    alice.docker_ok(&["cp", f, "tv:/d/"]);
+    assert_eq!(
+        alice.docker_ok(&["exec", "tv", "stat", "-c", "%u:%g %s", "/d/note"]),
+        "0:0 13"
+    );
+    alice.docker_ok(&[
+        "exec",
+        "tv",
+        "sh",
+        "-c",
+        "echo mine > /d/own; chown 1234:4321 /d/own",
+    ]);
+    let out = alice.docker(&["cp", "tv:/d/own", "-"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut ar = tar::Archive::new(&out.stdout[..]);
+    let owners: Vec<(u64, u64)> = ar
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let h = e.unwrap().header().clone();
+            (h.uid().unwrap(), h.gid().unwrap())
+        })
+        .collect();
+    assert_eq!(owners, [(1234, 4321)]);
+}

@@ -1629,7 +1629,10 @@ impl Cluster {
         };
         let cid = self.copy_container(b, src, "COPY").await?;
         let listed = async {
-            let (_, body) = match self.archive_get(&b.account, &cid, &dir, &enc(&dir)).await {
+            let (_, body) = match self
+                .archive_get(&b.account, &cid, &dir, &own_root(&dir))
+                .await
+            {
                 Err(Error::NotFound(_)) => return Ok(Vec::new()),
                 r => r?,
             };
@@ -1686,7 +1689,7 @@ impl Cluster {
                 .unwrap_or(false);
         for p in paths {
             let (stat, body) = self
-                .archive_get(&b.account, src_cid, p, &enc(p))
+                .archive_get(&b.account, src_cid, p, &own_root(p))
                 .await
                 .map_err(|e| match e {
                     Error::NotFound(_) => Error::InvalidArgument(format!(
@@ -1713,7 +1716,7 @@ impl Cluster {
                     .map(|r| r.map_err(std::io::Error::other)),
             ));
             let tar = tar_stream(move |w| retarget_tar(reader, w, is_dir, &name, chmod));
-            let mut query = format!("path={}&mkdir=1", enc(&dir));
+            let mut query = format!("path={}&mkdir=1&rootfs=1", enc(&dir));
             if let Some(o) = chown {
                 query.push_str(&format!("&chown={}", enc(o)));
             }
@@ -1901,7 +1904,7 @@ impl Cluster {
             st.cur = hit;
             return Ok(());
         }
-        let mut query = format!("path={}&mkdir=1", enc(&dir));
+        let mut query = format!("path={}&mkdir=1&rootfs=1", enc(&dir));
         if let Some(o) = chown {
             query.push_str(&format!("&chown={}", enc(o)));
         }
@@ -2159,6 +2162,12 @@ fn tar_stream(
 
 fn enc(s: &str) -> String {
     percent_encode(s)
+}
+
+/// A path's query for reading a step's container: its own files, never a
+/// volume mounted over them (what a build copies comes from images).
+fn own_root(path: &str) -> String {
+    format!("{}&rootfs=1", enc(path))
 }
 
 fn percent_encode(s: &str) -> String {

@@ -77,7 +77,18 @@ pub async fn put(
     RawQuery(q): RawQuery,
     req: Request,
 ) -> ApiResult<Response> {
-    let (path, _) = path_param(&q)?;
+    let (path, raw) = path_param(&q)?;
+    // Docker's flags, and nothing else of the client's query.
+    let params = Params::parse(q.as_deref());
+    let mut query = format!("path={raw}");
+    for flag in ["noOverwriteDirNonDir", "copyUIDGID"] {
+        if params
+            .get(flag)
+            .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        {
+            query.push_str(&format!("&{flag}=1"));
+        }
+    }
     // Forwarded through a channel: the request body is not `Sync`, the
     // agent client's body must be.
     let mut body = TryStreamExt::map_err(req.into_body().into_data_stream(), std::io::Error::other);
@@ -91,7 +102,7 @@ pub async fn put(
     });
     let tar = tokio_stream::wrappers::ReceiverStream::new(rx);
     st.cluster
-        .archive_put(&acct.0, &id, &path, q.as_deref().unwrap_or(""), tar)
+        .archive_put(&acct.0, &id, &path, &query, tar)
         .await?;
     Ok(StatusCode::OK.into_response())
 }
