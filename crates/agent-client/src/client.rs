@@ -309,6 +309,18 @@ impl AgentClient {
     }
 
     /// Deletes a volume's data on this server (idempotent).
+    /// Bytes a volume holds on the server.
+    pub async fn volume_size(&self, volume_id: &str) -> Result<u64, ClientError> {
+        let v: serde_json::Value = self
+            .call(
+                Method::GET,
+                &format!("/v1/volumes/{volume_id}/size"),
+                empty(),
+            )
+            .await?;
+        Ok(v["size"].as_u64().unwrap_or(0))
+    }
+
     pub async fn remove_volume(&self, volume_id: &str) -> Result<(), ClientError> {
         self.call_empty(Method::DELETE, &format!("/v1/volumes/{volume_id}"), empty())
             .await

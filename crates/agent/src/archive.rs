@@ -895,12 +895,12 @@ pub fn changes(upper: &Path, lowers: &[PathBuf]) -> io::Result<Vec<(String, u8)>
     Ok(out)
 }
 
-/// What a container's upper dir holds, as Docker's `SizeRw` counts it: the
+/// What a tree holds (a container's upper dir, a volume), as Docker's `SizeRw` counts it: the
 /// sizes of everything but directories, a hard-linked file once. Bounded in
 /// depth like every walk, and in entries (a tenant's million empty files
 /// must not hold a server's thread): past [`MAX_SIZE_ENTRIES`] the count so
 /// far is the answer.
-pub fn upper_size(upper: &Path) -> io::Result<u64> {
+pub fn tree_size(upper: &Path) -> io::Result<u64> {
     let root = OwnedFd::from(File::open(upper)?);
     let mut seen = std::collections::HashSet::new();
     let mut entries = 0usize;
@@ -909,7 +909,7 @@ pub fn upper_size(upper: &Path) -> io::Result<u64> {
     Ok(total)
 }
 
-/// The most entries [`upper_size`] looks at.
+/// The most entries [`tree_size`] looks at.
 pub const MAX_SIZE_ENTRIES: usize = 1_000_000;
 
 fn size_walk(
@@ -1082,14 +1082,14 @@ mod tests {
     }
 
     #[test]
-    fn upper_size_counts_files_once_and_not_directories() {
+    fn tree_size_counts_files_once_and_not_directories() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("a/b")).unwrap();
         std::fs::write(d.path().join("a/f"), vec![0u8; 1000]).unwrap();
         std::fs::write(d.path().join("a/b/g"), vec![0u8; 24]).unwrap();
         std::fs::hard_link(d.path().join("a/f"), d.path().join("a/b/f2")).unwrap();
         std::os::unix::fs::symlink("f", d.path().join("a/l")).unwrap();
-        assert_eq!(upper_size(d.path()).unwrap(), 1000 + 24 + 1);
+        assert_eq!(tree_size(d.path()).unwrap(), 1000 + 24 + 1);
     }
 
     #[test]

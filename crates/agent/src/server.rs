@@ -40,6 +40,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/layers/{diff_id}", get(has_layer).put(put_layer))
         .route("/v1/containers", get(list))
         .route("/v1/volumes/{id}", delete(remove_volume))
+        .route("/v1/volumes/{id}/size", get(volume_size))
         .route("/v1/networks/{vni}", put(put_network_map))
         .route("/v1/containers/{id}/networks", post(connect_network))
         .route(
@@ -594,10 +595,27 @@ async fn changes(
 
 async fn size(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<Json<serde_json::Value>> {
     let lease = a.lease_rootfs(&id, false).await?;
-    let rw = tokio::task::spawn_blocking(move || crate::archive::upper_size(&lease.upper))
+    let rw = tokio::task::spawn_blocking(move || crate::archive::tree_size(&lease.upper))
         .await
         .map_err(|e| AgentError::Internal(e.to_string()))??;
     Ok(Json(serde_json::json!({ "rw": rw })))
+}
+
+/// What a volume holds, counted as a container's layer is (a volume no
+/// container has started yet holds nothing).
+async fn volume_size(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> R<Json<serde_json::Value>> {
+    crate::volumes::check_volume_id(&id)?;
+    let data = crate::volumes::volume_data(&a.volumes_dir(), &id);
+    let size = tokio::task::spawn_blocking(move || match crate::archive::tree_size(&data) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        r => r,
+    })
+    .await
+    .map_err(|e| AgentError::Internal(e.to_string()))??;
+    Ok(Json(serde_json::json!({ "size": size })))
 }
 
 async fn remove_volume(State(a): State<Arc<Agent>>, Path(id): Path<String>) -> R<StatusCode> {

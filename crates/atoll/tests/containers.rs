@@ -819,4 +819,47 @@ fn container_sizes_are_measured() {
     assert!(ps.starts_with("3MB (virtual "), "{ps}");
     let df = a.docker_ok(&["system", "df", "--format", "{{.Type}} {{.Size}}"]);
     assert!(df.contains("Containers 3MB"), "{df}");
+
+    // Volumes are measured on their servers too: `system df -v` and what a
+    // prune gives back.
+    a.docker_ok(&[
+        "run",
+        "--name",
+        "filler",
+        "-v",
+        "vbig:/v",
+        "-v",
+        "vsmall:/s",
+        "busybox",
+        "sh",
+        "-c",
+        "head -c 2000000 /dev/zero > /v/f; echo hi > /s/f",
+    ]);
+    let listed = a.docker_ok(&[
+        "system",
+        "df",
+        "-v",
+        "--format",
+        "{{range .Volumes}}{{.Name}}={{.Size}}/{{.Links}} {{end}}",
+    ]);
+    assert!(
+        listed.contains("vbig=2MB/1") && listed.contains("vsmall=3B/1"),
+        "{listed}"
+    );
+    // The container pruned: its 3 MB layer and the filler's small one.
+    let pruned = testkit::json(&String::from_utf8_lossy(
+        &a.api("POST", "/v1.41/containers/prune", None).body,
+    ));
+    let reclaimed = pruned["SpaceReclaimed"].as_u64().unwrap();
+    assert!((3_000_000..3_100_000).contains(&reclaimed), "{pruned}");
+    // Volumes named and unused: `all` at 1.42+, every unused one before.
+    let pruned = testkit::json(&String::from_utf8_lossy(
+        &a.api("POST", "/v1.41/volumes/prune", None).body,
+    ));
+    assert_eq!(pruned["SpaceReclaimed"], 2_000_003, "{pruned}");
+    assert_eq!(
+        pruned["VolumesDeleted"].as_array().unwrap().len(),
+        2,
+        "{pruned}"
+    );
 }

@@ -1083,19 +1083,29 @@ impl Cluster {
         self: &Arc<Self>,
         account: &str,
         keep: impl Fn(&ContainerRecord) -> bool,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, u64)> {
         let mut removed = Vec::new();
+        let mut reclaimed = 0;
         for c in self.store.list_containers(account).await? {
             if c.state.status.is_running() || c.state.status == Status::Removing || keep(&c) {
                 continue;
             }
+            // Measured before it goes, as Docker does (a server that cannot
+            // say counts nothing).
+            let size = self
+                .container_size(account, &c.id)
+                .await
+                .map_or(0, |(rw, _)| rw);
             match self.remove_container(account, &c.id, false).await {
-                Ok(()) => removed.push(c.id),
+                Ok(()) => {
+                    removed.push(c.id);
+                    reclaimed += size;
+                }
                 Err(Error::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(removed)
+        Ok((removed, reclaimed))
     }
 }
 

@@ -180,19 +180,59 @@ impl Cluster {
         account: &str,
         all: bool,
         keep: impl Fn(&VolumeRecord) -> bool,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, u64)> {
         let mut removed = Vec::new();
+        let mut reclaimed = 0;
+        let containers = self.store.list_containers(account).await?;
         for v in self.store.list_volumes(account).await? {
-            if (!all && !v.anonymous) || keep(&v) {
+            if (!all && !v.anonymous)
+                || keep(&v)
+                || containers.iter().any(|c| uses_volume(c, &v.id))
+            {
                 continue;
             }
+            let size = self.volume_size(&v).await.unwrap_or(0);
             match self.remove_volume(account, &v.name).await {
-                Ok(()) => removed.push(v.name),
+                Ok(()) => {
+                    removed.push(v.name);
+                    reclaimed += size;
+                }
                 Err(Error::Conflict(_) | Error::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(removed)
+        Ok((removed, reclaimed))
+    }
+
+    /// Bytes a volume holds on its server; None when the server cannot say.
+    pub async fn volume_size(&self, v: &VolumeRecord) -> Option<u64> {
+        self.agent(&v.node).ok()?.volume_size(&v.id).await.ok()
+    }
+
+    /// The account's volumes with their sizes (-1 where the server cannot
+    /// say) and how many containers use each (`docker system df`).
+    pub async fn volume_usage(&self, account: &str) -> Result<Vec<(VolumeRecord, i64, i64)>> {
+        let containers = self.store.list_containers(account).await?;
+        let volumes = self.store.list_volumes(account).await?;
+        // A few servers asked at once: a datacenter's volumes are many.
+        let mut sizes = Vec::with_capacity(volumes.len());
+        for chunk in volumes.chunks(8) {
+            let asked = chunk.iter().map(|v| self.volume_size(v));
+            sizes.extend(
+                futures::future::join_all(asked)
+                    .await
+                    .into_iter()
+                    .map(|s| s.map_or(-1, |s| s as i64)),
+            );
+        }
+        Ok(volumes
+            .into_iter()
+            .zip(sizes)
+            .map(|(v, size)| {
+                let users = containers.iter().filter(|c| uses_volume(c, &v.id)).count();
+                (v, size, users as i64)
+            })
+            .collect())
     }
 
     /// The container's mounts with volume names resolved to ids (named volumes

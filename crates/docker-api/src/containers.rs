@@ -978,14 +978,14 @@ pub async fn prune(
     let f = p.filters()?;
     f.only(&["label", "label!", "until"])?;
     let until = f.until()?;
-    let removed = st
+    let (removed, reclaimed) = st
         .cluster
         .prune_containers(&acct.0, |c| {
             f.prune_keeps(&c.labels) || until.is_some_and(|u| c.created > u)
         })
         .await?;
     Ok(Json(
-        json!({"ContainersDeleted": removed, "SpaceReclaimed": 0}),
+        json!({"ContainersDeleted": removed, "SpaceReclaimed": reclaimed}),
     ))
 }
 

@@ -145,11 +145,21 @@ pub async fn df(
         })
         .collect();
     crate::containers::add_sizes(&st, &acct.0, &mut container_list).await;
+    let volumes: Vec<Value> = c
+        .volume_usage(&acct.0)
+        .await?
+        .iter()
+        .map(|(v, size, users)| {
+            let mut j = crate::volumes::volume_json(v);
+            j["UsageData"] = json!({"Size": size, "RefCount": users});
+            j
+        })
+        .collect();
     Ok(Json(json!({
         "LayersSize": layers_size,
         "Images": image_list,
         "Containers": container_list,
-        "Volumes": [],
+        "Volumes": volumes,
         "BuildCache": build_cache,
     })))
 }

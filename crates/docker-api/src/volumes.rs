@@ -18,7 +18,7 @@ use crate::params::Params;
 use crate::{Account, ApiVersion, AppState};
 
 /// Docker's volume object. `Mountpoint` (a host path) is not shown.
-fn volume_json(v: &VolumeRecord) -> Value {
+pub(crate) fn volume_json(v: &VolumeRecord) -> Value {
     json!({
         "Name": v.name,
         "Driver": v.driver,
@@ -136,11 +136,11 @@ pub async fn prune(
         || f.get("all")
             .and_then(|a| a.first())
             .is_some_and(|a| a == "true" || a == "1");
-    let removed = st
+    let (removed, reclaimed) = st
         .cluster
         .prune_volumes(&acct.0, all, |v| f.prune_keeps(&v.labels))
         .await?;
     Ok(Json(
-        json!({"VolumesDeleted": removed, "SpaceReclaimed": 0}),
+        json!({"VolumesDeleted": removed, "SpaceReclaimed": reclaimed}),
     ))
 }
