@@ -70,6 +70,10 @@ pub struct ProcessSpec {
     /// Docker's `-u`: `user`, `uid`, `user:group`, `uid:gid`; empty means root.
     /// Names are resolved against the container's /etc/passwd and /etc/group.
     pub user: String,
+    /// Docker's `--group-add`: more groups (names from /etc/group, or gids)
+    /// for the container's processes and its execs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_add: Vec<String>,
     pub tty: bool,
     pub open_stdin: bool,
 }

@@ -136,7 +136,7 @@ pub fn write_bundle(
     if spec.process.args.is_empty() {
         return Err(RuntimeError::Invalid("no command specified".into()));
     }
-    let user = resolve_user(&paths.rootfs, &spec.process.user)?;
+    let user = resolve_user(&paths.rootfs, &spec.process.user, &spec.process.group_add)?;
     let hostname = container_hostname(spec);
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let ids = spec.userns.as_ref();

@@ -59,6 +59,7 @@ pub fn exec_process(
     container: &Value,
     spec: &ExecSpec,
     rootfs: &Path,
+    group_add: &[String],
 ) -> Result<Value, AgentError> {
     let mut p = container
         .get("process")
@@ -107,7 +108,9 @@ pub fn exec_process(
         p["cwd"] = json!(spec.cwd);
     }
     if !spec.user.is_empty() {
-        let u = resolve_user(rootfs, &spec.user).map_err(|e| AgentError::Runtime(e.to_string()))?;
+        // The container's `--group-add` holds for an exec's own user too.
+        let u = resolve_user(rootfs, &spec.user, group_add)
+            .map_err(|e| AgentError::Runtime(e.to_string()))?;
         p["user"] = json!({"uid": u.uid, "gid": u.gid, "additionalGids": u.additional_gids});
         if !spec.env.iter().any(|e| e.starts_with("HOME=")) {
             let home = format!("HOME={}", u.home);
@@ -183,7 +186,18 @@ impl Agent {
             "process": view.process,
             "linux": {"seccomp": view.linux.seccomp.map(|_| json!({}))},
         });
-        let process = exec_process(&config, &spec, &paths.rootfs)?;
+        let group_add = self
+            .ctr(id)
+            .map(|c| {
+                c.spec
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .process
+                    .group_add
+                    .clone()
+            })
+            .unwrap_or_default();
+        let process = exec_process(&config, &spec, &paths.rootfs, &group_add)?;
         let dir = exec_root(&paths).join(eid);
         if dir.exists() {
             return Err(AgentError::Conflict(format!("exec {eid} exists already")));
@@ -374,7 +388,7 @@ mod tests {
             tty: true,
             ..Default::default()
         };
-        let p = exec_process(&container(), &spec, Path::new("/nonexistent")).unwrap();
+        let p = exec_process(&container(), &spec, Path::new("/nonexistent"), &[]).unwrap();
         assert_eq!(p["args"], json!(["sh"]));
         assert_eq!(p["cwd"], "/srv");
         assert_eq!(p["user"]["uid"], 5);
@@ -388,18 +402,18 @@ mod tests {
     fn exec_options_are_checked() {
         let mut spec = ExecSpec::default();
         assert!(matches!(
-            exec_process(&container(), &spec, Path::new("/")),
+            exec_process(&container(), &spec, Path::new("/"), &[]),
             Err(AgentError::BadRequest(_))
         ));
         spec.args = vec!["true".into()];
         spec.cwd = "relative".into();
         assert!(matches!(
-            exec_process(&container(), &spec, Path::new("/")),
+            exec_process(&container(), &spec, Path::new("/"), &[]),
             Err(AgentError::BadRequest(_))
         ));
         spec.cwd = String::new();
         spec.privileged = true;
-        let p = exec_process(&container(), &spec, Path::new("/")).unwrap();
+        let p = exec_process(&container(), &spec, Path::new("/"), &[]).unwrap();
         assert!(p["capabilities"]["bounding"].as_array().unwrap().len() > 30);
         assert!(check_exec_id("../../etc").is_err());
     }
@@ -419,7 +433,7 @@ mod tests {
             user: "web".into(),
             ..Default::default()
         };
-        let p = exec_process(&container(), &spec, root.path()).unwrap();
+        let p = exec_process(&container(), &spec, root.path(), &[]).unwrap();
         assert_eq!(p["user"]["uid"], 33);
         assert_eq!(p["user"]["gid"], 44);
         assert!(
@@ -432,6 +446,6 @@ mod tests {
             user: "nobody-here".into(),
             ..spec
         };
-        assert!(exec_process(&container(), &spec, root.path()).is_err());
+        assert!(exec_process(&container(), &spec, root.path(), &[]).is_err());
     }
 }

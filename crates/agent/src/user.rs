@@ -102,8 +102,13 @@ fn parse_id(s: &str) -> Result<Option<u32>, RuntimeError> {
 }
 
 /// Resolves Docker's `-u` value (`name`, `uid`, `name:group`, `uid:gid`, empty
-/// for root) against `<rootfs>/etc/passwd` and `<rootfs>/etc/group`.
-pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ExecUser, RuntimeError> {
+/// for root) against `<rootfs>/etc/passwd` and `<rootfs>/etc/group`, with
+/// `--group-add`'s groups beside the user's own.
+pub fn resolve_user(
+    rootfs: &Path,
+    spec: &str,
+    group_add: &[String],
+) -> Result<ExecUser, RuntimeError> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -139,6 +144,12 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ExecUser, RuntimeError>
                     }
                 }
             }
+        }
+    }
+    for g in group_add {
+        let gid = group_id(&groups, g)?;
+        if !additional_gids.contains(&gid) {
+            additional_gids.push(gid);
         }
     }
     Ok(ExecUser {
@@ -227,19 +238,19 @@ mod tests {
     #[test]
     fn names_and_ids() {
         let d = rootfs();
-        let r = resolve_user(d.path(), "").expect("root");
+        let r = resolve_user(d.path(), "", &[]).expect("root");
         assert_eq!((r.uid, r.gid, r.additional_gids.clone()), (0, 0, vec![10]));
         assert_eq!(r.home, "/root");
-        let w = resolve_user(d.path(), "web").expect("web");
+        let w = resolve_user(d.path(), "web", &[]).expect("web");
         assert_eq!(
             (w.uid, w.gid, w.additional_gids),
             (1000, 1000, vec![10, 50])
         );
-        let n = resolve_user(d.path(), "nobody:staff").expect("nobody:staff");
+        let n = resolve_user(d.path(), "nobody:staff", &[]).expect("nobody:staff");
         assert_eq!((n.uid, n.gid, n.additional_gids), (65534, 50, vec![]));
-        let u = resolve_user(d.path(), "1000:5").expect("1000:5");
+        let u = resolve_user(d.path(), "1000:5", &[]).expect("1000:5");
         assert_eq!((u.uid, u.gid), (1000, 5));
-        let unknown = resolve_user(d.path(), "4242").expect("numeric not in passwd");
+        let unknown = resolve_user(d.path(), "4242", &[]).expect("numeric not in passwd");
         assert_eq!(
             (unknown.uid, unknown.gid, unknown.home.as_str()),
             (4242, 0, "/")
@@ -247,24 +258,40 @@ mod tests {
     }
 
     #[test]
+    fn added_groups_join_the_users_own() {
+        let d = rootfs();
+        let n = resolve_user(d.path(), "nobody:staff", &["wheel".into(), "777".into()])
+            .expect("nobody:staff");
+        assert_eq!((n.gid, n.additional_gids), (50, vec![10, 777]));
+        let w = resolve_user(d.path(), "web", &["staff".into()]).expect("web");
+        assert_eq!(w.additional_gids, vec![10, 50]);
+        assert_eq!(
+            resolve_user(d.path(), "web", &["ghosts".into()])
+                .expect_err("no group")
+                .to_string(),
+            "unable to find group ghosts: no matching entries in group file"
+        );
+    }
+
+    #[test]
     fn docker_errors() {
         let d = rootfs();
         assert_eq!(
-            resolve_user(d.path(), "xyz")
+            resolve_user(d.path(), "xyz", &[])
                 .expect_err("no user")
                 .to_string(),
             "unable to find user xyz: no matching entries in passwd file"
         );
         assert_eq!(
-            resolve_user(d.path(), "web:nope")
+            resolve_user(d.path(), "web:nope", &[])
                 .expect_err("no group")
                 .to_string(),
             "unable to find group nope: no matching entries in group file"
         );
-        assert!(resolve_user(d.path(), "99999999999").is_err());
+        assert!(resolve_user(d.path(), "99999999999", &[]).is_err());
         let empty = tempfile::tempdir().expect("tempdir");
-        assert_eq!(resolve_user(empty.path(), "").expect("root").uid, 0);
-        assert!(resolve_user(empty.path(), "web").is_err());
+        assert_eq!(resolve_user(empty.path(), "", &[]).expect("root").uid, 0);
+        assert!(resolve_user(empty.path(), "web", &[]).is_err());
     }
 
     #[test]
@@ -277,9 +304,9 @@ mod tests {
         std::fs::create_dir_all(root.join("real")).expect("real");
         std::fs::write(root.join("real/passwd"), "inside:x:7:7::/:/bin/sh\n").expect("passwd");
         std::os::unix::fs::symlink("../../../evil", root.join("etc/passwd")).expect("link");
-        assert!(resolve_user(&root, "evil").is_err());
+        assert!(resolve_user(&root, "evil", &[]).is_err());
         std::fs::remove_file(root.join("etc/passwd")).expect("rm");
         std::os::unix::fs::symlink("/real/passwd", root.join("etc/passwd")).expect("link");
-        assert_eq!(resolve_user(&root, "inside").expect("inside").uid, 7);
+        assert_eq!(resolve_user(&root, "inside", &[]).expect("inside").uid, 7);
     }
 }

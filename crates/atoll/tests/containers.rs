@@ -122,6 +122,43 @@ fn options_reach_the_process() {
         a.docker_ok(&["inspect", "-f", "{{index .Config.Labels \"team\"}}", &lbl]),
         "x"
     );
+
+    // --group-add: names from the image's /etc/group and bare gids, for the
+    // container's process and its execs (with another user too); a group
+    // the image lacks fails the start with Docker's message.
+    a.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "grouped",
+        "--group-add",
+        "user",
+        "--group-add",
+        "4242",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(
+        a.docker_ok(&["exec", "grouped", "cat", "/proc/1/status"])
+            .lines()
+            .find(|l| l.starts_with("Groups:"))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")),
+        Some("1000 4242".to_string())
+    );
+    assert_eq!(
+        a.docker_ok(&["exec", "-u", "nobody", "grouped", "id", "-G"]),
+        "65534 1000 4242"
+    );
+    assert_eq!(
+        a.docker_ok(&["inspect", "-f", "{{json .HostConfig.GroupAdd}}", "grouped"]),
+        r#"["user","4242"]"#
+    );
+    let err = a.docker_err(&["run", "--rm", "--group-add", "ghosts", "busybox", "true"]);
+    assert!(
+        err.contains("unable to find group ghosts: no matching entries in group file"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -678,6 +678,7 @@ pub fn plan(id: &str, body: &ContainerCreateBody, image: &ImageDefaults) -> Resu
                 cwd.clone()
             },
             user,
+            group_add: hc.group_add.clone().unwrap_or_default(),
             tty: body.tty.unwrap_or(false),
             open_stdin: body.open_stdin.unwrap_or(false),
         },
