@@ -113,6 +113,9 @@ pub struct Endpoint {
     pub subnet: String,
     pub gateway: Ipv4Addr,
     pub ip: Ipv4Addr,
+    /// The user chose `ip` (`--ip`): inspect's `IPAMConfig` shows it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ip_requested: bool,
     /// `02:42:..` style MAC, lower-case, colon separated.
     pub mac: String,
     /// No route out of the network (`docker network create --internal`).

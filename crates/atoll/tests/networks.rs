@@ -221,14 +221,15 @@ fn network_commands_on_one_server() {
     assert_eq!(web["IPAddress"], "10.0.0.128");
     assert_eq!(web["Gateway"], "10.0.0.254");
     assert_eq!(web["Aliases"][0], "www");
+    assert_eq!(web["IPAMConfig"], serde_json::Value::Null, "{web}");
     assert_eq!(
         a.docker_ok(&[
             "inspect",
             "-f",
-            "{{.NetworkSettings.Networks.front.IPAddress}}",
+            "{{.NetworkSettings.Networks.front.IPAddress}} {{json .NetworkSettings.Networks.front.IPAMConfig}}",
             "fixed"
         ]),
-        "10.0.0.200"
+        r#"10.0.0.200 {"IPv4Address":"10.0.0.200"}"#
     );
     let err = a.docker_err(&[
         "run",

@@ -578,6 +578,7 @@ impl Cluster {
             subnet: n.subnet.clone(),
             gateway: n.gateway,
             ip,
+            ip_requested: req.ip.is_some(),
             mac: mac_for(ip),
             internal: n.internal,
             aliases: req.aliases.clone(),

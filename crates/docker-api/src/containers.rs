@@ -167,11 +167,16 @@ fn endpoint_json(c: &ContainerRecord, e: &agent_client::Endpoint, running: bool)
     } else {
         json!(e.aliases)
     };
+    let ipam = if e.ip_requested {
+        json!({"IPv4Address": e.ip.to_string()})
+    } else {
+        Value::Null
+    };
     let mut dns_names = vec![c.name.clone(), c.id[..12].to_string()];
     dns_names.extend(e.aliases.iter().cloned());
     if running {
         json!({
-            "IPAMConfig": null, "Links": null, "Aliases": aliases, "MacAddress": e.mac,
+            "IPAMConfig": ipam, "Links": null, "Aliases": aliases, "MacAddress": e.mac,
             "DriverOpts": null, "GwPriority": 0,
             "NetworkID": e.network, "EndpointID": endpoint_id(&c.id, &e.network),
             "Gateway": e.gateway.to_string(), "IPAddress": e.ip.to_string(),
@@ -180,7 +185,7 @@ fn endpoint_json(c: &ContainerRecord, e: &agent_client::Endpoint, running: bool)
         })
     } else {
         json!({
-            "IPAMConfig": null, "Links": null, "Aliases": aliases, "MacAddress": "",
+            "IPAMConfig": ipam, "Links": null, "Aliases": aliases, "MacAddress": "",
             "DriverOpts": null, "GwPriority": 0,
             "NetworkID": e.network, "EndpointID": "", "Gateway": "", "IPAddress": "",
             "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
