@@ -665,6 +665,7 @@ mod tests {
                 subnet: "10.0.0.0/24".into(),
                 gateway: Ipv4Addr::new(10, 0, 0, 1),
                 ip: Ipv4Addr::new(10, 0, 0, 5),
+                ip_requested: false,
                 mac: "02:42:0a:00:00:05".into(),
                 internal: false,
                 aliases: vec![],

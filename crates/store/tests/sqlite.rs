@@ -29,6 +29,7 @@ fn container(account: &str, id: &str, name: &str, ep: Option<(&str, &str)>) -> C
                     subnet: "10.0.0.0/24".into(),
                     gateway: "10.0.0.1".parse().unwrap(),
                     ip: ip.parse().unwrap(),
+                    ip_requested: false,
                     mac: format!("02:42:{ip}"),
                     internal: false,
                     aliases: vec![],
