@@ -202,6 +202,15 @@ pub struct MountSpec {
     pub fresh: Option<FreshVolume>,
 }
 
+/// A server's device node made in a container (`--device HOST:CONTAINER:PERMS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    pub host: String,
+    pub container: String,
+    /// Cgroup access: some of `r`, `w`, `m`.
+    pub perms: String,
+}
+
 /// The root of a volume made empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FreshVolume {
@@ -264,6 +273,22 @@ pub struct ContainerSpec {
     /// account only); otherwise the default profile.
     #[serde(default)]
     pub seccomp_unconfined: bool,
+    /// `--privileged` (the operator's account only): every capability and
+    /// device, no seccomp profile, no masked paths, `/sys` writable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// The server's own namespaces the container shares (`--pid host`,
+    /// `--ipc host`, `--uts host`; the operator's account only): `pid`,
+    /// `ipc`, `uts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_namespaces: Vec<String>,
+    /// The server's devices given to it (`--device`; the operator's only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpec>,
+    /// Device cgroup rules beyond Docker's defaults (`--device-cgroup-rule
+    /// 'c 10:229 rwm'`; the operator's only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_rules: Vec<String>,
     /// The account's user-namespace id range: container root is host id
     /// `host_base`. None: the host's ids (the operator's account).
     #[serde(default)]

@@ -193,7 +193,12 @@ fn cwd(spec: &ContainerSpec) -> String {
 
 /// Docker uses the short id when no hostname is given.
 pub fn container_hostname(spec: &ContainerSpec) -> String {
-    if spec.hostname.is_empty() {
+    if spec.host_namespaces.iter().any(|n| n == "uts") {
+        // The server's own name, as `--uts host` shows it.
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    } else if spec.hostname.is_empty() {
         spec.id.chars().take(12).collect()
     } else {
         spec.hostname.clone()
@@ -468,6 +473,117 @@ fn device_rules() -> Vec<Value> {
     v
 }
 
+/// The agent's capability bounding set (`CapBnd` of /proc/self/status).
+fn bounding_set() -> u64 {
+    static SET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .unwrap_or(u64::MAX)
+    })
+}
+
+/// An OCI device entry for the server's node `host`, made at `container`,
+/// and the cgroup rule that lets the container use it with `perms`.
+fn device_node(host: &str, container: &str, perms: &str) -> Result<(Value, Value), RuntimeError> {
+    let st = std::fs::metadata(host).map_err(|e| {
+        RuntimeError::Invalid(format!(
+            "error gathering device information while adding custom device \"{host}\": {e}"
+        ))
+    })?;
+    let (kind, major, minor, mode) = device_numbers(&st).ok_or_else(|| {
+        RuntimeError::Invalid(format!(
+            "error gathering device information while adding custom device \"{host}\": not a device node"
+        ))
+    })?;
+    Ok((
+        json!({"path": container, "type": kind, "major": major, "minor": minor,
+               "fileMode": mode, "uid": 0, "gid": 0}),
+        json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": perms}),
+    ))
+}
+
+/// Type, major, minor and permission bits of a device node.
+fn device_numbers(st: &std::fs::Metadata) -> Option<(&'static str, u64, u64, u32)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let kind = if st.file_type().is_char_device() {
+        "c"
+    } else if st.file_type().is_block_device() {
+        "b"
+    } else {
+        return None;
+    };
+    let rdev = st.rdev();
+    Some((
+        kind,
+        libc::major(rdev) as u64,
+        libc::minor(rdev) as u64,
+        st.mode() & 0o777,
+    ))
+}
+
+/// Every device node of the server under `dir` (a privileged container's
+/// /dev, as Docker gives it), symlinks and the kernel's own per-container
+/// directories left out.
+fn host_devices(dir: &Path, shown: &str, depth: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = format!("{shown}/{name}");
+        let Ok(st) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if st.is_dir() {
+            if depth < 3 && !["pts", "shm", "mqueue", "fd", "hugepages"].contains(&name.as_str()) {
+                out.extend(host_devices(&e.path(), &path, depth + 1));
+            }
+        } else if let Some((kind, major, minor, mode)) = device_numbers(&st)
+            // The console is the container's own (a terminal or none).
+            && path != "/dev/console"
+        {
+            out.push(
+                json!({"path": path, "type": kind, "major": major, "minor": minor,
+                            "fileMode": mode, "uid": st_uid(&st), "gid": st_gid(&st)}),
+            );
+        }
+    }
+    out.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
+    out
+}
+
+fn st_uid(st: &std::fs::Metadata) -> u32 {
+    std::os::unix::fs::MetadataExt::uid(st)
+}
+
+fn st_gid(st: &std::fs::Metadata) -> u32 {
+    std::os::unix::fs::MetadataExt::gid(st)
+}
+
+/// Docker's `--device-cgroup-rule` (`c 10:229 rwm`, `a *:* m`) as an OCI rule.
+fn device_rule(rule: &str) -> Result<Value, RuntimeError> {
+    let bad = || RuntimeError::Invalid(format!("invalid device cgroup format '{rule}'"));
+    let f: Vec<&str> = rule.split_whitespace().collect();
+    let [kind, nums, access] = f.as_slice() else {
+        return Err(bad());
+    };
+    let (major, minor) = nums.split_once(':').ok_or_else(bad)?;
+    let mut v = json!({"allow": true, "type": kind, "access": access});
+    for (key, n) in [("major", major), ("minor", minor)] {
+        if n != "*" {
+            v[key] = json!(n.parse::<i64>().map_err(|_| bad())?);
+        }
+    }
+    Ok(v)
+}
+
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Value {
     json!({"destination": dest, "type": typ, "source": source, "options": options})
 }
@@ -572,12 +688,33 @@ pub fn oci_config(
         }
         mounts.push(bind(&m.destination, Path::new(&m.source), m.read_only));
     }
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
-    ];
+    let host_ns = |n: &str| spec.host_namespaces.iter().any(|h| h == n);
+    if spec.privileged {
+        // Docker's privileged containers: /sys and the cgroup tree writable.
+        for m in mounts.iter_mut() {
+            if (m["destination"] == "/sys" || m["destination"] == "/sys/fs/cgroup")
+                && let Some(o) = m["options"].as_array_mut()
+            {
+                o.retain(|x| x != "ro");
+            }
+        }
+    }
+    if host_ns("ipc") {
+        // The server's shared memory, as Docker's (an mqueue mount in the
+        // server's IPC namespace is the server's queues already).
+        for m in mounts.iter_mut() {
+            if m["destination"] == "/dev/shm" {
+                *m = json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm",
+                            "options": ["rbind", "nosuid", "noexec", "nodev"]});
+            }
+        }
+    }
+    let mut namespaces: Vec<Value> = ["pid", "ipc", "uts"]
+        .into_iter()
+        .filter(|n| !host_ns(n))
+        .map(|n| json!({"type": n}))
+        .collect();
+    namespaces.push(json!({"type": "mount"}));
     // `--network host` (the operator's): the server's namespace, none of its own.
     if !spec.host_network {
         namespaces.push(match netns {
@@ -594,10 +731,21 @@ pub fn oci_config(
         });
     }
     // The head computed the set from --cap-add/--cap-drop; none means Docker's.
-    let caps: Vec<&str> = match &spec.capabilities {
+    let mut caps: Vec<&str> = match &spec.capabilities {
         Some(c) => c.iter().map(String::as_str).collect(),
         None => DEFAULT_CAPS.to_vec(),
     };
+    if spec.privileged {
+        // Every capability this server's agent holds, as Docker's: a server
+        // whose own bounding set lacks one cannot give it.
+        let held = bounding_set();
+        caps.retain(|c| {
+            agent_client::caps::ALL
+                .iter()
+                .position(|x| x == c)
+                .is_none_or(|bit| held & (1u64 << bit) != 0)
+        });
+    }
     let mut config = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -632,6 +780,36 @@ pub fn oci_config(
     });
     if !spec.domainname.is_empty() {
         config["domainname"] = json!(spec.domainname);
+    }
+    if host_ns("uts") {
+        // runc sets no name in a namespace the container does not own.
+        if let Some(c) = config.as_object_mut() {
+            c.remove("hostname");
+            c.remove("domainname");
+        }
+    }
+    let mut devices = Vec::new();
+    let mut rules = Vec::new();
+    if spec.privileged {
+        devices = host_devices(Path::new("/dev"), "/dev", 0);
+        rules.push(json!({"allow": true, "access": "rwm"}));
+        config["linux"]["maskedPaths"] = json!([]);
+        config["linux"]["readonlyPaths"] = json!([]);
+    }
+    for d in &spec.devices {
+        let (dev, rule) = device_node(&d.host, &d.container, &d.perms)?;
+        devices.retain(|x| x["path"] != dev["path"]);
+        devices.push(dev);
+        rules.push(rule);
+    }
+    for r in &spec.device_rules {
+        rules.push(device_rule(r)?);
+    }
+    if !devices.is_empty() {
+        config["linux"]["devices"] = json!(devices);
+    }
+    if let Some(list) = config["linux"]["resources"]["devices"].as_array_mut() {
+        list.extend(rules);
     }
     if let Some(ids) = &spec.userns {
         let map = json!([{"containerID": 0, "hostID": ids.host_base, "size": ids.size}]);

@@ -900,3 +900,128 @@ fn container_sizes_are_measured() {
         "{pruned}"
     );
 }
+
+/// The operator administers the datacenter: privileged containers, the
+/// server's namespaces and devices are its (tenants get 403, unit-tested in
+/// `cluster::security`).
+#[test]
+fn the_operator_runs_privileged_and_host_namespace_containers() {
+    let a = started();
+    let ns = |n: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{n}"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let server_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let shared = a.docker_ok(&[
+        "run",
+        "--rm",
+        "--pid",
+        "host",
+        "--ipc",
+        "host",
+        "--uts",
+        "host",
+        "busybox",
+        "sh",
+        "-c",
+        "for n in pid ipc uts; do readlink /proc/self/ns/$n; done; hostname",
+    ]);
+    assert_eq!(
+        shared.lines().collect::<Vec<_>>(),
+        [
+            ns("pid"),
+            ns("ipc"),
+            ns("uts"),
+            server_name.trim().to_string()
+        ]
+    );
+    // Control: without them, namespaces of its own.
+    let own = a.docker_ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "for n in pid ipc uts; do readlink /proc/self/ns/$n; done",
+    ]);
+    for (line, n) in own.lines().zip(["pid", "ipc", "uts"]) {
+        assert_ne!(line, ns(n));
+    }
+
+    // Privileged: every capability, no seccomp filter, mounts allowed, the
+    // server's devices present.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    let script = "grep -E '^(CapEff|Seccomp):' /proc/self/status; \
+                  mount -t tmpfs t /tmp 2>/dev/null && echo mounted; \
+                  test -c /dev/loop-control && echo devices; true";
+    let privileged = a.docker_ok(&["run", "--rm", "--privileged", "busybox", "sh", "-c", script]);
+    assert_eq!(
+        privileged.lines().collect::<Vec<_>>(),
+        [cap_eff, "Seccomp:\t0", "mounted", "devices"],
+        "{privileged}"
+    );
+    let plain = a.docker_ok(&["run", "--rm", "busybox", "sh", "-c", script]);
+    assert!(
+        plain.contains("Seccomp:\t2") && !plain.contains("mounted") && !plain.contains("devices"),
+        "{plain}"
+    );
+
+    // A device of the server under another name, and a missing one.
+    let dev = a.docker_ok(&[
+        "run",
+        "--rm",
+        "--device",
+        "/dev/null:/dev/mynull:rw",
+        "busybox",
+        "sh",
+        "-c",
+        "echo x > /dev/mynull && echo wrote; stat -c %t:%T /dev/mynull",
+    ]);
+    assert_eq!(dev, "wrote\n1:3");
+    let err = a.docker_err(&[
+        "run",
+        "--rm",
+        "--device",
+        "/dev/no-such-atoll-dev",
+        "busybox",
+        "true",
+    ]);
+    assert!(
+        err.contains(
+            "error gathering device information while adding custom device \"/dev/no-such-atoll-dev\""
+        ),
+        "{err}"
+    );
+    // A device cgroup rule opens a node the defaults refuse (fuse, 10:229).
+    let open_fuse =
+        "mknod /dev/f c 10 229 && (exec 3<>/dev/f) 2>/dev/null && echo opened || echo refused";
+    assert_eq!(
+        a.docker_ok(&["run", "--rm", "busybox", "sh", "-c", open_fuse]),
+        "refused"
+    );
+    assert_eq!(
+        a.docker_ok(&[
+            "run",
+            "--rm",
+            "--device-cgroup-rule",
+            "c 10:229 rwm",
+            "busybox",
+            "sh",
+            "-c",
+            open_fuse,
+        ]),
+        "opened"
+    );
+    let err = a.docker_err(&["run", "--rm", "--runtime", "kata", "busybox", "true"]);
+    assert!(
+        err.contains("unknown or invalid runtime name: kata"),
+        "{err}"
+    );
+    assert_eq!(
+        a.docker_ok(&["run", "--rm", "--runtime", "runc", "busybox", "echo", "ok"]),
+        "ok"
+    );
+}

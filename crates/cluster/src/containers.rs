@@ -198,6 +198,10 @@ impl Cluster {
         planned.spec.capabilities = security.capabilities;
         planned.spec.no_new_privileges = security.no_new_privileges;
         planned.spec.seccomp_unconfined = security.seccomp_unconfined;
+        planned.spec.privileged = security.privileged;
+        planned.spec.host_namespaces = security.host_namespaces;
+        planned.spec.devices = security.devices;
+        planned.spec.device_rules = security.device_rules;
         planned.spec.userns = self.id_map(account).await?;
         planned.spec.layers = image.layers.iter().map(|l| l.layer_ref()).collect();
         // Ports are published at a public address where the operator set a

@@ -17,6 +17,14 @@ pub struct Security {
     pub no_new_privileges: bool,
     /// `--security-opt seccomp=unconfined` (the operator only).
     pub seccomp_unconfined: bool,
+    /// `--privileged` (the operator only).
+    pub privileged: bool,
+    /// `pid`, `ipc`, `uts` shared with the server (the operator only).
+    pub host_namespaces: Vec<String>,
+    /// `--device` (the operator only).
+    pub devices: Vec<agent_client::DeviceSpec>,
+    /// `--device-cgroup-rule` (the operator only).
+    pub device_rules: Vec<String>,
 }
 
 fn forbidden(what: &str) -> Error {
@@ -41,8 +49,9 @@ pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
             unsupported(what)
         })
     };
-    if hc.privileged == Some(true) {
-        return refuse("--privileged");
+    let privileged = hc.privileged == Some(true);
+    if privileged && tenant {
+        return Err(forbidden("--privileged"));
     }
     // Before any look at the path: whether a host path exists is not a
     // tenant's to learn.
@@ -57,6 +66,7 @@ pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
             "host bind mounts are not allowed for this account".into(),
         ));
     }
+    let mut host_namespaces = Vec::new();
     for (what, mode) in [
         ("pid", &hc.pid_mode),
         ("ipc", &hc.ipc_mode),
@@ -70,28 +80,49 @@ pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
             continue;
         }
         if m == "host" {
-            return refuse(&format!("--{what}=host"));
+            if tenant {
+                return Err(forbidden(&format!("--{what}=host")));
+            }
+            // The operator's containers use the server's ids already.
+            if what != "userns" {
+                host_namespaces.push(what.to_string());
+            }
+            continue;
         }
         return Err(unsupported(&format!("--{what}={m}")));
     }
     if hc.network_mode.as_deref() == Some("host") && tenant {
         return Err(forbidden("--network=host"));
     }
-    if hc.devices.as_ref().is_some_and(|d| !d.is_empty()) {
-        return refuse("--device");
+    let devices = hc.devices.clone().unwrap_or_default();
+    if !devices.is_empty() && tenant {
+        return Err(forbidden("--device"));
     }
-    if hc
-        .device_cgroup_rules
-        .as_ref()
-        .is_some_and(|d| !d.is_empty())
-    {
-        return refuse("--device-cgroup-rule");
+    let devices = devices.iter().map(device).collect::<Result<Vec<_>>>()?;
+    let device_rules = hc.device_cgroup_rules.clone().unwrap_or_default();
+    if !device_rules.is_empty() && tenant {
+        return Err(forbidden("--device-cgroup-rule"));
+    }
+    if let Some(bad) = device_rules.iter().find(|r| !is_device_rule(r)) {
+        return Err(Error::InvalidArgument(format!(
+            "invalid device cgroup format '{bad}'"
+        )));
     }
     if hc.device_requests.as_ref().is_some_and(|d| !d.is_empty()) {
         return refuse("--gpus");
     }
     if hc.cgroup_parent.as_deref().is_some_and(|c| !c.is_empty()) {
         return refuse("--cgroup-parent");
+    }
+    // runc is every server's runtime (Docker's default one, by either name).
+    if let Some(r) = hc
+        .runtime
+        .as_deref()
+        .filter(|r| !["", "runc", "io.containerd.runc.v2"].contains(r))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "unknown or invalid runtime name: {r}"
+        )));
     }
     if hc.sysctls.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(unsupported("--sysctl"));
@@ -133,10 +164,66 @@ pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
         }
     }
     Ok(Security {
-        capabilities: capabilities(tenant, hc)?,
+        // Privileged: every capability, whatever was added or dropped.
+        capabilities: if privileged {
+            Some(caps::ALL.iter().map(|c| c.to_string()).collect())
+        } else {
+            capabilities(tenant, hc)?
+        },
         no_new_privileges,
-        seccomp_unconfined,
+        seccomp_unconfined: seccomp_unconfined || privileged,
+        privileged,
+        host_namespaces,
+        devices,
+        device_rules,
     })
+}
+
+/// `--device HOST[:CONTAINER][:PERMS]` as the docker CLI sends it.
+fn device(d: &bollard_stubs::models::DeviceMapping) -> Result<agent_client::DeviceSpec> {
+    let host = d.path_on_host.clone().unwrap_or_default();
+    if !host.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "invalid device path {host}: it must be absolute"
+        )));
+    }
+    let container = d
+        .path_in_container
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| host.clone());
+    if !container.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "invalid device path {container}: it must be absolute"
+        )));
+    }
+    let perms = d
+        .cgroup_permissions
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "rwm".into());
+    if perms.is_empty() || !perms.chars().all(|c| "rwm".contains(c)) {
+        return Err(Error::InvalidArgument(format!(
+            "invalid device mode: {perms}"
+        )));
+    }
+    Ok(agent_client::DeviceSpec {
+        host,
+        container,
+        perms,
+    })
+}
+
+/// Docker's device cgroup rule form: `TYPE MAJOR:MINOR ACCESS` (`c 10:229 rwm`,
+/// `a *:* m`).
+fn is_device_rule(rule: &str) -> bool {
+    let f: Vec<&str> = rule.split_whitespace().collect();
+    let number = |s: &str| s == "*" || (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    matches!(f.as_slice(), [t, nums, access]
+        if ["a", "b", "c"].contains(t)
+            && nums.split_once(':').is_some_and(|(a, b)| number(a) && number(b))
+            && !access.is_empty()
+            && access.chars().all(|c| "rwm".contains(c)))
 }
 
 /// Docker's rules: the default set, minus drops, plus adds (`ALL` in either
@@ -247,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn the_operator_keeps_capabilities_and_gets_400_for_what_is_not_built() {
+    fn the_operator_gets_privileges_host_namespaces_and_devices() {
         let s = check(
             OPERATOR,
             &hc(serde_json::json!({"CapAdd": ["NET_ADMIN", "sys_admin"]})),
@@ -256,17 +343,60 @@ mod tests {
         let caps = s.capabilities.unwrap();
         assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
         assert!(caps.contains(&"CAP_SYS_ADMIN".to_string()));
+        let p = check(OPERATOR, &hc(serde_json::json!({"Privileged": true}))).unwrap();
+        assert!(p.privileged && p.seccomp_unconfined);
+        assert_eq!(p.capabilities.unwrap().len(), caps::ALL.len());
+        let h = check(
+            OPERATOR,
+            &hc(
+                serde_json::json!({"PidMode": "host", "IpcMode": "host", "UTSMode": "host",
+                                   "UsernsMode": "host"}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(h.host_namespaces, ["pid", "ipc", "uts"]);
+        let d = check(
+            OPERATOR,
+            &hc(serde_json::json!({
+                "Devices": [{"PathOnHost": "/dev/fuse", "PathInContainer": "", "CgroupPermissions": ""}],
+                "DeviceCgroupRules": ["c 10:229 rwm", "a *:* m"]})),
+        )
+        .unwrap();
         assert_eq!(
-            status(check(
-                OPERATOR,
-                &hc(serde_json::json!({"Privileged": true}))
-            )),
-            "400"
+            d.devices,
+            [agent_client::DeviceSpec {
+                host: "/dev/fuse".into(),
+                container: "/dev/fuse".into(),
+                perms: "rwm".into()
+            }]
         );
-        assert_eq!(
-            status(check(OPERATOR, &hc(serde_json::json!({"PidMode": "host"})))),
-            "400"
-        );
+        for (bad, message) in [
+            (
+                serde_json::json!({"DeviceCgroupRules": ["c 10 rwm"]}),
+                "invalid device cgroup format 'c 10 rwm'",
+            ),
+            (
+                serde_json::json!({"Devices": [{"PathOnHost": "/dev/fuse", "CgroupPermissions": "rwx"}]}),
+                "invalid device mode: rwx",
+            ),
+            (
+                serde_json::json!({"PidMode": "container:x"}),
+                "--pid=container:x is not supported",
+            ),
+            (
+                serde_json::json!({"CgroupParent": "/x"}),
+                "--cgroup-parent is not supported",
+            ),
+            (
+                serde_json::json!({"Runtime": "kata"}),
+                "unknown or invalid runtime name: kata",
+            ),
+        ] {
+            match check(OPERATOR, &hc(bad)) {
+                Err(Error::InvalidArgument(m)) => assert_eq!(m, message),
+                other => panic!("{message}: {other:?}"),
+            }
+        }
         // Host networking is the network layer's to refuse (it knows the networks).
         assert_eq!(
             status(check(
