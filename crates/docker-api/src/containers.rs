@@ -203,6 +203,13 @@ fn networks_json(
     let mut networks = serde_json::Map::new();
     for e in &c.spec.networks {
         let mut v = endpoint_json(c, e, running);
+        // Before 1.45 (when `DNSNames` took it over) Docker listed the short
+        // id among a user network's aliases.
+        if !version.at_least(45) && e.name != cluster::networks::DEFAULT_NETWORK {
+            let mut aliases = vec![json!(c.id[..12])];
+            aliases.extend(v["Aliases"].as_array().cloned().unwrap_or_default());
+            v["Aliases"] = json!(aliases);
+        }
         // Fields of later API versions are not shown to earlier clients.
         if let Some(m) = v.as_object_mut() {
             if !version.at_least(48) {
@@ -227,7 +234,7 @@ fn networks_json(
     networks
 }
 
-fn summary(
+pub(crate) fn summary(
     c: &ContainerRecord,
     vols: &[cluster::model::VolumeRecord],
     version: ApiVersion,
@@ -273,16 +280,22 @@ fn mounts_json(c: &ContainerRecord, vols: &[cluster::model::VolumeRecord]) -> Ve
         .mounts
         .iter()
         .map(|m| match m.kind {
-            agent_client::MountKind::Volume => json!({
+            agent_client::MountKind::Volume => {
+                let v = vols.iter().find(|v| v.id == m.source);
+                // Docker's default for a named volume: SELinux relabelling
+                // ("z"), a no-op on servers without SELinux.
+                let named = v.is_some_and(|v| !v.anonymous);
+                json!({
                 "Type": "volume",
-                "Name": vols.iter().find(|v| v.id == m.source).map(|v| v.name.as_str()).unwrap_or(""),
+                "Name": v.map(|v| v.name.as_str()).unwrap_or(""),
                 "Source": "",
                 "Destination": m.destination,
                 "Driver": "local",
-                "Mode": "",
+                "Mode": if named { "z" } else { "" },
                 "RW": !m.read_only,
                 "Propagation": "",
-            }),
+                })
+            }
             agent_client::MountKind::Bind => json!({
                 "Type": "bind",
                 "Source": m.source,
@@ -657,6 +670,19 @@ fn host_config_json(stored: Value, version: ApiVersion) -> Value {
         "IOMaximumBandwidth": 0, "MaskedPaths": agent_client::MASKED_PATHS,
         "ReadonlyPaths": agent_client::READONLY_PATHS,
     });
+    let privileged = hc.get("Privileged") == Some(&json!(true));
+    let host = |k: &str| hc.get(k).and_then(Value::as_str) == Some("host");
+    if privileged || host("PidMode") || host("IpcMode") {
+        // Docker turns SELinux labelling off for these.
+        if hc.get("SecurityOpt").is_none_or(Value::is_null) {
+            hc.insert("SecurityOpt".into(), json!(["label=disable"]));
+        }
+    }
+    if privileged {
+        // Nothing is masked or read-only in a privileged container.
+        hc.insert("MaskedPaths".into(), Value::Null);
+        hc.insert("ReadonlyPaths".into(), Value::Null);
+    }
     for (k, v) in defaults.as_object().into_iter().flatten() {
         hc.entry(k.clone()).or_insert_with(|| v.clone());
     }

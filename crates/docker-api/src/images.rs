@@ -38,7 +38,7 @@ fn removed_json(items: &[RemovedItem]) -> Vec<Value> {
         .collect()
 }
 
-async fn summary(st: &AppState, acct: &str, i: &ImageRecord) -> ApiResult<Value> {
+pub(crate) async fn summary(st: &AppState, acct: &str, i: &ImageRecord) -> ApiResult<Value> {
     let tags = st.cluster.image_tags(acct, &i.id).await?;
     let cfg = st.cluster.image_config(&i.id)?;
     Ok(json!({

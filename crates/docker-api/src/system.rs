@@ -112,6 +112,7 @@ pub async fn info(
 pub async fn df(
     State(st): State<AppState>,
     Extension(acct): Extension<Account>,
+    version: crate::ApiVersion,
 ) -> ApiResult<Json<Value>> {
     let c = &st.cluster;
     let containers = c.list_containers(&acct.0).await?;
@@ -122,27 +123,30 @@ pub async fn df(
         for l in &i.layers {
             layer_blobs.insert(l.blob.clone(), l.size);
         }
-        let tags = c.image_tags(&acct.0, &i.id).await?;
-        let users = containers.iter().filter(|x| x.image_id == i.id).count();
-        image_list.push(json!({
-            "Id": i.id, "ParentId": "", "RepoTags": tags, "RepoDigests": i.repo_digests,
-            "Created": i.created.timestamp(), "Size": i.size, "SharedSize": -1,
-            "Labels": {}, "Containers": users,
-        }));
+        // The image list's entries, with how many containers use each.
+        let mut s = crate::images::summary(&st, &acct.0, i).await?;
+        s["Containers"] = json!(containers.iter().filter(|x| x.image_id == i.id).count());
+        for key in ["RepoDigests", "Labels"] {
+            let empty = s[key].as_array().is_some_and(Vec::is_empty)
+                || s[key].as_object().is_some_and(serde_json::Map::is_empty);
+            if empty {
+                s[key] = Value::Null;
+            }
+        }
+        if version.at_least(44)
+            && let Some(m) = s.as_object_mut()
+        {
+            m.remove("VirtualSize");
+        }
+        image_list.push(s);
     }
     let layers_size: i64 = layer_blobs.values().sum();
     let build_cache = crate::build::cache_usage(&st, &acct.0).await?;
+    let vols = c.store().list_volumes(&acct.0).await?;
+    // The container list's entries, with their sizes.
     let mut container_list: Vec<Value> = containers
         .iter()
-        .map(|x| {
-            json!({
-                "Id": x.id, "Names": [format!("/{}", x.name)], "Image": x.image_ref,
-                "ImageID": x.image_id, "Command": x.spec.process.args.join(" "),
-                "Created": x.created.timestamp(), "State": x.state.status.as_str(),
-                "Status": crate::containers::status_text(x), "SizeRw": 0, "SizeRootFs": 0,
-                "Labels": x.labels, "Mounts": [],
-            })
-        })
+        .map(|x| crate::containers::summary(x, &vols, version))
         .collect();
     crate::containers::add_sizes(&st, &acct.0, &mut container_list).await;
     let volumes: Vec<Value> = c
@@ -155,13 +159,20 @@ pub async fn df(
             j
         })
         .collect();
-    Ok(Json(json!({
+    let mut out = json!({
         "LayersSize": layers_size,
         "Images": image_list,
         "Containers": container_list,
         "Volumes": volumes,
-        "BuildCache": build_cache,
-    })))
+        // Docker leaves an empty list out (null).
+        "BuildCache": if build_cache.is_empty() { Value::Null } else { json!(build_cache) },
+    });
+    if !version.at_least(42) {
+        // Removed in API 1.42: the build cache's size, now in `BuildCache`.
+        let size: i64 = build_cache.iter().filter_map(|b| b["Size"].as_i64()).sum();
+        out["BuilderSize"] = json!(size);
+    }
+    Ok(Json(out))
 }
 
 /// `RegistryConfig` as dockerd reports it: insecure CIDRs, one index entry
