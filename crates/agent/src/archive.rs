@@ -611,8 +611,8 @@ impl View {
 
     /// Adds a mount the container sees at `dest`; `source` is the server's
     /// directory behind it (a volume's data, an operator's bind), whose
-    /// contents are the container's. A bind of a single file is left out:
-    /// only directories are entered.
+    /// contents are the container's. A bind of a single file, or of a host
+    /// path that has gone, is left out: only directories are entered.
     pub fn mount(&mut self, dest: &str, source: &Path, read_only: bool) -> io::Result<()> {
         let comps = components(dest).map_err(|e| io::Error::other(e.to_string()))?;
         if comps.is_empty() {
@@ -620,7 +620,9 @@ impl View {
         }
         let root = match Root::open(source, self.own.ids) {
             Ok(r) => r,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ENOENT)) => {
+                return Ok(());
+            }
             Err(e) => return Err(e),
         };
         let dest = comps.iter().fold(PathBuf::from("/"), |p, c| {
