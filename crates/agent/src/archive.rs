@@ -79,6 +79,13 @@ pub fn go_mode(mode: u32) -> u32 {
     m
 }
 
+/// Clean components as the absolute path the container sees.
+fn container_path(comps: &[CString]) -> PathBuf {
+    comps.iter().fold(PathBuf::from("/"), |p, c| {
+        p.join(OsStr::from_bytes(c.as_bytes()))
+    })
+}
+
 /// A container path as clean components: `..` may not climb above `/`.
 fn components(path: &str) -> Result<Vec<CString>, ArchiveError> {
     let mut out: Vec<CString> = Vec::new();
@@ -625,9 +632,7 @@ impl View {
             }
             Err(e) => return Err(e),
         };
-        let dest = comps.iter().fold(PathBuf::from("/"), |p, c| {
-            p.join(OsStr::from_bytes(c.as_bytes()))
-        });
+        let dest = container_path(&comps);
         self.mounts.retain(|m| m.dest != dest);
         self.mounts.push(Mounted {
             dest,
@@ -642,9 +647,7 @@ impl View {
     /// The tree that holds `comps`, how many of them lead to its root, and
     /// whether it is read-only.
     fn scope(&self, comps: &[CString]) -> (&Root, usize, bool) {
-        let path = comps.iter().fold(PathBuf::from("/"), |p, c| {
-            p.join(OsStr::from_bytes(c.as_bytes()))
-        });
+        let path = container_path(comps);
         for m in &self.mounts {
             if path.starts_with(&m.dest) {
                 return (&m.root, m.dest.components().count() - 1, m.read_only);
@@ -665,12 +668,7 @@ impl View {
     pub fn write_tar<W: Write>(&self, path: &str, w: W) -> Result<(), ArchiveError> {
         let comps = components(path)?;
         let (root, skip, _) = self.scope(&comps);
-        let parent = comps
-            .iter()
-            .take(comps.len().saturating_sub(1))
-            .fold(PathBuf::from("/"), |p, c| {
-                p.join(OsStr::from_bytes(c.as_bytes()))
-            });
+        let parent = container_path(&comps[..comps.len().saturating_sub(1)]);
         let walk = Walk {
             mounts: &self.mounts,
             at: &parent,

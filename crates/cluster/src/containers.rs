@@ -1096,10 +1096,12 @@ impl Cluster {
             }
             // Measured before it goes, as Docker does (a server that cannot
             // say counts nothing).
-            let size = self
-                .container_size(account, &c.id)
-                .await
-                .map_or(0, |(rw, _)| rw);
+            let size =
+                tokio::time::timeout(Self::SIZE_TIMEOUT, self.container_size(account, &c.id))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .map_or(0, |(rw, _)| rw);
             match self.remove_container(account, &c.id, false).await {
                 Ok(()) => {
                     removed.push(c.id);

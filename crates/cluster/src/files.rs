@@ -102,6 +102,10 @@ impl Cluster {
         agent.changes(&c.id).await.map_err(upstream)
     }
 
+    /// How long measuring one container or volume may take: a tree of a
+    /// million files must not hold a listing.
+    pub const SIZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
     /// Docker's `SizeRw` (what the container's own layer holds, measured on
     /// its server) and `SizeRootFs` (that and its image's layers).
     pub async fn container_size(&self, account: &str, key: &str) -> Result<(u64, u64)> {

@@ -182,19 +182,17 @@ pub fn check(account: &str, hc: &HostConfig) -> Result<Security> {
 /// `--device HOST[:CONTAINER][:PERMS]` as the docker CLI sends it.
 fn device(d: &bollard_stubs::models::DeviceMapping) -> Result<agent_client::DeviceSpec> {
     let host = d.path_on_host.clone().unwrap_or_default();
-    if !host.starts_with('/') {
-        return Err(Error::InvalidArgument(format!(
-            "invalid device path {host}: it must be absolute"
-        )));
-    }
     let container = d
         .path_in_container
         .clone()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| host.clone());
-    if !container.starts_with('/') {
+    if let Some(p) = [&host, &container]
+        .into_iter()
+        .find(|p| !p.starts_with('/'))
+    {
         return Err(Error::InvalidArgument(format!(
-            "invalid device path {container}: it must be absolute"
+            "invalid device path {p}: it must be absolute"
         )));
     }
     let perms = d

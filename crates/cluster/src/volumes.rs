@@ -204,9 +204,14 @@ impl Cluster {
         Ok((removed, reclaimed))
     }
 
-    /// Bytes a volume holds on its server; None when the server cannot say.
+    /// Bytes a volume holds on its server; None when the server cannot say
+    /// within [`Cluster::SIZE_TIMEOUT`].
     pub async fn volume_size(&self, v: &VolumeRecord) -> Option<u64> {
-        self.agent(&v.node).ok()?.volume_size(&v.id).await.ok()
+        let agent = self.agent(&v.node).ok()?;
+        tokio::time::timeout(Self::SIZE_TIMEOUT, agent.volume_size(&v.id))
+            .await
+            .ok()?
+            .ok()
     }
 
     /// The account's volumes with their sizes (-1 where the server cannot

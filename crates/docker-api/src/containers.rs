@@ -472,7 +472,6 @@ pub async fn list(
 
 /// How many containers' sizes are measured at once, and how long one may take.
 const SIZES_AT_ONCE: usize = 8;
-const SIZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// `SizeRw` and `SizeRootFs` of each listed container, measured on their
 /// servers a few at a time; one that cannot be measured (its server down,
@@ -485,11 +484,14 @@ pub(crate) async fn add_sizes(st: &AppState, account: &str, list: &mut [Value]) 
         .collect();
     let sizes: Vec<(u64, u64)> = futures::stream::iter(ids)
         .map(|id| async move {
-            tokio::time::timeout(SIZE_TIMEOUT, st.cluster.container_size(account, &id))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or((0, 0))
+            tokio::time::timeout(
+                cluster::Cluster::SIZE_TIMEOUT,
+                st.cluster.container_size(account, &id),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or((0, 0))
         })
         .buffered(SIZES_AT_ONCE)
         .collect()
